@@ -1,0 +1,101 @@
+"""Fixed train/val/test splits, drawn once, committed as ``data/splits/<dataset>.json`` and validated on load.
+
+Official test subsets are kept (DRIVE, COVID-19 CT); the validation split is drawn from the training pairs.
+Model selection uses the validation split only; the test split is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from repro.data.readers import DatasetError, problems_error
+from repro.data.registry import REPO_ROOT, DatasetSpec, Sample
+
+SPLITS_DIR = REPO_ROOT / "data" / "splits"
+SPLIT_NAMES = ("train", "val", "test")
+# The UNet++ code splits DSB2018 with random_state=41; the same number seeds every split here.
+SPLIT_SEED = 41
+
+
+def draw_split(spec: DatasetSpec, samples: list[Sample], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """Draw a split of ``samples`` by the dataset's :class:`SplitPolicy`, deterministically from ``seed``.
+
+    Ids are sorted before shuffling, so the split depends only on the ids and the seed.
+    """
+    rng = np.random.default_rng(seed)
+    ids = sorted(s.id for s in samples)
+    official_test = sorted(s.id for s in samples if s.subset == "test")
+    if official_test:
+        test = official_test
+        pool = [i for i in ids if i not in set(official_test)]
+    else:
+        pool = [ids[k] for k in rng.permutation(len(ids))]
+        n_test = round(spec.split.test_fraction * len(ids))
+        test, pool = sorted(pool[:n_test]), pool[n_test:]
+    pool = [pool[k] for k in rng.permutation(len(pool))]
+    n_val = max(1, round(spec.split.val_fraction * len(ids if not official_test else pool)))
+    return {"train": sorted(pool[n_val:]), "val": sorted(pool[:n_val]), "test": test}
+
+
+def split_path(name: str, splits_dir: Path | None = None) -> Path:
+    return (splits_dir or SPLITS_DIR) / f"{name}.json"
+
+
+def write_split(spec: DatasetSpec, split: dict[str, list[str]], seed: int, splits_dir: Path | None = None) -> Path:
+    """Write the split file (sorted keys, fixed formatting: byte-identical for the same split)."""
+    path = split_path(spec.name, splits_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"dataset": spec.name, "seed": seed, "policy": _policy_text(spec), **split}
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    return path
+
+
+def _policy_text(spec: DatasetSpec) -> str:
+    return (
+        f"official test subset kept where present, else {spec.split.test_fraction:.0%} of pairs drawn for test; "
+        f"validation = {spec.split.val_fraction:.0%} drawn from the rest"
+    )
+
+
+def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None = None) -> dict[str, list[str]]:
+    """Load the committed split and check it against the pairs on disk.
+
+    Raises:
+        DatasetError: the split file is missing, names an id that is not on disk, puts an id in two splits,
+            leaves a pair on disk out of every split, or puts an official-test pair outside the test split.
+    """
+    path = split_path(spec.name, splits_dir)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: no split file for '{spec.name}'; draw one with `python -m repro.data.prepare --draw-split "
+            f"{spec.name}` and commit it"
+        )
+    document = json.loads(path.read_text())
+    missing_keys = [k for k in SPLIT_NAMES if k not in document]
+    if missing_keys:
+        raise DatasetError(f"{path}: missing split(s) {missing_keys}")
+    split = {k: list(document[k]) for k in SPLIT_NAMES}
+    on_disk = {s.id for s in samples}
+    problems = []
+    seen: dict[str, str] = {}
+    for name, ids in split.items():
+        if not ids:
+            problems.append(f"split '{name}' is empty")
+        for sample_id in ids:
+            if sample_id not in on_disk:
+                problems.append(f"'{sample_id}' ({name}) is not in the dataset on disk")
+            if sample_id in seen:
+                problems.append(f"'{sample_id}' is in both '{seen[sample_id]}' and '{name}'")
+            seen[sample_id] = name
+    problems += [f"'{i}' on disk is in no split" for i in sorted(on_disk - set(seen))]
+    problems += [
+        f"'{s.id}' belongs to the official test subset but is in '{seen[s.id]}'"
+        for s in samples
+        if s.subset == "test" and seen.get(s.id, "test") != "test"
+    ]
+    if problems:
+        raise problems_error(f"{path}: invalid split", problems)
+    return split

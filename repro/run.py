@@ -1,0 +1,205 @@
+"""One cell of the study: (dataset, model variant, seed) at a scale, from prepared data to written results.
+
+``notebooks/train.ipynb`` calls these pieces one cell at a time so that the executed notebook reads as a report;
+:func:`run` chains them for scripts and tests.
+
+Outputs in ``out_dir``: ``metrics.json`` (test metrics of the selected epoch, provenance), ``per_image.csv``,
+``history.csv``. Checkpoints go to ``checkpoints/<dataset>/<model>/seed<k>/`` (git-ignored), which no later
+stage needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repro.complexity import count_flops, count_parameters
+from repro.config import ModelVariant, ScalePreset, load_params, model_variant, scale_preset
+from repro.data.prepare import PROCESSED_DIR, prepare_dataset
+from repro.data.registry import REPO_ROOT
+from repro.models import create_model
+from repro.train import PreparedData, Trainer, TrainSettings, load_prepared, seed_everything, set_threads
+
+CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+
+
+@dataclass
+class RunConfig:
+    """Every resolved setting of one run."""
+
+    dataset: str
+    variant: ModelVariant
+    seed: int
+    scale: ScalePreset
+    data_root: str | None
+    out_dir: Path
+    threads: int
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """The variant's options with the scale's width factor (unless the variant fixes its own)."""
+        return {"width_mult": self.scale.width_mult, **self.variant.options}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.variant.name,
+            "arch": self.variant.arch,
+            "options": self.model_options,
+            "seed": self.seed,
+            "scale": self.scale.name,
+            "scale_settings": {k: v for k, v in vars(self.scale).items() if k != "name"},
+            "data_root": self.data_root,
+            "out_dir": str(self.out_dir),
+            "threads": self.threads,
+        }
+
+
+def resolve(
+    dataset: str,
+    model: str,
+    seed: int,
+    scale: str,
+    data_root: str | None,
+    out_dir: str | Path,
+    threads: int | None,
+) -> RunConfig:
+    """Resolve notebook parameters against params.yaml (unknown names fail with the valid ones listed)."""
+    params = load_params()
+    return RunConfig(
+        dataset=dataset,
+        variant=model_variant(model, params),
+        seed=int(seed),
+        scale=scale_preset(scale, params),
+        data_root=data_root or params.get("data_root"),
+        out_dir=Path(out_dir),
+        threads=set_threads(threads),
+    )
+
+
+def load_data(config: RunConfig) -> PreparedData:
+    """The prepared dataset (DVC's prepare stage output), preparing it first when it is missing."""
+    folder = PROCESSED_DIR / config.scale.name / config.dataset
+    if not (folder / "meta.json").exists():
+        prepare_dataset(config.dataset, config.scale, folder, config.data_root)
+    return load_prepared(folder, config.scale.max_train_images, config.scale.max_eval_images)
+
+
+def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch.Generator]:
+    """Seed everything, then create the model (so its initialisation depends on the seed alone)."""
+    generator = seed_everything(config.seed)
+    model = create_model(
+        config.variant.arch,
+        in_channels=data.in_channels,
+        num_classes=data.out_channels,
+        **config.model_options,
+    )
+    return model, generator
+
+
+def model_summary(model: torch.nn.Module, data: PreparedData, input_size: int) -> dict[str, float]:
+    """Parameters and FLOPs (2 x MACs, as the papers count) for one image of the training input size."""
+    return {
+        "params": count_parameters(model),
+        "flops": count_flops(model, input_size, data.in_channels),
+        "input_size": input_size,
+    }
+
+
+def train_settings(scale: ScalePreset) -> TrainSettings:
+    return TrainSettings(
+        epochs=scale.epochs,
+        batch_size=scale.batch_size,
+        lr=scale.lr,
+        weight_decay=scale.weight_decay,
+        patch_size=scale.patch_size,
+        patches_per_image=scale.patches_per_image,
+    )
+
+
+def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator) -> Trainer:
+    checkpoints = CHECKPOINT_DIR / config.dataset / config.variant.name / f"seed{config.seed}" / config.scale.name
+    return Trainer(model, data, train_settings(config.scale), config.seed, generator, checkpoints)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import scipy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with '+dirty' when tracked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "repro", "notebooks"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def write_outputs(
+    config: RunConfig,
+    trainer: Trainer,
+    data: PreparedData,
+    summary: dict[str, float],
+    test: dict,
+    per_image: list[dict],
+    test_pruned: dict[str, dict] | None = None,
+) -> dict:
+    """Write metrics.json, per_image.csv and history.csv to the run's out_dir; return the metrics."""
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    best = trainer.history[trainer.best_epoch - 1]
+    metrics = {
+        **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root")},
+        "class_names": data.class_names,
+        "test": test,
+        "val": {"dice": best["val_dice"], "iou": best["val_iou"]},
+        "best_epoch": trainer.best_epoch,
+        "epochs": config.scale.epochs,
+        "n_images": {split: len(getattr(data, split)) for split in ("train", "val", "test")},
+        "params": summary["params"],
+        "flops": summary["flops"],
+        "image_size": summary["input_size"],
+        "train_seconds": round(trainer.train_seconds, 1),
+        "images_per_second": round(trainer.images_per_second, 2),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    if test_pruned:
+        metrics["test_pruned"] = test_pruned
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    _write_csv(out / "per_image.csv", per_image)
+    _write_csv(out / "history.csv", trainer.history)
+    return metrics
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,76 @@
+"""Figures of one training run: learning curves and test cases with ground truth and prediction overlaid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# Colours of foreground classes 1, 2, ... in overlays (background stays transparent).
+CLASS_COLOURS = np.array([[0.0, 0.9, 0.2], [1.0, 0.75, 0.0], [0.2, 0.5, 1.0], [1.0, 0.2, 0.6]])
+
+
+def learning_curves(history: pd.DataFrame, best_epoch: int) -> Figure:
+    """Training loss and validation Dice/IoU per epoch, with the selected epoch marked."""
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    loss_ax.plot(history["epoch"], history["train_loss"], marker=".")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    score_ax.plot(history["epoch"], history["val_dice"], marker=".", label="val Dice")
+    score_ax.plot(history["epoch"], history["val_iou"], marker=".", label="val IoU")
+    score_ax.axvline(best_epoch, color="grey", linestyle="--", label=f"selected (epoch {best_epoch})")
+    score_ax.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    score_ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) image of any range as RGB in [0, 1] for display."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    return (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-6)
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB image in [0, 1] with each foreground class tinted in its colour."""
+    rgb = _normalise(image)
+    tinted = rgb.copy()
+    for label in range(1, int(labels.max()) + 1):
+        where = labels == label
+        tinted[where] = 0.45 * rgb[where] + 0.55 * CLASS_COLOURS[(label - 1) % len(CLASS_COLOURS)]
+    return tinted
+
+
+def pick_cases(dice: Sequence[float]) -> dict[str, int]:
+    """Indices of the best, median and worst test images by Dice (ties: the first in id order)."""
+    order = np.argsort(np.asarray(dice), kind="stable")
+    return {"worst": int(order[0]), "median": int(order[len(order) // 2]), "best": int(order[-1])}
+
+
+def test_cases(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, per_image: pd.DataFrame) -> Figure:
+    """Best, median and worst test images: image, ground truth overlaid, prediction overlaid.
+
+    Args:
+        images: (N, H, W, C) images (any scale; normalised per image for display).
+        truth, prediction: (N, H, W) class indices.
+        per_image: the per-image metrics table (columns ``id`` and ``dice``), in the same order.
+    """
+    cases = pick_cases(per_image["dice"].to_numpy())
+    fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.6 * len(cases)), squeeze=False)
+    for row, (name, index) in enumerate(cases.items()):
+        panels = [
+            (_normalise(images[index]), f"{name}: {per_image['id'].iloc[index]}"),
+            (_overlay(images[index], truth[index]), "ground truth"),
+            (
+                _overlay(images[index], prediction[index]),
+                f"prediction (Dice {per_image['dice'].iloc[index]:.3f})",
+            ),
+        ]
+        for ax, (panel, title) in zip(axes[row], panels, strict=True):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,433 @@
+"""Training and evaluation: one recipe for every architecture.
+
+The recipe (as in nnU-Net Revisited, the same for all networks so that only the architecture differs):
+BCE + soft Dice (binary) or CE + soft Dice (multi-class), each deep-supervision head weighted equally; Adam with
+cosine annealing to zero over the epochs; random flips and 90-degree rotations on the fly; the epoch with the best
+validation Dice is selected and the test split is evaluated once, with those weights.
+
+The hot path stays lean for CPU runs: every split is one in-memory tensor (no DataLoader, no worker
+processes), augmentation is batched tensor indexing, and the only host sync per step is the loss value that
+the non-finite-loss check needs.
+
+Determinism: one seed sets Python, NumPy and torch (model initialisation, dropout) and a dedicated generator
+for data order, patches and augmentation. On CPU with a fixed thread count, the same seed gives bit-identical
+results. A checkpoint written after every epoch holds every state (model, optimizer, scheduler, both RNGs,
+best weights, history), so a killed run resumes to the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from repro.losses import DeepSupervisionLoss, SegmentationLoss
+from repro.metrics import confusion_counts, logits_to_labels, per_image_table, summarize
+
+THREADS_ENV = "UNET_REPRO_THREADS"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: the argument, else ``$UNET_REPRO_THREADS``, else one per core."""
+    threads = int(threads or os.environ.get(THREADS_ENV) or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator that drives data order and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds legacy global-state users (e.g. third-party code)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+@dataclass
+class Split:
+    """One split held in memory.
+
+    Args:
+        images: float32 (N, C, H, W), normalised with the training split's channel statistics.
+        masks: int64 (N, H, W) class indices.
+        valid: bool (N, H, W) region of interest, or None where every pixel counts.
+        ids: image ids, in order.
+    """
+
+    images: Tensor
+    masks: Tensor
+    valid: Tensor | None
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset (output of ``repro.data.prepare``) loaded as tensors."""
+
+    name: str
+    class_names: list[str]
+    in_channels: int
+    large_images: bool
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def out_channels(self) -> int:
+        """Model output channels: one (sigmoid) for binary tasks, one per class (softmax) otherwise."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+def load_prepared(
+    folder: Path | str, max_train_images: int | None = None, max_eval_images: int | None = None
+) -> PreparedData:
+    """Load ``data/processed/<scale>/<dataset>/`` into tensors.
+
+    Args:
+        folder: the prepared dataset folder.
+        max_train_images: keep only the first this-many training images (smoke runs); None keeps all.
+        max_eval_images: likewise for validation and test.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+
+    def arrays(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+        valid_file = folder / f"{split}_valid.npy"
+        valid = np.load(valid_file)[:limit] if valid_file.exists() else None
+        return (
+            np.load(folder / f"{split}_images.npy")[:limit],
+            np.load(folder / f"{split}_masks.npy")[:limit],
+            valid,
+            meta["ids"][split][:limit],
+        )
+
+    raw = {"train": arrays("train", max_train_images)}
+    raw["val"] = arrays("val", max_eval_images)
+    raw["test"] = arrays("test", max_eval_images)
+    train_pixels = raw["train"][0].reshape(-1, meta["in_channels"]).astype(np.float64) / 255.0
+    mean, std = train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+
+    def to_split(images: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, ids: list[str]) -> Split:
+        normalised = (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+        return Split(
+            images=torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))),
+            masks=torch.from_numpy(masks.astype(np.int64)),
+            valid=None if valid is None else torch.from_numpy(valid),
+            ids=list(ids),
+        )
+
+    return PreparedData(
+        name=meta["dataset"],
+        class_names=meta["class_names"],
+        in_channels=meta["in_channels"],
+        large_images=meta["large_images"],
+        **{split: to_split(*raw[split]) for split in ("train", "val", "test")},
+    )
+
+
+def random_dihedral(
+    images: Tensor, masks: Tensor, valid: Tensor | None, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Apply one of the 8 flips/90-degree rotations to each sample (square inputs), drawn from ``generator``.
+
+    Samples are grouped by their transform, so the cost is at most 8 batched index operations per batch.
+    """
+    choice = torch.randint(0, 8, (images.shape[0],), generator=generator)
+    images, masks = images.clone(), masks.clone()
+    valid = None if valid is None else valid.clone()
+    for transform in choice.unique().tolist():
+        index = (choice == transform).nonzero().squeeze(1)
+        k, flip = transform % 4, transform >= 4
+        for tensor in (images, masks) + ((valid,) if valid is not None else ()):
+            picked = tensor[index]
+            if flip:
+                picked = picked.flip(-1)
+            tensor[index] = picked.rot90(k, dims=(-2, -1))
+    return images, masks, valid
+
+
+def random_patches(split: Split, patch_size: int, per_image: int, generator: torch.Generator) -> Split:
+    """Draw ``per_image`` random square patches from every image of ``split`` (for large-image datasets)."""
+    n, _, height, width = split.images.shape
+    if height < patch_size or width < patch_size:
+        raise ValueError(f"patch_size {patch_size} exceeds the prepared image size {height}x{width}")
+    tops = torch.randint(0, height - patch_size + 1, (n * per_image,), generator=generator).tolist()
+    lefts = torch.randint(0, width - patch_size + 1, (n * per_image,), generator=generator).tolist()
+    sources = [k // per_image for k in range(n * per_image)]
+
+    def crop(tensor: Tensor) -> Tensor:
+        return torch.stack(
+            [
+                tensor[s, ..., top : top + patch_size, left : left + patch_size]
+                for s, top, left in zip(sources, tops, lefts, strict=True)
+            ]
+        )
+
+    return Split(
+        images=crop(split.images),
+        masks=crop(split.masks),
+        valid=None if split.valid is None else crop(split.valid),
+        ids=[split.ids[s] for s in sources],
+    )
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    """Tile origins covering ``size`` with half-tile overlap; the last tile ends at the border."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile // 2))
+    return starts + [size - tile]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: Tensor, batch_size: int, tile: int | None = None) -> Tensor:
+    """Logits for ``images`` in eval mode, batched; with ``tile``, by overlapping sliding-window tiles whose
+    logits are averaged (for large images the network was trained on patches of that size)."""
+    model.eval()
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        if tile is None:
+            outputs.append(model(batch))
+            continue
+        height, width = batch.shape[-2:]
+        total, count = None, torch.zeros(1, 1, height, width)
+        for top in _tile_starts(height, tile):
+            for left in _tile_starts(width, tile):
+                logits = model(batch[..., top : top + tile, left : left + tile])
+                if total is None:
+                    total = torch.zeros(batch.shape[0], logits.shape[1], height, width)
+                total[..., top : top + tile, left : left + tile] += logits
+                count[..., top : top + tile, left : left + tile] += 1
+        outputs.append(total / count)
+    return torch.cat(outputs)
+
+
+@dataclass
+class TrainSettings:
+    """Settings of one training run (from the scale preset).
+
+    Args:
+        epochs: training epochs.
+        batch_size: samples per optimizer step (the last incomplete batch of an epoch is dropped, so no
+            batch-norm layer sees a batch of one).
+        lr: initial Adam learning rate, cosine-annealed to zero.
+        weight_decay: Adam weight decay.
+        patch_size: random-patch side and sliding-window tile for large-image datasets.
+        patches_per_image: patches per large training image and epoch.
+        channels_last: run the network in channels-last memory format.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patch_size: int
+    patches_per_image: int
+    channels_last: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Evaluation of one split: dataset-level summary, per-image rows, and predicted label maps."""
+
+    summary: dict
+    per_image: list[dict]
+    predictions: Tensor
+
+
+class Trainer:
+    """Fit a model to a prepared dataset with the study's single recipe; checkpoint and resume.
+
+    Args:
+        model: network from ``repro.models.create_model``.
+        data: the prepared dataset.
+        settings: training settings.
+        seed: the run's seed (model initialisation must already have used it: see ``seed_everything``).
+        checkpoint_dir: where ``last.pt`` is written after every epoch; an existing one is resumed from.
+        generator: the data/augmentation generator returned by ``seed_everything``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: PreparedData,
+        settings: TrainSettings,
+        seed: int,
+        generator: torch.Generator,
+        checkpoint_dir: Path | str | None = None,
+    ) -> None:
+        self.data = data
+        self.settings = settings
+        self.seed = seed
+        self.generator = generator
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
+        self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        self.checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+        self.history: list[dict] = []
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_epoch = 0
+        self.best_val_dice = -1.0
+        self.train_seconds = 0.0
+        self.train_samples = 0
+        self._resume()
+
+    @property
+    def tile(self) -> int | None:
+        return self.settings.patch_size if self.data.large_images else None
+
+    def _epoch_samples(self) -> Split:
+        train = self.data.train
+        if self.data.large_images:
+            return random_patches(train, self.settings.patch_size, self.settings.patches_per_image, self.generator)
+        return train
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the (patched) training split; returns the mean loss."""
+        self.model.train()
+        samples = self._epoch_samples()
+        order = torch.randperm(len(samples), generator=self.generator)
+        batch_size = min(self.settings.batch_size, len(samples))
+        steps = len(samples) // batch_size
+        total = 0.0
+        for step in range(steps):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            valid = None if samples.valid is None else samples.valid[index]
+            images, masks, valid = random_dihedral(samples.images[index], samples.masks[index], valid, self.generator)
+            loss = self.loss(self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
+            value = loss.item()
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({value}) at epoch {epoch}, step {step + 1} of {steps}; "
+                    f"lr {self.scheduler.get_last_lr()[0]:.3g}. Lower the learning rate or check the inputs."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += value
+        self.scheduler.step()
+        self.train_samples += steps * batch_size
+        return total / steps
+
+    def evaluate(self, split: Split) -> EvalResult:
+        """Dice/IoU of the current model on ``split`` (per image and summarised)."""
+        images = split.images.contiguous(memory_format=self.memory_format)
+        logits = predict_logits(self.model, images, self.settings.batch_size, self.tile)
+        predictions = logits_to_labels(logits)
+        counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid)
+        return EvalResult(
+            summarize(counts, self.data.class_names),
+            per_image_table(counts, split.ids, self.data.class_names),
+            predictions,
+        )
+
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train for the remaining epochs, validating after each, keeping the best-validation weights.
+
+        Args:
+            on_epoch: called with each epoch's history row (e.g. to advance a progress bar).
+
+        Returns:
+            The history: one row per epoch (train loss, validation Dice and IoU, learning rate, seconds).
+        """
+        for epoch in range(len(self.history) + 1, self.settings.epochs + 1):
+            start = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]
+            train_loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - start
+            self.train_seconds += seconds
+            val = self.evaluate(self.data.val).summary
+            self.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_dice": val["dice"],
+                    "val_iou": val["iou"],
+                    "lr": lr,
+                    "seconds": seconds,
+                }
+            )
+            if val["dice"] > self.best_val_dice:
+                self.best_val_dice, self.best_epoch = val["dice"], epoch
+                self.best_state = copy.deepcopy(self.model.state_dict())
+            self._save()
+            if on_epoch is not None:
+                on_epoch(self.history[-1])
+        return self.history
+
+    def load_best(self) -> None:
+        """Put the best-validation weights into the model."""
+        if self.best_state is None:
+            raise RuntimeError("no epoch has been trained yet")
+        self.model.load_state_dict(self.best_state)
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_val_dice,
+            "train_seconds": self.train_seconds,
+            "train_samples": self.train_samples,
+            "seed": self.seed,
+            "settings": asdict(self.settings),
+        }
+        # Write then rename, so a run killed mid-save leaves the previous checkpoint intact.
+        partial = self.checkpoint.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self.checkpoint)
+
+    def _resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        state = torch.load(self.checkpoint, weights_only=False)
+        if state["seed"] != self.seed or state["settings"] != asdict(self.settings):
+            raise ValueError(
+                f"{self.checkpoint} belongs to another run (seed {state['seed']}, settings {state['settings']}); "
+                "delete it or choose another checkpoint folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for key in ("history", "best_state", "best_epoch", "best_val_dice", "train_seconds", "train_samples"):
+            setattr(self, key, state[key])
+
+    @property
+    def images_per_second(self) -> float:
+        """Training throughput: samples (images or patches) per second of training time."""
+        return self.train_samples / self.train_seconds if self.train_seconds else 0.0

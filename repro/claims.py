@@ -108,9 +108,7 @@ CLAIMS: tuple[Claim, ...] = (
         title="CMRF blocks improve TinyU-Net over plain convolution blocks",
         kind="superiority",
         metric="miou_bg",
-        comparisons=(
-            Comparison("tinyunet", "tinyunet_plain", None, f"{_TINYUNET}: ablation; no number used here."),
-        ),
+        comparisons=(Comparison("tinyunet", "tinyunet_plain", None, f"{_TINYUNET}: ablation; no number used here."),),
     ),
     Claim(
         id="C4b",

@@ -628,6 +628,7 @@ def plot_seed_scores(runs_df: pd.DataFrame, metric: str = "dice") -> Figure:
             )
             ax.set_title(dataset)
             ax.set_xlabel(f"test {metric} (seeds; mean ± s.d.)")
+            ax.locator_params(axis="x", nbins=5)
         fig.tight_layout()
     return fig
 
@@ -650,7 +651,9 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
     datasets = sorted(tested["dataset"].unique()) or ["(no comparison run)"]
     labels = list(dict.fromkeys(tested["label"]))
     position = {label: index for index, label in enumerate(labels)}
-    colors = dict(zip(VERDICTS, sns.color_palette("colorblind", len(VERDICTS)), strict=True))
+    palette = sns.color_palette("colorblind")
+    # Untested ("not run") comparisons have no difference to plot, so only three verdicts get a colour.
+    colors = {"reproduced": palette[2], "contradicted": palette[3], "inconclusive": palette[7]}
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(
             1, len(datasets), figsize=(4.5 * len(datasets) + 3, 1.5 + 0.4 * len(labels)), sharey=True, squeeze=False
@@ -668,7 +671,7 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
             ax.set_ylabel("")
         axes[0, 0].set_yticks(range(len(labels)), labels)
         axes[0, 0].set_ylim(max(len(labels), 1) - 0.5, -0.5)
-        handles = [Line2D([], [], marker="o", linestyle="", color=colors[v], label=v) for v in VERDICTS]
+        handles = [Line2D([], [], marker="o", linestyle="", color=color, label=v) for v, color in colors.items()]
         handles.append(Line2D([], [], marker="x", linestyle="", color="0.1", label="paper's claim"))
         fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
         fig.tight_layout(rect=(0, 0, 1, 0.93))

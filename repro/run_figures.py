@@ -33,7 +33,7 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-6)
 
 
-def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """RGB image in [0, 1] with each foreground class tinted in its colour."""
     rgb = _normalise(image)
     tinted = rgb.copy()
@@ -62,9 +62,9 @@ def test_cases(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, pe
     for row, (name, index) in enumerate(cases.items()):
         panels = [
             (_normalise(images[index]), f"{name}: {per_image['id'].iloc[index]}"),
-            (_overlay(images[index], truth[index]), "ground truth"),
+            (overlay(images[index], truth[index]), "ground truth"),
             (
-                _overlay(images[index], prediction[index]),
+                overlay(images[index], prediction[index]),
                 f"prediction (Dice {per_image['dice'].iloc[index]:.3f})",
             ),
         ]

@@ -341,7 +341,9 @@ def paired_t_power(effect_size_dz: float, n: int, alpha: float = 0.05) -> float:
     df = n - 1
     noncentrality = abs(effect_size_dz) * math.sqrt(n)
     t_crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(t_crit, df, noncentrality) + stats.nct.cdf(-t_crit, df, noncentrality))
+    # The wrong-sign tail P(T < -t_crit) is taken as P(T > t_crit) at -noncentrality: scipy's nct.cdf
+    # answers nan instead of ~0 far in the lower tail (e.g. n = 10, d_z = 5).
+    return float(stats.nct.sf(t_crit, df, noncentrality) + stats.nct.sf(t_crit, df, -noncentrality))
 
 
 def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -375,9 +377,7 @@ def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, p
     return float(sd_diff * detectable_dz)
 
 
-def seeds_needed(
-    sd_diff: float, delta: float, alpha: float = 0.05, power: float = 0.8, cap: int = 100
-) -> SeedsNeeded:
+def seeds_needed(sd_diff: float, delta: float, alpha: float = 0.05, power: float = 0.8, cap: int = 100) -> SeedsNeeded:
     """Smallest number of paired seeds for which the two-sided paired t-test has at least ``power``.
 
     Power grows with n at fixed d_z, so a bisection over ``[2, cap]`` finds the smallest sufficient n.

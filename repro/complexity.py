@@ -1,0 +1,234 @@
+"""Model complexity: parameters, FLOPs and CPU latency, beside the figures the papers report.
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one image in eval mode. It counts
+2 FLOPs per multiply-accumulate of convolutions, transposed convolutions, matrix products and attention, which
+is how the papers report "FLOPs" (TinyU-Net doubles thop's MAC count); element-wise operations, normalisation,
+pooling and interpolation are not counted, so a network dominated by convolutions is compared fairly.
+
+:data:`OFFICIAL_CONFIGS` lists every architecture in the configuration its paper or official code reports, and
+:data:`PAPER_FIGURES` what was reported, with its source; :func:`complexity_table` puts the two side by side.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from repro.models import create_model
+
+# Rounding granularity of a figure given in millions with two decimals.
+TWO_DECIMALS_M = 10_000
+
+
+@dataclass(frozen=True)
+class OfficialConfig:
+    """One architecture in a configuration reported by its paper or official code.
+
+    Args:
+        name: row name (also the key of :data:`PAPER_FIGURES`).
+        arch: registry name (:func:`repro.models.list_models`).
+        in_channels: input channels of the reported configuration.
+        num_classes: output channels of the reported configuration.
+        options: ``create_model`` options.
+    """
+
+    name: str
+    arch: str
+    in_channels: int
+    num_classes: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """What a paper or official repository reports for one configuration.
+
+    Args:
+        params: parameter count as reported (7.76M is 7_760_000).
+        params_precision: rounding granularity of ``params`` (1 for an exact count).
+        gflops: reported GFLOPs, or None when not reported.
+        image_size: input side the GFLOPs are reported at.
+        source: where the figure comes from.
+    """
+
+    params: int
+    params_precision: int
+    gflops: float | None = None
+    image_size: int | None = None
+    source: str = ""
+
+
+OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
+    OfficialConfig("unet", "unet", 1, 1, {"norm": None}),
+    OfficialConfig("wide_unet", "wide_unet", 1, 1, {"norm": None}),
+    OfficialConfig("unet_plus", "unet_plus", 1, 1, {"norm": None}),
+    OfficialConfig("unetpp", "unetpp", 1, 1, {"norm": None}),
+    OfficialConfig("unetpp_ds", "unetpp", 1, 1, {"norm": None, "deep_supervision": True}),
+    OfficialConfig("tinyunet", "tinyunet", 3, 2),
+    OfficialConfig("unetv2", "unetv2", 3, 1, {"encoder": "pvt_v2_b2"}),
+    OfficialConfig("unet_bilinear", "unet_bilinear", 3, 1),
+    OfficialConfig("light_unet", "light_unet", 3, 1),
+    OfficialConfig("lighter_unet_128", "lighter_unet", 3, 1, {"groups_c": 128}),
+    OfficialConfig("lighter_unet_1", "lighter_unet", 3, 1, {"groups_c": 1}),
+)
+
+_UNETPP_PAPER = "UNet++ paper (Zhou et al., DLMIA 2018), parameter table"
+_LIGHT_README = "Light-U-net README (Yingping-LI/Light-U-net), exact count"
+PAPER_FIGURES: dict[str, PaperFigure] = {
+    # The official Keras code's comments give 7,759,521 (U-Net), 9,282,246 (wide U-Net) and 9,041,601 (UNet++);
+    # the paper's 9.13M for wide U-Net matches neither the code nor its filters (35, 70, 140, 280, 560).
+    "unet": PaperFigure(7_760_000, TWO_DECIMALS_M, source=_UNETPP_PAPER),
+    "wide_unet": PaperFigure(9_130_000, TWO_DECIMALS_M, source=_UNETPP_PAPER),
+    "unetpp": PaperFigure(9_040_000, TWO_DECIMALS_M, source=_UNETPP_PAPER + " (without deep supervision)"),
+    "unetpp_ds": PaperFigure(9_040_000, TWO_DECIMALS_M, source=_UNETPP_PAPER + " (with deep supervision)"),
+    "tinyunet": PaperFigure(480_000, TWO_DECIMALS_M, 3.33, 256, "TinyU-Net paper (Chen et al., MICCAI 2024)"),
+    # 25.15M is the official model's count, which includes modules its forward never uses (see unetv2.py).
+    "unetv2": PaperFigure(25_150_000, TWO_DECIMALS_M, source="U-Net v2 paper (Peng et al., 2023)"),
+    "unet_bilinear": PaperFigure(17_267_393, 1, source=_LIGHT_README),
+    "light_unet": PaperFigure(11_000_257, 1, source=_LIGHT_README),
+    "lighter_unet_128": PaperFigure(7_944_661, 1, source=_LIGHT_README),
+    "lighter_unet_1": PaperFigure(1_983_583, 1, source=_LIGHT_README),
+}
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows the CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# dispatches to here (used by pvt_v2_b2); without this its attention would count as zero.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _input(input_size: int | tuple[int, int], in_channels: int, batch_size: int = 1) -> torch.Tensor:
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    return torch.randn(batch_size, in_channels, height, width)
+
+
+def count_flops(model: nn.Module, input_size: int | tuple[int, int], in_channels: int) -> int:
+    """FLOPs (2 per multiply-accumulate) of one eval-mode forward pass on one image of ``input_size``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+            model(_input(input_size, in_channels))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: int | tuple[int, int],
+    repeats: int = 3,
+    *,
+    in_channels: int | None = None,
+    warmup: int = 1,
+) -> float:
+    """Median wall time in milliseconds of an eval-mode forward pass on one image, on the CPU.
+
+    Args:
+        model: the model (on the CPU).
+        input_size: side, or (height, width), of the input.
+        repeats: timed passes (at least one).
+        in_channels: input channels; defaults to ``model.in_channels``.
+        warmup: untimed passes first (allocator and thread-pool start-up).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
+    x = _input(input_size, model.in_channels if in_channels is None else in_channels)
+    was_training = model.training
+    model.eval()
+    timings = []
+    try:
+        with torch.no_grad():
+            for step in range(warmup + repeats):
+                start = time.perf_counter()
+                model(x)
+                if step >= warmup:
+                    timings.append((time.perf_counter() - start) * 1000)
+    finally:
+        model.train(was_training)
+    return statistics.median(timings)
+
+
+def complexity_table(
+    configs: Iterable[OfficialConfig] = OFFICIAL_CONFIGS,
+    image_size: int = 256,
+    latency_repeats: int = 3,
+) -> pd.DataFrame:
+    """One row per configuration: our parameters, FLOPs and latency beside the papers' figures.
+
+    ``params_diff`` is ours minus the reported count; ``params_match`` says whether ours rounds to the reported
+    figure. ``gflops_paper`` is only given where the paper reports FLOPs at ``image_size``. With
+    ``latency_repeats=0`` latency is not measured (NaN).
+    """
+    rows = []
+    for config in configs:
+        model = create_model(
+            config.arch, in_channels=config.in_channels, num_classes=config.num_classes, **config.options
+        )
+        params = count_parameters(model)
+        paper = PAPER_FIGURES.get(config.name)
+        params_diff = None if paper is None else params - paper.params
+        rows.append(
+            {
+                "model": config.name,
+                "arch": config.arch,
+                "options": ", ".join(f"{k}={v}" for k, v in config.options.items()),
+                "in_channels": config.in_channels,
+                "num_classes": config.num_classes,
+                "params": params,
+                "params_paper": None if paper is None else paper.params,
+                "params_diff": params_diff,
+                "params_match": None if paper is None else abs(params_diff) * 2 <= paper.params_precision,
+                "gflops": count_flops(model, image_size, config.in_channels) / 1e9,
+                "gflops_paper": paper.gflops if paper is not None and paper.image_size == image_size else None,
+                "latency_ms": (
+                    measure_latency(model, image_size, latency_repeats) if latency_repeats else float("nan")
+                ),
+                "threads": torch.get_num_threads(),
+                "source": "" if paper is None else paper.source,
+            }
+        )
+    table = pd.DataFrame(rows)
+    # Integer columns with gaps (no paper figure) stay integers rather than becoming floats.
+    return table.astype({"params_paper": "Int64", "params_diff": "Int64", "params_match": "boolean"})
+
+
+def to_markdown(table: pd.DataFrame, float_format: str = "{:.2f}") -> str:
+    """A GitHub Markdown table of ``table`` (missing values left blank)."""
+
+    def cell(value: object) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            return ""
+        if isinstance(value, float):
+            return float_format.format(value)
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
+    """Write ``table`` as CSV and as a Markdown table, creating parent folders."""
+    for path in (Path(csv_path), Path(md_path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False)
+    Path(md_path).write_text(to_markdown(table))

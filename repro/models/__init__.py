@@ -1,0 +1,88 @@
+"""The study's architectures, built by name: ``create_model(arch, in_channels=..., num_classes=...)``.
+
+Every model maps ``(N, in_channels, H, W)`` images to logits ``(N, num_classes, H, W)`` (binary segmentation
+uses ``num_classes=1`` with a sigmoid, multi-class a softmax). With ``deep_supervision=True``, train mode returns
+a list of logits (deepest decoder output last) and eval mode one tensor selected by ``ds_mode``. Each model
+class has ``size_divisor`` (inputs must be multiples of it) and its module docstring states every deviation from
+the official code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from repro.models.light_unet import BilinearUNet
+from repro.models.tinyunet import TinyUNet
+from repro.models.unet import WIDE_UNET_FILTERS, UNet
+from repro.models.unetpp import NestedUNet
+from repro.models.unetv2 import UNetV2
+
+__all__ = ["ModelSpec", "create_model", "list_models", "model_options"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a registry name builds its model.
+
+    Args:
+        model_class: the class; its keyword-only constructor arguments are the options.
+        fixed: arguments the name sets (not options).
+        defaults: option defaults that differ from the class's.
+    """
+
+    model_class: type[nn.Module]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        parameters = inspect.signature(self.model_class).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in self.fixed)
+
+
+_REGISTRY: dict[str, ModelSpec] = {
+    "unet": ModelSpec(UNet),
+    "wide_unet": ModelSpec(UNet, defaults={"filters": WIDE_UNET_FILTERS}),
+    "unet_plus": ModelSpec(NestedUNet, fixed={"dense_skips": False}),
+    "unetpp": ModelSpec(NestedUNet, fixed={"dense_skips": True}),
+    "tinyunet": ModelSpec(TinyUNet),
+    "unetv2": ModelSpec(UNetV2),
+    "unet_bilinear": ModelSpec(BilinearUNet, fixed={"variant": "unet", "groups_c": None}),
+    "light_unet": ModelSpec(BilinearUNet, fixed={"variant": "light", "groups_c": None}),
+    "lighter_unet": ModelSpec(BilinearUNet, fixed={"variant": "lighter"}, defaults={"groups_c": 128}),
+}
+
+
+def list_models() -> list[str]:
+    """The registered architecture names."""
+    return sorted(_REGISTRY)
+
+
+def _spec(arch: str) -> ModelSpec:
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {list_models()}")
+    return _REGISTRY[arch]
+
+
+def model_options(arch: str) -> tuple[str, ...]:
+    """The option names ``create_model(arch, ...)`` accepts."""
+    return _spec(arch).options
+
+
+def create_model(arch: str, *, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """Build architecture ``arch`` (one of :func:`list_models`) with the given options.
+
+    Raises:
+        ValueError: for an unknown arch, an unknown option (the message lists the valid ones), or an invalid
+            option value.
+    """
+    spec = _spec(arch)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {arch!r}; valid options: {list(spec.options)}")
+    return spec.model_class(in_channels, num_classes, **{**spec.defaults, **options, **spec.fixed})

@@ -1,0 +1,216 @@
+"""Building blocks shared by the architectures, and the small checks every model runs on its arguments.
+
+The U-Net family (U-Net, wide U-Net, UNet+, UNet++) is built from one kind of node, :class:`DoubleConv`, or,
+for the TinyU-Net block-swap ablation, from :class:`~repro.models.cmrf.CMRF`; :func:`make_block` picks one
+from the ``block`` option so every architecture takes the same block options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from repro.models.cmrf import CMRF
+
+BLOCKS = ("double_conv", "cmrf")
+NORMS = ("batch", None)
+DEFAULT_CMRF_GROUPS = 8
+
+BlockFactory = Callable[[int, int], nn.Module]
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise a ValueError naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def check_filters(filters: Sequence[int], expected_len: int) -> tuple[int, ...]:
+    """Return ``filters`` as a tuple after checking its length and that every width is a positive int."""
+    filters = tuple(filters)
+    if len(filters) != expected_len or not all(isinstance(w, int) and w > 0 for w in filters):
+        raise ValueError(f"filters must be {expected_len} positive ints (one width per level); got {filters}")
+    return filters
+
+
+def scale_width(width: int, width_mult: float, divisor: int = 1) -> int:
+    """Scale a channel width by ``width_mult`` and round half up to a multiple of ``divisor`` (at least one).
+
+    With ``width_mult=1`` and ``divisor=1`` the width is unchanged, so the official configurations are exact.
+    """
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be > 0; got {width_mult}")
+    return max(divisor, int(width * width_mult / divisor + 0.5) * divisor)
+
+
+def check_input_size(x: torch.Tensor, divisor: int, arch: str, min_size: int | None = None) -> None:
+    """Raise a ValueError when the spatial size of ``x`` cannot pass through the network unchanged."""
+    height, width = x.shape[-2:]
+    min_size = divisor if min_size is None else min_size
+    if height % divisor or width % divisor or height < min_size or width < min_size:
+        raise ValueError(
+            f"{arch} takes inputs whose height and width are multiples of {divisor} and at least {min_size};"
+            f" got {height}x{width}"
+        )
+
+
+class ConvNormAct(nn.Sequential):
+    """A convolution, then BatchNorm (unless ``norm=None``), the activation, and dropout (when > 0).
+
+    Args:
+        conv: the convolution (any module mapping to ``out_channels`` channels).
+        out_channels: channels ``conv`` produces.
+        norm: ``"batch"`` or ``None``.
+        activation: activation class, instantiated without arguments.
+        dropout: element-wise dropout probability after the activation.
+    """
+
+    def __init__(
+        self,
+        conv: nn.Module,
+        out_channels: int,
+        *,
+        norm: str | None = "batch",
+        activation: type[nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+    ) -> None:
+        check_choice("norm", norm, NORMS)
+        layers = [conv]
+        if norm == "batch":
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(activation())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions with bias, each followed by [BatchNorm] + activation [+ dropout].
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        norm: ``"batch"`` or ``None`` (the official UNet++ code has no normalisation).
+        dropout: dropout after each activation (the official UNet++ code uses 0.5).
+        activation: activation class.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: str | None = "batch",
+        dropout: float = 0.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(
+            ConvNormAct(
+                nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                out_channels,
+                norm=norm,
+                activation=activation,
+                dropout=dropout,
+            ),
+            ConvNormAct(
+                nn.Conv2d(out_channels, out_channels, 3, padding=1),
+                out_channels,
+                norm=norm,
+                activation=activation,
+                dropout=dropout,
+            ),
+        )
+
+
+def make_block(
+    block: str,
+    *,
+    norm: str | None = "batch",
+    dropout: float = 0.0,
+    n_dwconv: int | None = None,
+    activation: type[nn.Module] = nn.ReLU,
+) -> tuple[BlockFactory, int]:
+    """Return a factory ``(in_channels, out_channels) -> node`` for ``block``, and the divisor its widths need.
+
+    Args:
+        block: ``"double_conv"`` (:class:`DoubleConv`) or ``"cmrf"`` (:class:`~repro.models.cmrf.CMRF`).
+        norm: normalisation of double_conv nodes; CMRF always uses BatchNorm.
+        dropout: dropout of double_conv nodes; CMRF has none.
+        n_dwconv: CMRF's N (default 8); only valid with ``block="cmrf"``.
+        activation: activation of double_conv nodes (CMRF uses GELU, as in the official code).
+    """
+    check_choice("block", block, BLOCKS)
+    check_choice("norm", norm, NORMS)
+    if block == "double_conv":
+        if n_dwconv is not None:
+            raise ValueError("n_dwconv only applies to block='cmrf'")
+        return (
+            lambda c_in, c_out: DoubleConv(c_in, c_out, norm=norm, dropout=dropout, activation=activation),
+            1,
+        )
+    if norm != "batch" or dropout:
+        raise ValueError("block='cmrf' always uses BatchNorm and no dropout: leave norm and dropout unset")
+    groups = DEFAULT_CMRF_GROUPS if n_dwconv is None else n_dwconv
+    # CMRF splits its reduced features into N groups of two halves: widths must divide by 2N.
+    return (lambda c_in, c_out: CMRF(c_in, c_out, n_groups=groups)), 2 * groups
+
+
+class UpConcatNode(nn.Module):
+    """Decoder node: upsample the coarser node, concatenate it with same-level skips, then one block.
+
+    The upsampling is a 2x2 stride-2 transposed convolution with bias to this level's width, as in the
+    official UNet++ code; the concatenation order is ``[upsampled, *skips]``.
+
+    Args:
+        coarse_channels: channels of the coarser (lower-resolution) node.
+        out_channels: this level's width.
+        skip_channels: total channels of the skips concatenated at this node.
+        block: factory building the node block from (input channels, output channels).
+    """
+
+    def __init__(self, coarse_channels: int, out_channels: int, skip_channels: int, block: BlockFactory) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(coarse_channels, out_channels, kernel_size=2, stride=2)
+        self.block = block(out_channels + skip_channels, out_channels)
+
+    def forward(self, coarse: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.block(torch.cat([self.up(coarse), *skips], dim=1))
+
+
+class DeepSupervisionMixin:
+    """``ds_mode`` attribute (validated on every assignment) for models with optional deep supervision.
+
+    With deep supervision a model returns all its heads in train mode, and in eval mode the one tensor
+    ``ds_mode`` selects (the first of ``ds_modes`` unless set). ``ds_mode`` can be changed after construction,
+    so one trained model can be evaluated in every mode. Without deep supervision ``ds_mode`` is None.
+    """
+
+    ds_modes: tuple[str, ...] = ()
+    deep_supervision: bool
+    _ds_mode: str | None
+
+    def _init_deep_supervision(self, deep_supervision: bool, ds_mode: str | None) -> None:
+        self.deep_supervision = deep_supervision
+        self._ds_mode = None
+        if deep_supervision:
+            self.ds_mode = self.ds_modes[0] if ds_mode is None else ds_mode
+        elif ds_mode is not None:
+            raise ValueError("ds_mode only applies with deep_supervision=True")
+
+    @property
+    def ds_mode(self) -> str | None:
+        return self._ds_mode
+
+    @ds_mode.setter
+    def ds_mode(self, mode: str) -> None:
+        if not self.deep_supervision:
+            raise ValueError("ds_mode only applies with deep_supervision=True")
+        check_choice("ds_mode", mode, self.ds_modes)
+        self._ds_mode = mode
+
+    def set_ds_mode(self, mode: str) -> DeepSupervisionMixin:
+        """Select the eval-mode output (one of ``ds_modes``); returns the model."""
+        self.ds_mode = mode
+        return self

@@ -1,0 +1,194 @@
+"""U-Net v2 (Peng et al., 2023), as in the official code (yaoppeng/U-Net_v2, ``PolypSeg/unet_v2/UNet_v2.py``).
+
+An encoder gives four feature levels at strides 4, 8, 16, 32. Each level goes through channel and spatial
+attention and a 1x1 convolution + BatchNorm to ``c = 32`` channels, then SDI fuses all four levels into each
+level (see :mod:`repro.models.sdi`). The decoder starts from the deepest fused level and, three times, doubles
+the resolution with a 4x4 stride-2 transposed convolution (32 -> 32, no bias) and adds the next fused level.
+1x1 heads on the stride-8 and stride-4 decoder outputs give logits, upsampled bilinearly to the input size.
+
+Encoders:
+- ``"pvt_v2_b2"``: timm's ``pvt_v2_b2`` (``pretrained=False``: weights are never downloaded), features at
+  strides 4-32 with 64/128/320/512 channels and stochastic depth 0.1, as in the official backbone; its
+  parameters equal the official backbone's (which has no classification head).
+- ``"cnn"`` (default, for CPU training from scratch): six U-Net nodes (:class:`DoubleConv`, 2x2 max-pooling
+  between them) of widths ``filters`` = 16, 32, 64, 128, 320, 512 at strides 1-32; the last four are the
+  features, so they have pvt_v2_b2's strides and channels and the SDI/decoder part is identical.
+
+Ablations: ``sdi=False`` keeps the encoder, the 1x1 projections and the decoder but adds the projected
+features directly (plain skips, the paper's "U-Net with this encoder"); ``attention=False`` keeps SDI but drops
+the channel/spatial attention (the paper's "SC" ablation). ``attention`` defaults to ``sdi``.
+
+Deep supervision (default on, as in the official model): train mode returns
+``[stride-8 head, stride-4 head]`` (deepest decoder output last); eval mode returns ``ds_mode``: ``"average"``
+(default; mean of the two logits, which thresholds like the official test's ``P1 + P2``) or ``"final"``.
+
+Deviations from the official code:
+- The official model builds four heads and a fourth transposed convolution (``deconv5``) but its forward never
+  uses ``deconv5``, nor the heads of the stride-32 and stride-16 outputs (nor the stride-8 head without deep
+  supervision); only the modules that are used are built here. The official pvt_v2_b2 model therefore has
+  16,384 + 2*(c+1) (+ (c+1) without deep supervision) more parameters: 25,145,036 against our 25,128,586 with
+  one class and deep supervision (the paper reports 25.15M, the official count).
+- All heads are upsampled to the input size; the official code upsamples each by 4, so its stride-8 head is
+  returned at half resolution. The official returns ``[final, auxiliary]``; the order here is the reverse.
+- SDI resizes to (height, width) rather than to a square (identical on square inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.models.blocks import (
+    DeepSupervisionMixin,
+    DoubleConv,
+    check_choice,
+    check_filters,
+    check_input_size,
+    scale_width,
+)
+from repro.models.sdi import SDI, SkipProjection
+
+ENCODERS = ("cnn", "pvt_v2_b2")
+CNN_FILTERS = (16, 32, 64, 128, 320, 512)
+NUM_LEVELS = 4
+FEATURE_STRIDE = 4  # stride of the finest feature level, and the heads' upsampling factor
+PVT_DROP_PATH_RATE = 0.1
+
+
+class CNNEncoder(nn.Module):
+    """Six :class:`DoubleConv` nodes with 2x2 max-pooling between them; returns the last four outputs.
+
+    Args:
+        in_channels: input image channels.
+        filters: width of each of the six nodes (strides 1, 2, 4, 8, 16, 32).
+        norm: ``"batch"`` or ``None``.
+    """
+
+    def __init__(self, in_channels: int, filters: Sequence[int], *, norm: str | None = "batch") -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+        self.nodes = nn.ModuleList(
+            DoubleConv(c_in, c_out, norm=norm) for c_in, c_out in zip([in_channels, *filters[:-1]], filters, strict=True)
+        )
+        self.out_channels = tuple(filters[-NUM_LEVELS:])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for index, node in enumerate(self.nodes):
+            x = node(x if index == 0 else self.pool(x))
+            features.append(x)
+        return features[-NUM_LEVELS:]
+
+
+class PVTv2B2Encoder(nn.Module):
+    """timm's ``pvt_v2_b2`` (randomly initialised) returning its four stage outputs.
+
+    Args:
+        in_channels: input image channels.
+    """
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        import timm  # imported here: only this encoder needs timm, and importing it takes seconds
+
+        self.backbone = timm.create_model(
+            "pvt_v2_b2",
+            pretrained=False,
+            features_only=True,
+            in_chans=in_channels,
+            drop_path_rate=PVT_DROP_PATH_RATE,
+        )
+        self.out_channels = tuple(self.backbone.feature_info.channels())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone(x)
+
+
+class UNetV2(DeepSupervisionMixin, nn.Module):
+    """U-Net v2: an encoder, SDI skip connections and a light transposed-convolution decoder.
+
+    Args:
+        in_channels: input image channels.
+        num_classes: output channels per head.
+        encoder: ``"cnn"`` or ``"pvt_v2_b2"``.
+        filters: widths of the CNN encoder's six nodes (only with ``encoder="cnn"``).
+        decoder_channels: ``c``, the width of the projections, SDI and decoder (official 32).
+        sdi: fuse the levels with SDI; False adds the projected features as plain skips.
+        attention: channel and spatial attention before the projections (defaults to ``sdi``).
+        norm: normalisation of the CNN encoder (``"batch"`` or ``None``).
+        deep_supervision: heads on the stride-8 and stride-4 decoder outputs instead of only the latter.
+        ds_mode: eval-mode output with deep supervision: ``"average"`` or ``"final"``.
+        width_mult: multiplies the CNN encoder's widths and ``c`` (only with ``encoder="cnn"``).
+    """
+
+    size_divisor = 32
+    ds_modes = ("average", "final")
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        encoder: str = "cnn",
+        filters: Sequence[int] | None = None,
+        decoder_channels: int = 32,
+        sdi: bool = True,
+        attention: bool | None = None,
+        norm: str | None = "batch",
+        deep_supervision: bool = True,
+        ds_mode: str | None = None,
+        width_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        check_choice("encoder", encoder, ENCODERS)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self._init_deep_supervision(deep_supervision, ds_mode)
+        if encoder == "cnn":
+            widths = [scale_width(w, width_mult) for w in check_filters(CNN_FILTERS if filters is None else filters, 6)]
+            self.encoder = CNNEncoder(in_channels, widths, norm=norm)
+        else:
+            if filters is not None or width_mult != 1.0 or norm != "batch":
+                raise ValueError("filters, width_mult and norm only apply to encoder='cnn'")
+            self.encoder = PVTv2B2Encoder(in_channels)
+        channels = scale_width(decoder_channels, width_mult)
+        attention = sdi if attention is None else attention
+
+        self.skips = nn.ModuleList(
+            SkipProjection(c_in, channels, attention=attention) for c_in in self.encoder.out_channels
+        )
+        self.sdi = nn.ModuleList(SDI(channels, NUM_LEVELS) for _ in range(NUM_LEVELS)) if sdi else None
+        # up[k] doubles the resolution of level 3 - k to level 2 - k.
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False)
+            for _ in range(NUM_LEVELS - 1)
+        )
+        # heads[-1] is on the stride-4 output; with deep supervision heads[0] is on the stride-8 output.
+        self.heads = nn.ModuleList(nn.Conv2d(channels, num_classes, 1) for _ in range(2 if deep_supervision else 1))
+
+    def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the decoder outputs at strides 8 and 4."""
+        skips = [project(feature) for project, feature in zip(self.skips, self.encoder(x), strict=True)]
+        if self.sdi is not None:
+            skips = [fuse(skips, level) for level, fuse in enumerate(self.sdi)]
+        y = skips[-1]
+        decoded = []
+        for up, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            y = up(y) + skip
+            decoded.append(y)
+        return decoded[-2:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        check_input_size(x, self.size_divisor, type(self).__name__)
+        size = x.shape[-2:]
+        decoded = self._decode(x)
+        if not self.deep_supervision or (not self.training and self.ds_mode == "final"):
+            return F.interpolate(self.heads[-1](decoded[-1]), size=size, mode="bilinear", align_corners=False)
+        outputs = [
+            F.interpolate(head(y), size=size, mode="bilinear", align_corners=False)
+            for head, y in zip(self.heads, decoded, strict=True)
+        ]
+        return outputs if self.training else torch.stack(outputs).mean(dim=0)

@@ -129,6 +129,26 @@ def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, 
     return Trainer(model, data, train_settings(config.scale), config.seed, generator, checkpoints)
 
 
+def is_deeply_supervised(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "deep_supervision", False))
+
+
+def evaluate_pruned(trainer: Trainer, data: PreparedData, input_size: int) -> dict[str, dict]:
+    """Test metrics and FLOPs of a deep-supervision model at each of its eval modes (UNet++: the average of
+    the heads, and the sub-networks pruned to L1..L4); the model's own mode is restored afterwards."""
+    model = trainer.model
+    chosen = model.ds_mode
+    results = {}
+    for mode in model.ds_modes:
+        model.ds_mode = mode
+        results[mode] = {
+            **trainer.evaluate(data.test).summary,
+            "flops": count_flops(model, input_size, data.in_channels),
+        }
+    model.ds_mode = chosen
+    return results
+
+
 def versions() -> dict[str, str]:
     import numpy
     import scipy

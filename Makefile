@@ -1,7 +1,7 @@
 # The two commands of the README: `make study` runs the study, `make test` runs the test suite.
 # Both create the environment (.venv, Python 3.11, pinned by pyproject.toml) first if needed.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 

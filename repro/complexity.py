@@ -1,9 +1,9 @@
 """Model complexity: parameters, FLOPs and CPU latency, beside the figures the papers report.
 
-FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one image in eval mode. It counts
-2 FLOPs per multiply-accumulate of convolutions, transposed convolutions, matrix products and attention, which
-is how the papers report "FLOPs" (TinyU-Net doubles thop's MAC count); element-wise operations, normalisation,
-pooling and interpolation are not counted, so a network dominated by convolutions is compared fairly.
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one image in eval mode: 2 FLOPs per
+multiply-accumulate of convolutions, transposed convolutions, matrix products and attention (the convention of
+the TinyU-Net paper, which doubles thop's MAC count). Element-wise operations, normalisation, pooling and
+interpolation are not counted; they are a few percent of these convolutional networks' totals.
 
 :data:`OFFICIAL_CONFIGS` lists every architecture in the configuration its paper or official code reports, and
 :data:`PAPER_FIGURES` what was reported, with its source; :func:`complexity_table` puts the two side by side.
@@ -59,6 +59,7 @@ class PaperFigure:
         gflops: reported GFLOPs, or None when not reported.
         image_size: input side the GFLOPs are reported at.
         source: where the figure comes from.
+        note: how our count relates to the official code's, and why it differs where it does.
     """
 
     params: int
@@ -66,6 +67,7 @@ class PaperFigure:
     gflops: float | None = None
     image_size: int | None = None
     source: str = ""
+    note: str = ""
 
 
 OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
@@ -85,17 +87,39 @@ OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
 _UNETPP_PAPER = "UNet++ paper (Zhou et al., DLMIA 2018), parameter table"
 _LIGHT_README = "Light-U-net README (Yingping-LI/Light-U-net), exact count"
 PAPER_FIGURES: dict[str, PaperFigure] = {
-    # The official Keras code's comments give 7,759,521 (U-Net), 9,282,246 (wide U-Net) and 9,041,601 (UNet++);
-    # the paper's 9.13M for wide U-Net matches neither the code nor its filters (35, 70, 140, 280, 560).
-    "unet": PaperFigure(7_760_000, TWO_DECIMALS_M, source=_UNETPP_PAPER),
-    "wide_unet": PaperFigure(9_130_000, TWO_DECIMALS_M, source=_UNETPP_PAPER),
-    "unetpp": PaperFigure(9_040_000, TWO_DECIMALS_M, source=_UNETPP_PAPER + " (without deep supervision)"),
-    "unetpp_ds": PaperFigure(9_040_000, TWO_DECIMALS_M, source=_UNETPP_PAPER + " (with deep supervision)"),
-    # The paper's 3.33 G is thop's MAC count x 2; thop also counts 4 MACs per BatchNorm output element, which
-    # adds 0.20 G here (24,576,000 elements at 256x256) to the 3.13 G of convolutions counted below.
-    "tinyunet": PaperFigure(480_000, TWO_DECIMALS_M, 3.33, 256, "TinyU-Net paper (Chen et al., MICCAI 2024)"),
-    # 25.15M is the official model's count, which includes modules its forward never uses (see unetv2.py).
-    "unetv2": PaperFigure(25_150_000, TWO_DECIMALS_M, source="U-Net v2 paper (Peng et al., 2023)"),
+    "unet": PaperFigure(7_760_000, TWO_DECIMALS_M, source=_UNETPP_PAPER, note="equals the official code's 7,759,521"),
+    "wide_unet": PaperFigure(
+        9_130_000,
+        TWO_DECIMALS_M,
+        source=_UNETPP_PAPER,
+        note="the official code's filters (35, 70, 140, 280, 560) give 9,282,246, as its own comment says",
+    ),
+    "unetpp": PaperFigure(
+        9_040_000,
+        TWO_DECIMALS_M,
+        source=_UNETPP_PAPER + ", without deep supervision",
+        note="equals the official code's 9,041,601",
+    ),
+    "unetpp_ds": PaperFigure(
+        9_040_000,
+        TWO_DECIMALS_M,
+        source=_UNETPP_PAPER + ", with deep supervision",
+        note="the official code's, with its four 1x1 heads",
+    ),
+    "tinyunet": PaperFigure(
+        480_000,
+        TWO_DECIMALS_M,
+        3.33,
+        256,
+        source="TinyU-Net paper (Chen et al., MICCAI 2024)",
+        note="the paper's FLOPs are thop MACs x 2, and thop also counts 4 MACs per BatchNorm output (+0.20 G)",
+    ),
+    "unetv2": PaperFigure(
+        25_150_000,
+        TWO_DECIMALS_M,
+        source="U-Net v2 paper (Peng et al., 2023)",
+        note="the official model's 25,145,036 include 16,450 parameters its forward never uses (not built here)",
+    ),
     "unet_bilinear": PaperFigure(17_267_393, 1, source=_LIGHT_README),
     "light_unet": PaperFigure(11_000_257, 1, source=_LIGHT_README),
     "lighter_unet_128": PaperFigure(7_944_661, 1, source=_LIGHT_README),
@@ -206,6 +230,7 @@ def complexity_table(
                 ),
                 "threads": torch.get_num_threads(),
                 "source": "" if paper is None else paper.source,
+                "note": "" if paper is None else paper.note,
             }
         )
     table = pd.DataFrame(rows)

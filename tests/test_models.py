@@ -45,6 +45,16 @@ VARIANT_IDS = [arch + "".join(f"-{k}={v}" for k, v in options.items()) for arch,
 SIZES = [(32, 32), (64, 32)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: these tiny networks gain nothing from two, and on a shared 2-core machine two threads
+    spin against other processes (the suite runs several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_model(arch: str, **options) -> nn.Module:
     torch.manual_seed(0)
     return create_model(arch, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, **SMALL, **options)
@@ -191,8 +201,8 @@ def cmrf_params(c_in: int, c_out: int, n: int = 8) -> int:
 
 def tinyunet_params(in_channels: int, num_classes: int, n: int = 8) -> int:
     widths = (64, 128, 256, 512)
-    encoder = sum(cmrf_params(c_in, c_out, n) for c_in, c_out in zip((in_channels, *widths[:-1]), widths))
-    decoder = sum(cmrf_params(c_in, c_out, n) for c_in, c_out in zip((1024, 768, 384, 192), widths[::-1]))
+    encoder = sum(cmrf_params(c_in, c_out, n) for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True))
+    decoder = sum(cmrf_params(c_in, c_out, n) for c_in, c_out in zip((1024, 768, 384, 192), widths[::-1], strict=True))
     return encoder + decoder + conv_params(64, num_classes, kernel=1)
 
 
@@ -203,37 +213,37 @@ def unetv2_params(encoder_params, channels=(64, 128, 320, 512), c=32, num_classe
     attention = sum(2 * ch * (ch // 16) for ch in channels) + len(channels) * 2 * 7 * 7
     projections = sum(ch * c + 2 * c for ch in channels)  # 1x1 conv without bias + BatchNorm
     sdi = 4 * 4 * conv_params(c, c)
-    return (
-        encoder_params + attention + projections + sdi
-        + deconvs * conv_params(c, c, kernel=4, bias=False)
-        + heads * conv_params(c, num_classes, kernel=1)
-    )
+    decoder = deconvs * conv_params(c, c, kernel=4, bias=False) + heads * conv_params(c, num_classes, kernel=1)
+    return encoder_params + attention + projections + sdi + decoder
 
 
+UNET = (32, 64, 128, 256, 512)
+WIDE = (35, 70, 140, 280, 560)
+NO_NORM = {"norm": None}
+NO_NORM_DS = {"norm": None, "deep_supervision": True}
 OFFICIAL_COUNTS = [
-    # (arch, in_channels, num_classes, options, exact count, hand-derived count)
-    ("unet", 1, 1, {"norm": None}, 7_759_521, unet_family_params((32, 64, 128, 256, 512), 1, 1, "unet")),
-    ("wide_unet", 1, 1, {"norm": None}, 9_282_246, unet_family_params((35, 70, 140, 280, 560), 1, 1, "unet")),
-    ("unet_plus", 1, 1, {"norm": None}, 8_728_257, unet_family_params((32, 64, 128, 256, 512), 1, 1, "unet_plus")),
-    (
-        "unet_plus", 1, 1, {"norm": None, "deep_supervision": True}, 8_728_356,
-        unet_family_params((32, 64, 128, 256, 512), 1, 1, "unet_plus", heads=4),
-    ),
-    ("unetpp", 1, 1, {"norm": None}, 9_041_601, unet_family_params((32, 64, 128, 256, 512), 1, 1, "unetpp")),
-    (
-        "unetpp", 1, 1, {"norm": None, "deep_supervision": True}, 9_041_700,
-        unet_family_params((32, 64, 128, 256, 512), 1, 1, "unetpp", heads=4),
-    ),
+    # (arch, in_channels, num_classes, options, exact count, count derived by hand or None)
+    ("unet", 1, 1, NO_NORM, 7_759_521, unet_family_params(UNET, 1, 1, "unet")),
+    ("wide_unet", 1, 1, NO_NORM, 9_282_246, unet_family_params(WIDE, 1, 1, "unet")),
+    ("unet_plus", 1, 1, NO_NORM, 8_728_257, unet_family_params(UNET, 1, 1, "unet_plus")),
+    ("unet_plus", 1, 1, NO_NORM_DS, 8_728_356, unet_family_params(UNET, 1, 1, "unet_plus", heads=4)),
+    ("unetpp", 1, 1, NO_NORM, 9_041_601, unet_family_params(UNET, 1, 1, "unetpp")),
+    ("unetpp", 1, 1, NO_NORM_DS, 9_041_700, unet_family_params(UNET, 1, 1, "unetpp", heads=4)),
     ("tinyunet", 3, 2, {}, 481_170, tinyunet_params(3, 2)),
     ("tinyunet", 3, 2, {"n_dwconv": 16}, 421_930, tinyunet_params(3, 2, n=16)),
-    ("unet_bilinear", 3, 1, {}, 17_267_393, None),  # the Light-U-net README's counts
+    # The Light-U-net README's counts.
+    ("unet_bilinear", 3, 1, {}, 17_267_393, None),
     ("light_unet", 3, 1, {}, 11_000_257, None),
     ("lighter_unet", 3, 1, {"groups_c": 128}, 7_944_661, None),
     ("lighter_unet", 3, 1, {"groups_c": 1}, 1_983_583, None),
 ]
 
 
-@pytest.mark.parametrize(("arch", "in_channels", "num_classes", "options", "expected", "derived"), OFFICIAL_COUNTS)
+@pytest.mark.parametrize(
+    ("arch", "in_channels", "num_classes", "options", "expected", "derived"),
+    OFFICIAL_COUNTS,
+    ids=[f"{row[0]}-{row[4]}" for row in OFFICIAL_COUNTS],
+)
 def test_official_parameter_counts(arch, in_channels, num_classes, options, expected, derived):
     model = create_model(arch, in_channels=in_channels, num_classes=num_classes, **options)
     assert count_parameters(model) == expected

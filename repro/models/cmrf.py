@@ -56,9 +56,7 @@ class CMRF(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_groups: int = 8) -> None:
         super().__init__()
         if n_groups < 1 or out_channels % (2 * n_groups):
-            raise ValueError(
-                f"CMRF needs out_channels divisible by 2*N; got out_channels={out_channels}, N={n_groups}"
-            )
+            raise ValueError(f"CMRF needs out_channels divisible by 2*N; got out_channels={out_channels}, N={n_groups}")
         reduced = out_channels // n_groups
         half = reduced // 2
         self.reduce = ConvBN(in_channels, reduced)

@@ -71,7 +71,8 @@ class CNNEncoder(nn.Module):
         super().__init__()
         self.pool = nn.MaxPool2d(2)
         self.nodes = nn.ModuleList(
-            DoubleConv(c_in, c_out, norm=norm) for c_in, c_out in zip([in_channels, *filters[:-1]], filters, strict=True)
+            DoubleConv(c_in, c_out, norm=norm)
+            for c_in, c_out in zip([in_channels, *filters[:-1]], filters, strict=True)
         )
         self.out_channels = tuple(filters[-NUM_LEVELS:])
 

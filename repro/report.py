@@ -146,27 +146,14 @@ def load_runs(runs_dir: str | Path) -> RunResults:
     return RunResults(per_seed=per_seed, per_image=per_image)
 
 
-def load_complexity(path: str | Path) -> pd.DataFrame | None:
-    """Read ``results/complexity.csv`` if the complexity stage has produced it.
-
-    Args:
-        path: the CSV path.
-
-    Returns:
-        The table (columns include ``model``, ``params`` and optionally ``gflops``), or None if missing.
-    """
-    path = Path(path)
-    return pd.read_csv(path) if path.exists() else None
-
-
-def results_table(runs_df: pd.DataFrame, complexity_df: pd.DataFrame | None = None) -> pd.DataFrame:
+def results_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Mean and s.d. over seeds of the test metrics, per dataset × model, with model size and cost.
+
+    Parameters and FLOPs are those the runs recorded: the networks as trained, at the study's widths and
+    input size (``results/complexity.csv`` has the official configurations at the papers' sizes instead).
 
     Args:
         runs_df: ``RunResults.per_seed``.
-        complexity_df: optional ``results/complexity.csv`` table; its ``params`` and ``gflops`` (measured
-            at the study resolution) replace the values recorded by the runs. Keyed on ``model``, or on
-            ``dataset`` and ``model`` when it has a ``dataset`` column.
 
     Returns:
         Columns ``dataset``, ``model``, ``n_seeds``, ``<metric>_mean`` and ``<metric>_sd`` for foreground
@@ -180,12 +167,6 @@ def results_table(runs_df: pd.DataFrame, complexity_df: pd.DataFrame | None = No
     table["params"] = grouped["params"].first()
     table["gflops"] = grouped["flops"].first() / 1e9
     table = table.reset_index()
-    if complexity_df is not None:
-        keys = [key for key in ("dataset", "model") if key in complexity_df.columns]
-        measured = [column for column in ("params", "gflops") if column in complexity_df.columns]
-        merged = table[keys].merge(complexity_df[keys + measured], on=keys, how="left", validate="many_to_one")
-        for column in measured:
-            table[column] = merged[column].combine_first(table[column])
     table["params"] = pd.to_numeric(table["params"]).round().astype("Int64")
     return table
 

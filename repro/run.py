@@ -41,6 +41,7 @@ class RunConfig:
     data_root: str | None
     out_dir: Path
     threads: int
+    checkpoint_dir: Path
 
     @property
     def model_options(self) -> dict[str, Any]:
@@ -59,6 +60,7 @@ class RunConfig:
             "data_root": self.data_root,
             "out_dir": str(self.out_dir),
             "threads": self.threads,
+            "checkpoint_dir": str(self.checkpoint_dir),
         }
 
 
@@ -125,8 +127,7 @@ def train_settings(scale: ScalePreset) -> TrainSettings:
 
 
 def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator) -> Trainer:
-    checkpoints = CHECKPOINT_DIR / config.dataset / config.variant.name / f"seed{config.seed}" / config.scale.name
-    return Trainer(model, data, train_settings(config.scale), config.seed, generator, checkpoints)
+    return Trainer(model, data, train_settings(config.scale), config.seed, generator, config.checkpoint_dir)
 
 
 def is_deeply_supervised(model: torch.nn.Module) -> bool:
@@ -195,7 +196,7 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     best = trainer.history[trainer.best_epoch - 1]
     metrics = {
-        **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root")},
+        **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root", "checkpoint_dir")},
         "class_names": data.class_names,
         "test": test,
         "val": {"dice": best["val_dice"], "iou": best["val_iou"]},

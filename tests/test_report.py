@@ -152,15 +152,6 @@ def test_results_table(runs):
     assert np.isnan(single_seed["dice_sd"])
 
 
-def test_results_table_prefers_measured_complexity(runs):
-    complexity = pd.DataFrame({"model": ["unet", "tinyunet"], "params": [7_765_442, 482_000], "gflops": [0.9, 0.05]})
-    table = report.results_table(runs.per_seed, complexity).set_index(["dataset", "model"])
-    assert table.loc[("kvasir-seg", "unet"), "params"] == 7_765_442
-    assert table.loc[("isic2018", "unet"), "gflops"] == pytest.approx(0.9)
-    assert table.loc[("kvasir-seg", "unetpp"), "params"] == PARAMS["unetpp"]
-    assert table["params"].dtype == "Int64"
-
-
 def test_write_table_csv_markdown_latex(runs, tmp_path):
     table = report.results_table(runs.per_seed)
     display = report.format_results_table(table)

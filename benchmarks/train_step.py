@@ -22,7 +22,9 @@ from repro.models import create_model
 from repro.train import set_threads
 
 
-def time_train_steps(model: torch.nn.Module, batch: int, size: int, channels: int, steps: int, channels_last: bool) -> float:
+def time_train_steps(
+    model: torch.nn.Module, batch: int, size: int, channels: int, steps: int, channels_last: bool
+) -> float:
     """Median seconds per image of ``steps`` train steps (after one warm-up step)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
@@ -48,7 +50,14 @@ def monai_reference(arch: str, filters: tuple[int, ...]) -> torch.nn.Module | No
 
     # MONAI's 6-entry features: five encoder widths plus the last decoder width (= the first encoder width).
     features = (*filters, filters[0])
-    common = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": features, "norm": "batch", "act": "relu"}
+    common = {
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "out_channels": 1,
+        "features": features,
+        "norm": "batch",
+        "act": "relu",
+    }
     if arch == "unet":
         return BasicUNet(**common, upsample="deconv")
     if arch == "unetpp":

@@ -72,17 +72,23 @@ def resolve(
     data_root: str | None,
     out_dir: str | Path,
     threads: int | None,
+    checkpoint_dir: str | Path | None = None,
 ) -> RunConfig:
-    """Resolve notebook parameters against params.yaml (unknown names fail with the valid ones listed)."""
+    """Resolve notebook parameters against params.yaml (unknown names fail with the valid ones listed).
+
+    The checkpoint folder defaults to ``checkpoints/<dataset>/<model>/seed<k>/<scale>/``.
+    """
     params = load_params()
+    scale_settings = scale_preset(scale, params)
     return RunConfig(
         dataset=dataset,
         variant=model_variant(model, params),
         seed=int(seed),
-        scale=scale_preset(scale, params),
+        scale=scale_settings,
         data_root=data_root or params.get("data_root"),
         out_dir=Path(out_dir),
         threads=set_threads(threads),
+        checkpoint_dir=Path(checkpoint_dir or CHECKPOINT_DIR / dataset / model / f"seed{seed}" / scale_settings.name),
     )
 
 

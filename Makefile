@@ -4,6 +4,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# DVC stages call `python` and `papermill`: the environment's, whoever runs make.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: env study test lint bench clean-env
 

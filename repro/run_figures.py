@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # Colours of foreground classes 1, 2, ... in overlays (background stays transparent).
 CLASS_COLOURS = np.array([[0.0, 0.9, 0.2], [1.0, 0.75, 0.0], [0.2, 0.5, 1.0], [1.0, 0.2, 0.6]])
@@ -23,6 +24,8 @@ def learning_curves(history: pd.DataFrame, best_epoch: int) -> Figure:
     score_ax.axvline(best_epoch, color="grey", linestyle="--", label=f"selected (epoch {best_epoch})")
     score_ax.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
     score_ax.legend(loc="lower right", fontsize=8)
+    for ax in (loss_ax, score_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
@@ -43,6 +46,11 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return tinted
 
 
+def short_id(image_id: str, length: int = 18) -> str:
+    """Ids such as DSB2018's 64-character hashes, shortened to fit a panel title."""
+    return image_id if len(image_id) <= length else image_id[: length - 1] + "…"
+
+
 def pick_cases(dice: Sequence[float]) -> dict[str, int]:
     """Indices of the best, median and worst test images by Dice (ties: the first in id order)."""
     order = np.argsort(np.asarray(dice), kind="stable")
@@ -61,7 +69,7 @@ def test_cases(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, pe
     fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.6 * len(cases)), squeeze=False)
     for row, (name, index) in enumerate(cases.items()):
         panels = [
-            (_normalise(images[index]), f"{name}: {per_image['id'].iloc[index]}"),
+            (_normalise(images[index]), f"{name}: {short_id(per_image['id'].iloc[index])}"),
             (overlay(images[index], truth[index]), "ground truth"),
             (
                 overlay(images[index], prediction[index]),

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from repro.data.prepare import read_pair
 from repro.data.registry import get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.run_figures import overlay
+from repro.run_figures import overlay, short_id
 
 
 def dataset_card(name: str, data_root: str | None = None) -> dict:
@@ -63,7 +63,7 @@ def sample_grid(name: str, n: int = 4, data_root: str | None = None) -> Figure:
     for column, sample in enumerate(chosen):
         image, labels, _ = read_pair(spec, sample)
         axes[0, column].imshow(overlay(image, np.zeros_like(labels)))
-        axes[0, column].set_title(sample.id[:18], fontsize=8)
+        axes[0, column].set_title(short_id(sample.id), fontsize=8)
         axes[1, column].imshow(overlay(image, labels))
         for ax in axes[:, column]:
             ax.axis("off")

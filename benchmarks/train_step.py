@@ -70,12 +70,12 @@ def main() -> None:
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--variants", nargs="*", help="model variants (default: the study grid's)")
+    parser.add_argument("--variants", nargs="*", help="model variants (default: every variant in params.yaml)")
     args = parser.parse_args()
     params = load_params()
     scale = scale_preset(args.scale, params)
     threads = set_threads(args.threads)
-    variants = args.variants or params["study"]["models"]
+    variants = args.variants or list(params["models"])
     size, batch = scale.image_size, scale.batch_size
     print(f"scale {scale.name}: {batch} x 3 x {size} x {size}, width_mult {scale.width_mult}, {threads} thread(s)")
     print(f"{'variant':<16}{'params':>10}{'ms/img (CL)':>13}{'ms/img':>9}{'MONAI ms/img':>14}{'ours/MONAI':>12}")

@@ -25,9 +25,7 @@ def test_binary_dice_term_by_hand() -> None:
     dice = (4 + SMOOTH) / (12 + SMOOTH)
     assert SegmentationLoss(2, dice_weight=0.0)(logits, target).item() == pytest.approx(math.log(2))
     assert SegmentationLoss(2)(logits, target).item() == pytest.approx(math.log(2) + 1 - dice)
-    assert SegmentationLoss(2, dice_weight=2.0)(logits, target).item() == pytest.approx(
-        math.log(2) + 2 * (1 - dice)
-    )
+    assert SegmentationLoss(2, dice_weight=2.0)(logits, target).item() == pytest.approx(math.log(2) + 2 * (1 - dice))
 
 
 def test_multiclass_value_by_hand() -> None:

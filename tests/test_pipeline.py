@@ -70,7 +70,9 @@ def pipeline(tmp_path_factory) -> Path:
 def test_repro_runs_every_stage(pipeline):
     for model in ("unet", "tinyunet"):
         for seed in (0, 1):
-            metrics = json.loads((pipeline / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text())
+            metrics = json.loads(
+                (pipeline / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text()
+            )
             assert (metrics["model"], metrics["seed"], metrics["scale"]) == (model, seed, "smoke")
             assert (pipeline / f"results/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
     for output in ("complexity.csv", "aggregate.ipynb", "stats.json", "tables/results.md", "figures/seed_dice.png"):

@@ -60,6 +60,7 @@ def pipeline(tmp_path_factory) -> Path:
     params["data_root"] = str(resolve_data_root(params["data_root"]))
     params["scale"] = "smoke"
     params["study"] = {"datasets": ["ph2-dermoscopy"], "models": ["unet", "tinyunet"], "seeds": [0, 1]}
+    params["prepare"]["datasets"] = ["ph2-dermoscopy"]
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)

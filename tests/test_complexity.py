@@ -23,15 +23,7 @@ from repro.complexity import (
 )
 from repro.models import create_model, list_models
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these tiny networks gain nothing from two, and on a shared 2-core machine two threads
-    spin against other processes (the suite runs several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_count_parameters_of_a_convolution():

@@ -45,14 +45,7 @@ VARIANT_IDS = [arch + "".join(f"-{k}={v}" for k, v in options.items()) for arch,
 SIZES = [(32, 32), (64, 32)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these tiny networks gain nothing from two, and on a shared 2-core machine two threads
-    spin against other processes (the suite runs several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_model(arch: str, **options) -> nn.Module:

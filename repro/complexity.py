@@ -147,12 +147,14 @@ def _input(input_size: int | tuple[int, int], in_channels: int, batch_size: int 
 
 
 def count_flops(model: nn.Module, input_size: int | tuple[int, int], in_channels: int) -> int:
-    """FLOPs (2 per multiply-accumulate) of one eval-mode forward pass on one image of ``input_size``."""
+    """FLOPs (2 per multiply-accumulate) of one eval-mode forward pass on one image of ``input_size``, on the
+    model's device (the input is drawn on the CPU, so the count draws the same random numbers on every device)."""
     was_training = model.training
+    device = next(model.parameters(), torch.empty(0)).device  # a module without parameters runs on the CPU
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
-            model(_input(input_size, in_channels))
+            model(_input(input_size, in_channels).to(device))
     finally:
         model.train(was_training)
     return counter.get_total_flops()

@@ -25,7 +25,16 @@ from repro.config import ModelVariant, ScalePreset, load_params, model_variant, 
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT
 from repro.models import create_model
-from repro.train import PreparedData, Trainer, TrainSettings, load_prepared, seed_everything, set_threads
+from repro.train import (
+    PreparedData,
+    Trainer,
+    TrainSettings,
+    describe_device,
+    load_prepared,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 
@@ -42,6 +51,7 @@ class RunConfig:
     out_dir: Path
     threads: int
     checkpoint_dir: Path
+    device: torch.device
 
     @property
     def model_options(self) -> dict[str, Any]:
@@ -61,6 +71,7 @@ class RunConfig:
             "out_dir": str(self.out_dir),
             "threads": self.threads,
             "checkpoint_dir": str(self.checkpoint_dir),
+            "device": describe_device(self.device),
         }
 
 
@@ -73,10 +84,12 @@ def resolve(
     out_dir: str | Path,
     threads: int | None,
     checkpoint_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> RunConfig:
     """Resolve notebook parameters against params.yaml (unknown names fail with the valid ones listed).
 
-    The checkpoint folder defaults to ``checkpoints/<dataset>/<model>/seed<k>/<scale>/``.
+    The checkpoint folder defaults to ``checkpoints/<dataset>/<model>/seed<k>/<scale>/``; the device to
+    :func:`repro.train.resolve_device` of ``device``.
     """
     params = load_params()
     scale_settings = scale_preset(scale, params)
@@ -89,6 +102,7 @@ def resolve(
         out_dir=Path(out_dir),
         threads=set_threads(threads),
         checkpoint_dir=Path(checkpoint_dir or CHECKPOINT_DIR / dataset / model / f"seed{seed}" / scale_settings.name),
+        device=resolve_device(device),
     )
 
 
@@ -133,7 +147,9 @@ def train_settings(scale: ScalePreset) -> TrainSettings:
 
 
 def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator) -> Trainer:
-    return Trainer(model, data, train_settings(config.scale), config.seed, generator, config.checkpoint_dir)
+    return Trainer(
+        model, data, train_settings(config.scale), config.seed, generator, config.checkpoint_dir, config.device
+    )
 
 
 def is_deeply_supervised(model: torch.nn.Module) -> bool:

@@ -7,12 +7,16 @@ validation Dice is selected and the test split is evaluated once, with those wei
 
 The hot path stays lean for CPU runs: every split is one in-memory tensor (no DataLoader, no worker
 processes), augmentation is batched tensor indexing, and the only host sync per step is the loss value that
-the non-finite-loss check needs.
+the non-finite-loss check needs. On a GPU (``device``, see :func:`resolve_device`) the splits are moved to it
+once, so the hot path never copies images between host and device.
 
-Determinism: one seed sets Python, NumPy and torch (model initialisation, dropout) and a dedicated generator
-for data order, patches and augmentation. On CPU with a fixed thread count, the same seed gives bit-identical
-results. A checkpoint written after every epoch holds every state (model, optimizer, scheduler, both RNGs,
-best weights, history), so a killed run resumes to the same result as an uninterrupted one.
+Determinism: one seed sets Python, NumPy and torch (model initialisation, dropout) and a dedicated CPU generator
+for data order, patches and augmentation, so a seed draws the same batches and transforms on every device. On
+CPU with a fixed thread count, the same seed gives bit-identical results. On CUDA, cuDNN is held to its
+deterministic algorithms, but a few backward kernels (bilinear upsampling, adaptive pooling) have no
+deterministic CUDA version: PyTorch warns about them and a rerun can differ in the last bits. A checkpoint
+written after every epoch holds every state (model, optimizer, scheduler, every RNG, best weights, history), so
+a killed run resumes to the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.metrics import confusion_counts, logits_to_labels, per_image_table, summarize
 
 THREADS_ENV = "UNET_REPRO_THREADS"
+DEVICE_ENV = "UNET_REPRO_DEVICE"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,12 +52,41 @@ def set_threads(threads: int | None = None) -> int:
     return threads
 
 
+def resolve_device(device: str | None = None) -> torch.device:
+    """The device to train on: the argument, else ``$UNET_REPRO_DEVICE``, else ``"auto"``.
+
+    ``"auto"`` is the first CUDA GPU when there is one, else the CPU. A named device that is not there fails here,
+    before any data is loaded.
+    """
+    name = device or os.environ.get(DEVICE_ENV) or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(name)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for (argument or ${DEVICE_ENV}) but CUDA is not available")
+    return resolved
+
+
+def describe_device(device: torch.device) -> str:
+    """A readable name: ``cpu`` or the GPU's model, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return the generator that drives data order and augmentation."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeds legacy global-state users (e.g. third-party code)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    # cuBLAS is deterministic only with a fixed workspace; it must be set before its first call.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    # Every CPU kernel used here is deterministic; on CUDA, the few without a deterministic version warn (see
+    # the module docstring) rather than stop the run.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
@@ -76,6 +110,17 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def to(self, device: torch.device) -> Split:
+        """This split on ``device`` (itself when it is already there)."""
+        if self.images.device == device:
+            return self
+        return Split(
+            images=self.images.to(device),
+            masks=self.masks.to(device),
+            valid=None if self.valid is None else self.valid.to(device),
+            ids=self.ids,
+        )
 
 
 @dataclass
@@ -158,7 +203,7 @@ def random_dihedral(
     images, masks = images.clone(), masks.clone()
     valid = None if valid is None else valid.clone()
     for transform in choice.unique().tolist():
-        index = (choice == transform).nonzero().squeeze(1)
+        index = (choice == transform).nonzero().squeeze(1).to(images.device)
         k, flip = transform % 4, transform >= 4
         for tensor in (images, masks) + ((valid,) if valid is not None else ()):
             picked = tensor[index]
@@ -213,12 +258,12 @@ def predict_logits(model: nn.Module, images: Tensor, batch_size: int, tile: int 
             outputs.append(model(batch))
             continue
         height, width = batch.shape[-2:]
-        total, count = None, torch.zeros(1, 1, height, width)
+        total, count = None, torch.zeros(1, 1, height, width, device=batch.device)
         for top in _tile_starts(height, tile):
             for left in _tile_starts(width, tile):
                 logits = model(batch[..., top : top + tile, left : left + tile])
                 if total is None:
-                    total = torch.zeros(batch.shape[0], logits.shape[1], height, width)
+                    total = torch.zeros(batch.shape[0], logits.shape[1], height, width, device=batch.device)
                 total[..., top : top + tile, left : left + tile] += logits
                 count[..., top : top + tile, left : left + tile] += 1
         outputs.append(total / count)
@@ -266,8 +311,9 @@ class Trainer:
         data: the prepared dataset.
         settings: training settings.
         seed: the run's seed (model initialisation must already have used it: see ``seed_everything``).
+        generator: the data/augmentation generator returned by ``seed_everything`` (a CPU generator).
         checkpoint_dir: where ``last.pt`` is written after every epoch; an existing one is resumed from.
-        generator: the data/augmentation generator returned by ``seed_everything``.
+        device: where the model and the splits live (see :func:`resolve_device`); the CPU by default.
     """
 
     def __init__(
@@ -278,13 +324,17 @@ class Trainer:
         seed: int,
         generator: torch.Generator,
         checkpoint_dir: Path | str | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
+        self.device = torch.device(device)
         self.data = data
+        # The splits the hot path reads, moved to the device once (the caller's ``data`` stays where it is).
+        self.train_split, self.val_split = data.train.to(self.device), data.val.to(self.device)
         self.settings = settings
         self.seed = seed
         self.generator = generator
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=self.memory_format)
+        self.model = model.to(device=self.device, memory_format=self.memory_format)
         self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
@@ -302,7 +352,7 @@ class Trainer:
         return self.settings.patch_size if self.data.large_images else None
 
     def _epoch_samples(self) -> Split:
-        train = self.data.train
+        train = self.train_split
         if self.data.large_images:
             return random_patches(train, self.settings.patch_size, self.settings.patches_per_image, self.generator)
         return train
@@ -311,7 +361,7 @@ class Trainer:
         """One pass over the (patched) training split; returns the mean loss."""
         self.model.train()
         samples = self._epoch_samples()
-        order = torch.randperm(len(samples), generator=self.generator)
+        order = torch.randperm(len(samples), generator=self.generator).to(self.device)
         batch_size = min(self.settings.batch_size, len(samples))
         steps = len(samples) // batch_size
         total = 0.0
@@ -335,15 +385,16 @@ class Trainer:
         return total / steps
 
     def evaluate(self, split: Split) -> EvalResult:
-        """Dice/IoU of the current model on ``split`` (per image and summarised)."""
+        """Dice/IoU of the current model on ``split`` (per image and summarised); predictions on the CPU."""
+        split = split.to(self.device)
         images = split.images.contiguous(memory_format=self.memory_format)
         logits = predict_logits(self.model, images, self.settings.batch_size, self.tile)
         predictions = logits_to_labels(logits)
-        counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid)
+        counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid).cpu()
         return EvalResult(
             summarize(counts, self.data.class_names),
             per_image_table(counts, split.ids, self.data.class_names),
-            predictions,
+            predictions.cpu(),
         )
 
     def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
@@ -361,7 +412,7 @@ class Trainer:
             train_loss = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             self.train_seconds += seconds
-            val = self.evaluate(self.data.val).summary
+            val = self.evaluate(self.val_split).summary
             self.history.append(
                 {
                     "epoch": epoch,
@@ -396,6 +447,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "history": self.history,
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
@@ -413,7 +465,7 @@ class Trainer:
     def _resume(self) -> None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return
-        state = torch.load(self.checkpoint, weights_only=False)
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
         if state["seed"] != self.seed or state["settings"] != asdict(self.settings):
             raise ValueError(
                 f"{self.checkpoint} belongs to another run (seed {state['seed']}, settings {state['settings']}); "
@@ -422,8 +474,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         for key in ("history", "best_state", "best_epoch", "best_val_dice", "train_seconds", "train_samples"):
             setattr(self, key, state[key])
 

@@ -264,6 +264,72 @@ def test_unetv2_pvt_parameter_count(pvt_unetv2):
     assert unetv2_params(PVT_V2_B2_FEATURE_PARAMS, heads=4, deconvs=4) == 25_145_036
 
 
+# A few of timm's pvt_v2_b2 state-dict keys (and shapes), so timm/official pretrained weights keep loading.
+PVT_V2_B2_TIMM_KEYS = {
+    "patch_embed.proj.weight": (64, 3, 7, 7),
+    "patch_embed.norm.bias": (64,),
+    "stages.0.blocks.0.attn.q.weight": (64, 64),
+    "stages.0.blocks.2.attn.kv.bias": (128,),
+    "stages.0.blocks.0.attn.sr.weight": (64, 64, 8, 8),
+    "stages.0.blocks.1.attn.norm.weight": (64,),
+    "stages.1.downsample.proj.weight": (128, 64, 3, 3),
+    "stages.1.blocks.3.mlp.dwconv.weight": (1024, 1, 3, 3),
+    "stages.2.blocks.5.mlp.fc1.weight": (1280, 320),
+    "stages.2.blocks.5.attn.proj.weight": (320, 320),
+    "stages.3.blocks.2.norm2.weight": (512,),
+    "stages.3.blocks.0.mlp.fc2.weight": (512, 2048),
+    "stages.3.norm.weight": (512,),
+}
+
+
+def test_pvt_v2_b2_state_dict_follows_timm_names(pvt_unetv2):
+    state = pvt_unetv2.encoder.backbone.state_dict()
+    assert {key: tuple(state[key].shape) for key in PVT_V2_B2_TIMM_KEYS if key in state} == PVT_V2_B2_TIMM_KEYS
+    assert len(state) == 332  # timm's features_only state dict has 332 entries
+    assert not any(key.startswith("stages.3.blocks.0.attn.sr") for key in state)  # sr_ratio 1: no reduction
+
+
+def test_pvt_v2_b2_feature_strides_and_channels(pvt_unetv2):
+    encoder = pvt_unetv2.encoder.eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, 64, 96))
+    assert encoder.out_channels == (64, 128, 320, 512)
+    assert [tuple(f.shape) for f in features] == [
+        (1, c, 64 // s, 96 // s) for c, s in zip(encoder.out_channels, (4, 8, 16, 32), strict=True)
+    ]
+
+
+def test_pvt_v2_b2_drop_path_and_in_channels():
+    from repro.models.pvt_v2 import pvt_v2_b2
+
+    backbone = pvt_v2_b2(1, drop_path_rate=0.1)
+    rates = [block.drop_path1.p for stage in backbone.stages for block in stage.blocks]
+    assert len(rates) == 16 and rates[0] == 0 and rates[-1] == pytest.approx(0.1)
+    assert count_parameters(backbone) == PVT_V2_B2_FEATURE_PARAMS - 2 * 64 * 7 * 7  # two fewer input channels
+
+
+def test_pvt_v2_convert_official_state_dict():
+    from repro.models.pvt_v2 import convert_official_state_dict
+
+    official = [
+        "patch_embed1.proj.weight",
+        "patch_embed3.norm.bias",
+        "block2.3.mlp.dwconv.dwconv.weight",
+        "block4.0.attn.kv.weight",
+        "norm3.weight",
+        "head.weight",
+    ]
+    timm = [
+        "patch_embed.proj.weight",
+        "stages.2.downsample.norm.bias",
+        "stages.1.blocks.3.mlp.dwconv.weight",
+        "stages.3.blocks.0.attn.kv.weight",
+        "stages.2.norm.weight",
+    ]
+    assert list(convert_official_state_dict(dict.fromkeys(official))) == timm
+    assert list(convert_official_state_dict(dict.fromkeys(timm))) == timm
+
+
 def test_unetv2_pvt_forward_backward(pvt_unetv2):
     x = torch.randn(1, 3, 64, 64)
     outputs = pvt_unetv2.train()(x)

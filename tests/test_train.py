@@ -21,6 +21,7 @@ from repro.train import (
     predict_logits,
     random_dihedral,
     random_patches,
+    resolve_device,
     seed_everything,
 )
 
@@ -52,10 +53,12 @@ def synthetic_data(large_images: bool = False) -> PreparedData:
 SETTINGS = TrainSettings(epochs=4, batch_size=4, lr=0.01, weight_decay=0.0, patch_size=16, patches_per_image=2)
 
 
-def make_trainer(seed: int = 0, settings: TrainSettings = SETTINGS, checkpoint_dir=None, data=None) -> Trainer:
+def make_trainer(
+    seed: int = 0, settings: TrainSettings = SETTINGS, checkpoint_dir=None, data=None, device="cpu"
+) -> Trainer:
     generator = seed_everything(seed)
     model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125, norm="batch")
-    return Trainer(model, data or synthetic_data(), settings, seed, generator, checkpoint_dir)
+    return Trainer(model, data or synthetic_data(), settings, seed, generator, checkpoint_dir, device)
 
 
 def test_training_learns_the_task():
@@ -157,3 +160,38 @@ def test_patches_and_sliding_window():
     trainer = make_trainer(data=data)
     trainer.fit()
     assert trainer.train_samples == 4 * 32  # 16 images x 2 patches per epoch, 4 epochs
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.delenv("UNET_REPRO_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device().type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("UNET_REPRO_DEVICE", "cpu")
+    assert resolve_device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("UNET_REPRO_DEVICE", "cuda")
+        with pytest.raises(RuntimeError, match="UNET_REPRO_DEVICE.*CUDA is not available"):
+            resolve_device()
+
+
+def test_trainer_leaves_the_callers_data_on_the_cpu():
+    data = synthetic_data()
+    trainer = make_trainer(data=data)
+    trainer.fit()
+    result = trainer.evaluate(data.test)
+    assert data.train.images.device.type == "cpu"
+    assert result.predictions.device.type == "cpu"
+    assert data.train.to(torch.device("cpu")) is data.train
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_draws_the_same_batches_and_agrees_with_the_cpu():
+    """The data order and augmentation come from a CPU generator, so both devices see the same batches: the
+    first epoch's loss agrees to float tolerance, and both runs learn the task."""
+    settings = TrainSettings(epochs=20, batch_size=4, lr=0.01, weight_decay=0.0, patch_size=16, patches_per_image=2)
+    cpu, gpu = make_trainer(settings=settings), make_trainer(settings=settings, device="cuda")
+    cpu_history, gpu_history = cpu.fit(), gpu.fit()
+    assert gpu_history[0]["train_loss"] == pytest.approx(cpu_history[0]["train_loss"], rel=1e-3)
+    gpu.load_best()
+    assert gpu.evaluate(gpu.data.test).summary["dice"] > 0.8

@@ -7,9 +7,12 @@ the resolution with a 4x4 stride-2 transposed convolution (32 -> 32, no bias) an
 1x1 heads on the stride-8 and stride-4 decoder outputs give logits, upsampled bilinearly to the input size.
 
 Encoders:
-- ``"pvt_v2_b2"``: timm's ``pvt_v2_b2`` (``pretrained=False``: weights are never downloaded), features at
-  strides 4-32 with 64/128/320/512 channels and stochastic depth 0.1, as in the official backbone; its
-  parameters equal the official backbone's (which has no classification head).
+- ``"pvt_v2_b2"``: our PVTv2-b2 backbone (:mod:`repro.models.pvt_v2`, randomly initialised; no timm needed),
+  features at strides 4-32 with 64/128/320/512 channels and stochastic depth 0.1, as in the official backbone.
+  It was verified against timm 1.0.31's ``pvt_v2_b2`` (``features_only``): the same parameter count as the
+  official backbone (24,849,856; it has no classification head) and, with shared weights, equal outputs; its
+  state dict has timm's key names, so timm's pretrained weights (less ``head.*``) load into it, and the official
+  release's after :func:`~repro.models.pvt_v2.convert_official_state_dict`.
 - ``"cnn"`` (default, for CPU training from scratch): six U-Net nodes (:class:`DoubleConv`, 2x2 max-pooling
   between them) of widths ``filters`` = 16, 32, 64, 128, 320, 512 at strides 1-32; the last four are the
   features, so they have pvt_v2_b2's strides and channels and the SDI/decoder part is identical.
@@ -49,6 +52,7 @@ from repro.models.blocks import (
     check_input_size,
     scale_width,
 )
+from repro.models.pvt_v2 import pvt_v2_b2
 from repro.models.sdi import SDI, SkipProjection
 
 ENCODERS = ("cnn", "pvt_v2_b2")
@@ -85,7 +89,8 @@ class CNNEncoder(nn.Module):
 
 
 class PVTv2B2Encoder(nn.Module):
-    """timm's ``pvt_v2_b2`` (randomly initialised) returning its four stage outputs.
+    """The pvt_v2_b2 backbone (:func:`repro.models.pvt_v2.pvt_v2_b2`, randomly initialised) returning its four
+    stage outputs.
 
     Args:
         in_channels: input image channels.
@@ -93,16 +98,8 @@ class PVTv2B2Encoder(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
-        import timm  # imported here: only this encoder needs timm, and importing it takes seconds
-
-        self.backbone = timm.create_model(
-            "pvt_v2_b2",
-            pretrained=False,
-            features_only=True,
-            in_chans=in_channels,
-            drop_path_rate=PVT_DROP_PATH_RATE,
-        )
-        self.out_channels = tuple(self.backbone.feature_info.channels())
+        self.backbone = pvt_v2_b2(in_channels, drop_path_rate=PVT_DROP_PATH_RATE)
+        self.out_channels = self.backbone.out_channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(x)

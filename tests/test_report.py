@@ -285,3 +285,17 @@ def test_claims_are_well_formed():
     n8 = next(claim for claim in CLAIMS if claim.id == "C4c")
     # NCP mIoU 80.27 at N = 8 minus 79.24 / 79.58 / 79.77 / 79.56 at N = 1 / 2 / 4 / 16.
     assert [c.claimed_difference for c in n8.comparisons] == pytest.approx([0.0103, 0.0069, 0.0050, 0.0071])
+
+
+def test_seed_figure_is_byte_identical_across_runs_and_leaves_numpy_alone(runs, tmp_path):
+    """DVC hashes the figures: re-running the aggregation must not change them (seaborn's jitter is random)."""
+    pictures = []
+    for k in range(2):
+        np.random.uniform()  # noqa: NPY002 - a different global state each time
+        before = np.random.get_state()  # noqa: NPY002
+        fig = report.plot_seed_scores(runs.per_seed)
+        after = np.random.get_state()  # noqa: NPY002
+        assert (before[1] == after[1]).all() and before[2] == after[2]
+        pictures.append(report.save_figure(fig, tmp_path / f"seed_dice{k}.png").read_bytes())
+        plt.close(fig)
+    assert pictures[0] == pictures[1]

@@ -98,3 +98,32 @@ def test_dependencies_are_exact(pipeline):
     stats = pipeline / "repro" / "stats.py"
     stats.write_text(stats.read_text() + "\n# an edit\n")
     assert _stale(pipeline) == {"aggregate"}
+
+
+def test_parallel_repro_runs_and_records_the_stale_runs(pipeline):
+    """`make study` trains through scripts/parallel_repro.py: it must run exactly the stale runs and lock them."""
+    params_file = pipeline / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["models"]["tinyunet"]["n_dwconv"] = 4
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    # The finished runs' checkpoints must go first: they are matched on seed and settings only (README,
+    # "Checkpoints"), and resuming them would load the 8-convolution weights into the 4-convolution network.
+    shutil.rmtree(pipeline / "checkpoints/ph2-dermoscopy/tinyunet")
+    untouched = (pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json").read_bytes()
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "scripts/parallel_repro.py", "-j", "2"],
+        cwd=pipeline,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 training stage(s) to run" in result.stdout
+    assert not {name for name in _stale(pipeline) if name.startswith("train@")}
+    for seed in (0, 1):
+        metrics = json.loads((pipeline / f"results/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
+        assert metrics["options"]["n_dwconv"] == 4
+    assert (pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json").read_bytes() == untouched

@@ -129,6 +129,21 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         make_trainer(seed=1, checkpoint_dir=tmp_path)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="known limitation (README, 'Checkpoints'): a checkpoint is matched on seed and training settings only",
+)
+def test_checkpoint_of_other_data_is_refused(tmp_path):
+    # A finished checkpoint of the same seed and settings but other training data (or model options, image size,
+    # code) is today resumed as if it were this run: the new run trains no further and reports the old model.
+    make_trainer(checkpoint_dir=tmp_path).fit()
+    data = synthetic_data()
+    other = PreparedData(**{**vars(data), "train": synthetic_split(16, 32, 7)})
+    with pytest.raises(ValueError, match="belongs to another run"):
+        make_trainer(checkpoint_dir=tmp_path, data=other)
+
+
 def test_non_finite_loss_stops_with_epoch_and_step():
     data = synthetic_data()
     data.train.images[5] = float("nan")

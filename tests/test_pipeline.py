@@ -39,11 +39,14 @@ def _copy_tree(destination: Path) -> None:
         shutil.copy2(ROOT / name, target)
 
 
-def _dvc(copy: Path, *args: str) -> str:
+def _run(copy: Path, *args: str) -> subprocess.CompletedProcess:
+    """This interpreter on ``args`` in the copy, with its environment's `dvc` and `papermill` first on PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=copy, env=env, capture_output=True, text=True, timeout=900
-    )
+    return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _dvc(copy: Path, *args: str) -> str:
+    result = _run(copy, "-m", "dvc", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -109,21 +112,14 @@ def test_parallel_repro_runs_and_records_the_stale_runs(pipeline):
     # The finished runs' checkpoints must go first: they are matched on seed and settings only (README,
     # "Checkpoints"), and resuming them would load the 8-convolution weights into the 4-convolution network.
     shutil.rmtree(pipeline / "checkpoints/ph2-dermoscopy/tinyunet")
-    untouched = (pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json").read_bytes()
+    unet_metrics = pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json"
+    untouched = unet_metrics.read_bytes()
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "scripts/parallel_repro.py", "-j", "2"],
-        cwd=pipeline,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = _run(pipeline, "scripts/parallel_repro.py", "-j", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 training stage(s) to run" in result.stdout
     assert not {name for name in _stale(pipeline) if name.startswith("train@")}
     for seed in (0, 1):
         metrics = json.loads((pipeline / f"results/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
         assert metrics["options"]["n_dwconv"] == 4
-    assert (pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json").read_bytes() == untouched
+    assert unet_metrics.read_bytes() == untouched

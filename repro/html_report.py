@@ -1,0 +1,310 @@
+"""Build the study's HTML report and the summary files DVC reads for `dvc metrics` and `dvc plots`.
+
+Writes into one folder (``results/report/`` in the pipeline):
+
+- ``aggregate.html``: the executed aggregate notebook as HTML, code hidden, figures embedded as data URIs and
+  no script loaded from the network, so it reads the same offline;
+- ``index.html``: what was run, the verdict of every claim on every dataset, and a table of every run that links
+  its executed notebook (kept as ``.ipynb``: converting hundreds of notebooks that embed their figures would
+  double the repository's size for what Jupyter or GitHub already render);
+- ``metrics/<dataset>.json``: mean test Dice per model variant, the number of runs and each claim's verdict,
+  one file per dataset so that ``dvc metrics show`` is one row per dataset;
+- ``curves/<quantity>/<dataset>.csv``: validation Dice and training loss per epoch, one column per model
+  variant (mean over seeds), for ``dvc plots``.
+
+``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+from pathlib import Path
+
+import jinja2
+import nbformat
+import pandas as pd
+from nbconvert import HTMLExporter
+
+# nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
+# notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+# The learning-curve quantities written for `dvc plots`, as named in each run's history.csv.
+CURVES = ("val_dice", "train_loss")
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+#runs td { white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.verdict-reproduced { background: #d9f2d9; }
+td.verdict-contradicted { background: #f7d4d4; }
+td.verdict-inconclusive { background: #fff1c7; }
+td.verdict-not-run { color: #888; }
+"""
+
+
+def export_notebook_html(notebook: Path) -> str:
+    """The executed notebook as a standalone HTML page without code cells' inputs or prompts.
+
+    Args:
+        notebook: an executed ``.ipynb``.
+
+    Returns:
+        The HTML text: CSS inline, images as data URIs, no ``<script src=...>``.
+    """
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: no executed notebook to convert (run the aggregate stage first)")
+    nb = nbformat.read(notebook, as_version=4)
+    exporter = HTMLExporter(
+        extra_loaders=[jinja2.DictLoader({"offline.html.j2": _OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        embed_images=True,
+    )
+    body, _ = exporter.from_notebook_node(
+        nb, resources={"metadata": {"path": str(notebook.parent), "name": notebook.stem}}
+    )
+    return body
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the aggregate stage first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
+    """One row per finished run: its keys, test scores, device, commit and the paths of its notebook and history.
+
+    Args:
+        runs_dir: ``results/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
+        notebooks_dir: ``results/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb``.
+    """
+    rows = []
+    for metrics_path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
+        metrics = _read_json(metrics_path)
+        try:
+            dataset, model, seed = metrics["dataset"], metrics["model"], int(metrics["seed"])
+            test = metrics["test"]
+            row = {
+                "dataset": dataset,
+                "model": model,
+                "seed": seed,
+                "dice": float(test["dice"]),
+                "iou": float(test["iou"]),
+                "scale": metrics["scale"],
+                "epochs": int(metrics["epochs"]),
+                "image_size": int(metrics["image_size"]),
+                "device": metrics.get("device", "unknown"),
+                "train_seconds": float(metrics.get("train_seconds", float("nan"))),
+                "git_commit": metrics.get("git_commit", "unknown"),
+            }
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
+        run_dir = metrics_path.parent
+        notebook = notebooks_dir / dataset / model / f"seed{seed}" / "train.ipynb"
+        if not notebook.is_file():
+            raise FileNotFoundError(f"{notebook}: the executed notebook of the run in {run_dir} is missing")
+        rows.append(row | {"notebook": notebook, "history": run_dir / "history.csv"})
+    if not rows:
+        raise FileNotFoundError(f"{runs_dir}: no <dataset>/<model>/seed<k>/metrics.json (no finished run)")
+    return pd.DataFrame(rows).sort_values(["dataset", "model", "seed"], ignore_index=True)
+
+
+def _claims(stats: dict, stats_path: Path) -> pd.DataFrame:
+    try:
+        claims = pd.DataFrame(stats["claims"])[["claim_id", "title", "dataset", "verdict"]]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{stats_path}: no 'claims' list with claim_id, title, dataset, verdict ({error})") from None
+    return claims
+
+
+def _cell_means(stats: dict, stats_path: Path) -> pd.DataFrame:
+    try:
+        return pd.DataFrame(stats["results"])[["dataset", "model", "dice_mean"]]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{stats_path}: no 'results' list with dataset, model, dice_mean ({error})") from None
+
+
+def metrics_summaries(runs: pd.DataFrame, claims: pd.DataFrame, cells: pd.DataFrame) -> dict[str, dict]:
+    """Per dataset: the number of runs, mean test Dice per model variant and each claim's verdict.
+
+    Flat and short on purpose: DVC shows every leaf as a column (``dice.unet``, ``verdict.C1``).
+    """
+    summaries = {}
+    for dataset in sorted(runs["dataset"].unique()):
+        dice = cells[cells["dataset"] == dataset].set_index("model")["dice_mean"]
+        verdicts = claims[claims["dataset"] == dataset].set_index("claim_id")["verdict"]
+        summaries[dataset] = {
+            "runs": int((runs["dataset"] == dataset).sum()),
+            "dice": {model: float(value) for model, value in sorted(dice.items())},
+            "verdict": {claim: str(verdict) for claim, verdict in verdicts.items()},
+        }
+    return summaries
+
+
+def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
+    """Per dataset: ``quantity`` per epoch, one column per model variant, averaged over its seeds."""
+    histories = []
+    for run in runs.itertuples():
+        if not run.history.is_file():
+            raise FileNotFoundError(f"{run.history}: the run's per-epoch history is missing")
+        history = pd.read_csv(run.history)
+        if "epoch" not in history or quantity not in history:
+            raise ValueError(f"{run.history}: needs the columns 'epoch' and '{quantity}'")
+        histories.append(history[["epoch", quantity]].assign(dataset=run.dataset, model=run.model))
+    curves = pd.concat(histories, ignore_index=True)
+    return {
+        dataset: group.pivot_table(index="epoch", columns="model", values=quantity, aggfunc="mean")
+        .rename_axis(columns=None)
+        .reset_index()
+        for dataset, group in curves.groupby("dataset")
+    }
+
+
+def _verdict_table(claims: pd.DataFrame) -> str:
+    datasets = sorted(claims["dataset"].unique())
+    titles = claims.drop_duplicates("claim_id").set_index("claim_id")["title"]
+    verdicts = claims.set_index(["claim_id", "dataset"])["verdict"]
+    head = "".join(f"<th>{html.escape(d)}</th>" for d in datasets)
+    rows = []
+    for claim_id, title in titles.items():
+        cells = []
+        for dataset in datasets:
+            verdict = verdicts.get((claim_id, dataset), "")
+            css = "verdict-" + verdict.replace(" ", "-")
+            cells.append(f'<td class="{css}">{html.escape(verdict)}</td>')
+        rows.append(
+            f'<tr data-claim="{html.escape(claim_id)}"><td>{html.escape(claim_id)}</td>'
+            f"<td>{html.escape(title)}</td>{''.join(cells)}</tr>"
+        )
+    return (
+        f'<table id="verdicts"><thead><tr><th>claim</th><th>statement</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _runs_table(runs: pd.DataFrame, out_dir: Path) -> str:
+    rows = []
+    for run in runs.itertuples():
+        link = Path(os.path.relpath(run.notebook, out_dir)).as_posix()
+        rows.append(
+            f"<tr><td>{html.escape(run.dataset)}</td><td>{html.escape(run.model)}</td>"
+            f'<td class="num">{run.seed}</td><td class="num">{run.dice:.3f}</td><td class="num">{run.iou:.3f}</td>'
+            f'<td class="num">{run.train_seconds:,.0f}</td><td>{html.escape(run.device)}</td>'
+            f'<td><a href="{html.escape(link)}" title="{html.escape(link)}">train.ipynb</a></td></tr>'
+        )
+    return (
+        '<table id="runs"><thead><tr><th>dataset</th><th>model</th><th>seed</th><th>test Dice</th>'
+        "<th>test IoU</th><th>training (s)</th><th>device</th><th>executed notebook</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _short_commit(commit: str) -> str:
+    """``bbe82b7bd1af...+dirty`` -> ``bbe82b7+dirty``: the abbreviation git itself prints."""
+    sha, plus, suffix = commit.partition("+")
+    return sha[:7] + plus + suffix
+
+
+def _what_was_run(runs: pd.DataFrame) -> str:
+    def listed(column: str) -> str:
+        return ", ".join(html.escape(str(value)) for value in sorted(runs[column].unique()))
+
+    seeds = sorted(runs["seed"].unique())
+    items = [
+        f"{len(runs)} runs: {runs['dataset'].nunique()} datasets ({listed('dataset')}) x "
+        f"{runs['model'].nunique()} model variants ({listed('model')}) x seeds {', '.join(map(str, seeds))}",
+        f"scale {listed('scale')}; {listed('epochs')} epochs; images {listed('image_size')} px",
+        f"devices: {listed('device')}",
+        "git commits recorded by the runs: "
+        + ", ".join(
+            f"{html.escape(_short_commit(commit))} ({count})"
+            for commit, count in sorted(runs["git_commit"].value_counts().items())
+        ),
+    ]
+    return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
+def index_html(runs: pd.DataFrame, claims: pd.DataFrame, out_dir: Path, aggregate_name: str) -> str:
+    """The report's entry page: what was run, the verdict table, and every run linked to its notebook."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>unet-repro: study report</title><style>{_STYLE}</style></head>
+<body>
+<h1>unet-repro: study report</h1>
+{_what_was_run(runs)}
+<p>Tables, every paired test and the figures: <a href="{aggregate_name}">the aggregate notebook</a>
+(how each verdict follows from the tests is stated there).</p>
+<h2>Verdict per claim and dataset</h2>
+{_verdict_table(claims)}
+<h2>Runs</h2>
+<p>Each run's executed notebook (learning curves, test cases, scores) opens in Jupyter or on GitHub.</p>
+{_runs_table(runs, out_dir)}
+</body>
+</html>
+"""
+
+
+def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_dir: Path, out_dir: Path) -> Path:
+    """Write the report, the metrics summaries and the learning curves into ``out_dir``; return index.html."""
+    stats = _read_json(stats_path)
+    claims = _claims(stats, stats_path)
+    runs = load_runs(runs_dir, notebooks_dir)
+    aggregate_html = export_notebook_html(aggregate)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Files of datasets no longer in the study must not linger when the folder is rebuilt by hand.
+    for stale in [*out_dir.glob("metrics/*.json"), *out_dir.glob("curves/*/*.csv")]:
+        stale.unlink()
+    (out_dir / "aggregate.html").write_text(aggregate_html)
+    for dataset, summary in metrics_summaries(runs, claims, _cell_means(stats, stats_path)).items():
+        path = out_dir / "metrics" / f"{dataset}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1) + "\n")
+    for quantity in CURVES:
+        for dataset, table in learning_curves(runs, quantity).items():
+            path = out_dir / "curves" / quantity / f"{dataset}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False, float_format="%.5f")
+    index = out_dir / "index.html"
+    index.write_text(index_html(runs, claims, out_dir, "aggregate.html"))
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repro.html_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--aggregate", type=Path, default=Path("results/aggregate.ipynb"))
+    parser.add_argument("--stats", type=Path, default=Path("results/stats.json"))
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
+    parser.add_argument("--notebooks", type=Path, default=Path("results/notebooks"))
+    parser.add_argument("--out", type=Path, default=Path("results/report"))
+    args = parser.parse_args(argv)
+    try:
+        index = build_report(args.aggregate, args.stats, args.runs, args.notebooks, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

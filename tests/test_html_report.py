@@ -1,0 +1,308 @@
+"""Tests of repro.html_report: on small runs written here with known numbers, through DVC's metrics and plots on
+the committed study, and in headless Chromium on a report built from the committed study."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from PIL import Image
+
+from repro import html_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("alpha-set", "beta-set")
+MODELS = ("unet", "unetpp")
+# Per-epoch validation Dice of seeds 0 and 1; the curves file must hold their mean.
+VAL_DICE = {0: [0.1, 0.2, 0.3], 1: [0.3, 0.5, 0.4]}
+VAL_DICE_MEAN = [0.2, 0.35, 0.35]
+CODE_MARKER = "this_source_line_must_not_be_in_the_report = 1"
+
+
+class _Page(HTMLParser):
+    """The parts of a report page the tests look at: the verdict table's rows, links and images."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.verdict_rows: list[list[str]] = []
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = attrs.get("id")
+        elif tag == "tr" and self._table == "verdicts":
+            self.verdict_rows.append([])
+        elif tag in ("td", "th") and self._table == "verdicts":
+            self._cell = []
+        elif tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.verdict_rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+
+def _png_base64(size=(40, 30)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _write_aggregate_notebook(path: Path, png: str) -> None:
+    code = nbformat.v4.new_code_cell(CODE_MARKER)
+    code.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Aggregate of the test study"), code])
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def study(tmp_path) -> dict[str, Path]:
+    """2 datasets x 2 variants x 2 seeds of runs, their notebooks, a stats.json and an executed aggregate."""
+    runs, notebooks = tmp_path / "results/runs", tmp_path / "results/notebooks"
+    results, claims = [], []
+    for d, dataset in enumerate(DATASETS):
+        for m, model in enumerate(MODELS):
+            for seed in (0, 1):
+                run_dir = runs / dataset / model / f"seed{seed}"
+                run_dir.mkdir(parents=True)
+                metrics = {
+                    "dataset": dataset,
+                    "model": model,
+                    "seed": seed,
+                    "scale": "smoke",
+                    "epochs": 3,
+                    "image_size": 32,
+                    "device": "cpu",
+                    "train_seconds": 1.5,
+                    "git_commit": "0123456789abcdef",
+                    "test": {"dice": 0.5 + 0.1 * m + 0.01 * seed, "iou": 0.4},
+                }
+                (run_dir / "metrics.json").write_text(json.dumps(metrics))
+                history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.5], "val_dice": VAL_DICE[seed]})
+                history.to_csv(run_dir / "history.csv", index=False)
+                notebook_dir = notebooks / dataset / model / f"seed{seed}"
+                notebook_dir.mkdir(parents=True)
+                nbformat.write(nbformat.v4.new_notebook(), notebook_dir / "train.ipynb")
+            results.append({"dataset": dataset, "model": model, "dice_mean": 0.6 + 0.1 * d + 0.01 * m})
+        claims.append({"claim_id": "C1", "title": "UNet++ beats U-Net", "dataset": dataset, "verdict": "reproduced"})
+        claims.append({"claim_id": "C2", "title": "Never run", "dataset": dataset, "verdict": "not run"})
+    stats = tmp_path / "results/stats.json"
+    stats.write_text(json.dumps({"results": results, "claims": claims}))
+    aggregate = tmp_path / "results/aggregate.ipynb"
+    png = _png_base64()
+    _write_aggregate_notebook(aggregate, png)
+    return {
+        "aggregate": aggregate,
+        "stats": stats,
+        "runs": runs,
+        "notebooks": notebooks,
+        "out": tmp_path / "results/report",
+        "png": png,
+    }
+
+
+def _build(study: dict) -> Path:
+    keys = ("aggregate", "stats", "runs", "notebooks", "out")
+    return html_report.build_report(*(study[key] for key in keys))
+
+
+def test_metrics_summaries_copy_the_aggregate_and_count_the_runs(study):
+    _build(study)
+    stats = json.loads(study["stats"].read_text())
+    for dataset in DATASETS:
+        summary = json.loads((study["out"] / "metrics" / f"{dataset}.json").read_text())
+        expected_dice = {row["model"]: row["dice_mean"] for row in stats["results"] if row["dataset"] == dataset}
+        assert summary == {"runs": 4, "dice": expected_dice, "verdict": {"C1": "reproduced", "C2": "not run"}}
+
+
+def test_learning_curves_are_the_mean_over_seeds_per_variant(study):
+    _build(study)
+    for dataset in DATASETS:
+        curves = pd.read_csv(study["out"] / "curves" / "val_dice" / f"{dataset}.csv")
+        assert list(curves.columns) == ["epoch", *MODELS]
+        assert curves["epoch"].tolist() == [1, 2, 3]
+        for model in MODELS:
+            assert curves[model].tolist() == pytest.approx(VAL_DICE_MEAN)
+        loss = pd.read_csv(study["out"] / "curves" / "train_loss" / f"{dataset}.csv")
+        assert loss["unet"].tolist() == pytest.approx([1.0, 0.8, 0.5])
+
+
+def test_index_links_every_run_notebook_and_tabulates_the_verdicts(study):
+    index = _build(study)
+    page = _Page(index.read_text())
+    notebooks = {(index.parent / link).resolve() for link in page.links if link.endswith(".ipynb")}
+    assert notebooks == {path.resolve() for path in study["notebooks"].glob("*/*/seed*/train.ipynb")}
+    assert len(notebooks) == 8
+    assert (index.parent / "aggregate.html").is_file() and "aggregate.html" in page.links
+    assert page.verdict_rows[0] == ["claim", "statement", *DATASETS]
+    assert page.verdict_rows[1:] == [
+        ["C1", "UNet++ beats U-Net", "reproduced", "reproduced"],
+        ["C2", "Never run", "not run", "not run"],
+    ]
+
+
+def test_aggregate_page_embeds_figures_hides_code_and_loads_nothing(study):
+    _build(study)
+    text = (study["out"] / "aggregate.html").read_text()
+    page = _Page(text)
+    assert page.images == [f"data:image/png;base64,{study['png']}"]
+    assert "Aggregate of the test study" in text
+    assert CODE_MARKER not in text
+    assert "<script" not in text
+    assert not [link for link in page.links if link.startswith(("http:", "https:", "//"))]
+
+
+def test_a_rebuild_drops_the_files_of_a_dataset_no_longer_in_the_study(study):
+    _build(study)
+    shutil.rmtree(study["runs"] / "beta-set")
+    stats = json.loads(study["stats"].read_text())
+    stats["results"] = [row for row in stats["results"] if row["dataset"] != "beta-set"]
+    stats["claims"] = [row for row in stats["claims"] if row["dataset"] != "beta-set"]
+    study["stats"].write_text(json.dumps(stats))
+    _build(study)
+    assert sorted(path.name for path in (study["out"] / "metrics").iterdir()) == ["alpha-set.json"]
+    assert not (study["out"] / "curves" / "val_dice" / "beta-set.csv").exists()
+
+
+def test_a_run_without_its_notebook_is_named(study):
+    missing = study["notebooks"] / "beta-set" / "unetpp" / "seed1" / "train.ipynb"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        _build(study)
+
+
+def test_malformed_inputs_are_named(study):
+    metrics_path = study["runs"] / "alpha-set" / "unet" / "seed0" / "metrics.json"
+    metrics_path.write_text(json.dumps({"dataset": "alpha-set", "model": "unet", "seed": 0}))
+    with pytest.raises(ValueError, match=rf"{metrics_path}: missing or malformed field 'test'"):
+        _build(study)
+    study["stats"].write_text(json.dumps({"results": []}))
+    with pytest.raises(ValueError, match=rf"{study['stats']}: no 'claims' list"):
+        _build(study)
+
+
+def test_command_line_reports_an_error_in_one_line(study, capsys):
+    study["stats"].unlink()
+    args = [f"--{key}={study[key]}" for key in ("aggregate", "stats", "runs", "notebooks", "out")]
+    assert html_report.main(args) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {study['stats']}: not found (run the aggregate stage first)\n"
+
+
+def test_dvc_shows_the_declared_metrics_and_plots(tmp_path):
+    """dvc.yaml's top-level metrics and plots read the committed report: one row per dataset with every run
+    counted, the aggregate's figures, and per dataset two learning-curve plots drawing every variant."""
+    report = ROOT / "results" / "report"
+    if not (report / "index.html").is_file():
+        pytest.fail("results/report/ is missing: build it with `dvc repro report` and commit it")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)
+
+    (workspace,) = dvc("metrics", "show", "--json").values()
+    metrics = workspace["data"]
+    datasets = sorted(path.name for path in (ROOT / "results" / "runs").iterdir() if path.is_dir())
+    assert sorted(metrics) == [f"results/report/metrics/{dataset}.json" for dataset in datasets]
+    for dataset in datasets:
+        summary = metrics[f"results/report/metrics/{dataset}.json"]["data"]
+        runs = list((ROOT / "results" / "runs" / dataset).glob("*/seed*/metrics.json"))
+        assert summary["runs"] == len(runs)
+        assert set(summary["dice"]) == {path.parent.parent.name for path in runs}
+
+    plots = dvc("plots", "show", "--json", "-o", str(tmp_path / "dvc_plots"))["data"]
+    figures = {path for path in plots if path.startswith("results/figures/")}
+    # The whole folder is declared: everything in it must be an image, or DVC would try to plot it as data.
+    assert figures == {f"results/figures/{path.name}" for path in (ROOT / "results" / "figures").iterdir()}
+    assert all(plots[path][0]["type"] == "image" for path in figures)
+    for quantity in html_report.CURVES:
+        for dataset in datasets:
+            curves = f"results/report/curves/{quantity}/{dataset}.csv"
+            (plot,) = plots[curves]
+            drawn = {row["field"] for row in plot["content"]["data"]["values"]}
+            assert drawn == set(pd.read_csv(ROOT / curves).columns) - {"epoch"}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium): the report was not opened in a browser")
+
+
+def _browser(*args: str) -> subprocess.CompletedProcess:
+    # As root (CI containers) Chromium refuses to start without --no-sandbox; /dev/shm is small in containers.
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *args]
+    result = subprocess.run(command, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result
+
+
+def test_report_of_the_committed_study_in_headless_chromium(tmp_path):
+    """Built from the committed results into a temporary folder, read back from Chromium's DOM: the verdict table
+    holds every claim's verdict from stats.json, and every figure of the aggregate notebook is a decodable PNG."""
+    out = tmp_path / "report"
+    results = ROOT / "results"
+    index = html_report.build_report(
+        results / "aggregate.ipynb", results / "stats.json", results / "runs", results / "notebooks", out
+    )
+
+    page = _Page(_browser("--dump-dom", index.as_uri()).stdout.decode())
+    claims = json.loads((results / "stats.json").read_text())["claims"]
+    datasets = sorted({claim["dataset"] for claim in claims})
+    assert page.verdict_rows[0] == ["claim", "statement", *datasets]
+    verdicts = {
+        (row[0], dataset): verdict
+        for row in page.verdict_rows[1:]
+        for dataset, verdict in zip(datasets, row[2:], strict=True)
+    }
+    assert verdicts == {(claim["claim_id"], claim["dataset"]): claim["verdict"] for claim in claims}
+    runs = list((results / "runs").glob("*/*/seed*/metrics.json"))
+    notebook_links = [link for link in page.links if link.endswith("train.ipynb")]
+    assert len(notebook_links) == len(runs)
+    assert all((index.parent / link).is_file() for link in notebook_links)
+
+    aggregate = _Page(_browser("--dump-dom", (out / "aggregate.html").as_uri()).stdout.decode())
+    notebook = nbformat.read(results / "aggregate.ipynb", as_version=4)
+    n_figures = sum(
+        "image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+    assert n_figures > 0 and len(aggregate.images) == n_figures
+    for src in aggregate.images:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+
+    screenshot = tmp_path / "index.png"
+    _browser("--hide-scrollbars", "--window-size=1100,700", f"--screenshot={screenshot}", index.as_uri())
+    with Image.open(screenshot) as image:
+        # A blank page is one colour; the verdict table's coloured cells are several.
+        assert image.size == (1100, 700) and len(image.convert("RGB").getcolors(maxcolors=1100 * 700)) > 3

@@ -1,0 +1,251 @@
+"""Where the study's runs execute: the ``cluster:`` section of params.yaml, checked, and the Dask cluster it names.
+
+Three ways, chosen by the settings:
+
+- ``kind: local`` (the default): a ``LocalCluster`` on this machine, one worker process per core with one thread
+  each (or ``workers``), or with ``gpus: G``, one worker per GPU that runs ``runs_per_gpu`` runs at once;
+- ``scheduler_address``: a Dask cluster that is already running (``dask scheduler`` + ``dask worker``);
+- ``kind: slurm | pbs | sge | lsf``: dask-jobqueue's cluster of that kind, ``jobs`` batch jobs of
+  ``workers_per_job`` workers each.
+
+Every problem with the settings is reported at once by :func:`cluster_settings`, before anything starts.
+Everything started here listens on 127.0.0.1 unless ``scheduler_host`` says otherwise (a batch cluster's compute
+nodes must reach the scheduler; see README, "Parallel runs", for TLS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+KINDS = ("local", "slurm", "pbs", "sge", "lsf")
+JOBQUEUE_KINDS = KINDS[1:]
+
+
+class ClusterError(ValueError):
+    """The ``cluster:`` settings cannot work; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"  - {problem}" for problem in problems))
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The ``cluster:`` section of params.yaml (see the comments there for each field)."""
+
+    kind: str = "local"
+    scheduler_address: str | None = None
+    workers: int | None = None
+    threads_per_run: int = 1
+    gpus: int = 0
+    runs_per_gpu: int | None = None
+    retries: int = 1
+    dashboard_address: str = "127.0.0.1:8787"
+    tls: bool = False
+    scheduler_host: str = "127.0.0.1"
+    queue: str | None = None
+    account: str | None = None
+    cores: int = 1
+    memory: str = "4GB"
+    walltime: str = "04:00:00"
+    job_directives: list[str] = field(default_factory=list)
+    prologue: list[str] = field(default_factory=list)
+    workers_per_job: int = 1
+    gpus_per_job: int = 0
+    jobs: int = 1
+
+    @property
+    def run_resources(self) -> dict[str, float] | None:
+        """What one run asks of a worker: ``1/runs_per_gpu`` of a ``GPU``, or nothing."""
+        if not self.runs_per_gpu:
+            return None
+        # Less a billionth, so that runs_per_gpu of them fit in one GPU despite floating-point rounding
+        # (1.0 - 9 * (1/9) is already less than 1/9).
+        return {"GPU": (1 / self.runs_per_gpu) * (1 - 1e-9)}
+
+    def describe(self) -> str:
+        if self.scheduler_address:
+            return f"the Dask scheduler at {self.scheduler_address}"
+        if self.kind == "local":
+            if self.gpus:
+                return f"a local Dask cluster: {self.gpus} GPU worker(s), {self.runs_per_gpu} run(s) per GPU"
+            return f"a local Dask cluster of {self.local_workers} worker process(es), one run each"
+        return (
+            f"a {self.kind.upper()} cluster: {self.jobs} job(s) of {self.workers_per_job} worker(s) in queue "
+            f"'{self.queue}' ({self.cores} core(s), {self.memory}, {self.walltime} per job)"
+        )
+
+    @property
+    def local_workers(self) -> int:
+        return self.workers or max(1, (os.cpu_count() or 1) // self.threads_per_run)
+
+
+_INTS = {
+    "workers": 1,
+    "threads_per_run": 1,
+    "gpus": 0,
+    "runs_per_gpu": 1,
+    "retries": 0,
+    "cores": 1,
+    "workers_per_job": 1,
+    "gpus_per_job": 0,
+    "jobs": 1,
+}
+_STRINGS = ("kind", "scheduler_address", "dashboard_address", "scheduler_host", "queue", "account", "memory")
+
+
+def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> ClusterSettings:
+    """Check params.yaml's ``cluster:`` section with ``overrides`` (from the command line) applied on top.
+
+    Raises:
+        ClusterError: listing every unknown key, wrong type, unknown kind, a batch kind without a queue, and
+            GPU settings that no worker could satisfy.
+    """
+    values = {**(section or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    known = {f.name for f in fields(ClusterSettings)}
+    problems = [f"cluster.{key}: unknown setting; known: {', '.join(sorted(known))}" for key in values.keys() - known]
+    values = {k: v for k, v in values.items() if k in known}
+    for key, minimum in _INTS.items():
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            problems.append(f"cluster.{key}: {value!r} is not a whole number >= {minimum}")
+    for key in _STRINGS:
+        if values.get(key) is not None and not isinstance(values[key], str):
+            problems.append(f"cluster.{key}: {values[key]!r} is not a string")
+    for key in ("job_directives", "prologue"):
+        value = values.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            problems.append(f"cluster.{key}: {value!r} is not a list of strings")
+    if values.get("tls") is not None and not isinstance(values["tls"], bool):
+        problems.append(f"cluster.tls: {values['tls']!r} is not true or false")
+    if problems:
+        raise ClusterError(problems)
+    settings = ClusterSettings(**{k: v for k, v in values.items() if v is not None})
+
+    if settings.kind not in KINDS:
+        problems.append(f"cluster.kind: unknown kind '{settings.kind}'; choose one of {', '.join(KINDS)}")
+    if settings.scheduler_address and not re.match(r"^(tcp|tls|ucx|inproc)://", settings.scheduler_address):
+        problems.append(f"cluster.scheduler_address: '{settings.scheduler_address}' is not like tcp://host:8786")
+    if settings.scheduler_address and settings.kind != "local":
+        problems.append("cluster: give either scheduler_address (a running cluster) or kind, not both")
+    if settings.kind in JOBQUEUE_KINDS:
+        if not settings.queue:
+            problems.append(f"cluster.queue: kind {settings.kind} needs the queue (partition) to submit jobs to")
+        if not re.fullmatch(r"\d+(-\d+)?(:\d{2}){0,2}", settings.walltime):
+            problems.append(f"cluster.walltime: '{settings.walltime}' is not like 04:00:00")
+        if settings.cores % settings.workers_per_job:
+            problems.append(f"cluster: cores ({settings.cores}) must be a multiple of workers_per_job")
+        try:
+            from dask.utils import parse_bytes
+
+            parse_bytes(settings.memory)
+        except (ValueError, TypeError):
+            problems.append(f"cluster.memory: '{settings.memory}' is not a size like 16GB")
+    if settings.runs_per_gpu:
+        if settings.kind == "local" and not settings.scheduler_address and not settings.gpus:
+            problems.append("cluster.runs_per_gpu is set but cluster.gpus is 0: no local worker would have a GPU")
+        if settings.kind in JOBQUEUE_KINDS and not settings.gpus_per_job:
+            problems.append("cluster.runs_per_gpu is set but cluster.gpus_per_job is 0: no job would have a GPU")
+    elif settings.gpus or settings.gpus_per_job:
+        problems.append("cluster: gpus / gpus_per_job are set but runs_per_gpu is not: say how many runs share one")
+    if problems:
+        raise ClusterError(problems)
+    return settings
+
+
+def start_cluster(settings: ClusterSettings, log_directory: Path):
+    """The Dask cluster of ``settings`` (None for an existing scheduler) and a ``Client`` connected to it.
+
+    Raises:
+        ClusterError: the scheduler cannot be reached, or the cluster cannot start.
+    """
+    from distributed import Client
+
+    security = _security(settings)
+    if settings.scheduler_address:
+        try:
+            client = Client(settings.scheduler_address, timeout="10s", **security)
+        except (OSError, TimeoutError) as error:
+            raise ClusterError([f"cannot reach the Dask scheduler at {settings.scheduler_address}: {error}"]) from None
+        if settings.run_resources and not any(
+            "GPU" in worker.get("resources", {}) for worker in client.scheduler_info()["workers"].values()
+        ):
+            client.close()
+            raise ClusterError(
+                [
+                    f"runs ask for a GPU (cluster.runs_per_gpu) but no worker of {settings.scheduler_address} "
+                    "advertises one: start the workers with `dask worker ... --resources GPU=1`"
+                ]
+            )
+        return None, client
+    if settings.kind == "local":
+        from distributed import LocalCluster
+
+        gpus = settings.gpus
+        try:
+            cluster = LocalCluster(
+                n_workers=gpus or settings.local_workers,
+                threads_per_worker=settings.runs_per_gpu if gpus else 1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=settings.dashboard_address,
+                resources={"GPU": 1} if gpus else None,
+                silence_logs=logging.CRITICAL,  # a failed run is reported by the runner, once
+                **security,
+            )
+        except (OSError, RuntimeError) as error:
+            raise ClusterError([f"cannot start the local Dask cluster: {error}"]) from None
+        return cluster, Client(cluster)
+    return _jobqueue_cluster(settings, log_directory, security)
+
+
+def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: dict):
+    import dask_jobqueue
+    from distributed import Client
+
+    cluster_class = {
+        "slurm": dask_jobqueue.SLURMCluster,
+        "pbs": dask_jobqueue.PBSCluster,
+        "sge": dask_jobqueue.SGECluster,
+        "lsf": dask_jobqueue.LSFCluster,
+    }[settings.kind]
+    account = {"account": settings.account} if settings.kind in ("slurm", "pbs") else {"project": settings.account}
+    extra_args = []
+    if settings.gpus_per_job:
+        extra_args = ["--resources", f"GPU={settings.gpus_per_job / settings.workers_per_job}"]
+    try:
+        cluster = cluster_class(
+            queue=settings.queue,
+            cores=settings.cores,
+            processes=settings.workers_per_job,
+            memory=settings.memory,
+            walltime=settings.walltime,
+            job_extra_directives=settings.job_directives,
+            job_script_prologue=settings.prologue,
+            worker_extra_args=extra_args,
+            python=sys.executable,
+            log_directory=str(log_directory),
+            scheduler_options={"host": settings.scheduler_host, "dashboard_address": settings.dashboard_address},
+            **{k: v for k, v in account.items() if v},
+            **security,
+        )
+        cluster.scale(jobs=settings.jobs)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ClusterError([f"cannot start the {settings.kind} cluster: {error}"]) from None
+    return cluster, Client(cluster)
+
+
+def _security(settings: ClusterSettings) -> dict:
+    """``tls: true``: Dask's temporary self-signed credentials, made afresh for this cluster (a running
+    cluster's own credentials come from Dask's configuration instead; see README)."""
+    if not settings.tls or settings.scheduler_address:
+        return {}
+    from distributed.security import Security
+
+    return {"security": Security.temporary()}

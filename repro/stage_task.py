@@ -1,0 +1,116 @@
+"""What a Dask worker does for one pipeline stage: run its command from dvc.yaml, and nothing else.
+
+The worker runs the command through a small guard process (``python -m repro.stage_task CMD``) whose standard
+input is a pipe held by the worker. The command runs in its own process group, so the guard can end all of it,
+and the pipe tells the guard when to: it reaches end-of-file when the worker process dies (even by SIGKILL, when
+no clean-up code of the worker can run) or when the task gives up the run (cancelled by the client). Without it
+a killed worker would leave its papermill process training, orphaned, while the scheduler hands the same run to
+another worker, and two processes would write one run's checkpoint and outputs.
+
+This module imports nothing heavy: it is imported by every worker and started once per run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# The Dask topic on which tasks announce their start and failures (the client's progress display listens).
+TOPIC = "unet-repro-stage"
+THREADS_ENV = "UNET_REPRO_THREADS"
+# The task states in which a worker still wants the task's result; anything else means the client let go.
+_WANTED = ("executing", "long-running")
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited with an error; ``log`` holds its output."""
+
+    def __init__(self, stage: str, returncode: int, log: str) -> None:
+        self.stage, self.returncode, self.log = stage, returncode, log
+        super().__init__(f"{stage}: command exited with status {returncode} (output in {log})")
+
+    def __reduce__(self):
+        return StageFailed, (self.stage, self.returncode, self.log)
+
+
+def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: bool = False) -> dict:
+    """The Dask task: run ``cmd`` in ``root`` with ``threads`` torch threads, output to ``log``.
+
+    Args:
+        stage: the stage's name, which is also the task's key.
+        cmd: the stage's exact command from dvc.yaml.
+        root: the repository root (on the filesystem the client and the workers share).
+        log: file for the command's output.
+        threads: torch threads of the run (``$UNET_REPRO_THREADS``).
+        pin_gpu: give the run the GPU whose index is the worker's name (a local cluster of one worker per GPU).
+
+    Returns:
+        The stage name, the worker's address and the run's wall time in seconds.
+
+    Raises:
+        StageFailed: the command exited with an error (Dask retries the task as configured).
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    task = worker.state.tasks.get(stage)
+    env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
+    if pin_gpu:
+        env["CUDA_VISIBLE_DEVICES"] = str(worker.name)
+    worker.log_event(TOPIC, {"stage": stage, "event": "start"})
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as output:
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "repro.stage_task", cmd],
+            cwd=root,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    while True:
+        try:
+            returncode = guard.wait(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            # The same key may come back to this worker as a new task: only this task object counts.
+            if worker.state.tasks.get(stage) is not task or task.state not in _WANTED:
+                guard.stdin.close()  # the guard ends the command's process group
+                guard.wait()
+                raise StageFailed(stage, -1, log) from None
+    seconds = time.perf_counter() - start
+    if returncode != 0:
+        worker.log_event(TOPIC, {"stage": stage, "event": "failed", "returncode": returncode})
+        raise StageFailed(stage, returncode, log)
+    return {"stage": stage, "worker": worker.address, "seconds": seconds}
+
+
+def _guard(cmd: str) -> int:
+    """Run ``cmd`` in a new process group; end the group when stdin closes or on SIGINT/SIGTERM."""
+    process = subprocess.Popen(cmd, shell=True, start_new_session=True)
+
+    def end(*_) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        # The papermill kernel sits in a session of its own and exits by itself once papermill is gone.
+        os._exit(process.poll() or 1)
+
+    signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGINT, end)
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), end()), daemon=True).start()
+    return process.wait()
+
+
+if __name__ == "__main__":
+    # os._exit: a normal exit would wait at shutdown for the stdin lock that the watching thread holds.
+    os._exit(_guard(sys.argv[1]))

@@ -1,0 +1,442 @@
+"""Run the study: every stale training run of the grid on a Dask cluster, then `dvc repro` for the rest.
+
+    python -m repro.study                       # a local cluster, one worker process per core
+    python -m repro.study --workers 4           # four at a time (`make study JOBS=4`)
+    python -m repro.study --scheduler-address tcp://10.0.0.5:8786
+    python -m repro.study --kind slurm --set queue=gpu --set jobs=4
+
+`dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
+``cluster:`` settings of params.yaml first (one message lists every problem), prepares the data (`dvc repro
+prepare`), asks DVC which `train@...` stages are stale, and submits each one's exact command from dvc.yaml as a
+Dask task keyed by the stage's name, so no run is ever submitted twice. Seeds go first: an interrupted study has
+every variant at the same number of seeds. This process alone records a finished run in dvc.lock (`dvc commit`,
+one at a time), and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an entry
+and a second call runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
+
+A worker killed mid-run loses only its current epoch: the scheduler gives the run to another worker, which
+resumes from the run's checkpoint. A run that fails is retried (``cluster.retries``), then reported with its
+executed notebook and the failing cell's error; the other runs go on.
+
+Errors a user causes end with one line (or one list) and no traceback; ``--debug`` or ``UNET_REPRO_DEBUG=1``
+shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from repro.cluster import ClusterError, ClusterSettings, cluster_settings, start_cluster
+from repro.config import load_params
+from repro.data.registry import REPO_ROOT
+from repro.grid import Grid, GridError, check_grid
+from repro.stage_task import TOPIC, StageFailed, run_stage
+
+DEBUG_ENV = "UNET_REPRO_DEBUG"
+
+
+class StudyError(RuntimeError):
+    """A problem the user can fix; the command line prints its message without a traceback."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached the runner."""
+
+
+@dataclass
+class Outcome:
+    """What happened to the grid's runs in this call."""
+
+    total: int
+    up_to_date: int = 0
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+# --- DVC ---------------------------------------------------------------------------------------------------------
+
+
+def stale_train_stages(root: Path) -> list:
+    """The `train@...` stages `dvc repro` would run (DVC's own status), seed-major: seed, then dataset x model
+    in dvc.yaml's order."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stale = set(repo.status(targets=["train"]))
+        stages = [stage for stage in repo.index.stages if stage.addressing in stale]
+    order = {stage.addressing: i for i, stage in enumerate(stages)}
+    return sorted(stages, key=lambda stage: (int(stage.addressing.rsplit("-", 1)[1]), order[stage.addressing]))
+
+
+def _files(root: Path, stage, pattern: str) -> list[Path]:
+    return sorted(path for out in stage.outs for path in (root / out.def_path).glob(pattern))
+
+
+def cell_error(notebook: Path) -> str | None:
+    """The first error an executed notebook records: which cell and the exception, e.g.
+    ``cell In [3]: ValueError: unknown dataset 'x'``; None when it holds none."""
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"cell In [{cell.get('execution_count')}]: {output['ename']}: {output['evalue']}"
+    return None
+
+
+# --- progress ----------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One bar over the runs to train (done / running / failed, ETA from finished runs' times) and one line per
+    finished run. On a terminal the bar redraws in place; in a log, each line carries the counts instead."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.lock = threading.Lock()
+        self.running: dict[str, str] = {}
+        self.started: dict[str, int] = {}
+        self.failed_attempts: dict[str, int] = {}
+        self.seconds: list[float] = []
+        self.done = self.failed = self.most_running = 0
+        self.tty = stream.isatty()
+        self.bar = tqdm(total=total, file=stream, disable=not self.tty, bar_format="{l_bar}{bar}| {n}/{total} {desc}")
+        self._refresh()
+
+    def on_event(self, event) -> None:
+        """A worker's message (Dask topic ``TOPIC``); runs in the client's event-loop thread."""
+        _, message = event
+        stage = message["stage"]
+        with self.lock:
+            if message["event"] == "start":
+                attempt = self.started[stage] = self.started.get(stage, 0) + 1
+                if attempt > 1 and self.failed_attempts.get(stage, 0) < attempt - 1:
+                    self.write(f"resumed  {stage} on {message['worker']}: its worker was lost (from its checkpoint)")
+                elif attempt > 1:
+                    self.write(f"retry    {stage} (attempt {attempt}) on {message['worker']}")
+                self.running[stage] = message["worker"]
+                self.most_running = max(self.most_running, len(self.running))
+            elif message["event"] == "failed":
+                self.failed_attempts[stage] = self.failed_attempts.get(stage, 0) + 1
+                self.running.pop(stage, None)
+            self._refresh()
+
+    def finished(self, stage: str, seconds: float | None, line: str, ok: bool) -> None:
+        with self.lock:
+            self.running.pop(stage, None)
+            if ok:
+                self.done += 1
+                self.seconds.append(seconds)
+            else:
+                self.failed += 1
+            self._refresh()
+            self.write(line if self.tty else f"{line}  [{self._counts()}]")
+
+    def _counts(self) -> str:
+        return f"{self.done + self.failed}/{self.total}: done {self.done}, running {len(self.running)}, " + (
+            f"failed {self.failed}, ETA {self._eta()}"
+        )
+
+    def _eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if not self.seconds:
+            return "after the first run"
+        # The runs left, in waves as wide as the most runs seen at once, each as long as a finished run on average.
+        waves = -(-left // max(1, self.most_running))
+        return _duration(waves * sum(self.seconds) / len(self.seconds))
+
+    def tick(self) -> None:
+        """Redraw (the ETA moves on between events)."""
+        with self.lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.bar.n = self.done + self.failed
+        self.bar.set_description_str(
+            f"done {self.done}, running {len(self.running)}, failed {self.failed}, ETA {self._eta()}", refresh=True
+        )
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stdout) if self.tty else print(line, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+# --- the runner --------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """One call of the study: signals are turned into a flag that is only acted on between two DVC writes."""
+
+    def __init__(self, root: Path, logs: Path, settings: ClusterSettings) -> None:
+        self.root, self.logs, self.settings = root, logs, settings
+        self.stop: int | None = None
+
+    def _signal(self, signum, _frame) -> None:
+        self.stop = signum
+
+    def _check_stop(self) -> None:
+        if self.stop is not None:
+            raise Interrupted
+
+    def _dvc(self, args: list[str], log_name: str) -> None:
+        """A DVC command (quiet, output in a log); a failure shows the log's end and where it is."""
+        log = self.logs / log_name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dvc", *args], cwd=self.root, stdout=output, stderr=subprocess.STDOUT
+            )
+            while process.poll() is None:
+                if self.stop is not None:
+                    process.terminate()
+                    process.wait()
+                    raise Interrupted
+                time.sleep(0.2)
+        if process.returncode != 0:
+            tail = "\n".join(log.read_text().strip().splitlines()[-15:])
+            raise StudyError(f"`dvc {' '.join(args)}` failed; the end of {_rel(log)}:\n{tail}")
+
+    def run(self, grid: Grid) -> Outcome:
+        # DVC's in-process commit would announce every lock-file update.
+        logging.getLogger("dvc").setLevel(logging.WARNING)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._signal)
+        outcome = Outcome(total=grid.size)
+        # A running scheduler is reached first, so an unreachable one is reported before anything else happens;
+        # a cluster of our own starts only when there are runs for it.
+        self.cluster = self.client = None
+        if self.settings.scheduler_address:
+            self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
+        try:
+            print("preparing the data (dvc repro prepare) ...", flush=True)
+            self._dvc(["repro", "--quiet", "prepare"], "prepare.log")
+            self._check_stop()
+            stages = stale_train_stages(self.root)
+            outcome.up_to_date = grid.size - len(stages)
+            print(f"{len(stages)} of {grid.size} training runs to run ({outcome.up_to_date} up to date)", flush=True)
+            if stages:
+                self._train(stages, outcome)
+            if outcome.failed:
+                return outcome
+            print("the rest of the pipeline (dvc repro: complexity, aggregate) ...", flush=True)
+            self._dvc(["repro", "--quiet"], "repro.log")
+        except Interrupted:
+            outcome.interrupted = True
+        finally:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        return outcome
+
+    def _train(self, stages: list, outcome: Outcome) -> None:
+        from distributed import wait
+
+        if self.client is None:
+            print(f"starting {self.settings.describe()} ...", flush=True)
+            self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
+        client = self.client
+        progress = None
+        try:
+            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            progress = Progress(len(stages))
+            client.subscribe_topic(TOPIC, progress.on_event)
+            by_name = {stage.addressing: stage for stage in stages}
+            futures = [
+                client.submit(
+                    run_stage,
+                    name,
+                    stage.cmd,
+                    str(self.root),
+                    str(self.logs / f"{name}.log"),
+                    self.settings.threads_per_run,
+                    bool(self.settings.gpus) and not self.settings.scheduler_address,
+                    key=name,
+                    retries=self.settings.retries,
+                    resources=self.settings.run_resources,
+                    priority=len(stages) - i,
+                )
+                for i, (name, stage) in enumerate(by_name.items())
+            ]
+            pending = set(futures)
+            while pending:
+                try:
+                    finished, pending = wait(pending, timeout=1, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    finished = set()
+                # Commit every run that has finished, even when asked to stop: each commit is whole.
+                for future in finished:
+                    self._record(future, by_name[future.key], progress, outcome)
+                progress.tick()
+                self._check_stop()
+        finally:
+            if progress:
+                progress.close()
+            if self.stop is not None:
+                print("interrupted: stopping the runs in flight (their checkpoints stay) ...", flush=True)
+
+    def _record(self, future, stage, progress: Progress, outcome: Outcome) -> None:
+        from dvc.repo import Repo
+
+        name = stage.addressing
+        if future.status == "finished":
+            result = future.result()
+            with Repo(str(self.root)) as repo:
+                repo.commit(name, force=True)
+            outcome.done.append(name)
+            dice = _test_dice(self.root, stage)
+            progress.finished(name, result["seconds"], f"done     {name}  {_duration(result['seconds'])}  {dice}", True)
+            return
+        error = future.exception()
+        if self.stop is not None:
+            return  # stopped by the interrupt, not failed: the run stays stale and runs again next time
+        notebooks = _files(self.root, stage, "*.ipynb")
+        reason = (cell_error(notebooks[0]) if notebooks else None) or f"{type(error).__name__}: {error}"
+        attempts = self.settings.retries + 1
+        lines = [f"FAILED   {name} (after up to {attempts} attempt(s)): {reason}"]
+        if notebooks:
+            lines.append(f"         notebook: {_rel(notebooks[0])}")
+        if isinstance(error, StageFailed):
+            lines.append(f"         log: {_rel(Path(error.log))}")
+        outcome.failed[name] = reason
+        progress.finished(name, None, "\n".join(lines), False)
+
+
+def _test_dice(root: Path, stage) -> str:
+    for path in _files(root, stage, "metrics.json"):
+        try:
+            return f"test Dice {json.loads(path.read_text())['test']['dice']:.4f}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"({_rel(path)} unreadable)"
+    return ""
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+
+
+def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float) -> str:
+    """The closing screen: what ran, what it stands for, where the results are."""
+    scale = params["scales"][grid.scale]
+    paper = params["scales"].get("paper", scale)
+    lines = [
+        "",
+        f"study: {grid.describe()}",
+        f"  trained now {len(outcome.done)}, up to date (skipped) {outcome.up_to_date}, "
+        f"failed {len(outcome.failed)}, in {_duration(seconds)}",
+    ]
+    if grid.scale != "paper":
+        lines.append(
+            f"  scale {grid.scale} stands in for the papers' settings (scale paper): {scale['image_size']} px instead "
+            f"of {paper['image_size']}, widths x{scale['width_mult']} instead of x{paper['width_mult']}, "
+            f"{scale['epochs']} epochs instead of {paper['epochs']}"
+        )
+    lines += [
+        "  results: results/runs/<dataset>/<model>/seed<k>/metrics.json, executed notebooks in results/notebooks/,",
+        "           the aggregate in results/aggregate.ipynb, results/tables/ and results/figures/",
+    ]
+    if outcome.failed:
+        lines.append(
+            f"  {len(outcome.failed)} run(s) failed (above); the aggregate was not updated. Fix them and run again:"
+            " the finished runs are recorded and will not run again."
+        )
+    if outcome.interrupted:
+        lines.append("  interrupted: the finished runs are recorded; run again to do the rest (runs resume).")
+    elif not outcome.failed:
+        lines.append("  everything is up to date (`dvc status` is clean)")
+    return "\n".join(lines)
+
+
+def _overrides(args) -> dict:
+    overrides = {"workers": args.workers, "scheduler_address": args.scheduler_address, "kind": args.kind}
+    if args.retries is not None:
+        overrides["retries"] = args.retries
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StudyError(f"--set {item}: expected KEY=VALUE, e.g. --set queue=gpu")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m repro.study",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any setting of params.yaml's `cluster:` section can be given with --set KEY=VALUE.",
+    )
+    parser.add_argument("-j", "--workers", type=int, help="local worker processes (default: one per core)")
+    parser.add_argument("--scheduler-address", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--kind", help="local, slurm, pbs, sge or lsf")
+    parser.add_argument("--retries", type=int, help="attempts after a run's first failure")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a cluster setting")
+    parser.add_argument("--logs", type=Path, default=REPO_ROOT / "checkpoints" / "logs", help="per-run logs")
+    parser.add_argument("--debug", action="store_true", help=f"tracebacks for every error (or ${DEBUG_ENV}=1)")
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    start = time.perf_counter()
+    try:
+        params = load_params(REPO_ROOT / "params.yaml")
+        problems = []
+        try:
+            grid = check_grid(params)
+        except GridError as error:
+            problems += error.problems
+        try:
+            settings = cluster_settings(params.get("cluster"), _overrides(args))
+        except ClusterError as error:
+            problems += error.problems
+        if problems:
+            raise StudyError(
+                f"params.yaml: {len(problems)} problem(s), nothing was run:\n"
+                + "\n".join(f"  - {problem}" for problem in problems)
+            )
+        print(f"study: {grid.describe()}, on {settings.describe()}", flush=True)
+        outcome = Runner(REPO_ROOT, args.logs.resolve(), settings).run(grid)
+    except (StudyError, ClusterError, GridError, OSError, ValueError) as error:
+        if debug:
+            raise
+        message = str(error) if not isinstance(error, ClusterError | GridError) else f"cluster:\n{error}"
+        print(f"error: {message}\n(--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        return 2
+    print(summary(grid, params, outcome, time.perf_counter() - start), flush=True)
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

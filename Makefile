@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # DVC stages call `python` and `papermill`: the environment's, whoever runs make.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env study study-full test lint bench clean-env
+.PHONY: env study study-full test lint bench bench-runner clean-env
 
 env: $(VENV)/.installed
 
@@ -20,14 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# `dvc repro` alone would train one run at a time; parallel_repro runs the stale training stages JOBS at a time
-# (one thread each, so the cores are used without being oversubscribed) and records each in dvc.lock, then
-# `dvc repro` does the rest (complexity, aggregate) and finds every run up to date.
-JOBS ?= $(shell nproc)
+# `dvc repro` alone would train one run at a time. repro.study runs the stale training stages on a Dask cluster
+# (params.yaml's `cluster:`; by default one worker process per core, one thread each, so the cores are used without
+# being oversubscribed; JOBS=N for N workers), records each in dvc.lock as it finishes, then runs `dvc repro` for
+# the rest (complexity, aggregate), which finds every run up to date.
+JOBS ?=
 
 study: env
-	$(BIN)/python scripts/parallel_repro.py -j $(JOBS)
-	$(BIN)/dvc repro
+	$(BIN)/python -m repro.study $(if $(JOBS),--workers $(JOBS))
 
 # Every variant on every 2D dataset at the papers' scale: meant for a GPU machine.
 study-full: env
@@ -45,6 +45,10 @@ test: lint
 
 bench: env
 	$(BIN)/python benchmarks/train_step.py
+
+# The study runner's own cost: per-run overhead against the bare stage command, and 1 vs 2 local workers.
+bench-runner: env
+	$(BIN)/python benchmarks/study_runner.py
 
 clean-env:
 	rm -rf $(VENV)

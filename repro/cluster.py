@@ -18,13 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 KINDS = ("local", "slurm", "pbs", "sge", "lsf")
 JOBQUEUE_KINDS = KINDS[1:]
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
 
 
 class ClusterError(ValueError):
@@ -110,23 +114,27 @@ def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] |
     values = {**(section or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     known = {f.name for f in fields(ClusterSettings)}
     problems = [f"cluster.{key}: unknown setting; known: {', '.join(sorted(known))}" for key in values.keys() - known]
-    values = {k: v for k, v in values.items() if k in known}
+    values = {k: v for k, v in values.items() if k in known and v is not None}
+    wrong = set()
     for key, minimum in _INTS.items():
-        value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        value = values.get(key, minimum)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             problems.append(f"cluster.{key}: {value!r} is not a whole number >= {minimum}")
+            wrong.add(key)
     for key in _STRINGS:
-        if values.get(key) is not None and not isinstance(values[key], str):
+        if not isinstance(values.get(key, ""), str):
             problems.append(f"cluster.{key}: {values[key]!r} is not a string")
+            wrong.add(key)
     for key in ("job_directives", "prologue"):
-        value = values.get(key)
-        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        value = values.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(f"cluster.{key}: {value!r} is not a list of strings")
-    if values.get("tls") is not None and not isinstance(values["tls"], bool):
+            wrong.add(key)
+    if not isinstance(values.get("tls", False), bool):
         problems.append(f"cluster.tls: {values['tls']!r} is not true or false")
-    if problems:
-        raise ClusterError(problems)
-    settings = ClusterSettings(**{k: v for k, v in values.items() if v is not None})
+        wrong.add("tls")
+    # The checks below see the defaults in place of wrong values, so that one message lists every problem.
+    settings = ClusterSettings(**{k: v for k, v in values.items() if k not in wrong})
 
     if settings.kind not in KINDS:
         problems.append(f"cluster.kind: unknown kind '{settings.kind}'; choose one of {', '.join(KINDS)}")
@@ -135,6 +143,9 @@ def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] |
     if settings.scheduler_address and settings.kind != "local":
         problems.append("cluster: give either scheduler_address (a running cluster) or kind, not both")
     if settings.kind in JOBQUEUE_KINDS:
+        submit = SUBMIT_COMMANDS[settings.kind]
+        if shutil.which(submit) is None:
+            problems.append(f"cluster.kind {settings.kind}: `{submit}` is not on PATH; run where jobs can be submitted")
         if not settings.queue:
             problems.append(f"cluster.queue: kind {settings.kind} needs the queue (partition) to submit jobs to")
         if not re.fullmatch(r"\d+(-\d+)?(:\d{2}){0,2}", settings.walltime):
@@ -231,21 +242,42 @@ def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: 
             worker_extra_args=extra_args,
             python=sys.executable,
             log_directory=str(log_directory),
+            # tls: the temporary certificates go with the job logs (git-ignored, on the shared filesystem).
+            shared_temp_directory=str(log_directory),
             scheduler_options={"host": settings.scheduler_host, "dashboard_address": settings.dashboard_address},
             **{k: v for k, v in account.items() if v},
             **security,
         )
+        if settings.kind == "slurm":
+            _slurm_test_only(cluster)
         cluster.scale(jobs=settings.jobs)
+        # Submit the jobs now (scale() only schedules it), so that a refused submission is reported here instead of
+        # leaving the runner waiting for workers that will never come.
+        cluster.sync(cluster._correct_state)
+    except ClusterError:
+        raise
     except (OSError, RuntimeError, ValueError) as error:
         raise ClusterError([f"cannot start the {settings.kind} cluster: {error}"]) from None
+    if any(getattr(job, "job_id", None) is None for job in cluster.workers.values()):
+        cluster.close()
+        raise ClusterError([f"`{SUBMIT_COMMANDS[settings.kind]}` refused the worker jobs (its message is above)"])
     return cluster, Client(cluster)
 
 
-def _security(settings: ClusterSettings) -> dict:
-    """``tls: true``: Dask's temporary self-signed credentials, made afresh for this cluster (a running
-    cluster's own credentials come from Dask's configuration instead; see README)."""
-    if not settings.tls or settings.scheduler_address:
-        return {}
-    from distributed.security import Security
+def _slurm_test_only(cluster) -> None:
+    """Ask SLURM whether it would accept the worker job (partition, resources, limits) without submitting it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sh") as script:
+        script.write(cluster.job_script())
+        script.flush()
+        check = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True)
+    if check.returncode != 0:
+        cluster.close()
+        reason = " ".join(line.strip() for line in check.stderr.splitlines() if line.strip())
+        raise ClusterError([f"SLURM would not accept the worker job: {reason}"])
 
-    return {"security": Security.temporary()}
+
+def _security(settings: ClusterSettings) -> dict:
+    """``tls: true``: Dask's temporary self-signed credentials, made afresh for this cluster (dask-jobqueue hands
+    them to the jobs through files beside the job logs). A running cluster's own credentials come from Dask's
+    configuration instead; see README."""
+    return {"security": True} if settings.tls and not settings.scheduler_address else {}

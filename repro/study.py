@@ -61,6 +61,7 @@ class Outcome:
     total: int
     up_to_date: int = 0
     done: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # each trained run's wall time on its worker
     failed: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -68,12 +69,19 @@ class Outcome:
 # --- DVC ---------------------------------------------------------------------------------------------------------
 
 
+def _repo(root: Path):
+    """DVC's API on the repository at ``root``."""
+    from dvc.repo import Repo
+
+    # Importing dvc sets up its console logging at INFO: its in-process commit would announce every lock-file update.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    return Repo(str(root))
+
+
 def stale_train_stages(root: Path) -> list:
     """The `train@...` stages `dvc repro` would run (DVC's own status), seed-major: seed, then dataset x model
     in dvc.yaml's order."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         stale = set(repo.status(targets=["train"]))
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]
     order = {stage.addressing: i for i, stage in enumerate(stages)}
@@ -114,7 +122,8 @@ class Progress:
         self.started: dict[str, int] = {}
         self.failed_attempts: dict[str, int] = {}
         self.seconds: list[float] = []
-        self.done = self.failed = self.most_running = 0
+        self.done = self.failed = 0
+        self.slots = 1  # runs the cluster runs at once (its workers' threads), updated as workers come and go
         self.tty = stream.isatty()
         self.bar = tqdm(total=total, file=stream, disable=not self.tty, bar_format="{l_bar}{bar}| {n}/{total} {desc}")
         self._refresh()
@@ -131,7 +140,6 @@ class Progress:
                 elif attempt > 1:
                     self.write(f"retry    {stage} (attempt {attempt}) on {message['worker']}")
                 self.running[stage] = message["worker"]
-                self.most_running = max(self.most_running, len(self.running))
             elif message["event"] == "failed":
                 self.failed_attempts[stage] = self.failed_attempts.get(stage, 0) + 1
                 self.running.pop(stage, None)
@@ -157,13 +165,14 @@ class Progress:
         left = self.total - self.done - self.failed
         if not self.seconds:
             return "after the first run"
-        # The runs left, in waves as wide as the most runs seen at once, each as long as a finished run on average.
-        waves = -(-left // max(1, self.most_running))
+        # The runs left, in waves as wide as the cluster, each as long as a finished run on average.
+        waves = -(-left // max(1, self.slots))
         return _duration(waves * sum(self.seconds) / len(self.seconds))
 
-    def tick(self) -> None:
-        """Redraw (the ETA moves on between events)."""
+    def tick(self, slots: int) -> None:
+        """Redraw with the cluster's current number of slots."""
         with self.lock:
+            self.slots = slots
             self._refresh()
 
     def _refresh(self) -> None:
@@ -194,8 +203,8 @@ def _duration(seconds: float) -> str:
 class Runner:
     """One call of the study: signals are turned into a flag that is only acted on between two DVC writes."""
 
-    def __init__(self, root: Path, logs: Path, settings: ClusterSettings) -> None:
-        self.root, self.logs, self.settings = root, logs, settings
+    def __init__(self, root: Path, logs: Path, settings: ClusterSettings, rest: bool = True) -> None:
+        self.root, self.logs, self.settings, self.rest = root, logs, settings, rest
         self.stop: int | None = None
 
     def _signal(self, signum, _frame) -> None:
@@ -224,8 +233,6 @@ class Runner:
             raise StudyError(f"`dvc {' '.join(args)}` failed; the end of {_rel(log)}:\n{tail}")
 
     def run(self, grid: Grid) -> Outcome:
-        # DVC's in-process commit would announce every lock-file update.
-        logging.getLogger("dvc").setLevel(logging.WARNING)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._signal)
         outcome = Outcome(total=grid.size)
@@ -243,7 +250,7 @@ class Runner:
             print(f"{len(stages)} of {grid.size} training runs to run ({outcome.up_to_date} up to date)", flush=True)
             if stages:
                 self._train(stages, outcome)
-            if outcome.failed:
+            if outcome.failed or not self.rest:
                 return outcome
             print("the rest of the pipeline (dvc repro: complexity, aggregate) ...", flush=True)
             self._dvc(["repro", "--quiet"], "repro.log")
@@ -294,7 +301,7 @@ class Runner:
                 # Commit every run that has finished, even when asked to stop: each commit is whole.
                 for future in finished:
                     self._record(future, by_name[future.key], progress, outcome)
-                progress.tick()
+                progress.tick(self._slots(client))
                 self._check_stop()
         finally:
             if progress:
@@ -302,15 +309,23 @@ class Runner:
             if self.stop is not None:
                 print("interrupted: stopping the runs in flight (their checkpoints stay) ...", flush=True)
 
-    def _record(self, future, stage, progress: Progress, outcome: Outcome) -> None:
-        from dvc.repo import Repo
+    def _slots(self, client) -> int:
+        """Runs the cluster can run at once: its threads, or its GPUs' shares when runs ask for a GPU."""
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        threads = sum(worker["nthreads"] for worker in workers)
+        if self.settings.runs_per_gpu:
+            gpus = sum(worker.get("resources", {}).get("GPU", 0) for worker in workers)
+            return min(threads, round(gpus * self.settings.runs_per_gpu))
+        return threads
 
+    def _record(self, future, stage, progress: Progress, outcome: Outcome) -> None:
         name = stage.addressing
         if future.status == "finished":
             result = future.result()
-            with Repo(str(self.root)) as repo:
+            with _repo(self.root) as repo:
                 repo.commit(name, force=True)
             outcome.done.append(name)
+            outcome.seconds[name] = result["seconds"]
             dice = _test_dice(self.root, stage)
             progress.finished(name, result["seconds"], f"done     {name}  {_duration(result['seconds'])}  {dice}", True)
             return
@@ -348,7 +363,7 @@ def _rel(path: Path) -> str:
 # --- the command line --------------------------------------------------------------------------------------------
 
 
-def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float) -> str:
+def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bool = True) -> str:
     """The closing screen: what ran, what it stands for, where the results are."""
     scale = params["scales"][grid.scale]
     paper = params["scales"].get("paper", scale)
@@ -375,6 +390,8 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float) -> str:
         )
     if outcome.interrupted:
         lines.append("  interrupted: the finished runs are recorded; run again to do the rest (runs resume).")
+    elif not outcome.failed and not rest:
+        lines.append("  every training run is recorded; `dvc repro` runs the rest (complexity, aggregate)")
     elif not outcome.failed:
         lines.append("  everything is up to date (`dvc status` is clean)")
     return "\n".join(lines)
@@ -403,11 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", help="local, slurm, pbs, sge or lsf")
     parser.add_argument("--retries", type=int, help="attempts after a run's first failure")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a cluster setting")
+    parser.add_argument("--train-only", action="store_true", help="skip `dvc repro` for the rest of the pipeline")
     parser.add_argument("--logs", type=Path, default=REPO_ROOT / "checkpoints" / "logs", help="per-run logs")
     parser.add_argument("--debug", action="store_true", help=f"tracebacks for every error (or ${DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     start = time.perf_counter()
+    # DVC's API resolves the stages' paths against the working directory, as its command line does.
+    os.chdir(REPO_ROOT)
     try:
         params = load_params(REPO_ROOT / "params.yaml")
         problems = []
@@ -425,14 +445,14 @@ def main(argv: list[str] | None = None) -> int:
                 + "\n".join(f"  - {problem}" for problem in problems)
             )
         print(f"study: {grid.describe()}, on {settings.describe()}", flush=True)
-        outcome = Runner(REPO_ROOT, args.logs.resolve(), settings).run(grid)
+        outcome = Runner(REPO_ROOT, args.logs.resolve(), settings, rest=not args.train_only).run(grid)
     except (StudyError, ClusterError, GridError, OSError, ValueError) as error:
         if debug:
             raise
         message = str(error) if not isinstance(error, ClusterError | GridError) else f"cluster:\n{error}"
         print(f"error: {message}\n(--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
         return 2
-    print(summary(grid, params, outcome, time.perf_counter() - start), flush=True)
+    print(summary(grid, params, outcome, time.perf_counter() - start, rest=not args.train_only), flush=True)
     if outcome.interrupted:
         return 130
     return 1 if outcome.failed else 0

@@ -1,125 +1,132 @@
 """The DVC pipeline end to end on a tiny grid (smoke scale, 1 dataset x 2 variants x 2 seeds), in a copy.
 
-Checks that `dvc repro` runs every stage through papermill, that a second `dvc repro` finds everything up to
-date, and that dependencies are exact: one variant's options re-run only that variant's runs, the statistics
-code only `aggregate`.
+The grid runs through the study runner (`python -m repro.study`) on a real `dask scheduler` and two `dask worker`
+processes started here on 127.0.0.1, then `dvc repro` does the rest. Checks that every stage ran through
+papermill and each run is recorded once, that a second `dvc repro` finds everything up to date, that dependencies
+are exact (one variant's options re-run only that variant's runs, the statistics code only `aggregate`), and that
+the runner's default local cluster, interrupted by SIGTERM, leaves dvc.lock whole and then runs exactly the stale
+runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
+import signal
+import time
 
+import psutil
 import pytest
 import yaml
+from study_copy import copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.data.registry import resolve_data_root
-
-ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".git", ".venv", "results", "checkpoints", "data/processed", ".dvc/cache", ".dvc/tmp", "dvc.lock"}
-
-
-def _copy_tree(destination: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
-        if any(name == skip or name.startswith(skip + "/") for skip in SKIP) or not (ROOT / name).is_file():
-            continue
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-
-
-def _run(copy: Path, *args: str) -> subprocess.CompletedProcess:
-    """This interpreter on ``args`` in the copy, with its environment's `dvc` and `papermill` first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
-
-
-def _dvc(copy: Path, *args: str) -> str:
-    result = _run(copy, "-m", "dvc", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _stale(copy: Path) -> set[str]:
-    return set(json.loads(_dvc(copy, "status", "--json")))
+GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet", "tinyunet"], "seeds": [0, 1]}
+RUNS = [f"train@ph2-dermoscopy-{model}-{seed}" for model in GRID["models"] for seed in GRID["seeds"]]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("pipeline")
-    _copy_tree(copy)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["data_root"] = str(resolve_data_root(params["data_root"]))
-    params["scale"] = "smoke"
-    params["study"] = {"datasets": ["ph2-dermoscopy"], "models": ["unet", "tinyunet"], "seeds": [0, 1]}
-    params["prepare"]["datasets"] = ["ph2-dermoscopy"]
-    params["complexity"] = {"image_size": 64, "latency_repeats": 1}
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    _dvc(copy, "repro")
-    return copy
+def pipeline(tmp_path_factory):
+    copy = copy_repository(tmp_path_factory.mktemp("pipeline"), GRID)
+    with dask_cluster(copy, workers=2) as (address, _):
+        result = run_python(copy, "-m", "repro.study", "--scheduler-address", address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return copy, result.stdout
 
 
-def test_repro_runs_every_stage(pipeline):
-    for model in ("unet", "tinyunet"):
-        for seed in (0, 1):
-            metrics = json.loads(
-                (pipeline / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text()
-            )
+def test_runner_runs_every_stage_once(pipeline):
+    copy, runner_output = pipeline
+    assert "4 of 4 training runs to run" in runner_output
+    for model in GRID["models"]:
+        for seed in GRID["seeds"]:
+            metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text())
             assert (metrics["model"], metrics["seed"], metrics["scale"]) == (model, seed, "smoke")
-            assert (pipeline / f"results/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
+            assert (copy / f"results/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
     for output in ("complexity.csv", "aggregate.ipynb", "stats.json", "tables/results.md", "figures/seed_dice.png"):
-        assert (pipeline / "results" / output).is_file(), output
-    assert "train@ph2-dermoscopy-tinyunet-1" in (pipeline / "dvc.lock").read_text()
+        assert (copy / "results" / output).is_file(), output
+    for run in RUNS:
+        assert lock_entries(copy, run) == 1, run
+        assert sum(line.startswith(f"done     {run} ") for line in runner_output.splitlines()) == 1, runner_output
+    assert "trained now 4, up to date (skipped) 0, failed 0" in runner_output
 
 
 def test_second_repro_is_up_to_date(pipeline):
-    assert _stale(pipeline) == set()
-    assert "Running stage" not in _dvc(pipeline, "repro")
+    copy, _ = pipeline
+    assert stale(copy) == set()
+    assert "Running stage" not in dvc(copy, "repro")
 
 
 def test_dependencies_are_exact(pipeline):
-    params_file = pipeline / "params.yaml"
+    copy, _ = pipeline
+    params_file = copy / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
     params["models"]["tinyunet"]["n_dwconv"] = 4
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _stale(pipeline) == {"train@ph2-dermoscopy-tinyunet-0", "train@ph2-dermoscopy-tinyunet-1"}
+    assert stale(copy) == {"train@ph2-dermoscopy-tinyunet-0", "train@ph2-dermoscopy-tinyunet-1"}
     params_file.write_text(original)
 
-    stats = pipeline / "repro" / "stats.py"
-    stats.write_text(stats.read_text() + "\n# an edit\n")
-    assert _stale(pipeline) == {"aggregate"}
+    stats = copy / "repro" / "stats.py"
+    original_stats = stats.read_text()
+    stats.write_text(original_stats + "\n# an edit\n")
+    assert stale(copy) == {"aggregate"}
+    stats.write_text(original_stats)
 
 
-def test_parallel_repro_runs_and_records_the_stale_runs(pipeline):
-    """`make study` trains through scripts/parallel_repro.py: it must run exactly the stale runs and lock them."""
-    params_file = pipeline / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+def _processes_in(folder) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.cwd() == str(folder) and "repro.study" not in " ".join(process.cmdline()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
+    """`make study`'s way (a local cluster, JOBS=2): SIGTERM while two runs train leaves no process behind and
+    dvc.lock whole; the next call trains exactly the runs still stale and records them."""
+    copy, _ = pipeline
+    assert stale(copy) == set()
+    params = yaml.safe_load((copy / "params.yaml").read_text())
     params["models"]["tinyunet"]["n_dwconv"] = 4
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The finished runs' checkpoints must go first: they are matched on seed and settings only (README,
     # "Checkpoints"), and resuming them would load the 8-convolution weights into the 4-convolution network.
-    shutil.rmtree(pipeline / "checkpoints/ph2-dermoscopy/tinyunet")
-    unet_metrics = pipeline / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json"
+    shutil.rmtree(copy / "checkpoints/ph2-dermoscopy/tinyunet")
+    unet_metrics = copy / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json"
     untouched = unet_metrics.read_bytes()
+    lock_before = (copy / "dvc.lock").read_text()
 
-    result = _run(pipeline, "scripts/parallel_repro.py", "-j", "2")
+    shutil.rmtree(copy / "checkpoints/logs")  # the logs of the first call, to see this call's runs start
+    runner = start_python(copy, "-m", "repro.study", "--workers", "2")
+    logs = [copy / f"checkpoints/logs/train@ph2-dermoscopy-tinyunet-{seed}.log" for seed in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "Executing notebook" in log.read_text() for log in logs):
+        assert runner.poll() is None, runner.stdout.read()
+        assert time.monotonic() < deadline, "the two runs never started"
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGTERM)
+    output = runner.communicate(timeout=120)[0]
+    assert runner.returncode == 130, output
+    assert "interrupted" in output
+    finished = {run for run in RUNS if f"done     {run} " in output}
+    # Whole: still valid YAML, and exactly the runs reported done were added.
+    assert yaml.safe_load((copy / "dvc.lock").read_text())
+    stale_runs = {name for name in stale(copy) if name.startswith("train@")}
+    assert stale_runs == {"train@ph2-dermoscopy-tinyunet-0", "train@ph2-dermoscopy-tinyunet-1"} - finished
+    if not finished:
+        assert (copy / "dvc.lock").read_text() == lock_before
+    time.sleep(2)  # the kernels notice within a second that papermill is gone
+    assert _processes_in(copy) == []
+
+    result = run_python(copy, "-m", "repro.study", "--workers", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 training stage(s) to run" in result.stdout
-    assert not {name for name in _stale(pipeline) if name.startswith("train@")}
+    assert f"{2 - len(finished)} of 4 training runs to run" in result.stdout
+    assert not {name for name in stale(copy) if name.startswith("train@")}
     for seed in (0, 1):
-        metrics = json.loads((pipeline / f"results/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
+        metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
         assert metrics["options"]["n_dwconv"] == 4
+        assert lock_entries(copy, f"train@ph2-dermoscopy-tinyunet-{seed}") == 1
     assert unet_metrics.read_bytes() == untouched
+    assert "Dask dashboard: http://127.0.0.1:" in result.stdout

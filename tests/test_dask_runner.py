@@ -1,0 +1,235 @@
+"""The study runner (`python -m repro.study`) against real faults, on a real `dask scheduler` and two `dask worker`
+processes on 127.0.0.1, in a copy of the repository with a tiny grid (smoke scale, 1 dataset x 1 variant x 3
+seeds, 5 epochs so that a run is long enough to be hit mid-way).
+
+- seed 0: its worker process is SIGKILLed once the run has written a checkpoint and before it has finished; the
+  scheduler hands the run to another worker, which resumes it; its results must equal an undisturbed run's.
+- seed 2: its checkpoint is corrupted beforehand, so the run fails in its notebook each time; it is reported with
+  the executed notebook and the failing cell's error, after its retry, and the other runs are recorded.
+
+And the checks made before any run: every problem of the grid and the cluster settings in one message, and an
+unreachable scheduler, each as one clear error without a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
+
+from repro.cluster import ClusterError, cluster_settings
+from repro.study import cell_error
+
+GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
+KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
+SMOKE_5_EPOCHS = {
+    "image_size": 64,
+    "large_image_scale": 0.25,
+    "patch_size": 64,
+    "patches_per_image": 2,
+    "width_mult": 0.25,
+    "epochs": 5,
+    "batch_size": 8,
+    "lr": 0.001,
+    "weight_decay": 0.0,
+    "max_train_images": 24,
+    "max_eval_images": 12,
+}
+
+
+def _run_dir(copy, seed: int):
+    return copy / f"results/runs/ph2-dermoscopy/unet/seed{seed}"
+
+
+def _guard_of(seed: int) -> psutil.Process | None:
+    """The guard process (python -m repro.stage_task) of the run with this seed, once it runs."""
+    for process in psutil.process_iter():
+        try:
+            command = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if "repro.stage_task" in command and f"seed{seed} " in command[-1] + " ":
+            return process
+    return None
+
+
+@pytest.fixture(scope="module")
+def faulty_grid(tmp_path_factory):
+    copy = copy_repository(tmp_path_factory.mktemp("faults"), GRID, scales__smoke=SMOKE_5_EPOCHS)
+    broken = copy / "checkpoints/ph2-dermoscopy/unet/seed2/smoke/last.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    checkpoint = copy / "checkpoints/ph2-dermoscopy/unet/seed0/smoke/last.pt"
+
+    with dask_cluster(copy, workers=2) as (address, _):
+        runner = start_python(copy, "-m", "repro.study", "--scheduler-address", address, "--retries", "1")
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert runner.poll() is None, runner.stdout.read()
+            assert time.monotonic() < deadline, "seed 0 never wrote a checkpoint"
+            time.sleep(0.02)
+        guard = _guard_of(0)
+        worker = guard.parent()
+        assert "worker" in " ".join(worker.cmdline()) or "spawn" in " ".join(worker.cmdline())
+        worker.send_signal(signal.SIGKILL)
+        killed_mid_run = not (_run_dir(copy, 0) / "metrics.json").exists()
+        psutil.wait_procs([guard], timeout=30)
+        output = runner.communicate(timeout=600)[0]
+    return copy, runner.returncode, output, killed_mid_run, guard
+
+
+def test_killed_worker_run_is_resubmitted_and_recorded_once(faulty_grid):
+    copy, returncode, output, killed_mid_run, guard = faulty_grid
+    assert killed_mid_run, "the worker was killed after its run had finished: the test proves nothing"
+    assert not guard.is_running(), "the killed worker's run went on, orphaned"
+    assert f"resumed  {KILLED} on" in output, output
+    assert returncode == 1, output  # seed 2 failed
+    stale_runs = {name for name in stale(copy) if name.startswith("train@")}
+    assert stale_runs == {BROKEN}
+    for run in (KILLED, GOOD):
+        assert lock_entries(copy, run) == 1, run
+        assert sum(line.startswith(f"done     {run} ") for line in output.splitlines()) == 1, output
+    assert lock_entries(copy, BROKEN) == 0
+
+
+def test_failed_run_is_reported_with_its_cell_error_and_others_go_on(faulty_grid):
+    copy, _, output, _, _ = faulty_grid
+    notebook = copy / "results/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb"
+    error = cell_error(notebook)
+    assert error and "Error" in error, error
+    assert f"FAILED   {BROKEN} (after up to 2 attempt(s)): {error}" in output, output
+    assert "notebook: " in output and "results/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb" in output
+    assert f"retry    {BROKEN} (attempt 2)" in output
+    assert "trained now 2, up to date (skipped) 0, failed 1" in output
+    assert "the aggregate was not updated" in output
+    assert not (copy / "results/aggregate.ipynb").exists()
+
+
+def _history(run_dir) -> list[dict]:
+    with (run_dir / "history.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_killed_run_equals_the_undisturbed_run(faulty_grid, monkeypatch):
+    """Seeded CPU runs are bit-identical: the run resumed after the kill must match the same run trained in one
+    go (test and validation metrics, the selected epoch, every epoch's loss, every test image's scores)."""
+    copy, *_ = faulty_grid
+    resumed = _run_dir(copy, 0)
+    kept = copy / "resumed-run"
+    shutil.copytree(resumed, kept)
+    shutil.rmtree(copy / "checkpoints/ph2-dermoscopy/unet/seed0")
+    # One thread, as the runner gives each run: another thread count sums in another order.
+    monkeypatch.setenv("UNET_REPRO_THREADS", "1")
+    dvc(copy, "repro", "--force", "--single-item", KILLED)
+
+    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (kept, resumed))
+    for key in ("test", "val", "best_epoch", "params", "flops", "n_images"):
+        assert before[key] == after[key], key
+    assert _history(kept) == _history(resumed)
+    assert (kept / "per_image.csv").read_bytes() == (resumed / "per_image.csv").read_bytes()
+
+
+# --- checks before any run ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bare_copy(tmp_path_factory):
+    return copy_repository(tmp_path_factory.mktemp("checks"), GRID)
+
+
+def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
+    params_file = bare_copy / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["scale"] = "smok"
+    params["study"] = {"datasets": ["ph2-dermoscopi"], "models": ["unet", "unett", "typo_opt"], "seeds": [0, -1]}
+    params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
+    params["cluster"] = {"kind": "slurmm", "retries": -1, "threds": 2}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = run_python(bare_copy, "-m", "repro.study")
+    finally:
+        params_file.write_text(original)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    message = result.stderr
+    for expected in (
+        "unknown scale 'smok'",
+        "unknown dataset 'ph2-dermoscopi'; did you mean 'ph2-dermoscopy'?",
+        "unknown model variant 'unett'; did you mean 'unet'?",
+        "models.typo_opt (unet {'blok': 'cmrf'}): unknown option(s) ['blok']",
+        "study.seeds: -1 is not",
+        "cluster.threds: unknown setting",
+        "cluster.retries: -1 is not a whole number >= 0",
+        "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
+    ):
+        assert expected in message, (expected, message)
+    assert "params.yaml: 8 problem(s), nothing was run" in message
+    assert not (bare_copy / "data/processed").exists() and not (bare_copy / "dvc.lock").exists()
+
+    debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert "kind pbs needs the queue (partition)" in debug.stderr
+
+
+def test_unreachable_scheduler_is_one_clear_error(bare_copy):
+    result = run_python(bare_copy, "-m", "repro.study", "--scheduler-address", "tcp://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "error: cluster:\n  - cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (bare_copy / "data/processed").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"kind": "lsf", "queue": "gpu", "walltime": "4h"}, "cluster.walltime: '4h' is not like 04:00:00"),
+        ({"kind": "slurm", "queue": "gpu", "runs_per_gpu": 4}, "gpus_per_job is 0: no job would have a GPU"),
+        ({"runs_per_gpu": 4}, "cluster.gpus is 0: no local worker would have a GPU"),
+        ({"kind": "sge", "queue": "q", "memory": "lots"}, "cluster.memory: 'lots' is not a size like 16GB"),
+        ({"scheduler_address": "10.0.0.5:8786"}, "is not like tcp://host:8786"),
+        ({"kind": "slurm", "queue": "q", "cores": 3, "workers_per_job": 2}, "must be a multiple of workers_per_job"),
+    ],
+)
+def test_bad_cluster_settings(section, expected):
+    with pytest.raises(ClusterError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        cluster_settings(section)
+
+
+def test_gpu_share_fits_exactly():
+    """runs_per_gpu runs fit in one GPU whatever the count (1.0 - 9 * (1/9) alone is below 1/9)."""
+    for runs in range(1, 65):
+        share = cluster_settings({"gpus": 1, "runs_per_gpu": runs}).run_resources["GPU"]
+        left, fitted = 1.0, 0
+        while left >= share:
+            left, fitted = left - share, fitted + 1
+        assert fitted == runs
+
+
+def test_guard_ends_the_command_when_its_worker_goes(tmp_path):
+    """The guard between a worker and a run: closing its stdin (what a SIGKILLed worker's death does) ends the
+    whole command, here a shell and its sleeping child."""
+    marker = tmp_path / "child.pid"
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "repro.stage_task", f"sh -c 'echo $$ > {marker}; exec sleep 300'"],
+        stdin=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = psutil.Process(int(marker.read_text()))
+    guard.stdin.close()
+    assert guard.wait(timeout=30) != 0
+    psutil.wait_procs([child], timeout=10)
+    assert not child.is_running()

@@ -176,27 +176,30 @@ def paired_ttest(
     b: Sequence[float],
     confidence_level: float = 0.95,
     alternative: Alternative = "two-sided",
+    null_difference: float = 0.0,
 ) -> PairedTTestResult:
     """Paired t-test of ``a - b`` with a t-based confidence interval and Cohen's d_z.
 
-    Identical to ``scipy.stats.ttest_rel``, except that differences with zero spread give the
-    ``sd -> 0`` limit (t = 0, p = 1 two-sided, when all differences are 0; t = ±inf, p = 0 otherwise)
-    instead of nan.
+    Identical to ``scipy.stats.ttest_rel`` on ``a - null_difference`` and ``b``, except that differences
+    with zero spread give the ``sd -> 0`` limit (t = 0, p = 1 two-sided, when every difference equals the
+    null; t = ±inf, p = 0 otherwise) instead of nan.
 
     Args:
         a: scores of the first variant, one per pair (e.g. per seed).
         b: scores of the second variant, paired element-wise with ``a``.
         confidence_level: level of the interval for the mean difference.
-        alternative: alternative hypothesis about the mean of ``a - b``; the interval is one-sided
-            (as in scipy) for "greater" and "less".
+        alternative: alternative hypothesis about the mean of ``a - b`` relative to ``null_difference``;
+            the interval is one-sided (as in scipy) for "greater" and "less".
+        null_difference: mean difference under H0, e.g. a paper's claimed gain D for the one-sided test of
+            H0 ``mean >= D`` against ``mean < D`` (``alternative="less"``).
 
     Returns:
-        The test result; ``dz`` is ``mean_diff / sd_diff`` (0 when all differences are 0).
+        The test result; ``dz`` is ``mean_diff / sd_diff`` (0 when all differences are 0), whatever the null.
     """
     diffs = _differences(a, b)
     mean_diff = float(diffs.mean())
     sd_diff = float(diffs.std(ddof=1))
-    t, p, ci_low, ci_high = _t_test_of_mean(diffs, 0.0, alternative, confidence_level)
+    t, p, ci_low, ci_high = _t_test_of_mean(diffs, null_difference, alternative, confidence_level)
     if sd_diff > 0:
         dz = mean_diff / sd_diff
     else:
@@ -237,6 +240,23 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> SignedRankRe
     return SignedRankResult(
         n=int(diffs.size), n_nonzero=n_nonzero, statistic=float(result.statistic), p=float(result.pvalue)
     )
+
+
+def wilcoxon_floor(n: int) -> float:
+    """Smallest two-sided p-value the exact signed-rank test can give with ``n`` non-zero differences.
+
+    It is reached when every difference has the same sign: 2 of the ``2**n`` equally likely sign patterns
+    are that extreme, so p = ``2 / 2**n`` (0.0625 at n = 5: never below 0.05, whatever the data).
+
+    Args:
+        n: number of pairs (>= 1).
+
+    Returns:
+        The floor of the exact two-sided p-value.
+    """
+    if n < 1:
+        raise ValueError(f"need at least 1 pair, got {n}")
+    return min(1.0, 2.0 * 0.5**n)
 
 
 def holm_bonferroni(pvalues: Sequence[float]) -> np.ndarray:
@@ -408,3 +428,43 @@ def seeds_needed(sd_diff: float, delta: float, alpha: float = 0.05, power: float
         else:
             too_few = middle
     return SeedsNeeded(n=enough, cap=cap)
+
+
+def bootstrap_two_level(
+    differences: np.ndarray,
+    confidence_level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | Sequence[int] = 0,
+) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference, resampling seeds and test images together.
+
+    ``differences[s, i]`` is the score difference of the two variants trained with seed ``s`` on test image
+    ``i``. Each resample draws the seeds with replacement (training variability) and, independently, the
+    test images with replacement (test-set sampling); the images are one test set shared by every seed, so
+    one image draw serves all seeds of a resample. The statistic is the mean over the drawn seeds of the
+    mean over the drawn images. Draws are multinomial counts, so the whole bootstrap is two matrix products.
+
+    Args:
+        differences: array of shape (seeds, images), finite.
+        confidence_level: level of the two-sided percentile interval.
+        n_resamples: number of bootstrap resamples.
+        seed: seed (or seed sequence) of NumPy's generator, so the interval is the same on every run.
+
+    Returns:
+        ``(low, high)``.
+    """
+    diffs = np.asarray(differences, dtype=float)
+    if diffs.ndim != 2 or min(diffs.shape) < 1:
+        raise ValueError(f"differences must be a non-empty (seeds, images) array, got shape {diffs.shape}")
+    if not np.all(np.isfinite(diffs)):
+        raise ValueError("differences must be finite")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must lie in (0, 1), got {confidence_level}")
+    n_seeds, n_images = diffs.shape
+    rng = np.random.default_rng(seed)
+    seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_resamples) / n_seeds
+    image_weights = rng.multinomial(n_images, np.full(n_images, 1 / n_images), size=n_resamples) / n_images
+    means = ((seed_weights @ diffs) * image_weights).sum(axis=1)
+    tail = 100 * (1 - confidence_level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)

@@ -1,6 +1,8 @@
-"""Tests of repro.report on synthetic runs written in the training stage's output schema."""
+"""Tests of the aggregate stage (repro.run_results, repro.evaluation, repro.tables, repro.figures, repro.report)
+on synthetic runs written in the training stage's output schema."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +11,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 
-from repro import report
+from repro import evaluation, figures, report, tables, verdicts
 from repro.claims import CLAIMS
-from repro.stats import holm_bonferroni, seeds_needed
+from repro.run_results import failed_runs, load_runs
+from repro.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 
 # Image offsets and noise sum to zero, so a run's test Dice (mean over images) equals its seed-level Dice.
 IMAGE_OFFSETS = np.array([-0.05, -0.02, 0.0, 0.01, 0.02, 0.04])
@@ -21,23 +25,37 @@ IMAGE_OFFSETS = np.array([-0.05, -0.02, 0.0, 0.01, 0.02, 0.04])
 IMAGE_NOISE = np.array([0.004, -0.003, 0.002, -0.004, 0.003, -0.002])
 SEED_EFFECTS = np.array([0.010, -0.005, 0.000, 0.004, -0.009])
 UNET = 0.80 + SEED_EFFECTS
-# Seed-level test Dice of each variant on "kvasir-seg", built so that every verdict must occur:
+TINY = np.array([1e-4, -1e-4, 5e-5, -5e-5, 0.0])
+# Seed-level test Dice of each variant on "kvasir-seg", built so that every superiority label occurs:
 KVASIR_DICE = {
     "unet": UNET,
-    "unetpp": UNET + 0.05 + np.array([0.003, -0.002, 0.001, 0.0, -0.002]),  # C1: reproduced
-    "wide_unet": UNET + 0.08,  # C2: UNet++ significantly worse than claimed -> contradicted (opposite sign)
-    "tinyunet": UNET + np.array([0.002, -0.002, 0.001, -0.001, 0.0]),  # C3: CI far below +2.8 mIoU
-    "tinyunet_plain": UNET + np.array([0.03, -0.04, 0.02, -0.01, -0.005]),  # C4a: noisy, no claim size
+    "unetpp": UNET + 0.05 + np.array([0.003, -0.002, 0.001, 0.0, -0.002]),  # C1: reproduced (> claimed 1.86 IoU)
+    "wide_unet": UNET + 0.08,  # C2: UNet++ significantly worse -> reversed
+    "tinyunet": UNET + np.array([0.002, -0.002, 0.001, -0.001, 0.0]),  # C3: ~0, far below +2.8 mIoU: smaller
+    "tinyunet_plain": UNET + np.array([0.03, -0.04, 0.02, -0.01, -0.005]),  # C4a: noisy, no D: underpowered
+    "unet_cmrf": UNET + 0.001 + TINY,  # C4b: a sure gain far below +0.34 IoU: reproduced, smaller than claimed
+    "unetv2_nosdi": UNET,
+    "unetv2": UNET + 10 * TINY,  # C5a: ~0 with a tiny spread, no D: detectable, not found -> inconclusive
     "unet_bilinear": UNET,
     "light_unet": UNET + np.array([0.001, -0.001, 0.002, -0.002, 0.0005]),  # C6: equivalent
     "lighter_unet_128": UNET + np.array([0.03, -0.03, 0.025, -0.02, 0.0]),  # C6: too noisy to tell
     "lighter_unet_1": UNET - 0.06 + np.array([0.002, -0.001, 0.0, 0.001, -0.002]),  # C6: clearly worse
 }
 PARAMS = {"unet": 7_760_000, "unetpp": 9_040_000, "tinyunet": 480_000}
+N_RESAMPLES = 300  # enough to exercise the bootstrap; the study uses 10,000
 
 
-def write_run(runs_dir: Path, dataset: str, model: str, seed: int, dice: float, pruned: bool = False) -> None:
-    """Write metrics.json and per_image.csv of one run, as the training stage does."""
+def write_run(
+    runs_dir: Path,
+    dataset: str,
+    model: str,
+    seed: int,
+    dice: float,
+    pruned: bool = False,
+    best_val: float | None = None,
+    device: str = "cpu",
+) -> None:
+    """Write metrics.json, per_image.csv and history.csv of one run, as the training stage does."""
     image_dice = dice + IMAGE_OFFSETS + np.roll(IMAGE_NOISE, list(KVASIR_DICE).index(model))
     image_iou = image_dice / (2 - image_dice)
     images = pd.DataFrame(
@@ -65,6 +83,7 @@ def write_run(runs_dir: Path, dataset: str, model: str, seed: int, dice: float, 
         "options": {},
         "seed": seed,
         "scale": "cpu",
+        "device": device,
         "class_names": ["background", "polyp"],
         "test": test,
         "val": test,
@@ -84,13 +103,18 @@ def write_run(runs_dir: Path, dataset: str, model: str, seed: int, dice: float, 
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     images.to_csv(run_dir / "per_image.csv", index=False)
+    best = dice if best_val is None else best_val
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.9, 0.6, 0.5], "val_dice": [0.0, best / 2, best]})
+    history.to_csv(run_dir / "history.csv", index=False)
 
 
 def write_study(runs_dir: Path) -> None:
-    """kvasir-seg: 5 seeds of every variant in KVASIR_DICE; isic2018: U-Net (3 seeds), UNet++ (seed 0 only)."""
+    """kvasir-seg: 5 seeds of every variant in KVASIR_DICE (U-Net seed 4 on a GPU); isic2018: U-Net (3 seeds),
+    UNet++ (seed 0 only)."""
     for model, seed_dice in KVASIR_DICE.items():
         for seed, dice in enumerate(seed_dice):
-            write_run(runs_dir, "kvasir-seg", model, seed, dice, pruned=model == "unetpp")
+            device = "cuda:0" if (model, seed) == ("unet", 4) else "cpu"
+            write_run(runs_dir, "kvasir-seg", model, seed, dice, pruned=model == "unetpp", device=device)
     for seed in range(3):
         write_run(runs_dir, "isic2018", "unet", seed, 0.85 + SEED_EFFECTS[seed])
     write_run(runs_dir, "isic2018", "unetpp", 0, 0.86)
@@ -100,15 +124,15 @@ def write_study(runs_dir: Path) -> None:
 def runs(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("results") / "runs"
     write_study(runs_dir)
-    return report.load_runs(runs_dir)
+    return load_runs(runs_dir)
 
 
 @pytest.fixture(scope="module")
 def claims_table(runs):
-    return report.evaluate_claims(runs, alpha=0.05, tost_margin=0.02)
+    return evaluation.evaluate_claims(runs, alpha=0.05, tost_margin=0.02, n_resamples=N_RESAMPLES)
 
 
-def verdict_of(claims_table, dataset, better, baseline):
+def row_of(claims_table, dataset, better, baseline):
     row = claims_table[
         (claims_table["dataset"] == dataset)
         & (claims_table["better"] == better)
@@ -119,159 +143,334 @@ def verdict_of(claims_table, dataset, better, baseline):
 
 
 def test_load_runs_is_tidy(runs):
-    per_seed, per_image = runs.per_seed, runs.per_image
+    per_seed = runs.per_seed
     assert len(per_seed) == 5 * len(KVASIR_DICE) + 4
-    assert not per_seed.duplicated(["dataset", "model", "seed"]).any()
-    assert {"dice", "iou", "miou_bg", "dice_pooled", "dice_polyp", "iou_polyp", "params", "flops"} <= set(per_seed)
-    assert per_seed["pruned_L1_dice"].notna().sum() == 5
-    unetpp = per_seed[(per_seed["dataset"] == "kvasir-seg") & (per_seed["model"] == "unetpp")]
-    np.testing.assert_allclose(unetpp["dice"], KVASIR_DICE["unetpp"])
-    assert len(per_image) == len(per_seed) * len(IMAGE_OFFSETS)
-    assert list(per_image.columns[:4]) == ["dataset", "model", "seed", "id"]
-    assert per_image["id"].iloc[0] == "case00"
+    assert list(per_seed.columns[:3]) == ["dataset", "model", "seed"]
+    assert {"dice", "iou", "miou_bg", "dice_polyp", "pruned_L1_dice", "device", "best_val_dice"} <= set(per_seed)
+    unet = per_seed[(per_seed["dataset"] == "kvasir-seg") & (per_seed["model"] == "unet")]
+    np.testing.assert_allclose(unet["dice"], UNET)
+    assert len(runs.per_image) == len(per_seed) * len(IMAGE_OFFSETS)
 
 
 def test_load_runs_rejects_misplaced_and_missing_runs(tmp_path):
     with pytest.raises(FileNotFoundError):
-        report.load_runs(tmp_path / "nothing")
+        load_runs(tmp_path / "nothing")
     write_run(tmp_path, "kvasir-seg", "unet", 0, 0.8)
-    (tmp_path / "kvasir-seg" / "unet").rename(tmp_path / "kvasir-seg" / "unetpp")
+    (tmp_path / "kvasir-seg" / "unet" / "seed0").rename(tmp_path / "kvasir-seg" / "unet" / "seed1")
     with pytest.raises(ValueError, match="does not match its folder"):
-        report.load_runs(tmp_path)
+        load_runs(tmp_path)
 
 
 def test_results_table(runs):
-    table = report.results_table(runs.per_seed)
-    assert len(table) == len(KVASIR_DICE) + 2
-    unetpp = table[(table["dataset"] == "kvasir-seg") & (table["model"] == "unetpp")].iloc[0]
-    assert unetpp["n_seeds"] == 5
-    assert unetpp["dice_mean"] == pytest.approx(KVASIR_DICE["unetpp"].mean())
-    assert unetpp["dice_sd"] == pytest.approx(KVASIR_DICE["unetpp"].std(ddof=1))
-    assert unetpp["params"] == PARAMS["unetpp"] and unetpp["gflops"] == pytest.approx(1.5)
-    single_seed = table[(table["dataset"] == "isic2018") & (table["model"] == "unetpp")].iloc[0]
-    assert np.isnan(single_seed["dice_sd"])
+    table = tables.results_table(runs.per_seed)
+    kvasir_unet = table[(table["dataset"] == "kvasir-seg") & (table["model"] == "unet")].iloc[0]
+    assert kvasir_unet["n_seeds"] == 5
+    assert kvasir_unet["dice_mean"] == pytest.approx(UNET.mean())
+    assert kvasir_unet["dice_sd"] == pytest.approx(UNET.std(ddof=1))
+    assert kvasir_unet["params"] == 7_760_000 and kvasir_unet["gflops"] == pytest.approx(1.5)
+    isic_unetpp = table[(table["dataset"] == "isic2018") & (table["model"] == "unetpp")].iloc[0]
+    assert isic_unetpp["n_seeds"] == 1 and math.isnan(isic_unetpp["dice_sd"])
+
+
+def test_parameters_print_at_three_significant_figures(runs):
+    assert [tables.significant_figures(v) for v in (0.123689, 1.944, 3.499, 2.0991, 123.4, 0.0)] == [
+        "0.124",
+        "1.94",
+        "3.50",
+        "2.10",
+        "123",
+        "0",
+    ]
+    shown = tables.format_results_table(tables.results_table(runs.per_seed)).set_index(["dataset", "model"])
+    assert shown.loc[("kvasir-seg", "tinyunet"), "params (M)"] == "0.480"
+    assert shown.loc[("kvasir-seg", "unet"), "params (M)"] == "7.76"
+    assert shown.loc[("kvasir-seg", "unet"), "GFLOPs"] == "1.50"
 
 
 def test_write_table_csv_markdown_latex(runs, tmp_path):
-    table = report.results_table(runs.per_seed)
-    display = report.format_results_table(table)
-    paths = report.write_table(table, tmp_path / "tables" / "results", display=display)
+    table = tables.results_table(runs.per_seed)
+    display = tables.format_results_table(table)
+    paths = tables.write_table(table, tmp_path / "tables" / "results", display=display)
     assert [path.suffix for path in paths] == [".csv", ".md", ".tex"]
     assert len(pd.read_csv(paths[0])) == len(table)
-    markdown = paths[1].read_text().splitlines()
-    assert markdown[0].startswith("| dataset | model | seeds | Dice |")
-    assert markdown[1].startswith("| :--- | :--- | ---: |")
-    assert len(markdown) == len(table) + 2
-    # UNet++ on kvasir-seg: 0.80 + 0.05; seed deviations 13, -7, 1, 4, -11 (x 0.001): s.d. sqrt(356e-6 / 4) = 0.0094.
-    assert "| kvasir-seg | unetpp | 5 | 0.850 ± 0.009 |" in paths[1].read_text()
-    latex = paths[2].read_text()
-    assert "\\begin{tabular}" in latex and "unet\\_bilinear" in latex
+    markdown = paths[1].read_text()
+    assert markdown.startswith("| dataset | model | seeds | Dice |") and "±" in markdown
+    assert "\\begin{tabular}" in paths[2].read_text()
 
 
 def test_markdown_table_formats_cells():
-    df = pd.DataFrame({"name": ["a|b", "c"], "value": [0.123456, np.nan], "count": pd.array([3, None], "Int64")})
-    assert report.markdown_table(df, float_digits=2) == (
-        "| name | value | count |\n| :--- | ---: | ---: |\n| a\\|b | 0.12 | 3 |\n| c |  |  |\n"
+    df = pd.DataFrame({"name": ["a|b", "c"], "x": [0.123456, np.nan], "n": [1, 2]})
+    assert tables.markdown_table(df, float_digits=2) == (
+        "| name | x | n |\n| :--- | ---: | ---: |\n| a\\|b | 0.12 | 1 |\n| c |  | 2 |\n"
     )
+
+
+def test_p_values_print_below_the_last_decimal_as_an_inequality(claims_table, tmp_path):
+    assert [tables.format_p(p) for p in (3e-17, 0.0, 0.0001, 0.00004999, 0.12345, np.nan)] == [
+        "< 0.0001",
+        "< 0.0001",
+        "0.0001",
+        "< 0.0001",
+        "0.1235",
+        "",
+    ]
+    row = row_of(claims_table, "kvasir-seg", "unetpp", "unet")
+    assert row["p_direction"] < 1e-4  # the synthetic gain is far beyond the noise
+    shown = tables.format_claims_table(claims_table)
+    paths = tables.write_table(claims_table, tmp_path / "claims", display=shown)
+    markdown, latex = paths[1].read_text(), paths[2].read_text()
+    p_columns = [column for column in shown.columns if column.startswith("p ") or column.endswith(" p")]
+    p_columns.append("image p (given the models)")
+    assert len(p_columns) == 6 and not shown[p_columns].isin(["0.0000"]).any().any()
+    assert (shown["p direction"] == "< 0.0001").any() and "< 0.0001" in markdown
+    assert r"\textless{} 0.0001" in latex and "<" not in latex
 
 
 def test_claims_table_covers_every_comparison_and_dataset(claims_table):
     n_comparisons = sum(len(claim.comparisons) for claim in CLAIMS)
     assert len(claims_table) == 2 * n_comparisons
-    assert list(claims_table.columns) == report.CLAIM_COLUMNS
-    assert set(claims_table["verdict"]) <= set(report.VERDICTS)
+    assert list(claims_table.columns) == evaluation.CLAIM_COLUMNS
+    assert set(claims_table["verdict"]) <= set(verdicts.LABELS)
 
 
-def test_superiority_verdicts(claims_table):
-    reproduced = verdict_of(claims_table, "kvasir-seg", "unetpp", "unet")
-    assert reproduced["verdict"] == "reproduced" and reproduced["mean_diff"] > 0
-    opposite = verdict_of(claims_table, "kvasir-seg", "unetpp", "wide_unet")
-    assert opposite["verdict"] == "contradicted" and opposite["mean_diff"] < 0 and opposite["p_holm"] < 0.05
-    below_claim = verdict_of(claims_table, "kvasir-seg", "tinyunet", "unet")
-    assert below_claim["verdict"] == "contradicted"
-    assert below_claim["p_holm"] >= 0.05 and below_claim["ci_high"] < below_claim["claimed_difference"]
-    no_claimed_size = verdict_of(claims_table, "kvasir-seg", "tinyunet", "tinyunet_plain")
-    assert no_claimed_size["verdict"] == "inconclusive" and pd.isna(no_claimed_size["seeds_needed"])
-    one_matched_seed = verdict_of(claims_table, "isic2018", "unetpp", "unet")
-    assert one_matched_seed["verdict"] == "inconclusive" and one_matched_seed["n_seeds"] == 1
-    assert verdict_of(claims_table, "isic2018", "unetpp", "wide_unet")["verdict"] == "not run"
-    assert verdict_of(claims_table, "kvasir-seg", "unetv2", "unetv2_nosdi")["verdict"] == "not run"
+def test_every_superiority_label_on_constructed_runs(claims_table):
+    expected = {
+        ("unetpp", "unet"): verdicts.REPRODUCED,
+        ("unet_cmrf", "unet"): verdicts.REPRODUCED_SMALLER,
+        ("unetpp", "wide_unet"): verdicts.REVERSED,
+        ("tinyunet", "unet"): verdicts.SMALLER,
+        ("tinyunet", "tinyunet_plain"): verdicts.UNDERPOWERED,
+        ("unetv2", "unetv2_nosdi"): verdicts.INCONCLUSIVE,
+    }
+    got = {pair: row_of(claims_table, "kvasir-seg", *pair)["verdict"] for pair in expected}
+    assert got == expected
+    one_matched_seed = row_of(claims_table, "isic2018", "unetpp", "unet")
+    assert one_matched_seed["verdict"] == verdicts.INCONCLUSIVE and one_matched_seed["n_seeds"] == 1
+    assert pd.isna(one_matched_seed["family_size"]) and pd.isna(one_matched_seed["p_direction_holm"])
+    assert row_of(claims_table, "isic2018", "unetpp", "wide_unet")["verdict"] == verdicts.NOT_RUN
 
 
-def test_equivalence_verdicts(claims_table):
-    equivalent = verdict_of(claims_table, "kvasir-seg", "light_unet", "unet_bilinear")
-    assert equivalent["verdict"] == "reproduced" and equivalent["tost_p"] < 0.05
-    noisy = verdict_of(claims_table, "kvasir-seg", "lighter_unet_128", "unet_bilinear")
-    assert noisy["verdict"] == "inconclusive"
-    worse = verdict_of(claims_table, "kvasir-seg", "lighter_unet_1", "unet_bilinear")
-    assert worse["verdict"] == "contradicted" and worse["ci_high"] < -0.02
-    assert pd.isna(worse["p_holm"]) and pd.isna(worse["seeds_needed"])
+def test_holm_runs_over_each_claims_direction_and_magnitude_tests_together(claims_table):
+    # C1: kvasir-seg is its only row with >= 2 matched seeds: m = 2 (direction and magnitude).
+    c1 = row_of(claims_table, "kvasir-seg", "unetpp", "unet")
+    assert c1["family_size"] == 2 and c1["p_holm"] == c1["p_direction_holm"]
+    expected = holm_bonferroni([c1["p_direction"], c1["p_magnitude"]])
+    assert [c1["p_direction_holm"], c1["p_magnitude_holm"]] == pytest.approx(expected.tolist(), rel=1e-12)
+    # C4a has no claimed number: its family is the direction test alone, so Holm changes nothing.
+    c4a = row_of(claims_table, "kvasir-seg", "tinyunet", "tinyunet_plain")
+    assert c4a["family_size"] == 1 and c4a["p_direction_holm"] == c4a["p_direction"]
+    assert pd.isna(c4a["p_magnitude"]) and pd.isna(c4a["p_magnitude_holm"])
+    # The magnitude test is one-sided against the claim: a gain beyond it cannot be "ruled out".
+    assert c1["mean_diff"] > c1["claimed_difference"] and c1["p_magnitude"] > 0.5
 
 
-def test_holm_family_is_every_tested_superiority_comparison(claims_table):
-    family = claims_table[(claims_table["kind"] == "superiority") & claims_table["p"].notna()]
-    assert len(family) == 4  # unetpp-unet, unetpp-wide_unet, tinyunet-unet, tinyunet-tinyunet_plain
-    np.testing.assert_allclose(family["p_holm"], holm_bonferroni(family["p"].to_numpy()))
+def test_adjusted_interval_and_power_use_the_family_level(claims_table):
+    row = row_of(claims_table, "kvasir-seg", "tinyunet", "unet")
+    m = row["family_size"]
+    assert m == 2
+    assert row["ci_adj_low"] < row["ci_low"] < row["ci_high"] < row["ci_adj_high"]
+    mdd = minimal_detectable_difference(row["sd_diff"], 5, 0.05 / m)
+    assert row["mdd_adj"] == pytest.approx(mdd, rel=1e-9) and row["mdd_adj"] > row["mdd"]
+    assert row["seeds_needed_adj"] == str(seeds_needed(row["sd_diff"], 0.028, 0.05 / m))
+    no_d = row_of(claims_table, "kvasir-seg", "tinyunet", "tinyunet_plain")
+    assert no_d["seeds_needed_adj"] == str(seeds_needed(no_d["sd_diff"], 0.01, 0.05))
+    assert no_d["mdd_adj"] > 0.01  # why it is underpowered
+
+
+def test_equivalence_family_is_holm_adjusted_tost(claims_table):
+    c6 = claims_table[(claims_table["claim_id"] == "C6") & (claims_table["dataset"] == "kvasir-seg")]
+    assert (c6["family_size"] == 3).all() and c6["p_magnitude"].isna().all()
+    np.testing.assert_array_equal(c6["p_direction"], c6["tost_p"])
+    np.testing.assert_allclose(c6["p_direction_holm"], holm_bonferroni(c6["tost_p"].to_numpy()), rtol=1e-12)
+    labels = dict(zip(c6["better"], c6["verdict"], strict=True))
+    assert labels == {
+        "light_unet": verdicts.EQUIVALENT,
+        "lighter_unet_128": verdicts.INCONCLUSIVE,
+        "lighter_unet_1": verdicts.NOT_EQUIVALENT,
+    }
+    worse = row_of(claims_table, "kvasir-seg", "lighter_unet_1", "unet_bilinear")
+    assert worse["tost_ci_high"] < -0.02 and pd.isna(worse["seeds_needed_adj"])
+
+
+def test_claim_verdicts_take_the_weakest_row(claims_table):
+    per_claim = evaluation.claim_verdicts(claims_table).set_index(["claim_id", "dataset"])["verdict"]
+    assert per_claim[("C1", "kvasir-seg")] == verdicts.REPRODUCED
+    assert per_claim[("C6", "kvasir-seg")] == verdicts.NOT_EQUIVALENT  # lighter_unet_1
+    assert per_claim[("C4c", "kvasir-seg")] == verdicts.NOT_RUN
+    assert per_claim[("C1", "isic2018")] == verdicts.INCONCLUSIVE
 
 
 def test_secondary_statistics(claims_table):
-    row = verdict_of(claims_table, "kvasir-seg", "unetpp", "unet")
+    row = row_of(claims_table, "kvasir-seg", "unetpp", "unet")
     assert row["n_seeds"] == 5 and row["n_images"] == len(IMAGE_OFFSETS)
-    assert row["wilcoxon_p"] == pytest.approx(0.0625)  # all 5 differences positive
-    assert row["seeds_needed"] == str(seeds_needed(row["sd_diff"], 0.0186))  # the paper's +1.86 IoU
-    assert int(row["seeds_needed"]) <= 5
+    assert row["wilcoxon_p"] == pytest.approx(0.0625)  # all 5 differences positive: the floor
+    assert row["seeds_needed"] == str(seeds_needed(row["sd_diff"], 0.0186))  # the paper's +1.86 IoU, at alpha
     assert 0 < row["mdd"] < row["mean_diff"]
     assert row["image_p"] < 0.05 and row["image_mean_diff"] > 0
+    assert row["boot_ci_low"] < row["mean_diff"] < row["boot_ci_high"]
+    assert row["claimed_on"] == "cell nuclei (Data Science Bowl 2018)"
+    assert row["devices"] == "cpu; cuda:0"  # U-Net seed 4 ran on a GPU
+    assert row_of(claims_table, "kvasir-seg", "unetv2", "unetv2_nosdi")["devices"] == "cpu"
 
 
-def test_claim_verdicts_combine_comparisons(claims_table):
-    per_claim = report.claim_verdicts(claims_table).set_index(["claim_id", "dataset"])["verdict"]
-    assert per_claim[("C1", "kvasir-seg")] == "reproduced"
-    assert per_claim[("C6", "kvasir-seg")] == "contradicted"  # lighter_unet_1 is not equivalent
-    assert per_claim[("C4c", "kvasir-seg")] == "not run"
-    partly_run = pd.DataFrame({"claim_id": "X", "title": "x", "dataset": "d", "verdict": ["reproduced", "not run"]})
-    assert report.claim_verdicts(partly_run)["verdict"].item() == "inconclusive"
+def test_bootstrap_columns_are_identical_on_rerun(runs, claims_table):
+    again = evaluation.evaluate_claims(runs, n_resamples=N_RESAMPLES)
+    pd.testing.assert_frame_equal(again, claims_table)
+    other_seed = evaluation.evaluate_claims(runs, n_resamples=N_RESAMPLES, bootstrap_seed=1)
+    assert not np.allclose(other_seed["boot_ci_low"].dropna(), claims_table["boot_ci_low"].dropna())
 
 
-def test_format_claims_table_is_rounded(claims_table):
-    shown = report.format_claims_table(claims_table, digits=3)
-    assert len(shown) == len(claims_table)
-    assert (shown["diff"].dropna() == shown["diff"].dropna().round(3)).all()
-    kvasir = shown[shown["dataset"] == "kvasir-seg"].set_index("comparison")
-    assert kvasir.loc["unetpp - unet", "CI"].startswith("[0.0")
-    assert kvasir.loc["unetv2 - unetv2_nosdi", "CI"] == ""
+def test_c5a_has_no_number_and_says_why():
+    c5a = next(claim for claim in CLAIMS if claim.id == "C5a")
+    (comparison,) = c5a.comparisons
+    assert comparison.claimed_difference is None and comparison.claimed_on is None
+    assert "not an SDI ablation" in comparison.source
+
+
+def write_failed_run_study(runs_dir: Path) -> None:
+    """C5a on one dataset: U-Net v2 gains 0.02 Dice over its SDI-less variant on seeds 0-3; its seed 4 never
+    learned (validation Dice 0.05 against about 0.8 for the others), and its test Dice collapsed."""
+    gains = 0.02 + np.array([0.001, -0.001, 0.0005, -0.0005, 0.0])
+    for seed in range(5):
+        write_run(runs_dir, "ph2", "unetv2_nosdi", seed, UNET[seed])
+        failed = seed == 4
+        dice = 0.3 if failed else UNET[seed] + gains[seed]
+        write_run(runs_dir, "ph2", "unetv2", seed, dice, best_val=0.05 if failed else 0.8)
+
+
+def test_failed_runs_are_found_from_validation_history_and_reported_beside(tmp_path):
+    write_failed_run_study(tmp_path)
+    runs = load_runs(tmp_path)
+    failed = failed_runs(runs.per_seed)
+    assert failed[["dataset", "model", "seed"]].values.tolist() == [["ph2", "unetv2", 4]]
+    assert failed["others_median"].item() == pytest.approx(0.8) and failed["threshold"].item() == pytest.approx(0.4)
+    table = evaluation.evaluate_claims(runs, n_resamples=N_RESAMPLES)
+    row = row_of(table, "ph2", "unetv2", "unetv2_nosdi")
+    assert row["n_failed"] == 1 and row["n_seeds"] == 5  # failed runs stay in the primary analysis
+    assert row["verdict"] == verdicts.UNDERPOWERED
+    assert row["verdict_without_failed"] == verdicts.REPRODUCED
+    per_claim = evaluation.claim_verdicts(table).set_index(["claim_id", "dataset"])
+    assert per_claim.loc[("C5a", "ph2"), "n_failed"] == 1
+    assert per_claim.loc[("C5a", "ph2"), "verdict_without_failed"] == verdicts.REPRODUCED
+
+
+def test_a_run_is_not_failed_for_a_poor_test_score_or_alone_in_its_cell(runs):
+    # Every synthetic kvasir run has a best validation Dice equal to its test Dice, all within 0.2 of each other.
+    assert failed_runs(runs.per_seed).empty
+    single = runs.per_seed[(runs.per_seed["dataset"] == "isic2018") & (runs.per_seed["model"] == "unetpp")]
+    assert failed_runs(single.assign(best_val_dice=0.0)).empty
+
+
+def test_stats_json_round_trips_every_value_exactly(runs, claims_table, tmp_path):
+    table = tables.results_table(runs.per_seed)
+    failed = failed_runs(runs.per_seed)
+    summary = report.stats_summary(table, claims_table, failed, n_resamples=N_RESAMPLES)
+    path = report.write_stats_json(summary, tmp_path / "stats.json")
+    loaded = json.loads(path.read_text())
+    assert loaded["settings"] == {"alpha": 0.05, "tost_margin": 0.02, "power": 0.8, "bootstrap_resamples": 300}
+    assert len(loaded["comparisons"]) == len(claims_table)
+    compared = 0
+    for record, (_, row) in zip(loaded["comparisons"], claims_table.iterrows(), strict=True):
+        for column, value in row.items():
+            if pd.isna(value):
+                assert record[column] is None, column
+            else:
+                assert record[column] == value, column  # bit for bit, not approximately
+                compared += isinstance(record[column], float)
+    assert compared > 100
+    assert sum(loaded["verdict_counts"].values()) == len(loaded["claims"])
+    assert loaded["labels"][verdicts.REVERSED] == verdicts.MEANINGS[verdicts.REVERSED]
+
+
+def test_notebook_prose_follows_the_tables(runs, claims_table):
+    overview = report.study_overview(runs)
+    assert f"**{len(runs.per_seed)} runs**" in overview and "`cuda:0` (1)" in overview and "`abc123` (" in overview
+    example = report.worked_example(claims_table, runs, alpha=0.05, claim_id="C1")
+    assert "m = 2 tests" in example and f"**{verdicts.REPRODUCED}**" in example
+    conclusions = report.conclusions(claims_table)
+    per_claim = evaluation.claim_verdicts(claims_table)
+    for row in per_claim[per_claim["verdict"] != verdicts.NOT_RUN].itertuples():
+        assert f"on `{row.dataset}` **{row.verdict}**" in conclusions
+    assert "- **C4c** (N = 8 cascaded depth-wise convolutions in CMRF is best): not run" in conclusions
 
 
 def test_verdict_rule_states_the_thresholds():
-    rule = report.verdict_rule(alpha=0.01, tost_margin=0.03)
-    assert "Holm-adjusted p < 0.01" in rule and "+/-0.03" in rule and "99% CI" in rule
+    rule = verdicts.verdict_rule(alpha=0.01, tost_margin=0.03)
+    assert "p_direction_holm < 0.01" in rule and "+/-0.03" in rule and "98% CI" in rule
 
 
 def test_figures_are_written(runs, claims_table, tmp_path):
-    table = report.results_table(runs.per_seed)
-    figures = {
-        "seed_dice.png": report.plot_seed_scores(runs.per_seed),
-        "forest.png": report.plot_forest(claims_table),
-        "efficiency.png": report.plot_efficiency(table),
+    table = tables.results_table(runs.per_seed)
+    drawn = {
+        "seed_dice.png": figures.plot_seed_scores(runs.per_seed),
+        "forest.png": figures.plot_forest(claims_table),
+        "efficiency.png": figures.plot_efficiency(table),
     }
-    for name, fig in figures.items():
-        path = report.save_figure(fig, tmp_path / "figures" / name)
+    for name, fig in drawn.items():
+        path = figures.save_figure(fig, tmp_path / "figures" / name)
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
         plt.close(fig)
 
 
-def test_stats_json_round_trips(runs, claims_table, tmp_path):
-    summary = report.stats_summary(report.results_table(runs.per_seed), claims_table, alpha=0.05, tost_margin=0.02)
-    path = report.write_stats_json(summary, tmp_path / "stats.json")
-    loaded = json.loads(path.read_text())
-    assert loaded["settings"] == {"alpha": 0.05, "tost_margin": 0.02, "power": 0.8}
-    assert len(loaded["comparisons"]) == len(claims_table)
-    assert sum(loaded["verdict_counts"].values()) == len(loaded["claims"])
-    assert loaded["verdict_counts"]["reproduced"] >= 1
+def test_forest_colours_follow_the_labels_and_draws_both_intervals(claims_table):
+    fig = figures.plot_forest(claims_table)
+    kvasir = fig.axes[0] if fig.axes[0].get_title() == "kvasir-seg" else fig.axes[1]
+    assert kvasir.get_title() == "kvasir-seg"
+    tested = claims_table[(claims_table["dataset"] == "kvasir-seg") & claims_table["mean_diff"].notna()]
+    widths = sorted({float(w) for c in kvasir.collections for w in np.atleast_1d(c.get_linewidth())})
+    assert 1.0 in widths and 4.0 in widths  # thin adjusted and thick unadjusted intervals
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert set(tested["verdict"]) <= set(legend)
+    plt.close(fig)
+
+
+def _label_boxes(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    # Text's own extent: an Annotation's would include its leader line, which may cross other labels' rows.
+    return [[Text.get_window_extent(text, renderer) for text in ax.texts if text.get_text()] for ax in fig.axes]
+
+
+def test_efficiency_labels_never_overlap():
+    # Seven variants in a tight cluster (the PH2 panel's problem) and one far below.
+    models = ["unet", "wide_unet", "unetpp", "tinyunet_plain", "unetv2", "unetv2_nosdi", "tinyunet"]
+    table = pd.DataFrame(
+        {
+            "dataset": "ph2",
+            "model": models,
+            "n_seeds": 5,
+            "dice_mean": [0.890, 0.891, 0.889, 0.892, 0.890, 0.893, 0.60],
+            "dice_sd": 0.01,
+            "params": [1_944_000, 2_326_000, 2_266_000, 3_721_000, 1_428_000, 1_378_000, 124_000],
+            "gflops": 1.0,
+        }
+    )
+    fig = figures.plot_efficiency(table)
+    (boxes,) = _label_boxes(fig)
+    assert len(boxes) == len(models)
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1 :]:
+            assert not first.overlaps(second)
+    plt.close(fig)
+
+
+def test_seed_figure_is_byte_identical_across_runs_and_leaves_numpy_alone(runs, tmp_path):
+    """DVC hashes the figures: re-running the aggregation must not change them (seaborn's jitter is random)."""
+    pictures = []
+    for k in range(2):
+        np.random.uniform()  # noqa: NPY002 - a different global state each time
+        before = np.random.get_state()  # noqa: NPY002
+        fig = figures.plot_seed_scores(runs.per_seed)
+        after = np.random.get_state()  # noqa: NPY002
+        assert (before[1] == after[1]).all() and before[2] == after[2]
+        pictures.append(figures.save_figure(fig, tmp_path / f"seed_dice{k}.png").read_bytes())
+        plt.close(fig)
+    assert pictures[0] == pictures[1]
 
 
 def test_reporting_modules_do_not_import_torch():
-    code = "import sys, repro.report, repro.stats, repro.claims; assert 'torch' not in sys.modules"
+    modules = "repro.report, repro.stats, repro.claims, repro.evaluation, repro.tables, repro.figures"
+    code = f"import sys, {modules}, repro.verdicts, repro.run_results; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -282,20 +481,7 @@ def test_claims_are_well_formed():
         assert claim.comparisons
         for comparison in claim.comparisons:
             assert comparison.better != comparison.baseline and comparison.source
+            assert (comparison.claimed_difference is None) == (comparison.claimed_on is None)
     n8 = next(claim for claim in CLAIMS if claim.id == "C4c")
     # NCP mIoU 80.27 at N = 8 minus 79.24 / 79.58 / 79.77 / 79.56 at N = 1 / 2 / 4 / 16.
     assert [c.claimed_difference for c in n8.comparisons] == pytest.approx([0.0103, 0.0069, 0.0050, 0.0071])
-
-
-def test_seed_figure_is_byte_identical_across_runs_and_leaves_numpy_alone(runs, tmp_path):
-    """DVC hashes the figures: re-running the aggregation must not change them (seaborn's jitter is random)."""
-    pictures = []
-    for k in range(2):
-        np.random.uniform()  # noqa: NPY002 - a different global state each time
-        before = np.random.get_state()  # noqa: NPY002
-        fig = report.plot_seed_scores(runs.per_seed)
-        after = np.random.get_state()  # noqa: NPY002
-        assert (before[1] == after[1]).all() and before[2] == after[2]
-        pictures.append(report.save_figure(fig, tmp_path / f"seed_dice{k}.png").read_bytes())
-        plt.close(fig)
-    assert pictures[0] == pictures[1]

@@ -8,12 +8,14 @@ import pytest
 from scipy import stats
 
 from repro.stats import (
+    bootstrap_two_level,
     holm_bonferroni,
     minimal_detectable_difference,
     paired_t_power,
     paired_ttest,
     seeds_needed,
     tost_paired,
+    wilcoxon_floor,
     wilcoxon_signed_rank,
 )
 
@@ -195,3 +197,71 @@ def test_seeds_needed_cap_and_edges():
     assert seeds_needed(0.01, 0.0).exceeds_cap
     assert seeds_needed(0.0, 0.01).n == 2
     assert seeds_needed(0.01, -0.01).n == seeds_needed(0.01, 0.01).n
+
+
+def test_holm_bonferroni_over_a_claim_family_by_hand():
+    # A family of 3 rows with a direction and a magnitude test each (m = 6), in row order:
+    # direction 0.3395, magnitude 0.0030, direction 0.7583, magnitude 0.3154, direction 0.1345, magnitude 0.0063.
+    # Sorted: 0.0030 x6 = 0.0180, 0.0063 x5 = 0.0315, 0.1345 x4 = 0.5380, 0.3154 x3 = 0.9462,
+    # 0.3395 x2 = 0.6790 -> running max 0.9462, 0.7583 x1 -> running max 0.9462.
+    adjusted = holm_bonferroni([0.3395, 0.0030, 0.7583, 0.3154, 0.1345, 0.0063])
+    np.testing.assert_allclose(adjusted, [0.9462, 0.0180, 0.9462, 0.9462, 0.5380, 0.0315], atol=1e-12)
+
+
+def test_paired_ttest_against_a_claimed_difference_is_one_sided():
+    # d = 0.01..0.05: mean 0.03, se = 0.0070711; H0 mean >= 0.06: t = (0.03 - 0.06)/se = -4.2426,
+    # p = P(T_4 < -4.2426) = 0.006617.
+    result = paired_ttest(BETTER, BASELINE, alternative="less", null_difference=0.06)
+    assert result.t == pytest.approx(-4.2426, abs=1e-4)
+    assert result.p == pytest.approx(0.006617, abs=1e-6)
+    assert result.p == pytest.approx(stats.ttest_rel(BETTER - 0.06, BASELINE, alternative="less").pvalue)
+    assert result.mean_diff == pytest.approx(0.03) and result.dz == paired_ttest(BETTER, BASELINE).dz
+    # A claimed gain below the observed one cannot be ruled out.
+    assert paired_ttest(BETTER, BASELINE, alternative="less", null_difference=0.01).p > 0.9
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6])
+def test_wilcoxon_floor_is_the_exact_p_of_one_signed_differences(n):
+    diffs = np.arange(1, n + 1) / 100
+    assert wilcoxon_floor(n) == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert wilcoxon_floor(5) == 0.0625
+
+
+def test_bootstrap_two_level_is_deterministic_and_covers_both_levels():
+    rng = np.random.default_rng(3)
+    diffs = 0.01 + rng.normal(0, 0.005, (5, 1)) + rng.normal(0, 0.05, (5, 40))
+    first = bootstrap_two_level(diffs, 0.95, 10_000, seed=[0, 7])
+    assert first == bootstrap_two_level(diffs, 0.95, 10_000, seed=[0, 7])
+    assert first != bootstrap_two_level(diffs, 0.95, 10_000, seed=[1, 7])
+    assert first[0] < diffs.mean() < first[1]
+    # Constant differences: every resample has the same mean.
+    assert bootstrap_two_level(np.full((5, 10), 0.02), 0.95, 500) == pytest.approx((0.02, 0.02))
+    # Seed-level spread alone (identical images) or image-level spread alone (identical seeds) both widen it.
+    seeds_only = np.repeat(np.array([[0.0], [0.01], [0.02], [0.03], [0.04]]), 10, axis=1)
+    images_only = np.repeat(np.linspace(-0.05, 0.05, 10)[None, :], 5, axis=0)
+    for spread in (seeds_only, images_only):
+        low, high = bootstrap_two_level(spread, 0.95, 2_000)
+        assert high - low > 0.01
+
+
+def test_bootstrap_two_level_matches_a_loop_over_resamples():
+    diffs = np.random.default_rng(4).normal(0, 1, (4, 7))
+    n_resamples = 50
+    generator = np.random.default_rng(11)
+    seed_counts = generator.multinomial(4, np.full(4, 1 / 4), size=n_resamples)
+    image_counts = generator.multinomial(7, np.full(7, 1 / 7), size=n_resamples)
+    means = [
+        np.mean(
+            [diffs[s][np.repeat(np.arange(7), image_counts[b])].mean() for s in np.repeat(np.arange(4), seed_counts[b])]
+        )
+        for b in range(n_resamples)
+    ]
+    expected = np.percentile(means, [5, 95])
+    assert bootstrap_two_level(diffs, 0.9, n_resamples, seed=11) == pytest.approx(tuple(expected), rel=1e-12)
+
+
+def test_bootstrap_two_level_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        bootstrap_two_level(np.zeros(5))
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_two_level(np.array([[0.0, np.nan]]))

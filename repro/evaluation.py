@@ -1,0 +1,414 @@
+"""Test every published claim on every dataset: the statistics of each row, its family, and its label.
+
+One row per claim × comparison × dataset. The statistics come from ``repro.stats``; the label from
+``repro.verdicts`` (the rule, in one short module).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import pandas as pd
+
+from repro import verdicts
+from repro.claims import CLAIMS, Claim, Comparison
+from repro.run_results import RUN_KEYS, RunResults, failed_runs
+from repro.stats import (
+    bootstrap_two_level,
+    holm_bonferroni,
+    minimal_detectable_difference,
+    paired_ttest,
+    seeds_needed,
+    tost_paired,
+    wilcoxon_signed_rank,
+)
+
+CLAIM_COLUMNS = [
+    "claim_id",
+    "title",
+    "kind",
+    "dataset",
+    "better",
+    "baseline",
+    "metric",
+    "claimed_difference",
+    "claimed_on",
+    "n_seeds",
+    "better_mean",
+    "baseline_mean",
+    "mean_diff",
+    "sd_diff",
+    "ci_low",
+    "ci_high",
+    "t",
+    "p",
+    "p_holm",
+    "dz",
+    "wilcoxon_p",
+    "mdd",
+    "seeds_needed",
+    "n_images",
+    "image_mean_diff",
+    "image_p",
+    "tost_p",
+    "tost_ci_low",
+    "tost_ci_high",
+    "p_direction",
+    "p_magnitude",
+    "p_direction_holm",
+    "p_magnitude_holm",
+    "family_size",
+    "ci_adj_low",
+    "ci_adj_high",
+    "mdd_adj",
+    "seeds_needed_adj",
+    "boot_ci_low",
+    "boot_ci_high",
+    "devices",
+    "n_failed",
+    "verdict",
+    "verdict_without_failed",
+]
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def _seed_pairs(runs_df: pd.DataFrame, dataset: str, better: str, baseline: str, metric: str) -> pd.DataFrame:
+    """Seed-matched scores of two variants on one dataset.
+
+    Args:
+        runs_df: ``RunResults.per_seed``.
+        dataset: the dataset.
+        better: first variant.
+        baseline: second variant.
+        metric: the score column.
+
+    Returns:
+        Columns ``better`` and ``baseline`` indexed by the seeds both variants have (possibly empty).
+    """
+    on_dataset = runs_df[runs_df["dataset"] == dataset].set_index("seed")
+    by_variant = {
+        role: on_dataset.loc[on_dataset["model"] == model, metric]
+        for role, model in (("better", better), ("baseline", baseline))
+    }
+    return pd.concat(by_variant, axis=1, join="inner").sort_index()
+
+
+def _image_pairs(
+    per_image: pd.DataFrame, dataset: str, better: str, baseline: str, metric: str, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Per-image scores of two variants on one dataset, each averaged over the matched seeds.
+
+    Args:
+        per_image: ``RunResults.per_image``.
+        dataset: the dataset.
+        better: first variant.
+        baseline: second variant.
+        metric: the score column.
+        seeds: the seeds used in the seed-level comparison.
+
+    Returns:
+        Columns ``better`` and ``baseline`` indexed by the image ids both variants were scored on.
+    """
+    selected = per_image[(per_image["dataset"] == dataset) & per_image["seed"].isin(seeds)]
+    by_variant = {
+        role: selected[selected["model"] == model].groupby("id")[metric].mean()
+        for role, model in (("better", better), ("baseline", baseline))
+    }
+    return pd.concat(by_variant, axis=1, join="inner")
+
+
+def image_differences(
+    per_image: pd.DataFrame, dataset: str, better: str, baseline: str, metric: str, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Per seed and test image, the score of ``better`` minus that of ``baseline`` (same seed, same image).
+
+    Args:
+        per_image: ``RunResults.per_image``.
+        dataset: the dataset.
+        better: first variant.
+        baseline: second variant.
+        metric: the score column.
+        seeds: the matched seeds.
+
+    Returns:
+        Seeds as rows, the image ids every run of both variants was scored on as columns.
+    """
+    selected = per_image[(per_image["dataset"] == dataset) & per_image["seed"].isin(seeds)]
+
+    def scores(model: str) -> pd.DataFrame:
+        return selected[selected["model"] == model].pivot(index="seed", columns="id", values=metric)
+
+    return (scores(better) - scores(baseline)).reindex(list(seeds)).dropna(axis=1)
+
+
+def _row_seed(bootstrap_seed: int, *key: str) -> list[int]:
+    """Generator seed of one row's bootstrap: the study's seed and a stable hash of the row, so a row's
+    interval does not depend on which other rows exist."""
+    return [bootstrap_seed, zlib.crc32("/".join(key).encode())]
+
+
+def _devices(per_seed: pd.DataFrame, dataset: str, models: Sequence[str], seeds: Sequence[int]) -> str:
+    """The devices the pair's runs were trained on, sorted and joined by "; "."""
+    rows = per_seed[(per_seed["dataset"] == dataset) & per_seed["model"].isin(models) & per_seed["seed"].isin(seeds)]
+    return "; ".join(sorted({str(device) for device in rows["device"]}))
+
+
+def _compare(
+    runs: RunResults,
+    claim: Claim,
+    comparison: Comparison,
+    dataset: str,
+    *,
+    alpha: float,
+    tost_margin: float,
+    power: float,
+    seeds_cap: int,
+    n_resamples: int,
+    bootstrap_seed: int,
+) -> dict:
+    """The statistics of one row that need nothing from the rest of its family.
+
+    Args:
+        runs: the loaded runs.
+        claim: the claim.
+        comparison: the comparison of the claim.
+        dataset: the dataset.
+        alpha: significance level.
+        tost_margin: equivalence margin.
+        power: power for the MDD and the seeds needed.
+        seeds_cap: largest number of seeds ``seeds_needed`` considers.
+        n_resamples: bootstrap resamples (0: no bootstrap).
+        bootstrap_seed: the study's bootstrap seed.
+
+    Returns:
+        A row of the claims table (a subset of ``CLAIM_COLUMNS``).
+    """
+    better, baseline, claimed = comparison.better, comparison.baseline, comparison.claimed_difference
+    row = {
+        "claim_id": claim.id,
+        "title": claim.title,
+        "kind": claim.kind,
+        "dataset": dataset,
+        "better": better,
+        "baseline": baseline,
+        "metric": claim.metric,
+        "claimed_difference": claimed,
+        "claimed_on": comparison.claimed_on,
+    }
+    models = set(runs.per_seed.loc[runs.per_seed["dataset"] == dataset, "model"])
+    if not {better, baseline} <= models:
+        return row | {"verdict": verdicts.NOT_RUN}
+    pairs = _seed_pairs(runs.per_seed, dataset, better, baseline, claim.metric)
+    row |= {
+        "n_seeds": len(pairs),
+        "better_mean": pairs["better"].mean(),
+        "baseline_mean": pairs["baseline"].mean(),
+        "devices": _devices(runs.per_seed, dataset, [better, baseline], pairs.index),
+    }
+    if len(pairs) < 2:
+        return row | {"verdict": verdicts.INCONCLUSIVE}
+    ttest = paired_ttest(pairs["better"], pairs["baseline"], confidence_level=1 - alpha)
+    row |= {
+        "mean_diff": ttest.mean_diff,
+        "sd_diff": ttest.sd_diff,
+        "ci_low": ttest.ci_low,
+        "ci_high": ttest.ci_high,
+        "t": ttest.t,
+        "p": ttest.p,
+        "dz": ttest.dz,
+        "wilcoxon_p": wilcoxon_signed_rank(pairs["better"], pairs["baseline"]).p,
+        "mdd": minimal_detectable_difference(ttest.sd_diff, ttest.n, alpha, power),
+    }
+    if claim.kind == "equivalence":
+        tost = tost_paired(pairs["better"], pairs["baseline"], tost_margin, alpha)
+        row |= {"tost_p": tost.p, "tost_ci_low": tost.ci_low, "tost_ci_high": tost.ci_high, "p_direction": tost.p}
+    else:
+        row["p_direction"] = ttest.p
+        if claimed is not None:
+            row["seeds_needed"] = str(seeds_needed(ttest.sd_diff, claimed, alpha, power, seeds_cap))
+            magnitude = paired_ttest(pairs["better"], pairs["baseline"], alternative="less", null_difference=claimed)
+            row["p_magnitude"] = magnitude.p
+    images = _image_pairs(runs.per_image, dataset, better, baseline, claim.metric, pairs.index)
+    if len(images) >= 2:
+        image_ttest = paired_ttest(images["better"], images["baseline"])
+        row |= {"n_images": len(images), "image_mean_diff": image_ttest.mean_diff, "image_p": image_ttest.p}
+    if n_resamples:
+        diffs = image_differences(runs.per_image, dataset, better, baseline, claim.metric, pairs.index)
+        if diffs.shape[1]:
+            seed = _row_seed(bootstrap_seed, claim.id, dataset, better, baseline)
+            low, high = bootstrap_two_level(diffs.to_numpy(), 1 - alpha, n_resamples, seed)
+            row |= {"boot_ci_low": low, "boot_ci_high": high}
+    return row
+
+
+def _family(
+    rows: list[dict],
+    runs: RunResults,
+    *,
+    kind: str,
+    alpha: float,
+    tost_margin: float,
+    power: float,
+    seeds_cap: int,
+) -> None:
+    """Holm over one claim's family, the intervals and power at alpha/m, and each row's label (in place).
+
+    Args:
+        rows: the claim's rows from ``_compare``.
+        runs: the loaded runs.
+        kind: the claim's kind.
+        alpha: family-wise level.
+        tost_margin: equivalence margin.
+        power: power for the MDD and the seeds needed.
+        seeds_cap: largest number of seeds ``seeds_needed`` considers.
+    """
+    family = [row for row in rows if "p_direction" in row]
+    tests = [(row, key) for row in family for key in ("p_direction", "p_magnitude") if key in row]
+    adjusted = holm_bonferroni([row[key] for row, key in tests])
+    for (row, key), p_adjusted in zip(tests, adjusted, strict=True):
+        row[f"{key}_holm"] = float(p_adjusted)
+    m = len(tests)
+    for row in family:
+        pairs = _seed_pairs(runs.per_seed, row["dataset"], row["better"], row["baseline"], row["metric"])
+        # The interval that matches the family test: Bonferroni at alpha/m, two-sided for superiority; for
+        # equivalence the TOST at alpha/m, whose interval is (1 - 2 alpha/m).
+        level = 1 - alpha / m if kind == "superiority" else 1 - 2 * alpha / m
+        adjusted_ttest = paired_ttest(pairs["better"], pairs["baseline"], confidence_level=level)
+        row |= {
+            "family_size": m,
+            "ci_adj_low": adjusted_ttest.ci_low,
+            "ci_adj_high": adjusted_ttest.ci_high,
+            "mdd_adj": minimal_detectable_difference(row["sd_diff"], row["n_seeds"], alpha / m, power),
+        }
+        if kind == "equivalence":
+            row["verdict"] = verdicts.equivalence_label(
+                row["p_direction_holm"], row["tost_ci_low"], row["tost_ci_high"], tost_margin, alpha
+            )
+            continue
+        row["p_holm"] = row["p_direction_holm"]
+        claimed = row["claimed_difference"]
+        target = verdicts.DEFAULT_DIFFERENCE if claimed is None else claimed
+        row["seeds_needed_adj"] = str(seeds_needed(row["sd_diff"], target, alpha / m, power, seeds_cap))
+        row["verdict"] = verdicts.superiority_label(
+            row["mean_diff"], row["p_direction_holm"], row.get("p_magnitude_holm"), row["mdd_adj"], claimed, alpha
+        )
+
+
+def _evaluate(
+    runs: RunResults,
+    claims: Sequence[Claim],
+    *,
+    alpha: float,
+    tost_margin: float,
+    power: float,
+    seeds_cap: int,
+    n_resamples: int,
+    bootstrap_seed: int,
+) -> pd.DataFrame:
+    """Every row of every claim, with its family statistics and label (no failed-run columns)."""
+    datasets = sorted(runs.per_seed["dataset"].unique())
+    table = []
+    for claim in claims:
+        rows = [
+            _compare(
+                runs,
+                claim,
+                comparison,
+                dataset,
+                alpha=alpha,
+                tost_margin=tost_margin,
+                power=power,
+                seeds_cap=seeds_cap,
+                n_resamples=n_resamples,
+                bootstrap_seed=bootstrap_seed,
+            )
+            for comparison in claim.comparisons
+            for dataset in datasets
+        ]
+        _family(rows, runs, kind=claim.kind, alpha=alpha, tost_margin=tost_margin, power=power, seeds_cap=seeds_cap)
+        table += rows
+    return pd.DataFrame(table, columns=CLAIM_COLUMNS)
+
+
+def _count_failed(table: pd.DataFrame, runs: RunResults, failed: pd.DataFrame) -> list[int]:
+    """Per row, how many of the pair's seed-matched runs failed."""
+    failed_keys = set(failed[RUN_KEYS].itertuples(index=False, name=None))
+    counts = []
+    for row in table.itertuples(index=False):
+        if pd.isna(row.n_seeds):
+            counts.append(0)
+            continue
+        seeds = _seed_pairs(runs.per_seed, row.dataset, row.better, row.baseline, row.metric).index
+        counts.append(
+            sum(
+                (row.dataset, model, int(seed)) in failed_keys for model in (row.better, row.baseline) for seed in seeds
+            )
+        )
+    return counts
+
+
+def evaluate_claims(
+    runs: RunResults,
+    claims: Sequence[Claim] = CLAIMS,
+    *,
+    alpha: float = 0.05,
+    tost_margin: float = 0.02,
+    power: float = 0.8,
+    seeds_cap: int = 100,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    bootstrap_seed: int = 0,
+    failed: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Test every claim comparison on every dataset and label it by ``repro.verdicts``.
+
+    Per row, on seed-matched runs (d = better - baseline in the claim's metric): the paired t-test with its
+    ``1 - alpha`` CI and Cohen's d_z (``p`` = ``p_direction`` for superiority), the Wilcoxon p, the MDD and
+    seeds needed at ``alpha`` (as before) and at ``alpha/m`` (``mdd_adj``, ``seeds_needed_adj``; for a
+    difference of 0.01 without a claimed D), the one-sided ``p_magnitude`` against the claimed D, Holm over the
+    claim's family (``p_direction_holm``, ``p_magnitude_holm``; ``p_holm`` repeats ``p_direction_holm``), the
+    Bonferroni interval at the family's level, TOST for equivalence (``p_direction`` is then the TOST p), the
+    per-image t-test (each image averaged over the matched seeds; conditional on the trained models), a
+    two-level bootstrap interval (seeds, then test images; ``1 - alpha``), the devices of the pair's runs, the
+    number of failed runs among them, and the verdict with the failed runs left out of the whole analysis.
+
+    Args:
+        runs: the loaded runs.
+        claims: the claims to evaluate.
+        alpha: family-wise significance level.
+        tost_margin: equivalence margin in the claim's metric.
+        power: power for the MDD and the seeds needed.
+        seeds_cap: largest number of seeds reported by ``seeds_needed`` (beyond: "> cap").
+        n_resamples: bootstrap resamples per row.
+        bootstrap_seed: seed of the bootstrap (with each row's key), so the table is the same on every run.
+        failed: the failed runs (default: ``failed_runs(runs.per_seed)``).
+
+    Returns:
+        One row per claim × comparison × dataset with ``CLAIM_COLUMNS``.
+    """
+    settings = {"alpha": alpha, "tost_margin": tost_margin, "power": power, "seeds_cap": seeds_cap}
+    table = _evaluate(runs, claims, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed, **settings)
+    failed = failed_runs(runs.per_seed) if failed is None else failed
+    table["n_failed"] = _count_failed(table, runs, failed)
+    without = _evaluate(runs.without(failed), claims, n_resamples=0, bootstrap_seed=bootstrap_seed, **settings)
+    table["verdict_without_failed"] = without["verdict"].to_numpy()
+    return table.astype({"n_seeds": "Int64", "n_images": "Int64", "family_size": "Int64"})
+
+
+def claim_verdicts(claims_table: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per claim × dataset: the label of its weakest row that ran (``verdicts.weakest``).
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+
+    Returns:
+        Columns claim_id, title, dataset, n_comparisons, n_failed, verdict, verdict_without_failed.
+    """
+    grouped = claims_table.groupby(["claim_id", "title", "dataset"], sort=False)
+    combined = grouped.agg(
+        n_comparisons=("verdict", "size"),
+        n_failed=("n_failed", "sum"),
+        verdict=("verdict", lambda labels: verdicts.weakest(list(labels))),
+        verdict_without_failed=("verdict_without_failed", lambda labels: verdicts.weakest(list(labels))),
+    )
+    return combined.reset_index().astype({"n_failed": "int64"})

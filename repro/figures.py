@@ -1,0 +1,222 @@
+"""Figures of the study: seed-level scores, the claims' forest plot, and score against model size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from repro import verdicts
+
+_PALETTE = sns.color_palette("colorblind")
+# One colour per label that can have a difference to plot ("not run" has none).
+LABEL_COLORS = {
+    verdicts.REPRODUCED: _PALETTE[2],
+    verdicts.REPRODUCED_SMALLER: _PALETTE[9],
+    verdicts.REVERSED: _PALETTE[3],
+    verdicts.SMALLER: _PALETTE[4],
+    verdicts.UNDERPOWERED: _PALETTE[7],
+    verdicts.INCONCLUSIVE: "0.2",
+    verdicts.EQUIVALENT: _PALETTE[0],
+    verdicts.NOT_EQUIVALENT: _PALETTE[5],
+}
+
+
+def plot_seed_scores(runs_df: pd.DataFrame, metric: str = "dice") -> Figure:
+    """Seed-level scores of every variant, one panel per dataset: seeds as dots, mean ± s.d. as diamonds.
+
+    Args:
+        runs_df: ``RunResults.per_seed``.
+        metric: the score column.
+
+    Returns:
+        The figure.
+    """
+    datasets = sorted(runs_df["dataset"].unique())
+    models = sorted(runs_df["model"].unique())
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(
+            1, len(datasets), figsize=(4.5 * len(datasets), 1.2 + 0.35 * len(models)), sharey=True, squeeze=False
+        )
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            on_dataset = runs_df[runs_df["dataset"] == dataset]
+            # seaborn draws the jitter from NumPy's global generator: seed it (and restore it) so the figure
+            # is the same bytes on every run and DVC sees an unchanged output.
+            state = np.random.get_state()  # noqa: NPY002
+            np.random.seed(0)  # noqa: NPY002 - seaborn offers no generator argument
+            try:
+                sns.stripplot(data=on_dataset, x=metric, y="model", order=models, color="0.45", size=4, ax=ax)
+            finally:
+                np.random.set_state(state)  # noqa: NPY002
+            sns.pointplot(
+                data=on_dataset,
+                x=metric,
+                y="model",
+                order=models,
+                errorbar="sd",
+                linestyle="none",
+                marker="D",
+                color="C3",
+                ax=ax,
+            )
+            ax.set_title(dataset)
+            ax.set_xlabel(f"test {metric} (seeds; mean ± s.d.)")
+            ax.locator_params(axis="x", nbins=5)
+        fig.tight_layout()
+    return fig
+
+
+def plot_forest(claims_table: pd.DataFrame) -> Figure:
+    """Forest plot of the paired differences, one panel per dataset, coloured by each row's label.
+
+    Each tested comparison shows its mean difference, the family-adjusted (1 - alpha/m) interval as a thin
+    line with end ticks, the unadjusted (1 - alpha) interval as a thick bar over it, and the paper's claimed
+    difference as a cross.
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+
+    Returns:
+        The figure.
+    """
+    tested = claims_table[claims_table["mean_diff"].notna()].assign(
+        label=lambda df: df["claim_id"] + " " + df["better"] + " - " + df["baseline"] + " (" + df["metric"] + ")"
+    )
+    datasets = sorted(tested["dataset"].unique()) or ["(no comparison run)"]
+    labels = list(dict.fromkeys(tested["label"]))
+    position = {label: index for index, label in enumerate(labels)}
+    shown = [label for label in LABEL_COLORS if label in set(tested["verdict"])]
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(
+            1, len(datasets), figsize=(4.5 * len(datasets) + 3, 1.8 + 0.45 * len(labels)), sharey=True, squeeze=False
+        )
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            rows = tested[tested["dataset"] == dataset]
+            y = rows["label"].map(position).to_numpy()
+            colors = [LABEL_COLORS[label] for label in rows["verdict"]]
+            ax.axvline(0, color="0.3", linewidth=1)
+            for bound in ("ci_adj_low", "ci_adj_high"):
+                ax.scatter(rows[bound], y, marker="|", s=60, color=colors, linewidths=1, zorder=2)
+            ax.hlines(y, rows["ci_adj_low"], rows["ci_adj_high"], colors=colors, linewidth=1, zorder=2)
+            ax.hlines(y, rows["ci_low"], rows["ci_high"], colors=colors, linewidth=4, alpha=0.9, zorder=3)
+            ax.scatter(rows["mean_diff"], y, color=colors, edgecolor="white", s=45, zorder=4)
+            ax.scatter(rows["claimed_difference"], y, marker="x", color="0.1", zorder=5)
+            ax.set_title(dataset)
+            ax.set_xlabel("better - baseline")
+        axes[0, 0].set_yticks(range(len(labels)), labels)
+        axes[0, 0].set_ylim(max(len(labels), 1) - 0.5, -0.5)
+        handles = [Line2D([], [], marker="o", linestyle="", color=LABEL_COLORS[label], label=label) for label in shown]
+        handles += [
+            Line2D([], [], color="0.4", linewidth=4, label="(1 - alpha) CI"),
+            Line2D([], [], color="0.4", linewidth=1, marker="|", markersize=8, label="(1 - alpha/m) CI, family-wise"),
+            Line2D([], [], marker="x", linestyle="", color="0.1", label="paper's claim"),
+        ]
+        fig.tight_layout()
+        # Above the panels, outside the figure's box: saving with bbox_inches="tight" takes it in.
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    return fig
+
+
+def _spread_labels(targets: np.ndarray, gap: float, low: float, high: float) -> np.ndarray:
+    """Positions as close as possible to ``targets`` (any order), at least ``gap`` apart, within [low, high].
+
+    Sorted, each label is pushed up past its predecessor; the stack is then shifted down as a whole if it
+    overflows ``high``, and clipped at ``low`` (with too many labels to fit, they run past ``low``, never into
+    each other).
+
+    Args:
+        targets: preferred positions.
+        gap: least distance between neighbours.
+        low: lowest position.
+        high: highest position.
+
+    Returns:
+        The positions, in the order of ``targets``.
+    """
+    order = np.argsort(targets, kind="stable")
+    placed = np.clip(targets[order].astype(float), low, high)
+    for k in range(1, placed.size):
+        placed[k] = max(placed[k], placed[k - 1] + gap)
+    overflow = placed[-1] - high if placed.size else 0.0
+    if overflow > 0:
+        placed -= overflow
+        for k in range(placed.size - 2, -1, -1):
+            placed[k] = min(placed[k], placed[k + 1] - gap)
+    positions = np.empty_like(placed)
+    positions[order] = placed
+    return positions
+
+
+def plot_efficiency(table: pd.DataFrame, metric: str = "dice") -> Figure:
+    """Mean test score against parameter count (log scale), one panel per dataset.
+
+    The variants are named in a column right of each panel, spread vertically so that no two names overlap,
+    each joined to its point by a thin leader line.
+
+    Args:
+        table: output of ``results_table``.
+        metric: the score whose ``<metric>_mean`` and ``<metric>_sd`` are plotted.
+
+    Returns:
+        The figure.
+    """
+    datasets = sorted(table["dataset"].unique())
+    fontsize = 8
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.2), squeeze=False)
+        fig.subplots_adjust(left=0.06, right=0.9, bottom=0.13, top=0.9, wspace=0.55)
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            sized = table[(table["dataset"] == dataset) & table["params"].notna()].astype({"params": float})
+            ax.errorbar(sized["params"], sized[f"{metric}_mean"], yerr=sized[f"{metric}_sd"], fmt="none", ecolor="0.6")
+            sns.scatterplot(data=sized, x="params", y=f"{metric}_mean", hue="model", legend=False, ax=ax, zorder=3)
+            ax.set_xscale("log")
+            # Ticks at 1, 2, 5 × 10^k parameters, labelled in millions; the default minor labels collide.
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / 1e6:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_title(dataset)
+            ax.set_xlabel("parameters (millions, log scale)")
+            ax.set_ylabel(f"test {metric} (mean ± s.d. over seeds)")
+            # Labels in axes coordinates: a text line is fontsize points high, the axes a known number of points.
+            height_points = ax.get_window_extent().height * 72 / fig.dpi
+            gap = 1.35 * fontsize / height_points
+            bottom, top = ax.get_ylim()  # the y axis is linear: data to axes fraction is affine
+            y_data = ((sized[f"{metric}_mean"] - bottom) / (top - bottom)).to_numpy()
+            y_label = _spread_labels(y_data, gap, 0.5 * gap, 1 - 0.5 * gap)
+            for model, params, score, y in zip(
+                sized["model"], sized["params"], sized[f"{metric}_mean"], y_label, strict=True
+            ):
+                ax.annotate(
+                    model,
+                    xy=(params, score),
+                    xycoords="data",
+                    xytext=(1.03, y),
+                    textcoords="axes fraction",
+                    fontsize=fontsize,
+                    va="center",
+                    arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3},
+                    annotation_clip=False,
+                )
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save a figure as PNG, creating parent folders.
+
+    Args:
+        fig: the figure.
+        path: output path ending in ``.png``.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path

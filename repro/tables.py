@@ -1,0 +1,222 @@
+"""Tables of the study: results per dataset × model, the claims table for reading, and their files.
+
+Every table is written three ways (``write_table``): CSV at full precision for machines, Markdown and LaTeX
+for people. p-values print as ``< 0.0001`` rather than a misleading 0.0000.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TABLE_METRICS = ("dice", "iou", "miou_bg")
+P_DIGITS = 4
+
+
+def results_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and s.d. over seeds of the test metrics, per dataset × model, with model size and cost.
+
+    Parameters and FLOPs are those the runs recorded: the networks as trained, at the study's widths and
+    input size (``results/complexity.csv`` has the official configurations at the papers' sizes instead).
+
+    Args:
+        runs_df: ``RunResults.per_seed``.
+
+    Returns:
+        Columns ``dataset``, ``model``, ``n_seeds``, ``<metric>_mean`` and ``<metric>_sd`` for foreground
+        Dice, foreground IoU and mIoU with background, ``params`` and ``gflops``. The s.d. is the sample
+        s.d. (ddof=1), NaN with a single seed.
+    """
+    grouped = runs_df.groupby(["dataset", "model"], sort=True)
+    table = grouped[list(TABLE_METRICS)].agg(["mean", "std"])
+    table.columns = [f"{metric}_{'sd' if statistic == 'std' else 'mean'}" for metric, statistic in table.columns]
+    table.insert(0, "n_seeds", grouped.size())
+    table["params"] = grouped["params"].first()
+    table["gflops"] = grouped["flops"].first() / 1e9
+    table = table.reset_index()
+    table["params"] = pd.to_numeric(table["params"]).round().astype("Int64")
+    return table
+
+
+def significant_figures(value: float, figures: int = 3) -> str:
+    """A positive quantity at a few significant figures, without exponent or trailing point.
+
+    0.12369 -> "0.124", 1.944 -> "1.94", 3.499 -> "3.50", 123.4 -> "123", 2266.0 -> "2266".
+
+    Args:
+        value: the number (NaN gives "").
+        figures: significant figures kept (whole numbers keep all their digits).
+
+    Returns:
+        The text.
+    """
+    if pd.isna(value):
+        return ""
+    if value == 0:
+        return "0"
+    decimals = max(0, figures - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def _mean_sd(mean: float, sd: float, digits: int) -> str:
+    """Format ``mean ± sd``, or the mean alone when the s.d. is undefined (one seed)."""
+    return f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def format_results_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Human-readable version of ``results_table``: ``mean ± s.d.`` strings, params and GFLOPs at 3
+    significant figures (params in millions).
+
+    Args:
+        table: output of ``results_table``.
+        digits: decimals for the metrics.
+
+    Returns:
+        Columns dataset, model, seeds, Dice, IoU, mIoU (bg), params (M), GFLOPs.
+    """
+    labels = {"dice": "Dice", "iou": "IoU", "miou_bg": "mIoU (bg)"}
+    formatted = table[["dataset", "model", "n_seeds"]].rename(columns={"n_seeds": "seeds"})
+    for metric, label in labels.items():
+        formatted[label] = [
+            _mean_sd(mean, sd, digits) for mean, sd in zip(table[f"{metric}_mean"], table[f"{metric}_sd"], strict=True)
+        ]
+    formatted["params (M)"] = [significant_figures(params / 1e6) for params in table["params"].astype("Float64")]
+    formatted["GFLOPs"] = [significant_figures(gflops) for gflops in table["gflops"]]
+    return formatted
+
+
+def format_p(p: float, digits: int = P_DIGITS) -> str:
+    """A p-value for people: fixed decimals, ``< 0.0001`` (at 4 decimals) instead of 0.0000, "" when missing.
+
+    Args:
+        p: the p-value.
+        digits: decimals.
+
+    Returns:
+        The text.
+    """
+    if pd.isna(p):
+        return ""
+    floor = 10.0**-digits
+    return f"< {floor:.{digits}f}" if p < floor else f"{p:.{digits}f}"
+
+
+def _interval(low: float, high: float, digits: int) -> str:
+    """``[low, high]`` at fixed decimals, "" when missing."""
+    return "" if pd.isna(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_claims_table(claims_table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Compact view of ``evaluate_claims`` for reading (stable text for output checks).
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+        digits: decimals kept.
+
+    Returns:
+        Columns claim, dataset, comparison, metric, claimed (with the dataset it was claimed on), seeds, diff,
+        the three intervals, the four p-values of the rule, m, MDD and seeds needed at alpha/m, the Wilcoxon p,
+        the per-image p (conditional on the trained models), devices, failed runs, verdict and the verdict
+        without failed runs.
+    """
+    numbers = claims_table.select_dtypes("number").round(digits)
+
+    def intervals(prefix: str) -> list[str]:
+        bounds = zip(claims_table[f"{prefix}_low"], claims_table[f"{prefix}_high"], strict=True)
+        return [_interval(low, high, digits) for low, high in bounds]
+
+    def p_values(column: str) -> list[str]:
+        return [format_p(p, digits) for p in claims_table[column]]
+
+    return pd.DataFrame(
+        {
+            "claim": claims_table["claim_id"],
+            "dataset": claims_table["dataset"],
+            "comparison": claims_table["better"] + " - " + claims_table["baseline"],
+            "metric": claims_table["metric"],
+            "claimed": numbers["claimed_difference"],
+            "claimed on": claims_table["claimed_on"].fillna(""),
+            "seeds": claims_table["n_seeds"].astype("Int64"),
+            "diff": numbers["mean_diff"],
+            "CI": intervals("ci"),
+            "CI (alpha/m)": intervals("ci_adj"),
+            "bootstrap CI": intervals("boot_ci"),
+            "p direction": p_values("p_direction"),
+            "p direction (Holm)": p_values("p_direction_holm"),
+            "p magnitude": p_values("p_magnitude"),
+            "p magnitude (Holm)": p_values("p_magnitude_holm"),
+            "m": claims_table["family_size"].astype("Int64"),
+            "MDD (alpha/m)": numbers["mdd_adj"],
+            "seeds needed (alpha/m)": claims_table["seeds_needed_adj"].fillna(""),
+            "Wilcoxon p": p_values("wilcoxon_p"),
+            "image p (given the models)": p_values("image_p"),
+            "devices": claims_table["devices"].fillna(""),
+            "failed runs": claims_table["n_failed"].astype("Int64"),
+            "verdict": claims_table["verdict"],
+            "verdict without failed runs": claims_table["verdict_without_failed"],
+        }
+    )
+
+
+def _cell_text(value: object, float_digits: int) -> str:
+    """Text of one table cell: floats at fixed decimals, missing values empty."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float | np.floating):
+        return f"{value:.{float_digits}f}"
+    return str(value)
+
+
+def markdown_table(df: pd.DataFrame, float_digits: int = 4) -> str:
+    """Render a DataFrame as a GitHub-flavoured Markdown pipe table.
+
+    ``DataFrame.to_markdown`` would need ``tabulate``, which is not a project dependency.
+
+    Args:
+        df: the table (its index is not written).
+        float_digits: decimals for float cells.
+
+    Returns:
+        The Markdown text, numeric columns right-aligned.
+    """
+
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    alignments = ["---:" if pd.api.types.is_numeric_dtype(dtype) else ":---" for dtype in df.dtypes]
+    lines = [row([str(column) for column in df.columns]), row(alignments)]
+    lines += [row([_cell_text(value, float_digits) for value in values]) for values in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(
+    table: pd.DataFrame, stem: str | Path, display: pd.DataFrame | None = None, float_digits: int = 4
+) -> list[Path]:
+    """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``.
+
+    Args:
+        table: the table; the CSV keeps it at full precision.
+        stem: output path without suffix, e.g. ``results/tables/results``; parent folders are created.
+        display: a formatted version (e.g. from ``format_results_table``) for the Markdown and LaTeX
+            files; default ``table`` itself.
+        float_digits: decimals of float cells in the Markdown and LaTeX files.
+
+    Returns:
+        The three paths written.
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    shown = table if display is None else display
+    csv_path, markdown_path, latex_path = (stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex"))
+    table.to_csv(csv_path, index=False)
+    markdown_path.write_text(markdown_table(shown, float_digits))
+    column_format = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in shown.dtypes)
+    cells = shown.map(lambda value: _cell_text(value, float_digits))
+    latex = cells.to_latex(index=False, escape=True, column_format=column_format)
+    # In LaTeX's default text font "<" prints as an inverted exclamation mark; pandas does not escape it.
+    latex_path.write_text(latex.replace("<", r"\textless{}"))
+    return [csv_path, markdown_path, latex_path]

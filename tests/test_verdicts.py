@@ -1,0 +1,64 @@
+"""The verdict rule (repro.verdicts) on constructed cases, one per label and per boundary."""
+
+import pytest
+
+from repro import verdicts
+
+ALPHA = 0.05
+
+
+@pytest.mark.parametrize(
+    ("mean_diff", "p_direction_holm", "p_magnitude_holm", "mdd_adj", "claimed", "label"),
+    [
+        (0.03, 0.01, 0.60, 0.02, 0.02, verdicts.REPRODUCED),
+        (0.03, 0.01, None, 0.02, None, verdicts.REPRODUCED),  # no D: the direction alone
+        (0.005, 0.01, 0.02, 0.004, 0.02, verdicts.REPRODUCED_SMALLER),
+        (-0.02, 0.001, 0.001, 0.01, 0.02, verdicts.REVERSED),
+        (-0.02, 0.001, None, 0.01, None, verdicts.REVERSED),
+        (0.003, 0.40, 0.01, 0.015, 0.02, verdicts.SMALLER),
+        (0.003, 0.40, 0.20, 0.05, 0.02, verdicts.UNDERPOWERED),  # MDD 0.05 > |D| 0.02
+        (0.003, 0.40, 0.20, 0.015, 0.02, verdicts.INCONCLUSIVE),  # could have detected 0.02, did not
+        (0.003, 0.40, None, 0.012, None, verdicts.UNDERPOWERED),  # no D: judged against 0.01
+        (0.003, 0.40, None, 0.008, None, verdicts.INCONCLUSIVE),
+        (0.03, 0.05, 0.60, 0.02, 0.02, verdicts.INCONCLUSIVE),  # p = alpha is not below alpha
+        (-0.02, 0.40, 0.01, 0.03, -0.01, verdicts.SMALLER),  # |D| for a claimed loss
+    ],
+)
+def test_superiority_label(mean_diff, p_direction_holm, p_magnitude_holm, mdd_adj, claimed, label):
+    assert verdicts.superiority_label(mean_diff, p_direction_holm, p_magnitude_holm, mdd_adj, claimed, ALPHA) == label
+
+
+@pytest.mark.parametrize(
+    ("p_holm", "ci_low", "ci_high", "label"),
+    [
+        (0.01, -0.01, 0.01, verdicts.EQUIVALENT),
+        (0.30, 0.021, 0.05, verdicts.NOT_EQUIVALENT),
+        (0.30, -0.09, -0.03, verdicts.NOT_EQUIVALENT),
+        (0.30, 0.02, 0.05, verdicts.INCONCLUSIVE),  # touching the margin is not strictly outside it
+        (0.30, -0.03, 0.01, verdicts.INCONCLUSIVE),
+    ],
+)
+def test_equivalence_label(p_holm, ci_low, ci_high, label):
+    assert verdicts.equivalence_label(p_holm, ci_low, ci_high, margin=0.02, alpha=ALPHA) == label
+
+
+def test_a_claim_takes_its_weakest_row_that_ran():
+    order = [
+        verdicts.REVERSED,
+        verdicts.SMALLER,
+        verdicts.UNDERPOWERED,
+        verdicts.INCONCLUSIVE,
+        verdicts.REPRODUCED_SMALLER,
+        verdicts.REPRODUCED,
+    ]
+    for weaker_index, weaker in enumerate(order):
+        for stronger in order[weaker_index:]:
+            assert verdicts.weakest([stronger, weaker, verdicts.NOT_RUN]) == weaker
+    assert verdicts.weakest([verdicts.NOT_RUN, verdicts.NOT_RUN]) == verdicts.NOT_RUN
+    assert verdicts.weakest([verdicts.EQUIVALENT, verdicts.NOT_EQUIVALENT]) == verdicts.NOT_EQUIVALENT
+    assert verdicts.weakest([verdicts.EQUIVALENT, verdicts.INCONCLUSIVE]) == verdicts.INCONCLUSIVE
+
+
+def test_every_label_has_a_one_line_meaning():
+    assert set(verdicts.MEANINGS) == set(verdicts.LABELS)
+    assert all("\n" not in meaning for meaning in verdicts.MEANINGS.values())

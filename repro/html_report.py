@@ -21,6 +21,7 @@ import argparse
 import html
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,9 +49,12 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 #runs td { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.verdict-reproduced { background: #d9f2d9; }
-td.verdict-contradicted { background: #f7d4d4; }
+td.verdict-reproduced, td.verdict-equivalent { background: #c8ecc8; }
+td.verdict-reproduced-smaller-than-claimed { background: #e4f5d9; }
+td.verdict-smaller-than-claimed { background: #fde2c4; }
+td.verdict-reversed, td.verdict-not-equivalent { background: #f7d4d4; }
 td.verdict-inconclusive { background: #fff1c7; }
+td.verdict-inconclusive-underpowered { background: #f4f0e0; }
 td.verdict-not-run { color: #888; }
 """
 
@@ -179,6 +183,11 @@ def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame
     }
 
 
+def _slug(label: str) -> str:
+    """A verdict label as a CSS class name: "reproduced, smaller than claimed" -> "reproduced-smaller-than-claimed"."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def _verdict_table(claims: pd.DataFrame) -> str:
     datasets = sorted(claims["dataset"].unique())
     titles = claims.drop_duplicates("claim_id").set_index("claim_id")["title"]
@@ -189,7 +198,7 @@ def _verdict_table(claims: pd.DataFrame) -> str:
         cells = []
         for dataset in datasets:
             verdict = verdicts.get((claim_id, dataset), "")
-            css = "verdict-" + verdict.replace(" ", "-")
+            css = "verdict-" + _slug(verdict)
             cells.append(f'<td class="{css}">{html.escape(verdict)}</td>')
         rows.append(
             f'<tr data-claim="{html.escape(claim_id)}"><td>{html.escape(claim_id)}</td>'

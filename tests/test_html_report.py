@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from repro import html_report
+from repro.verdicts import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("alpha-set", "beta-set")
@@ -174,6 +175,12 @@ def test_aggregate_page_embeds_figures_hides_code_and_loads_nothing(study):
     assert CODE_MARKER not in text
     assert "<script" not in text
     assert not [link for link in page.links if link.startswith(("http:", "https:", "//"))]
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_every_verdict_label_has_its_own_colour(label):
+    # A label whose class has no rule would be shown uncoloured beside coloured ones, as if it were neutral.
+    assert f"td.verdict-{html_report._slug(label)}" in html_report._STYLE
 
 
 def test_a_rebuild_drops_the_files_of_a_dataset_no_longer_in_the_study(study):

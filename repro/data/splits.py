@@ -110,7 +110,8 @@ def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None
 
     Raises:
         DatasetError: the split file is missing, names an id that is not on disk, puts an id in two splits,
-            leaves a pair on disk out of every split, or puts an official-test pair outside the test split.
+            leaves a pair on disk out of every split, puts an official-test pair outside the test split, or
+            splits a group (of a dataset that groups its pairs) across two splits.
     """
     path = split_path(spec.name, splits_dir)
     if not path.is_file():

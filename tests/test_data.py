@@ -5,22 +5,34 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 from repro.config import scale_preset
-from repro.data.prepare import prepare_dataset, read_pair, resize_labels
-from repro.data.readers import DatasetError
+from repro.data.prepare import DEBUG_ENV, prepare_dataset, read_pair, resize_labels
+from repro.data.readers import DatasetError, read_image, read_mask
 from repro.data.registry import (
     DATA_ROOT_ENV,
+    REPO_ROOT,
+    ThresholdMask,
+    ValueMask,
+    check_custom_names,
     get_dataset,
     list_datasets,
     register_folder_dataset,
     resolve_data_root,
 )
 from repro.data.splits import SPLIT_NAMES, draw_split, load_split, write_split
+from repro.train import load_prepared, random_patches
 
 # Pairs per dataset, from each MANIFEST.txt.
 EXPECTED_PAIRS = {
@@ -194,3 +206,300 @@ def test_resize_labels_keeps_class_indices():
     assert set(np.unique(small)) == {0, 1, 2}
     np.testing.assert_array_equal(small[5:15, 5:10], 1)
     np.testing.assert_array_equal(small[5:15, 10:15], 2)
+
+
+def _config(**overrides):
+    """A valid custom dataset entry (PNG images in img/, masks in gt/), with ``overrides``."""
+    config = {
+        "images": "img",
+        "masks": "gt",
+        "image_suffix": ".png",
+        "mask_suffix": ".png",
+        "in_channels": 1,
+        "class_names": ["background", "thing"],
+    }
+    return {**config, **({} if "mask_values" in overrides else {"threshold": 127}), **overrides}
+
+
+def test_unknown_key_is_named_with_the_known_keys():
+    with pytest.raises(DatasetError) as err:
+        register_folder_dataset(next(_names), _config(thresold=200))
+    message = str(err.value)
+    assert "unknown key 'thresold' (did you mean 'threshold'?)" in message
+    assert "optional: threshold, mask_values" in message and "large_images" in message
+
+
+def test_bad_values_are_all_reported_at_once():
+    config = _config(in_channels=4, image_suffix="png", val_fraction=0.6, test_fraction=0.5, group={"video": "x"})
+    del config["threshold"]
+    with pytest.raises(DatasetError) as err:
+        register_folder_dataset("bad.name", config)
+    message = str(err.value)
+    for expected in (
+        "the name must be letters",
+        "image_suffix must be a file suffix with its dot",
+        "in_channels must be 1 (grayscale) or 3 (RGB), got 4",
+        "give exactly one of 'threshold'",
+        "val_fraction + test_fraction must leave pairs",
+        "group must be {regex: <pattern>} or {csv: <file>}",
+    ):
+        assert expected in message
+
+
+def test_a_custom_dataset_may_not_take_a_built_in_name():
+    with pytest.raises(DatasetError, match=r"\['kvasir-seg'\] are names of built-in datasets"):
+        check_custom_names({"kvasir-seg": _config(), "mine": _config()})
+    check_custom_names({"mine": _config()})
+
+
+def test_empty_images_folder_is_one_clear_error(tmp_path):
+    spec, root = _custom_dataset(tmp_path)
+    for image in (root / spec.name / "img").iterdir():
+        image.unlink()
+    with pytest.raises(DatasetError) as err:
+        spec.samples(root)
+    assert str(err.value) == f"{root / spec.name / 'img'}: no .png files; the folder is empty"
+    (root / spec.name / "img" / "0.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"img: no \.png files; it holds 1 x \.jpg \(check `image_suffix`\)"):
+        spec.samples(root)
+
+
+# --- 16-bit and float images ---------------------------------------------------------------------------------
+
+
+def _gradient16(size=(32, 40)):
+    """A 16-bit gradient over the whole range: Pillow's own conversion to 8 bits saturates 99.6% of it."""
+    return np.linspace(0, 65535, size[0] * size[1]).round().astype(np.uint16).reshape(size)
+
+
+def test_16bit_image_is_scaled_by_bit_depth_not_clipped(tmp_path):
+    values = _gradient16()
+    _write_png(tmp_path / "g16.png", values)
+    image = read_image(tmp_path / "g16.png", 1)
+    np.testing.assert_array_equal(image[..., 0], np.rint(values / 65535 * 255).astype(np.uint8))
+    assert (image == 255).mean() < 0.01
+    assert read_image(tmp_path / "g16.png", 3).shape == (32, 40, 3)
+
+
+def test_16bit_image_min_max_and_fixed_range(tmp_path):
+    values = (np.arange(32 * 40).reshape(32, 40) + 1000).astype(np.uint16)  # 12-bit data: 1000..2279
+    _write_png(tmp_path / "g12.png", values)
+    stretched = read_image(tmp_path / "g12.png", 1, "min_max")[..., 0]
+    assert (stretched.min(), stretched.max()) == (0, 255)
+    fixed = read_image(tmp_path / "g12.png", 1, (0.0, 4095.0))[..., 0]
+    np.testing.assert_array_equal(fixed, np.rint(values / 4095 * 255).astype(np.uint8))
+    with pytest.raises(DatasetError, match=r"g12\.png: 279 pixel\(s\) outside the dataset's intensity range"):
+        read_image(tmp_path / "g12.png", 1, (0.0, 2000.0))
+
+
+def test_float_image_needs_a_rule(tmp_path):
+    Image.fromarray(np.linspace(-1, 3, 200, dtype=np.float32).reshape(10, 20)).save(tmp_path / "f.tif")
+    with pytest.raises(DatasetError, match=r"f\.tif: floating-point image, which has no bit depth; set `intensity"):
+        read_image(tmp_path / "f.tif", 1)
+    image = read_image(tmp_path / "f.tif", 1, "min_max")[..., 0]
+    assert (image[0, 0], image[-1, -1]) == (0, 255)
+
+
+def test_16bit_masks_keep_their_values(tmp_path):
+    binary = np.zeros((16, 16), dtype=np.uint16)
+    binary[4:12, 4:12] = 65535
+    classes = (np.arange(256).reshape(16, 16) % 3).astype(np.uint16)
+    _write_png(tmp_path / "binary.png", binary)
+    _write_png(tmp_path / "classes.png", classes)
+    raw = read_mask(tmp_path / "binary.png")
+    assert raw.dtype == np.uint16
+    np.testing.assert_array_equal(ThresholdMask(127).to_labels(raw, tmp_path), binary > 0)
+    np.testing.assert_array_equal(
+        ValueMask({0: 0, 1: 1, 2: 2}).to_labels(read_mask(tmp_path / "classes.png"), tmp_path), classes
+    )
+    with pytest.raises(DatasetError, match=r"unexpected values \[65535\]; expected only \[0, 1\]"):
+        ValueMask({0: 0, 1: 1}).to_labels(raw, tmp_path / "binary.png")
+    Image.fromarray(binary.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DatasetError, match=r"float\.tif: floating-point mask"):
+        read_mask(tmp_path / "float.tif")
+
+
+def test_16bit_dataset_prepares_faithfully(tmp_path):
+    """16-bit images and 16-bit {0, 65535} masks through prepare: neither is saturated nor emptied."""
+    name = next(_names)
+    for i in range(6):
+        _write_png(tmp_path / name / "img" / f"{i}.png", _gradient16((64, 64)))
+        mask = np.zeros((64, 64), dtype=np.uint16)
+        mask[16:48, 16:48] = 65535
+        _write_png(tmp_path / name / "gt" / f"{i}.png", mask)
+    spec = register_folder_dataset(name, _config(mask_values={0: 0, 65535: 1}))
+    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    out = _prepare(spec, tmp_path, tmp_path / "out")
+    images, masks = np.load(out / "train_images.npy"), np.load(out / "train_masks.npy")
+    assert images.dtype == np.uint8 and images.min() == 0 and images.max() == 255
+    assert 0.4 < (images > 127).mean() < 0.6, "a faithful gradient is half bright, not all white"
+    assert masks[:, 16:48, 16:48].all() and masks.mean() == pytest.approx(0.25)
+
+
+# --- large images with a field-of-view mask ------------------------------------------------------------------
+
+
+def _large_dataset(tmp_path, name, n=6, size=(300, 260)):
+    """Images with one-pixel vertical lines (the structures a resize to 64x64 erases) inside a circular FOV."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    fov = ((yy - size[0] / 2) ** 2 + (xx - size[1] / 2) ** 2 < (min(size) / 2.2) ** 2).astype(np.uint8) * 255
+    for i in range(n):
+        lines = np.zeros(size, dtype=np.uint8)
+        lines[:, 20 + i :: 8] = 255
+        _write_png(tmp_path / name / "images" / f"eye{i}.png", np.stack([lines // 2, lines, lines // 3], -1))
+        _write_png(tmp_path / name / "labels" / f"eye{i}.png", lines)
+        _write_png(tmp_path / name / "fov" / f"eye{i}.png", fov)
+    config = {
+        "images": "images",
+        "masks": "labels",
+        "image_suffix": ".png",
+        "mask_suffix": ".png",
+        "in_channels": 3,
+        "class_names": ["background", "vessel"],
+        "mask_values": {0: 0, 255: 1},
+        "large_images": True,
+        "fov_masks": "fov",
+    }
+    return config
+
+
+def test_large_custom_dataset_keeps_its_aspect_and_field_of_view(tmp_path):
+    name = next(_names)
+    spec = register_folder_dataset(name, _large_dataset(tmp_path, name))
+    assert spec.large_images and spec.samples(tmp_path)[0].valid == tmp_path / name / "fov" / "eye0.png"
+    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    out = _prepare(spec, tmp_path, tmp_path / "out")
+    data = load_prepared(out)
+    assert data.large_images and data.train.valid is not None
+    # Kept at the native aspect, scaled by large_image_scale (smoke: 0.25), not squeezed to image_size.
+    assert tuple(data.train.images.shape[-2:]) == (75, 65)
+    assert 0.5 < data.train.valid.float().mean() < 0.8
+    # The training batches are random patches of the scale's patch size.
+    patches = random_patches(data.train, SMOKE.patch_size, 2, torch.Generator().manual_seed(0))
+    assert tuple(patches.images.shape[-2:]) == (SMOKE.patch_size, SMOKE.patch_size)
+
+
+def test_missing_or_empty_field_of_view_is_named(tmp_path):
+    name = next(_names)
+    spec = register_folder_dataset(name, _large_dataset(tmp_path, name))
+    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    _write_png(tmp_path / name / "fov" / "eye2.png", np.ones((300, 260), dtype=np.uint8))  # a {0, 1} FOV mask
+    with pytest.raises(DatasetError, match=r"fov/eye2\.png: field-of-view mask has no pixel inside"):
+        _prepare(spec, tmp_path, tmp_path / "out")
+    (tmp_path / name / "fov" / "eye2.png").unlink()
+    with pytest.raises(DatasetError, match=r"eye2\.png: no field-of-view mask .*fov/eye2\.png"):
+        spec.samples(tmp_path)
+
+
+def test_large_images_of_several_sizes_are_refused_clearly(tmp_path):
+    name = next(_names)
+    spec = register_folder_dataset(name, _large_dataset(tmp_path, name, n=9))
+    write_split(spec, {"train": [f"eye{i}" for i in range(7)], "val": ["eye7"], "test": ["eye8"]}, 0, tmp_path / "s")
+    for folder in ("images", "labels", "fov"):
+        path = tmp_path / name / folder / "eye3.png"
+        _write_png(path, np.asarray(Image.open(path))[:200])
+    with pytest.raises(DatasetError, match=r"split 'train': large_images keeps each image's size.*50x65 \(eye3\)"):
+        prepare_dataset(name, SMOKE, tmp_path / "out", data_root=tmp_path, splits_dir=tmp_path / "s")
+
+
+# --- grouped splits ------------------------------------------------------------------------------------------
+
+
+def _video_frames(tmp_path, name, videos=29, frames=612):
+    """612 frames cut from 29 videos (as in the colonoscopy example of README), ids video<v>_frame<k>."""
+    per_video = np.array_split(np.arange(frames), videos)
+    ids = [f"video{v:02d}_frame{k:03d}" for v, ks in enumerate(per_video) for k in ks]
+    for folder in ("img", "gt"):
+        (tmp_path / name / folder).mkdir(parents=True)
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    _write_png(image, np.zeros((8, 8), dtype=np.uint8))
+    _write_png(mask, np.zeros((8, 8), dtype=np.uint8))
+    for sample_id in ids:  # links: 612 pairs on disk in a blink
+        (tmp_path / name / "img" / f"{sample_id}.png").symlink_to(image)
+        (tmp_path / name / "gt" / f"{sample_id}.png").symlink_to(mask)
+    return ids
+
+
+def _assert_grouped(split, group_of):
+    splits_of = {}
+    for split_name, ids in split.items():
+        for sample_id in ids:
+            splits_of.setdefault(group_of(sample_id), set()).add(split_name)
+    assert all(len(names) == 1 for names in splits_of.values()), "a group straddles two splits"
+    assert all(split[k] for k in SPLIT_NAMES)
+
+
+def test_group_regex_keeps_each_video_in_one_split(tmp_path):
+    name = next(_names)
+    ids = _video_frames(tmp_path, name)
+    spec = register_folder_dataset(name, _config(group={"regex": r"^(video\d+)_"}))
+    samples = spec.samples(tmp_path)
+    split = draw_split(spec, samples)
+    _assert_grouped(split, lambda i: i.split("_")[0])
+    assert sorted(sum(split.values(), [])) == ids
+    assert 0.15 < len(split["test"]) / len(ids) < 0.3
+    # Ungrouped, the same dataset's frames of one video land in several splits.
+    plain = draw_split(register_folder_dataset(next(_names), _config()), samples)
+    with pytest.raises(AssertionError, match="straddles"):
+        _assert_grouped(plain, lambda i: i.split("_")[0])
+    # A committed frame-wise split of a grouped dataset is refused on load.
+    write_split(spec, plain, 0, tmp_path / "splits")
+    with pytest.raises(DatasetError, match=r"group 'video\d\d' straddles \[.*\]; redraw the split"):
+        load_split(spec, samples, tmp_path / "splits")
+    write_split(spec, split, 0, tmp_path / "splits")
+    assert load_split(spec, samples, tmp_path / "splits") == split
+    assert "whole groups drawn" in (tmp_path / "splits" / f"{name}.json").read_text()
+
+
+def test_group_csv_maps_ids_to_groups(tmp_path):
+    name = next(_names)
+    ids = _video_frames(tmp_path, name, videos=5, frames=40)
+    video_of = {sample_id: f"patient{int(sample_id[5:7]) % 4}" for sample_id in ids}  # 4 patients
+    rows = ["id,group", *(f"{i},{g}" for i, g in video_of.items())]
+    (tmp_path / name / "groups.csv").write_text("\n".join(rows) + "\n")
+    spec = register_folder_dataset(name, _config(group={"csv": "groups.csv"}))
+    samples = spec.samples(tmp_path)
+    assert {s.group for s in samples} == {"patient0", "patient1", "patient2", "patient3"}
+    _assert_grouped(draw_split(spec, samples), video_of.get)
+    (tmp_path / name / "groups.csv").write_text("\n".join(rows[:-1] + ["ghost,patient9"]) + "\n")
+    with pytest.raises(DatasetError) as err:
+        spec.samples(tmp_path)
+    assert f"id '{ids[-1]}' has no row" in str(err.value) and "row id 'ghost' is not an id on disk" in str(err.value)
+
+
+def test_group_regex_must_match_every_id_and_groups_must_suffice(tmp_path):
+    name = next(_names)
+    _video_frames(tmp_path, name, videos=2, frames=10)
+    spec = register_folder_dataset(name, _config(group={"regex": r"^video(\d+)_"}))
+    with pytest.raises(DatasetError, match="2 group.s. cannot fill train, val and test"):
+        draw_split(spec, spec.samples(tmp_path))
+    spec = register_folder_dataset(next(_names), _config(group={"regex": r"^clip\d+"}))
+    (tmp_path / spec.name).symlink_to(tmp_path / name)
+    with pytest.raises(DatasetError, match=r"group regex '\^clip\\\\d\+' matches no part of 10 id\(s\)"):
+        spec.samples(tmp_path)
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def test_command_line_errors_end_in_one_line_without_traceback():
+    command = [sys.executable, "-m", "repro.data.prepare", "no-such-dataset"]
+    env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: unknown dataset 'no-such-dataset'; registered:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "DatasetError: unknown dataset" in debug.stderr
+    env[DEBUG_ENV] = "1"
+    assert "Traceback" in subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT).stderr
+
+
+def test_readme_example_entry_is_valid():
+    """The entry README's "Adding a dataset" tells a user to paste into params.yaml registers as documented."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"replace the line `custom_datasets: \{\}`.*?```yaml\n(.*?)```", readme, re.DOTALL).group(1)
+    entries = yaml.safe_load(textwrap.dedent(block))["custom_datasets"]
+    assert list(entries) == ["my-polyps"]
+    spec = register_folder_dataset(next(_names), entries["my-polyps"])
+    assert spec.mask == ThresholdMask(127) and spec.in_channels == 3 and not spec.large_images

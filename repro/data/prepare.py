@@ -12,26 +12,32 @@ Every pair is validated (readable, image and mask of one size, mask values as th
 and all problems are reported together, naming each file, before anything is written.
 
 Run as ``python -m repro.data.prepare <dataset> [--scale NAME] [--out DIR]``, or
-``python -m repro.data.prepare --draw-split <dataset>`` to draw and write a new split file.
+``python -m repro.data.prepare --draw-split <dataset>`` to draw and write a new split file. From the command
+line, bad input ends in one error message without a traceback; ``--debug`` (or ``UNET_REPRO_DEBUG=1``) shows
+the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from repro.config import ScalePreset, load_params, scale_preset
 from repro.data.readers import DatasetError, problems_error, read_image, read_mask
-from repro.data.registry import REPO_ROOT, DatasetSpec, Sample, get_dataset
+from repro.data.registry import REPO_ROOT, DatasetSpec, Sample, check_custom_names, get_dataset
 from repro.data.splits import SPLIT_NAMES, SPLIT_SEED, draw_split, load_split, write_split
 
 PROCESSED_DIR = REPO_ROOT / "data" / "processed"
+DEBUG_ENV = "UNET_REPRO_DEBUG"
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ def _resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def read_pair(spec: DatasetSpec, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read and validate one pair at its native size: (image, class indices, valid region or None)."""
-    image = read_image(sample.image, spec.in_channels)
+    image = read_image(sample.image, spec.in_channels, spec.intensity)
     raw_mask = read_mask(sample.mask)
     if raw_mask.shape != image.shape[:2]:
         raise DatasetError(
@@ -89,6 +95,8 @@ def read_pair(spec: DatasetSpec, sample: Sample) -> tuple[np.ndarray, np.ndarray
         if valid_raw.shape != image.shape[:2]:
             raise DatasetError(f"{sample.valid}: size {valid_raw.shape[::-1]} differs from image {sample.image}")
         valid = valid_raw > 127
+        if not valid.any():
+            raise DatasetError(f"{sample.valid}: field-of-view mask has no pixel inside (none above 127)")
     return image, labels, valid
 
 
@@ -136,9 +144,13 @@ def prepare_dataset(
     arrays: dict[str, np.ndarray] = {}
     for split_name in SPLIT_NAMES:
         pairs = [prepared[i] for i in split[split_name]]
-        shapes = {p.image.shape for p in pairs}
+        shapes = {p.image.shape[:2]: i for i, p in zip(split[split_name], pairs, strict=True)}
         if len(shapes) != 1:
-            raise DatasetError(f"dataset '{name}' split '{split_name}': images prepared at several sizes {shapes}")
+            examples = ", ".join(f"{h}x{w} ({i})" for (h, w), i in sorted(shapes.items())[:4])
+            raise DatasetError(
+                f"dataset '{name}' split '{split_name}': large_images keeps each image's size, and a split's "
+                f"images must share one; found {examples}"
+            )
         arrays[f"{split_name}_images"] = np.stack([p.image for p in pairs])
         arrays[f"{split_name}_masks"] = np.stack([p.labels for p in pairs])
         if pairs[0].valid is not None:
@@ -169,10 +181,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dataset")
     parser.add_argument("--scale", help="scale preset (default: params.yaml's `scale`)")
     parser.add_argument("--out", type=Path, help="output folder (default: data/processed/<scale>/<dataset>)")
-    parser.add_argument("--data-root", help="data root (default: $UNET_REPRO_DATA_ROOT, else params.yaml)")
+    parser.add_argument("--data-root", help="data root (default: params.yaml's `data_root`)")
     parser.add_argument("--draw-split", action="store_true", help="draw and write data/splits/<dataset>.json")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except (DatasetError, ValueError, OSError, yaml.YAMLError) as err:
+        # Bad input (unknown name, bad option, unreadable file) is the user's to fix: the message names it.
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        sys.exit(f"error: {err}")
+
+
+def _run(args: argparse.Namespace) -> None:
     params = load_params()
+    check_custom_names(params.get("prepare", {}).get("custom_datasets") or {})
     data_root = args.data_root or params.get("data_root")
     if args.draw_split:
         spec = get_dataset(args.dataset)

@@ -1,7 +1,8 @@
 """Reading images and masks of the formats the datasets ship (PNG, JPEG, TIFF, GIF, BMP, NIfTI).
 
 Every reader raises :class:`DatasetError` naming the file when it cannot be read, so a broken file is reported
-before any training starts.
+before any training starts. Images wider than 8 bits (16-bit microscopy, float TIFFs) are mapped to 8 bits by a
+rule the dataset chooses (:data:`INTENSITY_RULES`) or refused; they are never clipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ def problems_error(header: str, problems: list[str], shown: int = 20) -> Dataset
     return DatasetError(f"{header}:\n  " + "\n  ".join(lines))
 
 
+# Pillow's single-channel modes wider than 8 bits: 16-bit integers, 32-bit integers, 32-bit floats. Pillow's
+# own conversion of these to "L" saturates at 255 (a 16-bit gradient becomes 99.6% white), so they are read
+# as numbers and mapped here instead.
+_WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+# How an image's values become 0..255: "bit_depth" divides by the largest value of the file's type (16-bit:
+# 65535); "min_max" stretches each image's own range; a pair [low, high] maps that fixed range, and a value
+# outside it is an error.
+INTENSITY_RULES = ("bit_depth", "min_max", "[low, high]")
+Intensity = str | tuple[float, float]
+
+
 def _open_pil(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
@@ -33,25 +45,76 @@ def _open_pil(path: Path) -> Image.Image:
     return image
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def _to_uint8(values: np.ndarray, path: Path, intensity: Intensity, is_float: bool) -> np.ndarray:
+    """Map an image's values to 0..255 by the rule ``intensity`` (see :data:`INTENSITY_RULES`)."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DatasetError(f"{path}: image holds NaN or infinite values")
+    if intensity == "bit_depth":
+        if is_float:
+            raise DatasetError(
+                f"{path}: floating-point image, which has no bit depth; set `intensity: min_max` or "
+                f"`intensity: [low, high]` in the dataset's entry"
+            )
+        low, high = 0.0, 65535.0
+        if values.min() < 0 or values.max() > high:
+            raise DatasetError(
+                f"{path}: integer values {values.min():.0f}..{values.max():.0f} do not fit 16 bits; set "
+                f"`intensity: min_max` or `intensity: [low, high]` in the dataset's entry"
+            )
+    elif intensity == "min_max":
+        low, high = float(values.min()), float(values.max())
+        if high == low:  # a blank image stays blank rather than dividing by zero
+            return np.zeros(values.shape, dtype=np.uint8)
+    else:
+        low, high = intensity
+        outside = (values < low) | (values > high)
+        if outside.any():
+            raise DatasetError(
+                f"{path}: {int(outside.sum())} pixel(s) outside the dataset's intensity range [{low}, {high}] "
+                f"(this image spans {values.min():g}..{values.max():g}); widen `intensity` in the dataset's entry"
+            )
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def read_image(path: Path, channels: int, intensity: Intensity = "bit_depth") -> np.ndarray:
     """Read a 2D image as uint8, shape (H, W, channels).
 
     Args:
         path: image file (PNG, JPEG, TIFF (incl. LZW-compressed), GIF or BMP).
         channels: 1 for grayscale, 3 for RGB; the file is converted to this.
+        intensity: how values become 0..255 (:data:`INTENSITY_RULES`). 8-bit files are taken as they are under
+            "bit_depth"; single-channel 16-bit files are divided by 65535 (float files are refused, having no
+            bit depth). Pillow decodes 16-bit colour PNGs at 8 bits per channel (their high byte).
     """
+    path = Path(path)
+    image = _open_pil(path)
+    if image.mode in _WIDE_MODES:
+        gray = _to_uint8(np.asarray(image), path, intensity, is_float=image.mode == "F")
+        return gray[..., None] if channels == 1 else np.repeat(gray[..., None], channels, axis=-1)
     mode = {1: "L", 3: "RGB"}[channels]
-    array = np.asarray(_open_pil(Path(path)).convert(mode), dtype=np.uint8)
+    array = np.asarray(image.convert(mode), dtype=np.uint8)
+    if intensity != "bit_depth":
+        array = _to_uint8(array, path, intensity, is_float=False)
     return array[..., None] if channels == 1 else array
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a 2D mask as its raw uint8 values, shape (H, W).
+    """Read a 2D mask as its raw values, shape (H, W): uint8, or uint16 for a 16-bit mask.
 
     Palette ('P') images give their palette indices (the COVID multi-class masks store classes so); RGB masks
-    (Kvasir-SEG's JPEGs) are converted to grayscale; 1-bit masks become {0, 255}.
+    (Kvasir-SEG's JPEGs) are converted to grayscale; 1-bit masks become {0, 255}; 16-bit masks keep their
+    values (a mask's values are labels, never rescaled). Float masks are refused.
     """
-    image = _open_pil(Path(path))
+    path = Path(path)
+    image = _open_pil(path)
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image)
+        if image.mode == "F":
+            raise DatasetError(f"{path}: floating-point mask; save labels as integers (8- or 16-bit)")
+        if values.min() < 0 or values.max() > 65535:
+            raise DatasetError(f"{path}: mask values {values.min()}..{values.max()} do not fit 16 bits")
+        return values.astype(np.uint16)
     if image.mode not in ("L", "P"):
         image = image.convert("L")
     return np.asarray(image, dtype=np.uint8)

@@ -6,14 +6,18 @@ and a folder of masks, an entry under ``prepare.custom_datasets`` in ``params.ya
 
 from __future__ import annotations
 
+import csv
+import difflib
 import os
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from repro.data.readers import DatasetError
+from repro.data.readers import INTENSITY_RULES, DatasetError, Intensity, problems_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT_ENV = "UNET_REPRO_DATA_ROOT"
@@ -30,6 +34,8 @@ class Sample:
         mask: ground-truth mask file.
         valid: optional region-of-interest mask (e.g. DRIVE's field of view); pixels outside are ignored.
         subset: the official subset the pair belongs to ("train"/"test"), or None where none is given.
+        group: the group the pair belongs to where the dataset groups its pairs (e.g. the video a frame was
+            cut from); a group is never split across train, val and test.
     """
 
     id: str
@@ -37,6 +43,7 @@ class Sample:
     mask: Path
     valid: Path | None = None
     subset: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,11 @@ class ValueMask:
     classes: Mapping[int, int]
 
     def to_labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        lut = np.full(256, 255, dtype=np.uint8)
+        # 255 marks "no class"; the table covers every 8-bit value, and 16-bit masks' values up to their maximum.
+        lut = np.full(max(256, int(raw.max()) + 1), 255, dtype=np.uint8)
         for value, label in self.classes.items():
-            lut[value] = label
+            if value < len(lut):
+                lut[value] = label
         labels = lut[raw]
         if (labels == 255).any():
             unexpected = sorted(set(np.unique(raw).tolist()) - set(self.classes))
@@ -77,6 +86,59 @@ class ValueMask:
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """Which pairs belong together (frames of one video, tiles of one slide), so a split keeps them together.
+
+    Exactly one of:
+
+    Args:
+        regex: a regular expression searched in each id; its first capturing group (or, without one, the
+            whole match) names the group. An id it does not match is an error.
+        csv: a CSV file with a header row ``id,group``, relative to the dataset's folder; every id on disk
+            must have exactly one row, and every row must name an id on disk.
+    """
+
+    regex: str | None = None
+    csv: str | None = None
+
+    def describe(self) -> str:
+        return f"regex {self.regex!r} on ids" if self.regex is not None else f"{self.csv} (id -> group)"
+
+    def assign(self, ids: list[str], folder: Path) -> dict[str, str]:
+        """id -> group for every id, with one error listing every id that has no group."""
+        if self.regex is not None:
+            pattern = re.compile(self.regex)
+            matches = {i: pattern.search(i) for i in ids}
+            unmatched = [i for i, m in matches.items() if m is None]
+            if unmatched:
+                raise DatasetError(
+                    f"group regex {self.regex!r} matches no part of {len(unmatched)} id(s), e.g. {unmatched[:5]}"
+                )
+            return {i: m.group(1 if pattern.groups else 0) for i, m in matches.items()}
+        path = folder / str(self.csv)
+        if not path.is_file():
+            raise DatasetError(f"{path}: group file not found (the dataset's `group: {{csv: ...}}`)")
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or [c.strip() for c in rows[0]] != ["id", "group"]:
+            raise DatasetError(f"{path}: the first row must be the header `id,group`")
+        table: dict[str, str] = {}
+        problems = []
+        for number, row in enumerate(rows[1:], start=2):
+            if len(row) != 2:
+                problems.append(f"line {number}: expected 2 columns (id,group), found {len(row)}")
+            elif row[0] in table:
+                problems.append(f"line {number}: id '{row[0]}' appears twice")
+            else:
+                table[row[0]] = row[1]
+        problems += [f"id '{i}' has no row" for i in ids if i not in table]
+        problems += [f"row id '{i}' is not an id on disk" for i in sorted(set(table) - set(ids))]
+        if problems:
+            raise problems_error(f"{path}: invalid group file", problems)
+        return {i: table[i] for i in ids}
+
+
+@dataclass(frozen=True)
 class SplitPolicy:
     """How the committed split of a dataset was drawn.
 
@@ -84,10 +146,12 @@ class SplitPolicy:
         val_fraction: share of the (official train, or all) pairs held out for model selection.
         test_fraction: share of all pairs held out for testing; ignored where the dataset has an official test
             subset (then that subset is the test split).
+        group: pairs that belong together and are drawn as whole groups (the fractions are then approximate).
     """
 
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    group: Grouping | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +170,7 @@ class DatasetSpec:
         split: how the committed split was drawn.
         large_images: train on random patches and infer by sliding window instead of resizing to a square.
         ndim: 2 for images, 3 for volumes.
+        intensity: how image values become 0..255 (see :data:`repro.data.readers.INTENSITY_RULES`).
     """
 
     name: str
@@ -119,6 +184,7 @@ class DatasetSpec:
     split: SplitPolicy = field(default_factory=SplitPolicy)
     large_images: bool = False
     ndim: int = 2
+    intensity: Intensity = "bit_depth"
 
     @property
     def num_classes(self) -> int:
@@ -131,18 +197,23 @@ class DatasetSpec:
             raise DatasetError(
                 f"dataset '{self.name}' not found at {folder}.\n"
                 f"  Source: {self.source}\n  Expected layout below that folder: {self.layout}\n"
-                f"  Set the data root with ${DATA_ROOT_ENV} or `data_root` in params.yaml."
+                f"  The data root is `data_root` in params.yaml (or `--data-root` on the command line)."
             )
         return folder
 
     def samples(self, data_root: Path | str | None = None) -> list[Sample]:
-        """Every pair of the dataset, sorted by id; missing partners and duplicate ids are errors."""
-        samples = sorted(self.list_samples(self.folder(data_root)), key=lambda s: s.id)
+        """Every pair of the dataset, sorted by id, with its group where the dataset groups its pairs; missing
+        partners and duplicate ids are errors."""
+        folder = self.folder(data_root)
+        samples = sorted(self.list_samples(folder), key=lambda s: s.id)
         if not samples:
-            raise DatasetError(f"dataset '{self.name}': no image/mask pairs found below {self.folder(data_root)}")
+            raise DatasetError(f"dataset '{self.name}': no image/mask pairs found below {folder}")
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             raise DatasetError(f"dataset '{self.name}': duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        if self.split.group is not None:
+            groups = self.split.group.assign(ids, folder)
+            samples = [replace(s, group=groups[s.id]) for s in samples]
         return samples
 
 
@@ -165,6 +236,7 @@ def paired_folders(
     mask_name: Callable[[str], str] = lambda stem: stem,
     valid_dir: str | None = None,
     valid_name: Callable[[str], str] | None = None,
+    valid_suffix: str | None = None,
     subset: str | None = None,
     id_prefix: str = "",
 ) -> Callable[[Path], list[Sample]]:
@@ -176,7 +248,8 @@ def paired_folders(
         image_dir, mask_dir: folders relative to the dataset folder.
         image_suffix, mask_suffix: file suffixes (``.png``).
         mask_name: maps an image stem to its mask stem (DRIVE: ``21_training`` -> ``21_manual1``).
-        valid_dir, valid_name: optional region-of-interest masks, matched the same way.
+        valid_dir, valid_name, valid_suffix: optional region-of-interest masks, matched the same way (their
+            suffix defaults to ``mask_suffix``).
         subset: the official subset these pairs form, if any.
         id_prefix: prefix for ids, where two folders share stems.
     """
@@ -186,8 +259,8 @@ def paired_folders(
         for required in (images, masks):
             if not required.is_dir():
                 raise DatasetError(f"{required}: folder missing")
-        image_files = {p.stem: p for p in images.iterdir() if p.suffix.lower() == image_suffix}
-        mask_files = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == mask_suffix}
+        image_files = _files_with_suffix(images, image_suffix, "image_suffix")
+        mask_files = _files_with_suffix(masks, mask_suffix, "mask_suffix")
         expected_masks = {mask_name(stem): stem for stem in image_files}
         problems = [
             f"{image_files[stem]}: no mask {masks / (mask_name(stem) + mask_suffix)}"
@@ -205,13 +278,26 @@ def paired_folders(
         for stem, image in sorted(image_files.items()):
             valid = None
             if valid_dir is not None and valid_name is not None:
-                valid = folder / valid_dir / (valid_name(stem) + mask_suffix)
+                valid = folder / valid_dir / (valid_name(stem) + (valid_suffix or mask_suffix))
                 if not valid.is_file():
                     raise DatasetError(f"{image}: no field-of-view mask {valid}")
             samples.append(Sample(id_prefix + stem, image, mask_files[mask_name(stem)], valid=valid, subset=subset))
         return samples
 
     return list_samples
+
+
+def _files_with_suffix(folder: Path, suffix: str, key: str) -> dict[str, Path]:
+    """stem -> file for the files of ``folder`` with ``suffix``; none at all is one error saying what is there."""
+    found = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == suffix}
+    if not found:
+        others = Counter(p.suffix.lower() or "(no suffix)" for p in folder.iterdir() if p.is_file())
+        held = ", ".join(f"{n} x {s}" for s, n in sorted(others.items()))
+        raise DatasetError(
+            f"{folder}: no {suffix} files"
+            + (f"; it holds {held} (check `{key}`)" if others else "; the folder is empty")
+        )
+    return found
 
 
 def _union(*listers: Callable[[Path], list[Sample]]) -> Callable[[Path], list[Sample]]:
@@ -237,50 +323,167 @@ def get_dataset(name: str) -> DatasetSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(list_datasets())}") from None
+        raise DatasetError(
+            f"unknown dataset '{name}'; registered: {', '.join(list_datasets())} (a dataset of your own is an "
+            f"entry under prepare.custom_datasets in params.yaml)"
+        ) from None
 
 
 def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# The keys of a `prepare.custom_datasets` entry; README "Adding a dataset" documents each.
+REQUIRED_KEYS = ("images", "masks", "image_suffix", "mask_suffix", "in_channels", "class_names")
+OPTIONAL_KEYS = (
+    "threshold",
+    "mask_values",
+    "title",
+    "source",
+    "val_fraction",
+    "test_fraction",
+    "group",
+    "large_images",
+    "fov_masks",
+    "fov_suffix",
+    "intensity",
+)
+# A name is a folder below the data root, a DVC stage name and a dotted params key: no dots or slashes.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _custom_config_problems(config: Mapping) -> list[str]:
+    """Every problem of one custom dataset entry (unknown keys with a guess, missing keys, wrong values)."""
+    known = REQUIRED_KEYS + OPTIONAL_KEYS
+    problems = []
+    for key in config:
+        guess = difflib.get_close_matches(str(key), known, n=1)
+        if key not in known:
+            problems.append(f"unknown key '{key}'" + (f" (did you mean '{guess[0]}'?)" if guess else ""))
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        problems.append(f"missing key(s) {missing}")
+    for key in ("image_suffix", "mask_suffix", "fov_suffix"):
+        if key in config and not (isinstance(config[key], str) and re.fullmatch(r"\.\w+", config[key])):
+            problems.append(f"{key} must be a file suffix with its dot, like .png (got {config[key]!r})")
+    if "in_channels" in config and config["in_channels"] not in (1, 3):
+        problems.append(f"in_channels must be 1 (grayscale) or 3 (RGB), got {config['in_channels']!r}")
+    names = config.get("class_names")
+    if "class_names" in config and not (
+        isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
+    ):
+        problems.append(f"class_names must be a list of at least 2 names, background first (got {names!r})")
+    if ("threshold" in config) == ("mask_values" in config):
+        problems.append("give exactly one of 'threshold' (binary masks) or 'mask_values' (raw value -> class)")
+    if "threshold" in config and not (isinstance(config["threshold"], int) and config["threshold"] >= 0):
+        problems.append(f"threshold must be a non-negative integer, got {config['threshold']!r}")
+    values = config.get("mask_values")
+    if values is not None:
+        n_classes = len(names) if isinstance(names, list) else None
+        if not isinstance(values, Mapping) or not all(
+            isinstance(k, int) and isinstance(v, int) and 0 <= k <= 65535 and 0 <= v < (n_classes or 256)
+            for k, v in values.items()
+        ):
+            problems.append(
+                f"mask_values must map raw mask values (0..65535) to class indices 0..{(n_classes or 256) - 1}, "
+                f"got {values!r}"
+            )
+    for key in ("val_fraction", "test_fraction"):
+        if key in config and not (isinstance(config[key], int | float) and 0 < config[key] < 1):
+            problems.append(f"{key} must be a fraction between 0 and 1, got {config[key]!r}")
+    fractions = (config.get("val_fraction", 0.1), config.get("test_fraction", 0.2))
+    if all(isinstance(f, int | float) for f in fractions) and sum(fractions) >= 1:
+        problems.append("val_fraction + test_fraction must leave pairs for training (sum below 1)")
+    if "large_images" in config and not isinstance(config["large_images"], bool):
+        problems.append(f"large_images must be true or false, got {config['large_images']!r}")
+    if "fov_suffix" in config and "fov_masks" not in config:
+        problems.append("fov_suffix is given without fov_masks (the field-of-view mask folder)")
+    group = config.get("group")
+    if "group" in config:
+        if not (isinstance(group, Mapping) and len(group) == 1 and set(group) <= {"regex", "csv"}):
+            problems.append(f"group must be {{regex: <pattern>}} or {{csv: <file>}}, got {group!r}")
+        elif "regex" in group:
+            try:
+                re.compile(group["regex"])
+            except (re.error, TypeError) as err:
+                problems.append(f"group regex {group['regex']!r} is invalid ({err})")
+    intensity = config.get("intensity", "bit_depth")
+    if intensity not in ("bit_depth", "min_max") and not (
+        isinstance(intensity, list)
+        and len(intensity) == 2
+        and all(isinstance(v, int | float) for v in intensity)
+        and intensity[0] < intensity[1]
+    ):
+        problems.append(f"intensity must be one of {', '.join(INTENSITY_RULES)}, got {intensity!r}")
+    return problems
+
+
 def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
     """Register a user's dataset laid out as ``<root>/<name>/<images>/*`` beside ``<root>/<name>/<masks>/*``.
 
-    ``config`` keys: ``images``, ``masks`` (folders), ``image_suffix``, ``mask_suffix``, ``in_channels``,
-    ``class_names`` (background first), and either ``threshold`` (binary masks with noisy values) or
-    ``mask_values`` (raw value -> class index); optional ``title``, ``source``, ``val_fraction``,
-    ``test_fraction``.
+    ``config`` is one ``prepare.custom_datasets`` entry of params.yaml; its keys (:data:`REQUIRED_KEYS`,
+    :data:`OPTIONAL_KEYS`) are documented in README, "Adding a dataset". Every problem of the entry is reported
+    at once, unknown keys with the known ones.
     """
-    required = {"images", "masks", "image_suffix", "mask_suffix", "in_channels", "class_names"}
-    missing = required - set(config)
-    if missing:
-        raise ValueError(f"custom dataset '{name}': missing keys {sorted(missing)} (required: {sorted(required)})")
-    if ("threshold" in config) == ("mask_values" in config):
-        raise ValueError(f"custom dataset '{name}': give exactly one of 'threshold' or 'mask_values'")
+    problems = []
+    if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        problems.append("the name must be letters, digits, '-' and '_' (it is a folder, a DVC stage and a key)")
+    problems += (
+        _custom_config_problems(config)
+        if isinstance(config, Mapping)
+        else [f"the entry must be a mapping of keys, got {config!r}"]
+    )
+    if problems:
+        known = f"required keys: {', '.join(REQUIRED_KEYS)}; optional: {', '.join(OPTIONAL_KEYS)}"
+        raise problems_error(f"params.yaml prepare.custom_datasets.{name}", [*problems, known])
     mask = (
         ThresholdMask(int(config["threshold"]))
         if "threshold" in config
         else ValueMask({int(k): int(v) for k, v in config["mask_values"].items()})
     )
+    large_images = bool(config.get("large_images", False))
+    fov_masks = config.get("fov_masks")
+    intensity = config.get("intensity", "bit_depth")
+    image_suffix, mask_suffix = config["image_suffix"].lower(), config["mask_suffix"].lower()
+    layout = f"{config['images']}/*{image_suffix}, {config['masks']}/*{mask_suffix}"
+    if fov_masks is not None:
+        layout += f", {fov_masks}/*{config.get('fov_suffix', mask_suffix)} (field of view, white inside)"
     return register(
         DatasetSpec(
             name=name,
             title=config.get("title", name),
             source=config.get("source", "user-supplied"),
-            layout=f"{config['images']}/*{config['image_suffix']}, {config['masks']}/*{config['mask_suffix']}",
+            layout=layout,
             class_names=tuple(config["class_names"]),
             in_channels=int(config["in_channels"]),
             list_samples=paired_folders(
                 config["images"],
                 config["masks"],
-                image_suffix=config["image_suffix"],
-                mask_suffix=config["mask_suffix"],
+                image_suffix=image_suffix,
+                mask_suffix=mask_suffix,
+                valid_dir=fov_masks,
+                valid_name=None if fov_masks is None else (lambda stem: stem),
+                valid_suffix=config.get("fov_suffix", "").lower() or None,
             ),
             mask=mask,
-            split=SplitPolicy(float(config.get("val_fraction", 0.1)), float(config.get("test_fraction", 0.2))),
+            split=SplitPolicy(
+                float(config.get("val_fraction", 0.1)),
+                float(config.get("test_fraction", 0.2)),
+                Grouping(**config["group"]) if "group" in config else None,
+            ),
+            large_images=large_images,
+            intensity=tuple(intensity) if isinstance(intensity, list) else intensity,
         )
     )
+
+
+def check_custom_names(custom: Mapping) -> None:
+    """A custom dataset may not take a built-in dataset's name (params.yaml would silently lose the entry)."""
+    clashes = sorted(set(custom) & BUILT_IN)
+    if clashes:
+        raise DatasetError(
+            f"params.yaml prepare.custom_datasets: {clashes} are names of built-in datasets; choose other names"
+        )
 
 
 register(
@@ -409,3 +612,5 @@ register(
         large_images=True,
     )
 )
+
+BUILT_IN = frozenset(_REGISTRY)

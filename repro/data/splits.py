@@ -1,7 +1,8 @@
 """Fixed train/val/test splits, drawn once, committed as ``data/splits/<dataset>.json`` and validated on load.
 
 Official test subsets are kept (DRIVE, COVID-19 CT); the validation split is drawn from the training pairs.
-Model selection uses the validation split only; the test split is evaluated once, at the end.
+Model selection uses the validation split only; the test split is evaluated once, at the end. Where a dataset
+groups its pairs (frames of one video), whole groups are drawn, so no group straddles two splits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def draw_split(spec: DatasetSpec, samples: list[Sample], seed: int = SPLIT_SEED)
 
     Ids are sorted before shuffling, so the split depends only on the ids and the seed.
     """
+    if spec.split.group is not None:
+        return _draw_grouped(spec, samples, seed)
     rng = np.random.default_rng(seed)
     ids = sorted(s.id for s in samples)
     official_test = sorted(s.id for s in samples if s.subset == "test")
@@ -38,6 +41,45 @@ def draw_split(spec: DatasetSpec, samples: list[Sample], seed: int = SPLIT_SEED)
     pool = [pool[k] for k in rng.permutation(len(pool))]
     n_val = max(1, round(spec.split.val_fraction * len(ids if not official_test else pool)))
     return {"train": sorted(pool[n_val:]), "val": sorted(pool[:n_val]), "test": test}
+
+
+def _draw_grouped(spec: DatasetSpec, samples: list[Sample], seed: int) -> dict[str, list[str]]:
+    """Like :func:`draw_split`, drawing whole groups (in sorted-then-shuffled order) until each split holds at
+    least its fraction of the pairs."""
+    rng = np.random.default_rng(seed)
+    members: dict[str, list[str]] = {}
+    for sample in sorted(samples, key=lambda s: s.id):
+        members.setdefault(str(sample.group), []).append(sample.id)
+    official_test = {s.id for s in samples if s.subset == "test"}
+    mixed = sorted(g for g, ids in members.items() if 0 < len(official_test & set(ids)) < len(ids))
+    if mixed:
+        raise DatasetError(f"dataset '{spec.name}': group(s) {mixed} hold official test and training pairs")
+
+    def take(groups: list[str], target: int) -> tuple[list[str], list[str]]:
+        count, k = 0, 0
+        while k < len(groups) and (k == 0 or count < target):
+            count, k = count + len(members[groups[k]]), k + 1
+        return groups[:k], groups[k:]
+
+    names = sorted(members)
+    if official_test:
+        test_groups = [g for g in names if set(members[g]) <= official_test]
+        pool = [g for g in names if g not in set(test_groups)]
+    else:
+        pool = [names[k] for k in rng.permutation(len(names))]
+        test_groups, pool = take(pool, round(spec.split.test_fraction * len(samples)))
+    pool = [pool[k] for k in rng.permutation(len(pool))]
+    pool_size = sum(len(members[g]) for g in pool)
+    val_groups, train_groups = take(pool, max(1, round(spec.split.val_fraction * pool_size)))
+    if not train_groups or not val_groups or not test_groups:
+        raise DatasetError(
+            f"dataset '{spec.name}': {len(members)} group(s) cannot fill train, val and test with whole groups; "
+            f"a grouped split needs at least 3 groups"
+        )
+    return {
+        name: sorted(i for g in groups for i in members[g])
+        for name, groups in (("train", train_groups), ("val", val_groups), ("test", test_groups))
+    }
 
 
 def split_path(name: str, splits_dir: Path | None = None) -> Path:
@@ -54,10 +96,13 @@ def write_split(spec: DatasetSpec, split: dict[str, list[str]], seed: int, split
 
 
 def _policy_text(spec: DatasetSpec) -> str:
-    return (
+    text = (
         f"official test subset kept where present, else {spec.split.test_fraction:.0%} of pairs drawn for test; "
         f"validation = {spec.split.val_fraction:.0%} drawn from the rest"
     )
+    if spec.split.group is not None:
+        text += f"; whole groups drawn (groups: {spec.split.group.describe()})"
+    return text
 
 
 def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None = None) -> dict[str, list[str]]:
@@ -65,7 +110,8 @@ def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None
 
     Raises:
         DatasetError: the split file is missing, names an id that is not on disk, puts an id in two splits,
-            leaves a pair on disk out of every split, or puts an official-test pair outside the test split.
+            leaves a pair on disk out of every split, puts an official-test pair outside the test split, or
+            splits a group (of a dataset that groups its pairs) across two splits.
     """
     path = split_path(spec.name, splits_dir)
     if not path.is_file():
@@ -95,6 +141,15 @@ def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None
         f"'{s.id}' belongs to the official test subset but is in '{seen[s.id]}'"
         for s in samples
         if s.subset == "test" and seen.get(s.id, "test") != "test"
+    ]
+    splits_of_group: dict[str, set[str]] = {}
+    for sample in samples:
+        if sample.group is not None and sample.id in seen:
+            splits_of_group.setdefault(sample.group, set()).add(seen[sample.id])
+    problems += [
+        f"group '{group}' straddles {sorted(names)}; redraw the split (--draw-split) after grouping"
+        for group, names in sorted(splits_of_group.items())
+        if len(names) > 1
     ]
     if problems:
         raise problems_error(f"{path}: invalid split", problems)

@@ -32,7 +32,10 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
 
 def test_grids_name_known_datasets_and_variants():
     for grid in [PARAMS["study"], *PARAMS["grids"].values()]:
-        assert set(grid["datasets"]) <= set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
+        # A user's own dataset is prepared by its own stage (prepare_custom@<name>), not listed in prepare.datasets.
+        prepared = set(PARAMS["prepare"]["datasets"]) | set(PARAMS["prepare"].get("custom_datasets") or {})
+        assert set(grid["datasets"]) <= prepared
+        assert set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
         assert set(grid["models"]) <= set(PARAMS["models"])
     full = PARAMS["grids"]["full"]
     assert set(full["models"]) == set(PARAMS["models"]), "the full grid is every variant"

@@ -261,6 +261,8 @@ def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: 
     if any(getattr(job, "job_id", None) is None for job in cluster.workers.values()):
         cluster.close()
         raise ClusterError([f"`{SUBMIT_COMMANDS[settings.kind]}` refused the worker jobs (its message is above)"])
+    # Keep `jobs` jobs: one that ends (its walltime, a failed node) is replaced, and its runs resume elsewhere.
+    cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
     return cluster, Client(cluster)
 
 

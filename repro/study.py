@@ -319,11 +319,18 @@ class Runner:
         return threads
 
     def _record(self, future, stage, progress: Progress, outcome: Outcome) -> None:
+        from dvc.exceptions import DvcException
+
         name = stage.addressing
         if future.status == "finished":
             result = future.result()
-            with _repo(self.root) as repo:
-                repo.commit(name, force=True)
+            try:
+                with _repo(self.root) as repo:
+                    repo.commit(name, force=True)
+            except DvcException as error:  # e.g. an output the command did not write: the run stays stale
+                outcome.failed[name] = f"`dvc commit` refused it: {error}"
+                progress.finished(name, None, f"FAILED   {name}: ran, but {outcome.failed[name]}", False)
+                return
             outcome.done.append(name)
             outcome.seconds[name] = result["seconds"]
             dice = _test_dice(self.root, stage)
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"study: {grid.describe()}, on {settings.describe()}", flush=True)
         outcome = Runner(REPO_ROOT, args.logs.resolve(), settings, rest=not args.train_only).run(grid)
-    except (StudyError, ClusterError, GridError, OSError, ValueError) as error:
+    except (StudyError, ClusterError, GridError, OSError, ValueError, yaml.YAMLError) as error:
         if debug:
             raise
         message = str(error) if not isinstance(error, ClusterError | GridError) else f"cluster:\n{error}"

@@ -113,7 +113,7 @@ class Progress:
     """One bar over the runs to train (done / running / failed, ETA from finished runs' times) and one line per
     finished run. On a terminal the bar redraws in place; in a log, each line carries the counts instead."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
+    def __init__(self, total: int, stream=sys.stdout) -> None:
         from tqdm import tqdm
 
         self.total = total
@@ -125,7 +125,8 @@ class Progress:
         self.done = self.failed = 0
         self.slots = 1  # runs the cluster runs at once (its workers' threads), updated as workers come and go
         self.tty = stream.isatty()
-        self.bar = tqdm(total=total, file=stream, disable=not self.tty, bar_format="{l_bar}{bar}| {n}/{total} {desc}")
+        bar_format = "{percentage:3.0f}%|{bar}| {n}/{total} runs: {desc}"
+        self.bar = tqdm(total=total, file=stream, disable=not self.tty, bar_format=bar_format)
         self._refresh()
 
     def on_event(self, event) -> None:
@@ -182,7 +183,8 @@ class Progress:
         )
 
     def write(self, line: str) -> None:
-        self.bar.write(line, file=sys.stdout) if self.tty else print(line, flush=True)
+        # On a terminal, through tqdm, which lifts the bar out of the way and redraws it below the line.
+        self.bar.write(line, file=self.bar.fp) if self.tty else print(line, flush=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -113,9 +113,10 @@ class Progress:
     """One bar over the runs to train (done / running / failed, ETA from finished runs' times) and one line per
     finished run. On a terminal the bar redraws in place; in a log, each line carries the counts instead."""
 
-    def __init__(self, total: int, stream=sys.stdout) -> None:
+    def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
+        stream = sys.stdout
         self.total = total
         self.lock = threading.Lock()
         self.running: dict[str, str] = {}

@@ -85,7 +85,7 @@ def _processes_in(folder) -> list[psutil.Process]:
 
 def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     """`make study`'s way (a local cluster, JOBS=2): SIGTERM while two runs train leaves no process behind and
-    dvc.lock whole; the next call trains exactly the runs still stale and records them."""
+    dvc.lock whole; the next call (sharing a GPU resource) trains exactly the runs still stale and records them."""
     copy, _ = pipeline
     assert stale(copy) == set()
     params = yaml.safe_load((copy / "params.yaml").read_text())
@@ -120,8 +120,12 @@ def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     time.sleep(2)  # the kernels notice within a second that papermill is gone
     assert _processes_in(copy) == []
 
-    result = run_python(copy, "-m", "repro.study", "--workers", "2")
+    # The second call shares a "GPU" between two runs: one worker advertising GPU=1 with two threads, each run
+    # asking for half of it (on a machine without CUDA, CUDA_VISIBLE_DEVICES=0 changes nothing and the runs use
+    # the CPU): the resource path of a GPU machine, end to end.
+    result = run_python(copy, "-m", "repro.study", "--set", "gpus=1", "--set", "runs_per_gpu=2")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "a local Dask cluster: 1 GPU worker(s), 2 run(s) per GPU" in result.stdout
     assert f"{2 - len(finished)} of 4 training runs to run" in result.stdout
     assert not {name for name in stale(copy) if name.startswith("train@")}
     for seed in (0, 1):

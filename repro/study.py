@@ -274,6 +274,9 @@ class Runner:
             self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
         client = self.client
         progress = None
+        # One DVC repository object for every commit (opening one costs as much as a commit): this process alone
+        # writes dvc.lock while runs are recorded, and each commit reads the lock file afresh before writing it.
+        self.repo = _repo(self.root)
         try:
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             progress = Progress(len(stages))
@@ -307,6 +310,7 @@ class Runner:
                 progress.tick(self._slots(client))
                 self._check_stop()
         finally:
+            self.repo.close()
             if progress:
                 progress.close()
             if self.stop is not None:
@@ -328,8 +332,7 @@ class Runner:
         if future.status == "finished":
             result = future.result()
             try:
-                with _repo(self.root) as repo:
-                    repo.commit(name, force=True)
+                self.repo.commit(name, force=True)
             except DvcException as error:  # e.g. an output the command did not write: the run stays stale
                 outcome.failed[name] = f"`dvc commit` refused it: {error}"
                 progress.finished(name, None, f"FAILED   {name}: ran, but {outcome.failed[name]}", False)

@@ -40,6 +40,7 @@ def test_runner_runs_every_stage_once(pipeline):
         for seed in GRID["seeds"]:
             metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text())
             assert (metrics["model"], metrics["seed"], metrics["scale"]) == (model, seed, "smoke")
+            assert metrics["threads"] == 1  # cluster.threads_per_run reached torch through $UNET_REPRO_THREADS
             assert (copy / f"results/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
     for output in ("complexity.csv", "aggregate.ipynb", "stats.json", "tables/results.md", "figures/seed_dice.png"):
         assert (copy / "results" / output).is_file(), output

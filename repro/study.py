@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,8 +218,8 @@ class Runner:
         if self.stop is not None:
             raise Interrupted
 
-    def _dvc(self, args: list[str], log_name: str) -> None:
-        """A DVC command (quiet, output in a log); a failure shows the log's end and where it is."""
+    def _dvc(self, args: list[str], log_name: str) -> str:
+        """A DVC command, its output in a log (returned); a failure shows the log's end and where it is."""
         log = self.logs / log_name
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as output:
@@ -231,9 +232,11 @@ class Runner:
                     process.wait()
                     raise Interrupted
                 time.sleep(0.2)
+        text = log.read_text()
         if process.returncode != 0:
-            tail = "\n".join(log.read_text().strip().splitlines()[-15:])
+            tail = "\n".join(text.strip().splitlines()[-15:])
             raise StudyError(f"`dvc {' '.join(args)}` failed; the end of {_rel(log)}:\n{tail}")
+        return text
 
     def run(self, grid: Grid) -> Outcome:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -255,8 +258,10 @@ class Runner:
                 self._train(stages, outcome)
             if outcome.failed or not self.rest:
                 return outcome
-            print("the rest of the pipeline (dvc repro: complexity, aggregate) ...", flush=True)
-            self._dvc(["repro", "--quiet"], "repro.log")
+            print("the rest of the pipeline (dvc repro) ...", flush=True)
+            # Not quiet: its log names the stages it ran, which are all this screen shows of it.
+            ran = re.findall(r"^Running stage '([^']+)'", self._dvc(["repro"], "repro.log"), flags=re.MULTILINE)
+            print(f"  ran {', '.join(ran)}" if ran else "  up to date", flush=True)
         except Interrupted:
             outcome.interrupted = True
         finally:

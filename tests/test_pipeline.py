@@ -48,6 +48,8 @@ def test_runner_runs_every_stage_once(pipeline):
         assert lock_entries(copy, run) == 1, run
         assert sum(line.startswith(f"done     {run} ") for line in runner_output.splitlines()) == 1, runner_output
     assert "trained now 4, up to date (skipped) 0, failed 0" in runner_output
+    ran = next(line for line in runner_output.splitlines() if line.startswith("  ran "))
+    assert "complexity" in ran and "aggregate" in ran and "train@" not in ran
 
 
 def test_second_repro_is_up_to_date(pipeline):

@@ -1,0 +1,367 @@
+"""A training run's identity: everything that decides its result, recorded in its checkpoint and its metrics.
+
+A checkpoint may only be resumed by the run that wrote it. :class:`RunIdentity` names that run by content, not by
+folder: the dataset and its definition, the model variant with its architecture and options, the seed, the scale
+with its full preset, the md5 of every file of the prepared data, and the md5 of every file the ``train`` stage of
+``dvc.yaml`` lists as code. :func:`check_resumable` compares a checkpoint's identity with the run about to start
+and refuses another run's checkpoint before anything is trained, naming every field that differs.
+
+The identity also records where the run comes from: the data root and the git commit, with ``+dirty`` whenever a
+dependency of the run differs from that commit (a code or split file of the ``train`` and ``prepare`` stages,
+edited, staged or untracked, or one of the stages' keys of ``params.yaml``). Which files and keys those are is
+read from ``dvc.yaml``, so the identity follows the pipeline's own definition of the run's dependencies.
+
+Wiring (for the version that lands issue 12, item 7; this module changes no training dependency by itself):
+
+- ``repro/train.py``: ``Trainer.__init__`` takes ``identity: RunIdentity | None = None`` (a ``checkpoint_dir``
+  without an identity is a ``ValueError``: no checkpoint is resumed unchecked) and sets ``self.device =
+  normalise_device(device)``. ``_save`` stores ``"identity": self.identity.to_dict()`` in ``last.pt``.
+  ``_resume`` calls ``check_resumable(state.get("identity"), self.identity, self.checkpoint)`` right after
+  ``torch.load``, before any state is loaded, in place of today's seed/settings test (the identity holds the
+  seed and the full scale preset, a superset of ``TrainSettings`` but ``channels_last``, which is set in code and
+  so covered by ``code_files``).
+- ``repro/run.py``: ``RunConfig`` gains the prepared folder (``PROCESSED_DIR / scale / dataset``, which
+  ``load_data`` already computes); a function ``identity(config)`` returns ``identify(config, folder)`` and must
+  be called after ``load_data`` (which may prepare the folder first); ``make_trainer`` passes it to the
+  ``Trainer``; ``write_outputs`` takes it and writes ``**identity.to_dict()`` into ``metrics.json`` (its keys
+  ``dataset``, ``model``, ``arch``, ``options``, ``seed``, ``scale`` and ``scale_settings`` equal those of
+  ``config.describe()``; ``git_commit`` replaces today's ``run.git_commit()``, which is deleted: it misses an
+  edited ``params.yaml``); ``resolve`` normalises the device with :func:`normalise_device`.
+- ``notebooks/train.ipynb``: after ``data = run.load_data(config)``, ``identity = run.identity(config)`` and print
+  it; ``run.make_trainer(config, network, data, generator, identity)``; ``run.write_outputs(..., identity)``.
+- ``tests/test_train.py``: ``make_trainer`` gives trainers with a checkpoint folder an identity whose
+  ``data_files`` are md5s of the synthetic splits' tensors; ``test_checkpoint_of_other_data_is_refused`` loses
+  its xfail marker (its other data then has another identity; identities of real prepared folders are tested
+  in ``tests/test_run_identity.py``); the seed test matches ``belongs to another run`` as before. README's
+  "Checkpoints" paragraph loses its caveat: a checkpoint is matched on the whole run, and deleting it is the
+  one way to start a run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from repro.config import load_params
+from repro.data.registry import REPO_ROOT, get_dataset, resolve_data_root
+
+if TYPE_CHECKING:
+    from repro.run import RunConfig
+
+DVC_FILE = "dvc.yaml"
+PARAMS_FILE = "params.yaml"
+TRAIN_STAGE = "train"
+# Python writes its bytecode cache beside the code it imports: running the code must not change the code's hash.
+_NOT_CODE = "__pycache__"
+_INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything that decides a run's result, plus where it comes from (JSON round-trip: :meth:`to_dict`,
+    :meth:`from_dict`).
+
+    Args:
+        dataset: dataset name.
+        dataset_definition: the registry's :class:`~repro.data.registry.DatasetSpec` as plain data (its file
+            lister left out: ``layout`` describes what it reads, the prepared ids are in ``meta.json``), and for a
+            dataset of ``prepare.custom_datasets`` that entry of ``params.yaml`` as ``custom_entry``.
+        model: model variant name (``models.<name>`` in params.yaml).
+        arch: the variant's architecture.
+        options: the options the network is created with (the variant's, with the scale's width factor).
+        seed: the run's seed.
+        scale: scale preset name.
+        scale_settings: the full preset (every key of ``scales.<scale>``).
+        data_files: file name -> md5 for every file of the prepared folder (``meta.json`` and the arrays): a
+            threshold or split change keeps the arrays' sizes, so only their content tells runs apart.
+        code_files: path -> md5 for every file the ``train`` stage of ``dvc.yaml`` lists as code (folders
+            expanded, bytecode caches left out).
+        data_root: the resolved data root the run was configured with.
+        git_commit: HEAD, with ``+dirty`` when a dependency of the run differs from it; ``unknown`` outside git.
+    """
+
+    dataset: str
+    dataset_definition: dict[str, Any]
+    model: str
+    arch: str
+    options: dict[str, Any]
+    seed: int
+    scale: str
+    scale_settings: dict[str, Any]
+    data_files: dict[str, str]
+    code_files: dict[str, str]
+    data_root: str
+    git_commit: str
+
+    # Not compared on resume. The commit: committing other runs' results (or anything else) between an
+    # interruption and the resume moves HEAD without changing this run, and every input that decides the result
+    # is compared by content instead (code_files, data_files, settings), which also sees uncommitted edits. The
+    # data root: training reads only the prepared folder (compared through data_files); the raw files may be
+    # mounted elsewhere on the machine that resumes.
+    NOT_COMPARED = frozenset({"git_commit", "data_root"})
+
+    def __post_init__(self) -> None:
+        # Hold every nested value as JSON would give it back (tuples as lists, keys as strings), so that an
+        # identity read back from a checkpoint or metrics.json equals the one that was written.
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, field.name, json.loads(json.dumps(value)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunIdentity:
+        expected = {f.name for f in fields(cls)}
+        missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
+        if missing or unknown:
+            raise ValueError(f"not a run identity: missing {missing}, unknown {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunIdentity:
+        return cls.from_dict(json.loads(text))
+
+
+class RunMismatchError(ValueError):
+    """A checkpoint belongs to another run than the one about to resume it."""
+
+
+def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, checkpoint: Path | str) -> None:
+    """Refuse to resume ``checkpoint`` unless its identity ``saved`` is ``current``'s (all but
+    :attr:`RunIdentity.NOT_COMPARED`).
+
+    Raises:
+        RunMismatchError: naming the checkpoint, every differing field (down to the differing key of a nested
+            field, e.g. ``scale_settings.epochs`` or ``code_files.repro/train.py``) with both values, and how to
+            start the run afresh. A checkpoint without an identity (written before identities were recorded)
+            is refused as well: nothing says which run it belongs to.
+    """
+    restart = (
+        f"Nothing was resumed or trained. To train this run from the start, delete the checkpoint (rm {checkpoint}) "
+        "or give the run another checkpoint folder."
+    )
+    if saved is None:
+        raise RunMismatchError(f"{checkpoint} belongs to another run: it records no run identity. {restart}")
+    mine = current.to_dict()
+    differences = []
+    for name in sorted(set(mine) - RunIdentity.NOT_COMPARED):
+        differences += _differences(name, saved.get(name, _MISSING), mine[name])
+    if differences:
+        fields_named = sorted({d.split(":")[0].split(".")[0] for d in differences})
+        raise RunMismatchError(
+            f"{checkpoint} belongs to another run: it differs from this run in {', '.join(fields_named)}:\n  "
+            + "\n  ".join(differences)
+            + f"\n{restart}"
+        )
+
+
+def _differences(name: str, saved: Any, current: Any) -> list[str]:
+    """One line per differing leaf, named by its dotted path."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        return [
+            line
+            for key in sorted(set(saved) | set(current))
+            for line in _differences(f"{name}.{key}", saved.get(key, _MISSING), current.get(key, _MISSING))
+        ]
+    if saved == current:
+        return []
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is _MISSING else json.dumps(value)
+
+    return [f"{name}: checkpoint {shown(saved)}, this run {shown(current)}"]
+
+
+def normalise_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index: ``cuda`` becomes ``cuda:<current device>`` (``cuda:0`` without CUDA).
+
+    Tensors report an indexed device (``cuda:0``), which never equals a bare ``torch.device("cuda")``: a
+    comparison with it would copy data that is already there, and a checkpoint's CUDA RNG state and the recorded
+    device would not say which GPU they belong to.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return device
+
+
+def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str = REPO_ROOT) -> RunIdentity:
+    """The identity of the run ``config`` (see :func:`repro.run.resolve`) on the prepared folder ``data_folder``.
+
+    Args:
+        config: the resolved run.
+        data_folder: the prepared dataset the run trains on (prepare it first).
+        repo_root: the repository whose ``dvc.yaml``, ``params.yaml``, code and git state are read.
+    """
+    repo_root = Path(repo_root)
+    scale = config.scale
+    params = load_params(repo_root / PARAMS_FILE)
+    return RunIdentity(
+        dataset=config.dataset,
+        dataset_definition=dataset_definition(config.dataset, params),
+        model=config.variant.name,
+        arch=config.variant.arch,
+        options=config.model_options,
+        seed=config.seed,
+        scale=scale.name,
+        scale_settings={k: v for k, v in vars(scale).items() if k != "name"},
+        data_files=data_files(data_folder),
+        code_files=code_files(repo_root),
+        data_root=str(resolve_data_root(config.data_root)),
+        git_commit=git_commit(repo_root, config.dataset, config.variant.name, config.seed, scale.name),
+    )
+
+
+def dataset_definition(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The registered dataset ``name`` as plain data, with its ``prepare.custom_datasets`` entry if it has one."""
+    spec = get_dataset(name)
+    definition = {f.name: _plain(getattr(spec, f.name)) for f in fields(spec) if f.name != "list_samples"}
+    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
+    if name in custom:
+        definition["custom_entry"] = _plain(custom[name])
+    return definition
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data: dataclasses as their fields plus their type, mappings with string keys, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in fields(value)}}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"cannot record {value!r} ({type(value).__name__}) in a run identity")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_files(folder: Path | str) -> dict[str, str]:
+    """File name -> md5 for every file of a prepared dataset folder (``repro.data.prepare`` writes a flat one).
+
+    Hashing every array costs well under a second even for the paper-scale folders (a few hundred MB), against
+    minutes to days of training.
+    """
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"{folder}: no prepared dataset here (meta.json missing); prepare it first")
+    return {path.name: _md5(path) for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def _stage(repo_root: Path, name: str) -> dict[str, Any]:
+    dvc_file = repo_root / DVC_FILE
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages") or {}
+    if name not in stages:
+        raise ValueError(f"{dvc_file}: no stage '{name}' (stages: {', '.join(stages)})")
+    # A `foreach` stage keeps its definition under `do`; a `matrix` stage, like a plain one, at its top level.
+    return stages[name].get("do", stages[name])
+
+
+def _resolve(entry: str, values: Mapping[str, str]) -> str | None:
+    """``entry`` with its ``${...}`` filled from ``values``; None when one of them is not known here."""
+    names = _INTERPOLATION.findall(entry)
+    if any(n not in values for n in names):
+        return None
+    return _INTERPOLATION.sub(lambda m: values[m.group(1)], entry)
+
+
+def _expand(repo_root: Path, entries: list[str], source: str) -> list[Path]:
+    """The files of ``entries`` (files and folders relative to ``repo_root``), sorted, bytecode caches left out."""
+    files = []
+    for entry in entries:
+        path = repo_root / entry
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files += [p for p in path.rglob("*") if p.is_file() and _NOT_CODE not in p.relative_to(path).parts]
+        else:
+            raise FileNotFoundError(f"{path}: listed by {source} but missing")
+    return sorted(files)
+
+
+def code_files(repo_root: Path | str = REPO_ROOT) -> dict[str, str]:
+    """Path -> md5 for every file of the ``train`` stage's code deps in ``dvc.yaml``.
+
+    The code deps are the stage's literal deps; an interpolated one (``data/processed/${scale}/${item.dataset}``)
+    is the run's prepared data, which :func:`data_files` covers.
+    """
+    repo_root = Path(repo_root)
+    deps = [d for d in _stage(repo_root, TRAIN_STAGE).get("deps") or [] if not _INTERPOLATION.search(d)]
+    files = _expand(repo_root, deps, f"{repo_root / DVC_FILE} stages.{TRAIN_STAGE}.deps")
+    return {path.relative_to(repo_root).as_posix(): _md5(path) for path in files}
+
+
+def _lookup(params: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(params, Mapping) or key not in params:
+            return _MISSING
+        params = params[key]
+    return params
+
+
+def _git(repo_root: Path, *args: str) -> str:
+    # No optional locks: a status check must not take the index lock that a concurrent commit needs.
+    return subprocess.run(
+        ["git", "--no-optional-locks", *args], cwd=repo_root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def git_commit(repo_root: Path | str, dataset: str, model: str, seed: int, scale: str) -> str:
+    """HEAD of ``repo_root``, with ``+dirty`` when a dependency of the run differs from it; ``unknown`` outside git.
+
+    The run's dependencies are those ``dvc.yaml`` gives its ``train`` stage and its dataset's ``prepare`` (or
+    ``prepare_custom``) stage: their files (modified, staged or untracked below a listed folder) and their
+    ``params.yaml`` keys (compared with HEAD's ``params.yaml`` by value, so that editing another variant or the
+    cluster settings leaves this run clean). Deps outside the repository (the raw data below the data root) and
+    the prepared data (git-ignored, a DVC output) are not in git; the identity holds the prepared data's md5s.
+    """
+    repo_root = Path(repo_root)
+    try:
+        commit = _git(repo_root, "rev-parse", "HEAD").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    params = yaml.safe_load((repo_root / PARAMS_FILE).read_text()) or {}
+    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
+    train = _stage(repo_root, TRAIN_STAGE)
+    prepare = _stage(repo_root, "prepare_custom" if dataset in custom else "prepare")
+    train_values = {"item.dataset": dataset, "item.model": model, "item.seed": str(seed), "scale": scale}
+    prepare_values = {"item": dataset, "key": dataset, "scale": scale}
+    paths, keys = [], []
+    for stage, values in ((train, train_values), (prepare, prepare_values)):
+        paths += [p for p in (_resolve(d, values) for d in stage.get("deps") or []) if p is not None]
+        for entry in stage.get("params") or []:
+            if not isinstance(entry, str):
+                raise ValueError(f"{repo_root / DVC_FILE}: params entry {entry!r} is not a params.yaml key")
+            keys += [k for k in [_resolve(entry, values)] if k is not None]
+    changed_files = _git(repo_root, "status", "--porcelain", "--untracked-files=all", "--", *paths).strip()
+    try:
+        committed = yaml.safe_load(_git(repo_root, "show", f"HEAD:./{PARAMS_FILE}")) or {}
+    except subprocess.CalledProcessError:
+        committed = {}  # params.yaml is not committed: every key of the run differs from HEAD
+    changed_keys = [k for k in keys if _lookup(params, k) != _lookup(committed, k)]
+    return commit + ("+dirty" if changed_files or changed_keys else "")

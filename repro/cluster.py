@@ -216,9 +216,9 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     return _jobqueue_cluster(settings, log_directory, security)
 
 
-def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: dict):
+def _jobqueue_object(settings: ClusterSettings, log_directory: Path, security: dict):
+    """dask-jobqueue's cluster of ``settings.kind``, its scheduler started, no job submitted yet."""
     import dask_jobqueue
-    from distributed import Client
 
     cluster_class = {
         "slurm": dask_jobqueue.SLURMCluster,
@@ -230,24 +230,39 @@ def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: 
     extra_args = []
     if settings.gpus_per_job:
         extra_args = ["--resources", f"GPU={settings.gpus_per_job / settings.workers_per_job}"]
+    return cluster_class(
+        queue=settings.queue,
+        cores=settings.cores,
+        processes=settings.workers_per_job,
+        memory=settings.memory,
+        walltime=settings.walltime,
+        job_extra_directives=settings.job_directives,
+        job_script_prologue=settings.prologue,
+        worker_extra_args=extra_args,
+        python=sys.executable,
+        log_directory=str(log_directory),
+        # tls: the temporary certificates go with the job logs (git-ignored, on the shared filesystem).
+        shared_temp_directory=str(log_directory),
+        scheduler_options={"host": settings.scheduler_host, "dashboard_address": settings.dashboard_address},
+        **{k: v for k, v in account.items() if v},
+        **security,
+    )
+
+
+def job_script(settings: ClusterSettings, log_directory: Path) -> str:
+    """The batch script each of the cluster's jobs would run (nothing is submitted)."""
+    cluster = _jobqueue_object(settings, log_directory, _security(settings))
     try:
-        cluster = cluster_class(
-            queue=settings.queue,
-            cores=settings.cores,
-            processes=settings.workers_per_job,
-            memory=settings.memory,
-            walltime=settings.walltime,
-            job_extra_directives=settings.job_directives,
-            job_script_prologue=settings.prologue,
-            worker_extra_args=extra_args,
-            python=sys.executable,
-            log_directory=str(log_directory),
-            # tls: the temporary certificates go with the job logs (git-ignored, on the shared filesystem).
-            shared_temp_directory=str(log_directory),
-            scheduler_options={"host": settings.scheduler_host, "dashboard_address": settings.dashboard_address},
-            **{k: v for k, v in account.items() if v},
-            **security,
-        )
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: dict):
+    from distributed import Client
+
+    try:
+        cluster = _jobqueue_object(settings, log_directory, security)
         if settings.kind == "slurm":
             _slurm_test_only(cluster)
         cluster.scale(jobs=settings.jobs)

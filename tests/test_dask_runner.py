@@ -26,7 +26,7 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.cluster import ClusterError, cluster_settings
+from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script
 from repro.study import cell_error
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
@@ -213,6 +213,38 @@ def test_gpu_share_fits_exactly():
         while left >= share:
             left, fitted = left - share, fitted + 1
         assert fitted == runs
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("slurm", ["#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH -t 12:00:00", "#SBATCH --gres=gpu:1"]),
+        ("pbs", ["#PBS -q gpu", "#PBS -A lab", "walltime=12:00:00", "#PBS --gres=gpu:1"]),
+        ("sge", ["#$ -q gpu", "#$ -P lab", "h_rt=12:00:00", "#$ --gres=gpu:1"]),
+        ("lsf", ["#BSUB -q gpu", '#BSUB -P "lab"', "#BSUB -W 12:00", "#BSUB --gres=gpu:1"]),
+    ],
+)
+def test_batch_job_scripts_carry_every_setting(kind, expected, tmp_path):
+    """The job script of each batch kind (nothing submitted): queue, account, walltime, directives, the prologue,
+    two workers of seven threads, each advertising half of the job's GPU, TLS certificates."""
+    settings = ClusterSettings(
+        kind=kind,
+        queue="gpu",
+        account="lab",
+        cores=14,
+        memory="64GB",
+        walltime="12:00:00" if kind != "lsf" else "12:00",
+        job_directives=["--gres=gpu:1"],
+        prologue=["source .venv/bin/activate"],
+        workers_per_job=2,
+        gpus_per_job=1,
+        runs_per_gpu=7,
+        tls=True,
+    )
+    script = job_script(settings, tmp_path)
+    for line in [*expected, "source .venv/bin/activate", "--nthreads 7", "--resources GPU=0.5", "--tls-ca-file"]:
+        assert line in script, (line, script)
+    assert "tls://127.0.0.1:" in script
 
 
 def test_guard_ends_the_command_when_its_worker_goes(tmp_path):

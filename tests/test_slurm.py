@@ -64,6 +64,14 @@ def _config(folder: Path) -> Path:
     return conf
 
 
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _stop(pid_file: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
@@ -78,7 +86,7 @@ def slurm(tmp_path_factory):
     conf = _config(folder)
     env = {**os.environ, "SLURM_CONF": str(conf)}
     munge_pid = Path("/run/munge/munged.pid")
-    started_munge = not munge_pid.exists()
+    started_munge = not _alive(munge_pid)
     if started_munge:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")

@@ -78,7 +78,14 @@ def check_grid(params: dict[str, Any]) -> Grid:
     seeds = _names(study, "seeds", problems)
 
     registered = list_datasets()
-    prepared = (params.get("prepare") or {}).get("datasets") or []
+    prepare = params.get("prepare") or {}
+    listed = prepare.get("datasets") or []
+    custom = prepare.get("custom_datasets") or {}
+    problems += [
+        f"prepare.datasets: '{name}' is also in prepare.custom_datasets, whose own stage prepares it; list it once"
+        for name in listed
+        if name in custom
+    ]
     shapes = set()
     for name in datasets:
         if name not in registered:
@@ -87,8 +94,11 @@ def check_grid(params: dict[str, Any]) -> Grid:
                 f"registered: {', '.join(registered)} (add your own under prepare.custom_datasets)"
             )
             continue
-        if name not in prepared:
-            problems.append(f"study.datasets: '{name}' is not in prepare.datasets, so no stage prepares it")
+        if name not in listed and name not in custom:
+            problems.append(
+                f"study.datasets: '{name}' is neither in prepare.datasets nor in prepare.custom_datasets, so no "
+                "stage prepares it"
+            )
         spec = get_dataset(name)
         shapes.add((spec.in_channels, 1 if spec.num_classes == 2 else spec.num_classes))
 

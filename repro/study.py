@@ -249,7 +249,8 @@ class Runner:
             self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
         try:
             print("preparing the data (dvc repro prepare) ...", flush=True)
-            self._dvc(["repro", "--quiet", "prepare"], "prepare.log")
+            # prepare@<dataset> and prepare_custom@<name> (params.yaml's custom_datasets)
+            self._dvc(["repro", "--quiet", "--glob", "prepare*"], "prepare.log")
             self._check_stop()
             stages = stale_train_stages(self.root)
             outcome.up_to_date = grid.size - len(stages)

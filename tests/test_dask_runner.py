@@ -181,6 +181,37 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
     assert "kind pbs needs the queue (partition)" in debug.stderr
 
 
+def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
+    """A dataset of prepare.custom_datasets is prepared by its own stage; listing it in prepare.datasets too is a
+    problem found up front. (In a subprocess: loading the params registers the dataset for good.)"""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["custom_datasets"] = {
+        "my-polyps": {
+            "images": "images",
+            "masks": "masks",
+            "image_suffix": ".jpg",
+            "mask_suffix": ".jpg",
+            "in_channels": 3,
+            "class_names": ["background", "polyp"],
+            "threshold": 127,
+        }
+    }
+    params["study"]["datasets"] = ["kvasir-seg", "my-polyps"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    code = (
+        "import sys; from repro.config import load_params; from repro.grid import check_grid, GridError\n"
+        f"params = load_params({str(path)!r}); print(check_grid(params).describe())\n"
+        "params['prepare']['datasets'].append('my-polyps')\n"
+        "try: check_grid(params)\nexcept GridError as error: print(error)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    models, seeds = len(params["study"]["models"]), len(params["study"]["seeds"])
+    assert f"2 dataset(s) x {models} variant(s) x {seeds} seed(s) = {2 * models * seeds} runs" in result.stdout
+    assert "prepare.datasets: 'my-polyps' is also in prepare.custom_datasets" in result.stdout
+
+
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):
     result = run_python(bare_copy, "-m", "repro.study", "--scheduler-address", "tcp://127.0.0.1:9")
     assert result.returncode == 2

@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             problems += error.problems
         if problems:
             raise StudyError(
-                f"params.yaml: {len(problems)} problem(s), nothing was run:\n"
+                f"params.yaml and the command line: {len(problems)} problem(s), nothing was run:\n"
                 + "\n".join(f"  - {problem}" for problem in problems)
             )
         print(f"study: {grid.describe()}, on {settings.describe()}", flush=True)

@@ -173,7 +173,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
     ):
         assert expected in message, (expected, message)
-    assert "params.yaml: 8 problem(s), nothing was run" in message
+    assert "params.yaml and the command line: 8 problem(s), nothing was run" in message
     assert not (bare_copy / "data/processed").exists() and not (bare_copy / "dvc.lock").exists()
 
     debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")

@@ -19,6 +19,7 @@ Two formulations of the same maths, chosen by memory format because each is the 
 The 8 taps are multiples of 1/256, exact in every floating dtype, so only summation order differs from PyTorch.
 The edge replication is ``F.pad(mode="replicate")``, the fastest on CPU of the forms tried (concatenating edge
 slices took twice as long); on CUDA its backward is, like PyTorch's bicubic backward, not deterministic.
+Unlike ``F.interpolate``, its convolution and matrix products are counted by ``FlopCounterMode``.
 """
 
 from __future__ import annotations

@@ -121,12 +121,41 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def read_volume(path: Path) -> np.ndarray:
-    """Read a 3D NIfTI volume (for the 3D datasets) as a numpy array in its stored dtype."""
+    """Read a 3D NIfTI volume (``.nii`` or ``.nii.gz``) as a numpy array, axes as stored (i, j, k).
+
+    The header's scaling (``scl_slope``, ``scl_inter``) is applied, so the dtype is the stored one or, for a
+    scaled file, float. A file that does not load, or holds anything but a 3D array, is an error naming it.
+    """
     import nibabel
 
+    path = Path(path)
     try:
-        return np.asarray(nibabel.load(str(path)).dataobj)
+        volume = np.asarray(nibabel.load(str(path)).dataobj)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except Exception as err:
-        raise DatasetError(f"{path}: unreadable NIfTI volume ({err})") from None
+    except Exception as err:  # nibabel and gzip raise many types for truncated or foreign files
+        raise DatasetError(f"{path}: unreadable NIfTI volume ({type(err).__name__}: {err})") from None
+    if volume.ndim != 3:
+        raise DatasetError(f"{path}: expected a 3D volume, found shape {volume.shape}")
+    return volume
+
+
+def read_volume_mask(path: Path) -> np.ndarray:
+    """Read a 3D NIfTI label volume as its raw values, int64 (D, H, W).
+
+    Some label files are stored as floats (two of MSD Hippocampus's 260); their values must still be whole,
+    non-negative numbers, which are labels and never rounded.
+    """
+    path = Path(path)
+    raw = read_volume(path)
+    if raw.dtype.kind == "f":
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        if not whole.all():
+            bad = np.unique(raw[~whole])[:10].tolist()
+            raise DatasetError(f"{path}: label volume holds values that are not whole numbers, e.g. {bad}")
+    elif raw.dtype.kind not in "iub":
+        raise DatasetError(f"{path}: label volume of type {raw.dtype}; save labels as integers")
+    labels = raw.astype(np.int64)
+    if labels.min() < 0:
+        raise DatasetError(f"{path}: label volume holds negative values {np.unique(labels[labels < 0])[:10].tolist()}")
+    return labels

@@ -169,8 +169,11 @@ class DatasetSpec:
         mask: turns raw mask values into class indices.
         split: how the committed split was drawn.
         large_images: train on random patches and infer by sliding window instead of resizing to a square.
-        ndim: 2 for images, 3 for volumes.
-        intensity: how image values become 0..255 (see :data:`repro.data.readers.INTENSITY_RULES`).
+        ndim: 2 for images, 3 for volumes (NIfTI files, read by :func:`repro.data.readers.read_volume`).
+        intensity: how image values become 0..255 (see :data:`repro.data.readers.INTENSITY_RULES`); 2D only,
+            since volumes are z-scored per case instead (see :mod:`repro.data.prepare`).
+        volume_shape: for volumes only, the (D, H, W) every volume is centred in, padded or cropped, at every
+            scale: volumes keep their native voxel size, so a scale's ``image_size`` does not apply to them.
     """
 
     name: str
@@ -185,6 +188,17 @@ class DatasetSpec:
     large_images: bool = False
     ndim: int = 2
     intensity: Intensity = "bit_depth"
+    volume_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ndim not in (2, 3):
+            raise ValueError(f"dataset '{self.name}': ndim must be 2 or 3, got {self.ndim}")
+        if (self.ndim == 3) != (self.volume_shape is not None):
+            raise ValueError(f"dataset '{self.name}': a volume_shape is given exactly for 3D datasets (ndim=3)")
+        if self.volume_shape is not None and not (
+            len(self.volume_shape) == 3 and all(isinstance(n, int) and n > 0 for n in self.volume_shape)
+        ):
+            raise ValueError(f"dataset '{self.name}': volume_shape must be 3 positive integers: {self.volume_shape}")
 
     @property
     def num_classes(self) -> int:
@@ -288,8 +302,15 @@ def paired_folders(
 
 
 def _files_with_suffix(folder: Path, suffix: str, key: str) -> dict[str, Path]:
-    """stem -> file for the files of ``folder`` with ``suffix``; none at all is one error saying what is there."""
-    found = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == suffix}
+    """stem -> file for the files of ``folder`` with ``suffix``; none at all is one error saying what is there.
+
+    The suffix may have two parts (``.nii.gz``); the stem is the name without it.
+    """
+    found = {
+        p.name[: -len(suffix)]: p
+        for p in folder.iterdir()
+        if p.name.lower().endswith(suffix) and len(p.name) > len(suffix)
+    }
     if not found:
         others = Counter(p.suffix.lower() or "(no suffix)" for p in folder.iterdir() if p.is_file())
         held = ", ".join(f"{n} x {s}" for s, n in sorted(others.items()))
@@ -610,6 +631,30 @@ register(
         mask=ValueMask({0: 0, 255: 1}),
         split=SplitPolicy(val_fraction=0.2),
         large_images=True,
+    )
+)
+
+register(
+    DatasetSpec(
+        name="msd-task04-hippocampus",
+        title="MSD Task04 Hippocampus (3D MRI)",
+        source="Medical Segmentation Decathlon Task04_Hippocampus training set (Simpson et al. 2019; Antonelli "
+        "et al., Nat. Commun. 2022), as copied in the Udacity nd320 course repository (260 labelled pairs)",
+        layout="Task04_Hippocampus/imagesTr/hippocampus_NNN.nii.gz, "
+        "Task04_Hippocampus/labelsTr/hippocampus_NNN.nii.gz (same name, same shape)",
+        class_names=("background", "anterior", "posterior"),
+        in_channels=1,
+        list_samples=paired_folders(
+            "Task04_Hippocampus/imagesTr",
+            "Task04_Hippocampus/labelsTr",
+            image_suffix=".nii.gz",
+            mask_suffix=".nii.gz",
+        ),
+        mask=ValueMask({0: 0, 1: 1, 2: 2}),
+        ndim=3,
+        # The 260 volumes span 31..43 x 40..59 x 24..47 voxels (median 35 x 50 x 36): 48 x 64 x 48 holds every
+        # one without cropping and is divisible by 16, as V-Net's four halvings need.
+        volume_shape=(48, 64, 48),
     )
 )
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,24 @@ def stale_train_stages(root: Path) -> list:
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]
     order = {stage.addressing: i for i, stage in enumerate(stages)}
     return sorted(stages, key=lambda stage: (int(stage.addressing.rsplit("-", 1)[1]), order[stage.addressing]))
+
+
+def replaced_scales(root: Path, stages: list, scale: str) -> Counter:
+    """How many of ``stages`` would overwrite a recorded run of another scale, per that scale.
+
+    Results are kept per (dataset, model, seed), not per scale, so a study switched to another scale (`dvc exp run
+    -S scale=smoke` leaves params.yaml so) retrains over the committed runs; the runner says so before it starts.
+    """
+    found: Counter = Counter()
+    for stage in stages:
+        for path in _files(root, stage, "metrics.json"):
+            try:
+                recorded = json.loads(path.read_text()).get("scale")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if recorded and recorded != scale:
+                found[recorded] += 1
+    return found
 
 
 def _files(root: Path, stage, pattern: str) -> list[Path]:
@@ -255,6 +274,14 @@ class Runner:
             stages = stale_train_stages(self.root)
             outcome.up_to_date = grid.size - len(stages)
             print(f"{len(stages)} of {grid.size} training runs to run ({outcome.up_to_date} up to date)", flush=True)
+            replaced = replaced_scales(self.root, stages, grid.scale)
+            if replaced:
+                counts = ", ".join(f"{n} at scale {other}" for other, n in sorted(replaced.items()))
+                print(
+                    f"  note: these runs overwrite recorded runs of another scale ({counts}) under results/runs and "
+                    f"results/notebooks; git keeps the committed ones (`git checkout -- results dvc.lock`)",
+                    flush=True,
+                )
             if stages:
                 self._train(stages, outcome)
             if outcome.failed or not self.rest:

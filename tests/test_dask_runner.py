@@ -27,7 +27,7 @@ import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script
-from repro.study import cell_error
+from repro.study import cell_error, replaced_scales, stale_train_stages
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -210,6 +210,22 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     models, seeds = len(params["study"]["models"]), len(params["study"]["seeds"])
     assert f"2 dataset(s) x {models} variant(s) x {seeds} seed(s) = {2 * models * seeds} runs" in result.stdout
     assert "prepare.datasets: 'my-polyps' is also in prepare.custom_datasets" in result.stdout
+
+
+def test_runs_of_another_scale_that_would_be_overwritten_are_counted(tmp_path, monkeypatch):
+    """Results are kept per (dataset, model, seed): a study switched to smoke retrains over recorded cpu runs, and
+    the runner must say so before it starts."""
+    grid = {"datasets": ["ph2-dermoscopy"], "models": ["unet", "tinyunet"], "seeds": [0]}
+    copy = copy_repository(tmp_path / "copy", grid)
+    for model, scale in (("unet", "cpu"), ("tinyunet", "smoke")):
+        run = copy / "results" / "runs" / "ph2-dermoscopy" / model / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"scale": scale}))
+    monkeypatch.chdir(copy)  # as `python -m repro.study` does: DVC resolves stage names from the working directory
+    stages = stale_train_stages(copy)
+    assert [stage.addressing for stage in stages] == ["train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-tinyunet-0"]
+    assert replaced_scales(copy, stages, "smoke") == {"cpu": 1}
+    assert replaced_scales(copy, stages, "cpu") == {"smoke": 1}
 
 
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):

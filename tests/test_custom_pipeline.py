@@ -5,19 +5,14 @@ parameter, and a `large_images` entry with a field-of-view folder trains on patc
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from study_copy import copy_repository, run_python, stale
 
-ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".git", ".venv", "results", "checkpoints", "data/processed", ".dvc/cache", ".dvc/tmp", "dvc.lock"}
 CUSTOM = {
     "polyps": {
         "images": "images",
@@ -42,33 +37,15 @@ CUSTOM = {
 }
 
 
-def _copy_tree(destination: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
-        if any(name == skip or name.startswith(skip + "/") for skip in SKIP) or not (ROOT / name).is_file():
-            continue
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-
-
 def _run(copy: Path, *args: str) -> str:
-    """This interpreter on ``args`` in the copy, with its environment's `dvc` and `papermill` first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    result = run_python(copy, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 def _stale(copy: Path) -> set[str]:
     """Stale prepare and train stages (complexity and aggregate are not run here)."""
-    return {n for n in json.loads(_run(copy, "-m", "dvc", "status", "--json")) if n.startswith(("prepare", "train"))}
+    return {name for name in stale(copy) if name.startswith(("prepare", "train"))}
 
 
 def _write_datasets(root: Path) -> None:
@@ -95,18 +72,15 @@ def _write_datasets(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("custom-pipeline")
     data_root = tmp_path_factory.mktemp("custom-data")
     _write_datasets(data_root)
-    _copy_tree(copy)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["data_root"] = str(data_root)
-    params["scale"] = "smoke"
     # No built-in dataset here: the custom ones are prepared from their entries alone.
-    params["prepare"] = {"datasets": [], "custom_datasets": CUSTOM}
-    params["study"] = {"datasets": ["polyps", "fundus"], "models": ["tinyunet"], "seeds": [0]}
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    copy = copy_repository(
+        tmp_path_factory.mktemp("custom-pipeline"),
+        {"datasets": ["polyps", "fundus"], "models": ["tinyunet"], "seeds": [0]},
+        data_root=str(data_root),
+        prepare={"datasets": [], "custom_datasets": CUSTOM},
+    )
     for name in CUSTOM:
         assert f"splits/{name}.json" in _run(copy, "-m", "repro.data.prepare", "--draw-split", name)
     _run(copy, "-m", "dvc", "repro", "train@polyps-tinyunet-0", "train@fundus-tinyunet-0")

@@ -6,6 +6,12 @@ Claimed differences are fractions in the claim's metric (``0.0186`` is 1.86 IoU 
 
 Metrics: ``"dice"`` and ``"iou"`` are per-image foreground Dice / IoU averaged over test images;
 ``"miou_bg"`` is the mean IoU over all classes including background (what TinyU-Net reports as mIoU).
+
+A comparison may score a variant at a pruned depth (``better_level`` / ``baseline_level``: ``"L1"``..``"L4"``,
+read from the runs' ``test_pruned`` scores) instead of its own test score, and may carry a ``design`` note where
+the study's construction of the comparison is its own rather than the paper's. A claim may be restricted to some
+datasets (``datasets``), and a sensitivity analysis of another claim names it (``sensitivity_of``): it is a claim
+of its own, with its own family, so it leaves the primary claim's error control as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ClaimKind = Literal["superiority", "equivalence"]
+ClaimKind = Literal["superiority", "equivalence", "non-inferiority"]
 Metric = Literal["dice", "iou", "miou_bg"]
 
 
@@ -30,6 +36,11 @@ class Comparison:
         source: where the number comes from (or why there is none).
         claimed_on: the dataset the paper measured ``claimed_difference`` on (None without a number): the
             study tests the same difference on other data, so a reader should know where it came from.
+        design: where the comparison as built here is the study's own and not the paper's, what differs (None:
+            the paper's own comparison); shown beside the verdict so that it is read as a verdict on this design.
+        better_level: the pruned depth (``"L1"``..``"L4"``) at which ``better`` is scored, from its runs'
+            ``test_pruned`` scores; None: the run's own test score.
+        baseline_level: the same for ``baseline``.
     """
 
     better: str
@@ -37,10 +48,15 @@ class Comparison:
     claimed_difference: float | None
     source: str
     claimed_on: str | None = None
+    design: str | None = None
+    better_level: str | None = None
+    baseline_level: str | None = None
 
     def __post_init__(self) -> None:
         if (self.claimed_difference is None) != (self.claimed_on is None):
             raise ValueError(f"{self.better} - {self.baseline}: a claimed difference needs its dataset, and only it")
+        if (self.better, self.better_level) == (self.baseline, self.baseline_level):
+            raise ValueError(f"{self.better} - {self.baseline}: a comparison needs two different scores")
 
 
 @dataclass(frozen=True)
@@ -50,9 +66,13 @@ class Claim:
     Attributes:
         id: short identifier, e.g. "C1".
         title: the claim in words.
-        kind: "superiority" (better > baseline) or "equivalence" (better ≈ baseline within a margin).
+        kind: "superiority" (better > baseline), "equivalence" (better ≈ baseline within a margin) or
+            "non-inferiority" (better is at most a margin below baseline); the margin is the study's
+            (``aggregate.tost_margin`` in params.yaml), so a non-inferiority comparison claims no number.
         metric: the test metric, "dice", "iou" or "miou_bg".
         comparisons: the variant pairs; the claim holds only if every comparison does.
+        datasets: the only datasets the claim is tested on (None: every dataset of the study).
+        sensitivity_of: the id of the claim this one re-tests in another setting (None for a primary claim).
     """
 
     id: str
@@ -60,12 +80,33 @@ class Claim:
     kind: ClaimKind
     metric: Metric
     comparisons: tuple[Comparison, ...]
+    datasets: tuple[str, ...] | None = None
+    sensitivity_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "non-inferiority" and any(c.claimed_difference is not None for c in self.comparisons):
+            raise ValueError(f"{self.id}: a non-inferiority claim is tested at the study's margin, not a number")
+        if self.datasets is not None and not self.datasets:
+            raise ValueError(f"{self.id}: an empty dataset restriction would test the claim nowhere")
 
 
 _UNETPP = "Zhou et al., UNet++ (DLMIA 2018)"
+_UNETPP_TMI = "Zhou et al., UNet++ (IEEE TMI 2019)"
 _TINYUNET = "TinyU-Net (CMRF)"
 _LIGHT_UNET = "Light U-Net paper"
 _NUCLEI = "cell nuclei (Data Science Bowl 2018)"
+_DSB2018 = "dsb2018-nuclei-96"
+# The sensitivity study's variants: the UNet++ paper's own Keras configuration at width 1.0 (params.yaml).
+_PAPER_SETTING = "the UNet++ paper's own Keras configuration at width 1.0"
+_C1_SOURCE = (
+    f"{_UNETPP}: nuclei IoU 92.63 vs 90.77 (+1.86; the smallest per-dataset headline gain). "
+    "Average over datasets +3.9 IoU; TMI 2019 version: +1.87 nuclei, +0.62 EM."
+)
+_UNETV2_DESIGN = (
+    "the study's U-Net v2 has a CNN encoder trained from scratch (encoder cnn, with PVTv2-b2's strides and "
+    "channels); the paper used a PVTv2-b2 encoder"
+)
+_C2_SOURCE = f"{_UNETPP}: nuclei IoU 92.63 vs 90.92 for wide U-Net (+1.71); average over datasets +3.4 IoU."
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
@@ -73,31 +114,14 @@ CLAIMS: tuple[Claim, ...] = (
         title="UNet++ outperforms U-Net",
         kind="superiority",
         metric="iou",
-        comparisons=(
-            Comparison(
-                "unetpp",
-                "unet",
-                0.0186,
-                f"{_UNETPP}: nuclei IoU 92.63 vs 90.77 (+1.86; the smallest per-dataset headline gain). "
-                "Average over datasets +3.9 IoU; TMI 2019 version: +1.87 nuclei, +0.62 EM.",
-                claimed_on=_NUCLEI,
-            ),
-        ),
+        comparisons=(Comparison("unetpp", "unet", 0.0186, _C1_SOURCE, claimed_on=_NUCLEI),),
     ),
     Claim(
         id="C2",
         title="UNet++ outperforms a wide U-Net of similar size: the gain is not parameter count",
         kind="superiority",
         metric="iou",
-        comparisons=(
-            Comparison(
-                "unetpp",
-                "wide_unet",
-                0.0171,
-                f"{_UNETPP}: nuclei IoU 92.63 vs 90.92 for wide U-Net (+1.71); average over datasets +3.4 IoU.",
-                claimed_on=_NUCLEI,
-            ),
-        ),
+        comparisons=(Comparison("unetpp", "wide_unet", 0.0171, _C2_SOURCE, claimed_on=_NUCLEI),),
     ),
     Claim(
         id="C3",
@@ -111,6 +135,8 @@ CLAIMS: tuple[Claim, ...] = (
                 0.0280,
                 f"{_TINYUNET}: ISIC2018 mIoU 85.49 vs 82.69 (+2.80); lesion IoU 80.04 vs 76.14 (+3.90).",
                 claimed_on="ISIC2018",
+                design="U-Net here is the UNet++ paper's 7.76M-parameter network (at the study's width), not the "
+                "24.89M-parameter U-Net TinyU-Net was compared with",
             ),
         ),
     ),
@@ -119,7 +145,16 @@ CLAIMS: tuple[Claim, ...] = (
         title="CMRF blocks improve TinyU-Net over plain convolution blocks",
         kind="superiority",
         metric="miou_bg",
-        comparisons=(Comparison("tinyunet", "tinyunet_plain", None, f"{_TINYUNET}: ablation; no number used here."),),
+        comparisons=(
+            Comparison(
+                "tinyunet",
+                "tinyunet_plain",
+                None,
+                f"{_TINYUNET}: ablation; no number used here.",
+                design="the plain-block TinyU-Net is the study's own: TinyU-Net with every CMRF block replaced by "
+                "two 3x3 convolutions (block double_conv)",
+            ),
+        ),
     ),
     Claim(
         id="C4b",
@@ -133,6 +168,7 @@ CLAIMS: tuple[Claim, ...] = (
                 0.0034,
                 f"{_TINYUNET}: lesion IoU +0.89 and +0.34 in the paper's two block swaps (the smaller used).",
                 claimed_on="ISIC2018",
+                design="the study swaps CMRF blocks into U-Net; the paper swapped them into SegNet and CMUNeXt",
             ),
         ),
     ),
@@ -165,6 +201,7 @@ CLAIMS: tuple[Claim, ...] = (
                 "U-Net v2: its ISIC2018 +2.48 DSC (+3.90 IoU) is the gain over the previous best method with a "
                 "PVT encoder, not an SDI ablation, so it is no size of the SDI effect to test against: the "
                 "direction only is tested.",
+                design=_UNETV2_DESIGN,
             ),
         ),
     ),
@@ -173,7 +210,11 @@ CLAIMS: tuple[Claim, ...] = (
         title="Attention inside SDI improves U-Net v2",
         kind="superiority",
         metric="dice",
-        comparisons=(Comparison("unetv2", "unetv2_noattn", None, "U-Net v2: design claim; no number given."),),
+        comparisons=(
+            Comparison(
+                "unetv2", "unetv2_noattn", None, "U-Net v2: design claim; no number given.", design=_UNETV2_DESIGN
+            ),
+        ),
     ),
     Claim(
         id="C6",
@@ -190,5 +231,81 @@ CLAIMS: tuple[Claim, ...] = (
             )
             for variant, dice in (("light_unet", 0.927), ("lighter_unet_128", 0.928), ("lighter_unet_1", 0.918))
         ),
+    ),
+    Claim(
+        id="C7",
+        title="U-Net < UNet+ < UNet++: each step of nested, then dense, skip connections helps",
+        kind="superiority",
+        metric="iou",
+        comparisons=(
+            Comparison(
+                "unet_plus",
+                "unet",
+                None,
+                f"{_UNETPP_TMI}: UNet+ (nested skips without the dense connections) ranks between U-Net and UNet++ "
+                "in the paper's comparison; it gives the ordering, no single number to test against.",
+            ),
+            Comparison(
+                "unetpp",
+                "unet_plus",
+                None,
+                f"{_UNETPP_TMI}: the dense skip connections of UNet++ improve on UNet+'s plain nested ones; the "
+                "ordering only, no single number.",
+            ),
+        ),
+    ),
+    Claim(
+        id="C8",
+        title="Deep supervision improves UNet++",
+        kind="superiority",
+        metric="iou",
+        comparisons=(
+            Comparison(
+                "unetpp_ds",
+                "unetpp",
+                None,
+                f"{_UNETPP} and {_UNETPP_TMI}: UNet++ with deep supervision against UNet++ without it. The "
+                "direction only is tested: the papers' per-dataset gains with and without deep supervision "
+                "differ by a few tenths of an IoU point, in both directions, so no one number stands for the "
+                "effect.",
+            ),
+        ),
+    ),
+    Claim(
+        id="C9",
+        title="UNet++ pruned to depth L3 keeps its accuracy",
+        kind="non-inferiority",
+        metric="iou",
+        comparisons=(
+            Comparison(
+                "unetpp_ds",
+                "unetpp_ds",
+                None,
+                f"{_UNETPP} and {_UNETPP_TMI}: a deeply supervised UNet++ pruned at inference to L3 loses a modest "
+                "amount of IoU against the full L4 network for a large speed-up. The papers give no margin, so "
+                "the study's equivalence margin is used: non-inferiority of L3 against L4 within it, in IoU (the "
+                "papers' metric; the same margin is a stricter bound in IoU than in Dice).",
+                better_level="L3",
+                baseline_level="L4",
+            ),
+        ),
+    ),
+    Claim(
+        id="C1s",
+        title=f"UNet++ outperforms U-Net, in {_PAPER_SETTING} (sensitivity analysis of C1)",
+        kind="superiority",
+        metric="iou",
+        comparisons=(Comparison("unetpp_2018", "unet_2018", 0.0186, _C1_SOURCE, claimed_on=_NUCLEI),),
+        datasets=(_DSB2018,),
+        sensitivity_of="C1",
+    ),
+    Claim(
+        id="C2s",
+        title=f"UNet++ outperforms a wide U-Net of similar size, in {_PAPER_SETTING} (sensitivity analysis of C2)",
+        kind="superiority",
+        metric="iou",
+        comparisons=(Comparison("unetpp_2018", "wide_unet_2018", 0.0171, _C2_SOURCE, claimed_on=_NUCLEI),),
+        datasets=(_DSB2018,),
+        sensitivity_of="C2",
     ),
 )

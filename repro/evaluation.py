@@ -1,7 +1,7 @@
 """Test every published claim on every dataset: the statistics of each row, its family, and its label.
 
-One row per claim × comparison × dataset. The statistics come from ``repro.stats``; the label from
-``repro.verdicts`` (the rule, in one short module).
+One row per claim × comparison × dataset (a claim restricted to some datasets has rows on those only). The
+statistics come from ``repro.stats``; the label from ``repro.verdicts`` (the rule, in one short module).
 """
 
 from __future__ import annotations
@@ -69,28 +69,47 @@ CLAIM_COLUMNS = [
     "n_failed",
     "verdict",
     "verdict_without_failed",
+    # Added with the UNet++ claims; last, so that the rows of the earlier claims keep their columns in place.
+    "sensitivity_of",
+    "better_level",
+    "baseline_level",
+    "design",
 ]
 BOOTSTRAP_RESAMPLES = 10_000
 
 
-def _seed_pairs(runs_df: pd.DataFrame, dataset: str, better: str, baseline: str, metric: str) -> pd.DataFrame:
-    """Seed-matched scores of two variants on one dataset.
+def score_column(metric: str, level: str | None) -> str:
+    """The ``RunResults.per_seed`` column of a metric, at a pruned depth or (level None) the run's own score."""
+    return metric if level is None else f"pruned_{level}_{metric}"
+
+
+def _seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
+    """Seed-matched scores of a row's two sides on its dataset.
 
     Args:
         runs_df: ``RunResults.per_seed``.
-        dataset: the dataset.
-        better: first variant.
-        baseline: second variant.
-        metric: the score column.
+        row: a claims-table row: ``dataset``, ``better``, ``baseline``, ``metric``, ``better_level`` and
+            ``baseline_level`` (None or NaN: the run's own score).
 
     Returns:
         Columns ``better`` and ``baseline`` indexed by the seeds both variants have (possibly empty).
+
+    Raises:
+        ValueError: a side is scored at a pruned depth that some of its runs were not evaluated at.
     """
-    on_dataset = runs_df[runs_df["dataset"] == dataset].set_index("seed")
-    by_variant = {
-        role: on_dataset.loc[on_dataset["model"] == model, metric]
-        for role, model in (("better", better), ("baseline", baseline))
-    }
+    on_dataset = runs_df[runs_df["dataset"] == row["dataset"]].set_index("seed")
+    by_variant = {}
+    for role in ("better", "baseline"):
+        model, level = row[role], row[f"{role}_level"]
+        column = score_column(row["metric"], None if pd.isna(level) else level)
+        runs = on_dataset[on_dataset["model"] == model]
+        missing = runs.index if column not in runs else runs.index[runs[column].isna()]
+        if len(missing):
+            raise ValueError(
+                f"results/runs/{row['dataset']}/{model}: seeds {sorted(missing)} have no test_pruned[{level}] "
+                f"{row['metric']} in metrics.json, which the {row['claim_id']} comparison scores them by"
+            )
+        by_variant[role] = runs[column]
     return pd.concat(by_variant, axis=1, join="inner").sort_index()
 
 
@@ -195,11 +214,15 @@ def _compare(
         "metric": claim.metric,
         "claimed_difference": claimed,
         "claimed_on": comparison.claimed_on,
+        "sensitivity_of": claim.sensitivity_of,
+        "better_level": comparison.better_level,
+        "baseline_level": comparison.baseline_level,
+        "design": comparison.design,
     }
     models = set(runs.per_seed.loc[runs.per_seed["dataset"] == dataset, "model"])
     if not {better, baseline} <= models:
         return row | {"verdict": verdicts.NOT_RUN}
-    pairs = _seed_pairs(runs.per_seed, dataset, better, baseline, claim.metric)
+    pairs = _seed_pairs(runs.per_seed, row)
     row |= {
         "n_seeds": len(pairs),
         "better_mean": pairs["better"].mean(),
@@ -223,12 +246,22 @@ def _compare(
     if claim.kind == "equivalence":
         tost = tost_paired(pairs["better"], pairs["baseline"], tost_margin, alpha)
         row |= {"tost_p": tost.p, "tost_ci_low": tost.ci_low, "tost_ci_high": tost.ci_high, "p_direction": tost.p}
+    elif claim.kind == "non-inferiority":
+        # H0: mean d <= -margin against H1: mean d > -margin.
+        non_inferiority = paired_ttest(
+            pairs["better"], pairs["baseline"], alternative="greater", null_difference=-tost_margin
+        )
+        row["p_direction"] = non_inferiority.p
     else:
         row["p_direction"] = ttest.p
         if claimed is not None:
             row["seeds_needed"] = str(seeds_needed(ttest.sd_diff, claimed, alpha, power, seeds_cap))
             magnitude = paired_ttest(pairs["better"], pairs["baseline"], alternative="less", null_difference=claimed)
             row["p_magnitude"] = magnitude.p
+    if comparison.better_level is not None or comparison.baseline_level is not None:
+        # The training stage writes per-image scores of the run's own output only (per_image.csv), none per
+        # pruned depth: such a row has neither the per-image test nor the bootstrap.
+        return row
     images = _image_pairs(runs.per_image, dataset, better, baseline, claim.metric, pairs.index)
     if len(images) >= 2:
         image_ttest = paired_ttest(images["better"], images["baseline"])
@@ -270,9 +303,10 @@ def _family(
         row[f"{key}_holm"] = float(p_adjusted)
     m = len(tests)
     for row in family:
-        pairs = _seed_pairs(runs.per_seed, row["dataset"], row["better"], row["baseline"], row["metric"])
+        pairs = _seed_pairs(runs.per_seed, row)
         # The interval that matches the family test: Bonferroni at alpha/m, two-sided for superiority; for
-        # equivalence the TOST at alpha/m, whose interval is (1 - 2 alpha/m).
+        # equivalence the TOST at alpha/m, whose interval is (1 - 2 alpha/m); for non-inferiority the same
+        # interval, whose ends are the one-sided (1 - alpha/m) bounds.
         level = 1 - alpha / m if kind == "superiority" else 1 - 2 * alpha / m
         adjusted_ttest = paired_ttest(pairs["better"], pairs["baseline"], confidence_level=level)
         row |= {
@@ -284,6 +318,12 @@ def _family(
         if kind == "equivalence":
             row["verdict"] = verdicts.equivalence_label(
                 row["p_direction_holm"], row["tost_ci_low"], row["tost_ci_high"], tost_margin, alpha
+            )
+            continue
+        if kind == "non-inferiority":
+            row["seeds_needed_adj"] = str(seeds_needed(row["sd_diff"], tost_margin, alpha / m, power, seeds_cap))
+            row["verdict"] = verdicts.non_inferiority_label(
+                row["p_direction_holm"], row["ci_adj_high"], row["mdd_adj"], tost_margin, alpha
             )
             continue
         row["p_holm"] = row["p_direction_holm"]
@@ -307,9 +347,10 @@ def _evaluate(
     bootstrap_seed: int,
 ) -> pd.DataFrame:
     """Every row of every claim, with its family statistics and label (no failed-run columns)."""
-    datasets = sorted(runs.per_seed["dataset"].unique())
+    study_datasets = sorted(runs.per_seed["dataset"].unique())
     table = []
     for claim in claims:
+        datasets = study_datasets if claim.datasets is None else list(claim.datasets)
         rows = [
             _compare(
                 runs,
@@ -335,16 +376,14 @@ def _count_failed(table: pd.DataFrame, runs: RunResults, failed: pd.DataFrame) -
     """Per row, how many of the pair's seed-matched runs failed."""
     failed_keys = set(failed[RUN_KEYS].itertuples(index=False, name=None))
     counts = []
-    for row in table.itertuples(index=False):
-        if pd.isna(row.n_seeds):
+    for row in table.to_dict("records"):
+        if pd.isna(row["n_seeds"]):
             counts.append(0)
             continue
-        seeds = _seed_pairs(runs.per_seed, row.dataset, row.better, row.baseline, row.metric).index
-        counts.append(
-            sum(
-                (row.dataset, model, int(seed)) in failed_keys for model in (row.better, row.baseline) for seed in seeds
-            )
-        )
+        seeds = _seed_pairs(runs.per_seed, row).index
+        # A comparison of one variant at two depths counts each failed run once.
+        models = dict.fromkeys((row["better"], row["baseline"]))
+        counts.append(sum((row["dataset"], model, int(seed)) in failed_keys for model in models for seed in seeds))
     return counts
 
 
@@ -362,12 +401,14 @@ def evaluate_claims(
 ) -> pd.DataFrame:
     """Test every claim comparison on every dataset and label it by ``repro.verdicts``.
 
-    Per row, on seed-matched runs (d = better - baseline in the claim's metric): the paired t-test with its
+    Per row, on seed-matched runs (d = better - baseline in the claim's metric, each side at its pruned depth
+    where the comparison names one): the paired t-test with its
     ``1 - alpha`` CI and Cohen's d_z (``p`` = ``p_direction`` for superiority), the Wilcoxon p, the MDD and
     seeds needed at ``alpha`` (as before) and at ``alpha/m`` (``mdd_adj``, ``seeds_needed_adj``; for a
     difference of 0.01 without a claimed D), the one-sided ``p_magnitude`` against the claimed D, Holm over the
     claim's family (``p_direction_holm``, ``p_magnitude_holm``; ``p_holm`` repeats ``p_direction_holm``), the
     Bonferroni interval at the family's level, TOST for equivalence (``p_direction`` is then the TOST p), the
+    one-sided test of H0 mean d <= -margin for non-inferiority (``p_direction`` is then its p), the
     per-image t-test (each image averaged over the matched seeds; conditional on the trained models), a
     two-level bootstrap interval (seeds, then test images; ``1 - alpha``), the devices of the pair's runs, the
     number of failed runs among them, and the verdict with the failed runs left out of the whole analysis.
@@ -376,7 +417,7 @@ def evaluate_claims(
         runs: the loaded runs.
         claims: the claims to evaluate.
         alpha: family-wise significance level.
-        tost_margin: equivalence margin in the claim's metric.
+        tost_margin: equivalence and non-inferiority margin in the claim's metric.
         power: power for the MDD and the seeds needed.
         seeds_cap: largest number of seeds reported by ``seeds_needed`` (beyond: "> cap").
         n_resamples: bootstrap resamples per row.

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from repro import verdicts
+from repro.tables import comparison_names
 
 _PALETTE = sns.color_palette("colorblind")
 # One colour per label that can have a difference to plot ("not run" has none).
@@ -25,6 +26,8 @@ LABEL_COLORS = {
     verdicts.INCONCLUSIVE: "0.2",
     verdicts.EQUIVALENT: _PALETTE[0],
     verdicts.NOT_EQUIVALENT: _PALETTE[5],
+    verdicts.NON_INFERIOR: _PALETTE[8],
+    verdicts.INFERIOR: _PALETTE[1],
 }
 
 
@@ -85,9 +88,8 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
     Returns:
         The figure.
     """
-    tested = claims_table[claims_table["mean_diff"].notna()].assign(
-        label=lambda df: df["claim_id"] + " " + df["better"] + " - " + df["baseline"] + " (" + df["metric"] + ")"
-    )
+    tested = claims_table[claims_table["mean_diff"].notna()]
+    tested = tested.assign(label=tested["claim_id"] + " " + comparison_names(tested) + " (" + tested["metric"] + ")")
     datasets = sorted(tested["dataset"].unique()) or ["(no comparison run)"]
     labels = list(dict.fromkeys(tested["label"]))
     position = {label: index for index, label in enumerate(labels)}

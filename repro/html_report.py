@@ -49,10 +49,10 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 #runs td { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.verdict-reproduced, td.verdict-equivalent { background: #c8ecc8; }
+td.verdict-reproduced, td.verdict-equivalent, td.verdict-non-inferior { background: #c8ecc8; }
 td.verdict-reproduced-smaller-than-claimed { background: #e4f5d9; }
 td.verdict-smaller-than-claimed { background: #fde2c4; }
-td.verdict-reversed, td.verdict-not-equivalent { background: #f7d4d4; }
+td.verdict-reversed, td.verdict-not-equivalent, td.verdict-inferior { background: #f7d4d4; }
 td.verdict-inconclusive { background: #fff1c7; }
 td.verdict-inconclusive-underpowered { background: #f4f0e0; }
 td.verdict-not-run { color: #888; }

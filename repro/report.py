@@ -16,7 +16,7 @@ import pandas as pd
 from repro import verdicts
 from repro.evaluation import claim_verdicts
 from repro.run_results import RunResults
-from repro.tables import format_p
+from repro.tables import comparison_names, format_p
 
 
 def _counts(values: pd.Series) -> str:
@@ -114,6 +114,23 @@ def worked_example(claims_table: pd.DataFrame, runs: RunResults, alpha: float, c
     return "\n".join(lines) + "\n"
 
 
+def _claim_notes(claim_table: pd.DataFrame) -> str:
+    """What a reader needs beside a claim's verdicts: whose sensitivity analysis it is, and each comparison's
+    design where it is the study's own (empty when neither applies)."""
+    notes = []
+    sensitivity_of = claim_table["sensitivity_of"].dropna().unique()
+    if len(sensitivity_of):
+        datasets = ", ".join(f"`{d}`" for d in claim_table["dataset"].unique())
+        notes.append(
+            f" A sensitivity analysis of {sensitivity_of[0]} on {datasets}: a claim of its own with its own "
+            f"family, so it leaves {sensitivity_of[0]}'s error control unchanged."
+        )
+    designs = claim_table.assign(comparison=comparison_names(claim_table)).dropna(subset=["design"])
+    for comparison, design in dict(zip(designs["comparison"], designs["design"], strict=True)).items():
+        notes.append(f" Design of {comparison}: {design}.")
+    return "".join(notes)
+
+
 def conclusions(claims_table: pd.DataFrame) -> str:
     """One paragraph per claim, in words, following from the verdict table (Markdown).
 
@@ -126,19 +143,21 @@ def conclusions(claims_table: pd.DataFrame) -> str:
     per_claim = claim_verdicts(claims_table)
     paragraphs = []
     for (claim_id, title), claim_rows in per_claim.groupby(["claim_id", "title"], sort=False):
+        claim_table = claims_table[claims_table["claim_id"] == claim_id]
+        notes = _claim_notes(claim_table)
         ran = claim_rows[claim_rows["verdict"] != verdicts.NOT_RUN]
         if ran.empty:
-            paragraphs.append(f"- **{claim_id}** ({title}): not run; a variant it needs is not in this study's grid.")
+            paragraphs.append(
+                f"- **{claim_id}** ({title}): not run; a variant it needs is not in this study's grid.{notes}"
+            )
             continue
         parts = []
         for verdict_row in ran.itertuples(index=False):
-            rows = claims_table[
-                (claims_table["claim_id"] == claim_id) & (claims_table["dataset"] == verdict_row.dataset)
-            ]
+            rows = claim_table[claim_table["dataset"] == verdict_row.dataset]
             numbers = "; ".join(
-                f"{r.better} - {r.baseline} {_signed(r.mean_diff)} {r.metric}"
+                f"{name} {_signed(r.mean_diff)} {r.metric}"
                 + (f" (claimed {_signed(r.claimed_difference)})" if pd.notna(r.claimed_difference) else "")
-                for r in rows.itertuples(index=False)
+                for name, r in zip(comparison_names(rows), rows.itertuples(index=False), strict=True)
                 if pd.notna(r.mean_diff)
             )
             text = f"on `{verdict_row.dataset}` **{verdict_row.verdict}**" + (f" ({numbers})" if numbers else "")
@@ -147,7 +166,7 @@ def conclusions(claims_table: pd.DataFrame) -> str:
             parts.append(text)
         labels = list(dict.fromkeys(ran["verdict"]))
         meaning = "; ".join(f"*{label}*: {verdicts.MEANINGS[label]}" for label in labels)
-        paragraphs.append(f"- **{claim_id}** ({title}): " + "; ".join(parts) + f". ({meaning}.)")
+        paragraphs.append(f"- **{claim_id}** ({title}): " + "; ".join(parts) + f". ({meaning}.){notes}")
     return "\n".join(paragraphs) + "\n"
 
 

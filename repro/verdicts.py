@@ -3,7 +3,8 @@
 Everything a verdict depends on is computed in ``repro.evaluation``; this module only reads it. Per claim,
 the **family** is every (comparison, dataset) row of the claim that was run with at least 2 matched seeds.
 Holm-Bonferroni runs over all the family's p-values together (``p_direction`` and, where the paper gives a
-number D, ``p_magnitude``); ``m`` is their count.
+number D, ``p_magnitude``); ``m`` is their count. For equivalence and non-inferiority claims ``p_direction``
+holds the TOST p or the non-inferiority p, and there is no ``p_magnitude``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,24 @@ INCONCLUSIVE = "inconclusive"
 NOT_RUN = "not run"
 EQUIVALENT = "equivalent"
 NOT_EQUIVALENT = "not equivalent"
+NON_INFERIOR = "non-inferior"
+INFERIOR = "inferior"
 
 # Weakest first: a claim tested by several comparisons on one dataset takes the label of its weakest row.
-# A claim is either superiority or equivalence, so the two kinds never meet in one ranking.
-STRENGTH = (REVERSED, NOT_EQUIVALENT, SMALLER, UNDERPOWERED, INCONCLUSIVE, REPRODUCED_SMALLER, REPRODUCED, EQUIVALENT)
+# A claim has one kind, so labels of different kinds never meet in one ranking; each kind's refutation sits
+# with the others at the weak end, its confirmation at the strong end, the inconclusive labels between.
+STRENGTH = (
+    REVERSED,
+    NOT_EQUIVALENT,
+    INFERIOR,
+    SMALLER,
+    UNDERPOWERED,
+    INCONCLUSIVE,
+    REPRODUCED_SMALLER,
+    REPRODUCED,
+    NON_INFERIOR,
+    EQUIVALENT,
+)
 LABELS = (*STRENGTH, NOT_RUN)
 # With no claimed number, "underpowered" asks whether the test could have found a gain of one point.
 DEFAULT_DIFFERENCE = 0.01
@@ -31,10 +46,13 @@ MEANINGS = {
     REVERSED: "the difference is significant in the opposite direction",
     SMALLER: "no significant gain, and a gain as large as claimed is ruled out",
     UNDERPOWERED: "nothing is significant, and the seeds run could not reliably have detected the claimed size "
-    "(0.01 without one)",
+    "(0.01 without one; the margin for non-inferiority)",
     INCONCLUSIVE: "nothing is significant although the claimed size was detectable (or fewer than 2 seeds)",
     EQUIVALENT: "within the equivalence margin, family-wise (TOST)",
     NOT_EQUIVALENT: "the interval lies entirely outside the equivalence margin",
+    NON_INFERIOR: "any loss against the baseline is significantly (family-wise) smaller than the margin",
+    INFERIOR: "worse than the baseline by more than the margin, family-wise (the upper confidence bound at "
+    "alpha/m lies below minus the margin)",
     NOT_RUN: "a variant of the comparison has no runs on the dataset",
 }
 
@@ -91,6 +109,36 @@ def equivalence_label(tost_p_holm: float, ci_low: float, ci_high: float, margin:
     return INCONCLUSIVE
 
 
+def non_inferiority_label(p_holm: float, upper_adj: float, mdd_adj: float, margin: float, alpha: float) -> str:
+    """Label of one tested non-inferiority row (d = better - baseline; the claim: d > -margin).
+
+    ``non-inferior`` rejects H0: mean d <= -margin (one-sided paired t-test, Holm over the claim's family).
+    ``inferior`` is the opposite one-sided conclusion, H0: mean d >= -margin rejected at the same family-wise
+    level: the one-sided (1 - alpha/m) upper bound (Bonferroni, the level of the family's intervals) lies
+    strictly below -margin. Both conclusions are thus held to the family-wise alpha; the two one-sided tests
+    share one statistic, so at most one of them can reject. An unadjusted bound would call a row inferior
+    on evidence that could not make a sibling row non-inferior.
+
+    Args:
+        p_holm: Holm-adjusted one-sided p of H0 mean d <= -margin.
+        upper_adj: upper bound of the one-sided (1 - alpha/m) interval of mean d (the upper end of the
+            two-sided (1 - 2 alpha/m) one).
+        mdd_adj: minimal detectable difference at level alpha/m (two-sided, power 0.8).
+        margin: the non-inferiority margin (> 0).
+        alpha: family-wise level.
+
+    Returns:
+        "non-inferior", "inferior", "inconclusive (underpowered)" or "inconclusive".
+    """
+    if p_holm < alpha:
+        return NON_INFERIOR
+    if upper_adj < -margin:
+        return INFERIOR
+    # Could these seeds have shown non-inferiority at all? Only if they detect a difference of one margin (the
+    # distance from the null -margin to no difference); the two-sided MDD is a slightly conservative proxy.
+    return UNDERPOWERED if mdd_adj > margin else INCONCLUSIVE
+
+
 def weakest(labels: list[str]) -> str:
     """A claim's label on a dataset: its weakest row that ran, or "not run" when none ran.
 
@@ -135,6 +183,12 @@ def verdict_rule(alpha: float = 0.05, tost_margin: float = 0.02) -> str:
         f"Equivalence labels (TOST at margin +/-{tost_margin:g}, Holm over the claim's family):",
         f"  {EQUIVALENT}: Holm-adjusted TOST p < {level};",
         f"  {NOT_EQUIVALENT}: the {100 * (1 - 2 * alpha):g}% CI lies entirely (strictly) outside the margin;",
+        f"  {INCONCLUSIVE}: otherwise.",
+        f"Non-inferiority labels (margin {tost_margin:g}, d = better - baseline; p_direction is the one-sided "
+        "paired t-test of H0 mean d <= -margin, Holm over the claim's family):",
+        f"  {NON_INFERIOR}: Holm-adjusted p < {level};",
+        f"  {INFERIOR}: the one-sided (1 - alpha/m) upper bound of mean d is strictly below -{tost_margin:g};",
+        f"  {UNDERPOWERED}: neither, and the MDD at alpha/m exceeds the margin;",
         f"  {INCONCLUSIVE}: otherwise.",
         "A claim on a dataset takes the label of its weakest row that ran: " + " < ".join(STRENGTH) + ".",
         "Reported beside, outside the rule: the Wilcoxon p, the per-image t-test (conditional on the trained "

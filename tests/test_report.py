@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.text import Text
+from scipy import stats
 
 from repro import evaluation, figures, report, tables, verdicts
-from repro.claims import CLAIMS
+from repro.claims import CLAIMS, Claim, Comparison
 from repro.run_results import failed_runs, load_runs
 from repro.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 
@@ -54,9 +55,12 @@ def write_run(
     pruned: bool = False,
     best_val: float | None = None,
     device: str = "cpu",
+    pruned_iou: dict[str, float] | None = None,
 ) -> None:
-    """Write metrics.json, per_image.csv and history.csv of one run, as the training stage does."""
-    image_dice = dice + IMAGE_OFFSETS + np.roll(IMAGE_NOISE, list(KVASIR_DICE).index(model))
+    """Write metrics.json, per_image.csv and history.csv of one run, as the training stage does (``pruned``: an
+    L1 evaluation equal to the test scores; ``pruned_iou``: the test IoU at each named pruned depth)."""
+    noise_shift = list(KVASIR_DICE).index(model) if model in KVASIR_DICE else len(model)
+    image_dice = dice + IMAGE_OFFSETS + np.roll(IMAGE_NOISE, noise_shift)
     image_iou = image_dice / (2 - image_dice)
     images = pd.DataFrame(
         {
@@ -99,6 +103,8 @@ def write_run(
     }
     if pruned:
         metrics["test_pruned"] = {"L1": {key: value for key, value in test.items() if key != "per_class"}}
+    if pruned_iou:
+        metrics["test_pruned"] = {level: {"dice": 2 * iou / (1 + iou), "iou": iou} for level, iou in pruned_iou.items()}
     run_dir = runs_dir / dataset / model / f"seed{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -227,10 +233,23 @@ def test_p_values_print_below_the_last_decimal_as_an_inequality(claims_table, tm
 
 
 def test_claims_table_covers_every_comparison_and_dataset(claims_table):
-    n_comparisons = sum(len(claim.comparisons) for claim in CLAIMS)
-    assert len(claims_table) == 2 * n_comparisons
+    # The study has two datasets; a claim restricted to some datasets is tested on those only.
+    n_rows = sum(len(claim.comparisons) * (2 if claim.datasets is None else len(claim.datasets)) for claim in CLAIMS)
+    assert len(claims_table) == n_rows
     assert list(claims_table.columns) == evaluation.CLAIM_COLUMNS
     assert set(claims_table["verdict"]) <= set(verdicts.LABELS)
+
+
+def test_a_claim_restricted_to_datasets_has_rows_there_only(claims_table):
+    restricted = {claim.id: claim.datasets for claim in CLAIMS if claim.datasets is not None}
+    assert restricted == {"C1s": ("dsb2018-nuclei-96",), "C2s": ("dsb2018-nuclei-96",)}
+    for claim_id, datasets in restricted.items():
+        rows = claims_table[claims_table["claim_id"] == claim_id]
+        # Not among the study's datasets (kvasir-seg, isic2018): shown there as not run, nowhere else.
+        assert list(rows["dataset"]) == list(datasets) and (rows["verdict"] == verdicts.NOT_RUN).all()
+    per_claim = evaluation.claim_verdicts(claims_table)
+    assert set(per_claim.loc[per_claim["claim_id"] == "C1s", "dataset"]) == {"dsb2018-nuclei-96"}
+    assert set(per_claim.loc[per_claim["claim_id"] == "C1", "dataset"]) == {"kvasir-seg", "isic2018"}
 
 
 def test_every_superiority_label_on_constructed_runs(claims_table):
@@ -394,6 +413,133 @@ def test_notebook_prose_follows_the_tables(runs, claims_table):
     assert "- **C4c** (N = 8 cascaded depth-wise convolutions in CMRF is best): not run" in conclusions
 
 
+def write_sensitivity_study(runs_dir: Path) -> None:
+    """dsb2018-nuclei-96: the default study's U-Net and UNet++ and the 2018-configured ones, 5 seeds each."""
+    for seed in range(5):
+        write_run(runs_dir, "dsb2018-nuclei-96", "unet", seed, UNET[seed])
+        write_run(runs_dir, "dsb2018-nuclei-96", "unetpp", seed, UNET[seed] + 0.004 + TINY[seed] * 20)
+        write_run(runs_dir, "dsb2018-nuclei-96", "unet_2018", seed, UNET[seed] - 0.01)
+        write_run(runs_dir, "dsb2018-nuclei-96", "unetpp_2018", seed, UNET[seed] + 0.03 + TINY[seed] * 20)
+
+
+def test_a_sensitivity_claim_has_its_own_family_beside_the_primary_one(tmp_path):
+    write_sensitivity_study(tmp_path)
+    table = evaluation.evaluate_claims(load_runs(tmp_path), n_resamples=0)
+    c1 = row_of(table, "dsb2018-nuclei-96", "unetpp", "unet")
+    c1s = row_of(table, "dsb2018-nuclei-96", "unetpp_2018", "unet_2018")
+    assert c1s["claim_id"] == "C1s" and c1s["sensitivity_of"] == "C1" and pd.isna(c1["sensitivity_of"])
+    # Each family holds its own claim's direction and magnitude tests only: m = 2 apiece, Holm within each.
+    for row in (c1, c1s):
+        assert row["family_size"] == 2
+        expected = holm_bonferroni([row["p_direction"], row["p_magnitude"]])
+        assert [row["p_direction_holm"], row["p_magnitude_holm"]] == pytest.approx(expected.tolist(), rel=1e-12)
+    assert c1s["verdict"] == verdicts.REPRODUCED and c1s["mean_diff"] > c1["mean_diff"]
+    assert row_of(table, "dsb2018-nuclei-96", "unetpp_2018", "wide_unet_2018")["verdict"] == verdicts.NOT_RUN
+    conclusions = report.conclusions(table)
+    assert "A sensitivity analysis of C1 on `dsb2018-nuclei-96`" in conclusions
+
+
+# Per dataset, the test IoU of UNet++ with deep supervision pruned to L3 minus the same runs at L4, built so that
+# every non-inferiority label occurs (margin 0.02; a family of 4 rows).
+PRUNING_LOSS = {
+    "a-set": -0.005 + np.array([0.001, -0.001, 0.0005, -0.0005, 0.0]),  # a loss well inside the margin
+    "b-set": -0.06 + np.array([0.001, -0.001, 0.0005, -0.0005, 0.0]),  # far beyond it
+    "c-set": np.array([0.03, -0.04, 0.02, -0.01, -0.005]),  # too noisy to tell
+    "d-set": -0.02 + np.array([0.002, -0.002, 0.001, -0.001, 0.0]),  # exactly at the margin, precisely
+}
+
+
+def write_pruning_study(runs_dir: Path) -> None:
+    for dataset, losses in PRUNING_LOSS.items():
+        for seed, loss in enumerate(losses):
+            full = 0.7 + SEED_EFFECTS[seed]
+            write_run(runs_dir, dataset, "unetpp_ds", seed, 0.8, pruned_iou={"L3": full + loss, "L4": full})
+            write_run(runs_dir, dataset, "unetpp", seed, 0.8)
+
+
+def test_every_non_inferiority_label_on_constructed_runs(tmp_path):
+    write_pruning_study(tmp_path)
+    runs = load_runs(tmp_path)
+    table = evaluation.evaluate_claims(runs, n_resamples=N_RESAMPLES)
+    c9 = table[table["claim_id"] == "C9"].set_index("dataset")
+    assert dict(c9["verdict"]) == {
+        "a-set": verdicts.NON_INFERIOR,
+        "b-set": verdicts.INFERIOR,
+        "c-set": verdicts.UNDERPOWERED,
+        "d-set": verdicts.INCONCLUSIVE,
+    }
+    assert (c9["family_size"] == 4).all() and c9["p_magnitude"].isna().all()
+    for dataset, losses in PRUNING_LOSS.items():
+        row = c9.loc[dataset]
+        assert row["mean_diff"] == pytest.approx(losses.mean(), abs=1e-12)
+        # p_direction is the one-sided test of H0 mean d <= -margin, Holm-adjusted over the 4 rows.
+        t = (losses.mean() + 0.02) / (losses.std(ddof=1) / np.sqrt(5))
+        assert row["p_direction"] == pytest.approx(stats.t.sf(t, df=4), rel=1e-9)
+        # The family's interval is (1 - 2 alpha/m): its upper end is the one-sided (1 - alpha/m) bound.
+        upper = losses.mean() + stats.t.ppf(1 - 0.05 / 4, df=4) * losses.std(ddof=1) / np.sqrt(5)
+        assert row["ci_adj_high"] == pytest.approx(upper, rel=1e-9)
+    np.testing.assert_allclose(c9["p_direction_holm"], holm_bonferroni(c9["p_direction"].to_numpy()), rtol=1e-12)
+    assert c9.loc["b-set", "ci_adj_high"] < -0.02 < c9.loc["d-set", "ci_adj_high"]
+    # No per-image scores exist for pruned depths, so neither the per-image test nor the bootstrap is computed.
+    assert c9[["n_images", "image_p", "boot_ci_low", "boot_ci_high"]].isna().all().all()
+    assert (c9["better_level"] == "L3").all() and (c9["baseline_level"] == "L4").all()
+    assert (c9["n_failed"] == 0).all()
+    shown = tables.format_claims_table(table)
+    assert set(shown.loc[shown["claim"] == "C9", "comparison"]) == {"unetpp_ds@L3 - unetpp_ds@L4"}
+    # C8 compares the same runs' own (averaged-heads) scores with UNet++ without deep supervision.
+    assert row_of(table, "a-set", "unetpp_ds", "unetpp")["better_level"] is None or pd.isna(
+        row_of(table, "a-set", "unetpp_ds", "unetpp")["better_level"]
+    )
+    per_claim = evaluation.claim_verdicts(table).set_index(["claim_id", "dataset"])["verdict"]
+    assert per_claim[("C9", "b-set")] == verdicts.INFERIOR
+    fig = figures.plot_forest(table)
+    assert any("C9 unetpp_ds@L3 - unetpp_ds@L4 (iou)" == t.get_text() for t in fig.axes[0].get_yticklabels())
+    plt.close(fig)
+
+
+def test_a_run_without_the_pruned_scores_a_comparison_needs_is_named(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, "a-set", "unetpp_ds", seed, 0.8, pruned_iou={"L4": 0.7} if seed else {"L3": 0.7, "L4": 0.7})
+    with pytest.raises(ValueError, match=r"results/runs/a-set/unetpp_ds: seeds \[1\] have no test_pruned\[L3\]"):
+        evaluation.evaluate_claims(load_runs(tmp_path), n_resamples=0)
+
+
+def test_design_notes_are_shown_in_the_claims_table_and_the_conclusions(claims_table):
+    designs = {(c.better, c.baseline): c.design for claim in CLAIMS for c in claim.comparisons if c.design}
+    assert {("tinyunet", "unet"), ("tinyunet", "tinyunet_plain"), ("unet_cmrf", "unet")} <= set(designs)
+    assert "SegNet and CMUNeXt" in designs[("unet_cmrf", "unet")]
+    assert "7.76M" in designs[("tinyunet", "unet")] and "24.89M" in designs[("tinyunet", "unet")]
+    shown = tables.format_claims_table(claims_table)
+    for (better, baseline), design in designs.items():
+        assert set(shown.loc[shown["comparison"] == f"{better} - {baseline}", "design"]) == {design}
+    assert set(shown.loc[shown["claim"] == "C1", "design"]) == {""}
+    conclusions = report.conclusions(claims_table)
+    # C4b is not run in the synthetic study: its design is stated all the same.
+    c4b = next(line for line in conclusions.splitlines() if line.startswith("- **C4b**"))
+    assert f"Design of unet_cmrf - unet: {designs[('unet_cmrf', 'unet')]}." in c4b
+    c3 = next(line for line in conclusions.splitlines() if line.startswith("- **C3**"))
+    assert "on `kvasir-seg` **" in c3 and f"Design of tinyunet - unet: {designs[('tinyunet', 'unet')]}." in c3
+
+
+def test_committed_runs_give_the_committed_claims_table():
+    """The study's own runs through the code: every row of the committed claims.csv comes back (bootstrap
+    columns aside, which need 10,000 resamples), every claim has its rows there, and exactly the rows with a
+    variant that has no committed runs on the dataset are `not run`."""
+    root = Path(__file__).resolve().parents[1]
+    committed = pd.read_csv(root / "results" / "tables" / "claims.csv", dtype={"seeds_needed": str})
+    runs = load_runs(root / "results" / "runs")
+    table = evaluation.evaluate_claims(runs, n_resamples=0)
+    assert list(committed.columns) == list(table.columns)
+    assert list(dict.fromkeys(committed["claim_id"])) == [claim.id for claim in CLAIMS]
+    trained = set(runs.per_seed[["dataset", "model"]].itertuples(index=False, name=None))
+    has_runs = [{(row.dataset, row.better), (row.dataset, row.baseline)} <= trained for row in committed.itertuples()]
+    assert list(committed["verdict"] != verdicts.NOT_RUN) == has_runs
+    boot = ["boot_ci_low", "boot_ci_high"]
+    expected = committed.drop(columns=boot)
+    got = table.drop(columns=boot).astype({"n_seeds": float, "n_images": float, "family_size": float})
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-12)
+
+
 def test_verdict_rule_states_the_thresholds():
     rule = verdicts.verdict_rule(alpha=0.01, tost_margin=0.03)
     assert "p_direction_holm < 0.01" in rule and "+/-0.03" in rule and "98% CI" in rule
@@ -477,11 +623,21 @@ def test_reporting_modules_do_not_import_torch():
 def test_claims_are_well_formed():
     assert len({claim.id for claim in CLAIMS}) == len(CLAIMS)
     for claim in CLAIMS:
-        assert claim.kind in ("superiority", "equivalence") and claim.metric in ("dice", "iou", "miou_bg")
-        assert claim.comparisons
+        assert claim.kind in ("superiority", "equivalence", "non-inferiority")
+        assert claim.metric in ("dice", "iou", "miou_bg") and claim.comparisons
+        assert claim.sensitivity_of is None or claim.sensitivity_of in {other.id for other in CLAIMS} - {claim.id}
         for comparison in claim.comparisons:
-            assert comparison.better != comparison.baseline and comparison.source
+            sides = {(comparison.better, comparison.better_level), (comparison.baseline, comparison.baseline_level)}
+            assert len(sides) == 2 and comparison.source
             assert (comparison.claimed_difference is None) == (comparison.claimed_on is None)
     n8 = next(claim for claim in CLAIMS if claim.id == "C4c")
     # NCP mIoU 80.27 at N = 8 minus 79.24 / 79.58 / 79.77 / 79.56 at N = 1 / 2 / 4 / 16.
     assert [c.claimed_difference for c in n8.comparisons] == pytest.approx([0.0103, 0.0069, 0.0050, 0.0071])
+    # The UNet++ papers give an ordering (C7), a direction (C8) and no margin (C9): no number is tested.
+    for claim in CLAIMS:
+        if claim.id in ("C7", "C8", "C9"):
+            assert all(c.claimed_difference is None for c in claim.comparisons)
+    with pytest.raises(ValueError, match="not a number"):
+        Claim("Cx", "t", "non-inferiority", "iou", (Comparison("a", "b", 0.01, "s", claimed_on="d"),))
+    with pytest.raises(ValueError, match="two different scores"):
+        Comparison("a", "a", None, "s", better_level="L4", baseline_level="L4")

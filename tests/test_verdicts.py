@@ -42,6 +42,36 @@ def test_equivalence_label(p_holm, ci_low, ci_high, label):
     assert verdicts.equivalence_label(p_holm, ci_low, ci_high, margin=0.02, alpha=ALPHA) == label
 
 
+@pytest.mark.parametrize(
+    ("p_holm", "upper_adj", "mdd_adj", "label"),
+    [
+        (0.01, 0.01, 0.03, verdicts.NON_INFERIOR),  # significant: the power figure no longer matters
+        (0.05, 0.01, 0.01, verdicts.INCONCLUSIVE),  # p = alpha is not below alpha
+        (0.90, -0.021, 0.01, verdicts.INFERIOR),  # the upper bound strictly below -margin
+        (0.90, -0.021, 0.05, verdicts.INFERIOR),  # a clear loss needs no power argument
+        (0.60, -0.02, 0.01, verdicts.INCONCLUSIVE),  # touching -margin is not below it
+        (0.30, 0.01, 0.05, verdicts.UNDERPOWERED),  # MDD 0.05 > margin 0.02: these seeds could not have told
+        (0.30, 0.01, 0.02, verdicts.INCONCLUSIVE),  # MDD equal to the margin is not above it
+    ],
+)
+def test_non_inferiority_label(p_holm, upper_adj, mdd_adj, label):
+    assert verdicts.non_inferiority_label(p_holm, upper_adj, mdd_adj, margin=0.02, alpha=ALPHA) == label
+
+
+def test_non_inferiority_labels_rank_refutation_first():
+    labels = [verdicts.NON_INFERIOR, verdicts.INCONCLUSIVE, verdicts.UNDERPOWERED, verdicts.INFERIOR]
+    assert verdicts.weakest(labels) == verdicts.INFERIOR
+    assert verdicts.weakest(labels[:3]) == verdicts.UNDERPOWERED
+    assert verdicts.weakest(labels[:2] + [verdicts.NOT_RUN]) == verdicts.INCONCLUSIVE
+    assert verdicts.weakest([verdicts.NON_INFERIOR, verdicts.NOT_RUN]) == verdicts.NON_INFERIOR
+
+
+def test_the_rule_text_states_the_non_inferiority_labels():
+    rule = verdicts.verdict_rule(alpha=0.01, tost_margin=0.03)
+    assert "Non-inferiority labels (margin 0.03" in rule
+    assert "non-inferior: Holm-adjusted p < 0.01" in rule and "strictly below -0.03" in rule
+
+
 def test_a_claim_takes_its_weakest_row_that_ran():
     order = [
         verdicts.REVERSED,

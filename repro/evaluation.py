@@ -105,9 +105,10 @@ def _seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
         runs = on_dataset[on_dataset["model"] == model]
         missing = runs.index if column not in runs else runs.index[runs[column].isna()]
         if len(missing):
+            score = f"test {row['metric']}" if column == row["metric"] else f"test_pruned[{level}] {row['metric']}"
             raise ValueError(
-                f"results/runs/{row['dataset']}/{model}: seeds {sorted(missing)} have no test_pruned[{level}] "
-                f"{row['metric']} in metrics.json, which the {row['claim_id']} comparison scores them by"
+                f"results/runs/{row['dataset']}/{model}: seeds {sorted(missing)} have no {score} in metrics.json, "
+                f"which the {row['claim_id']} comparison scores them by"
             )
         by_variant[role] = runs[column]
     return pd.concat(by_variant, axis=1, join="inner").sort_index()

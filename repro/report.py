@@ -114,10 +114,12 @@ def worked_example(claims_table: pd.DataFrame, runs: RunResults, alpha: float, c
     return "\n".join(lines) + "\n"
 
 
-def _claim_notes(claim_table: pd.DataFrame) -> str:
-    """What a reader needs beside a claim's verdicts: whose sensitivity analysis it is, and each comparison's
-    design where it is the study's own (empty when neither applies)."""
+def _claim_notes(claim_table: pd.DataFrame, sensitivity_analyses: list[str]) -> str:
+    """What a reader needs beside a claim's verdicts: its sensitivity analyses, or whose sensitivity analysis it
+    is, and each comparison's design where it is the study's own (empty when none applies)."""
     notes = []
+    if sensitivity_analyses:
+        notes.append(f" Sensitivity analysis: {', '.join(f'**{claim_id}**' for claim_id in sensitivity_analyses)}.")
     sensitivity_of = claim_table["sensitivity_of"].dropna().unique()
     if len(sensitivity_of):
         datasets = ", ".join(f"`{d}`" for d in claim_table["dataset"].unique())
@@ -144,7 +146,8 @@ def conclusions(claims_table: pd.DataFrame) -> str:
     paragraphs = []
     for (claim_id, title), claim_rows in per_claim.groupby(["claim_id", "title"], sort=False):
         claim_table = claims_table[claims_table["claim_id"] == claim_id]
-        notes = _claim_notes(claim_table)
+        analyses = claims_table.loc[claims_table["sensitivity_of"] == claim_id, "claim_id"].unique().tolist()
+        notes = _claim_notes(claim_table, analyses)
         ran = claim_rows[claim_rows["verdict"] != verdicts.NOT_RUN]
         if ran.empty:
             paragraphs.append(

@@ -437,6 +437,8 @@ def test_a_sensitivity_claim_has_its_own_family_beside_the_primary_one(tmp_path)
     assert row_of(table, "dsb2018-nuclei-96", "unetpp_2018", "wide_unet_2018")["verdict"] == verdicts.NOT_RUN
     conclusions = report.conclusions(table)
     assert "A sensitivity analysis of C1 on `dsb2018-nuclei-96`" in conclusions
+    c1_line = next(line for line in conclusions.splitlines() if line.startswith("- **C1** "))
+    assert "Sensitivity analysis: **C1s**." in c1_line
 
 
 # Per dataset, the test IoU of UNet++ with deep supervision pruned to L3 minus the same runs at L4, built so that

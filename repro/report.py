@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from repro import verdicts
-from repro.evaluation import claim_verdicts
+from repro.evaluation import claim_verdicts, score_column
 from repro.run_results import RunResults
 from repro.tables import comparison_names, format_p
 
@@ -110,6 +110,56 @@ def worked_example(claims_table: pd.DataFrame, runs: RunResults, alpha: float, c
         f"MDD {row['mdd_adj']:.4f} (power 0.8) against |D| = "
         f"{abs(claimed) if pd.notna(claimed) else verdicts.DEFAULT_DIFFERENCE:.4f}.",
         f"5. Label: **{row['verdict']}**: {verdicts.MEANINGS[row['verdict']]}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def non_inferiority_example(
+    claims_table: pd.DataFrame, runs: RunResults, alpha: float, margin: float, claim_id: str = "C9"
+) -> str:
+    """The non-inferiority rule applied step by step to the first tested row of ``claim_id``, in Markdown.
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+        runs: the loaded runs (for the per-seed scores).
+        alpha: the family-wise level the table was evaluated at.
+        margin: the margin it was evaluated at.
+        claim_id: a non-inferiority claim.
+
+    Returns:
+        The worked example.
+    """
+    rows = claims_table[claims_table["claim_id"] == claim_id]
+    tested = rows[rows["p_direction"].notna()]
+    if tested.empty:
+        return f"{claim_id} has no row with at least 2 matched seeds in this study: no worked example.\n"
+    row = tested.iloc[0]
+    on_dataset = runs.per_seed[runs.per_seed["dataset"] == row["dataset"]]
+    sides = {}
+    for role in ("better", "baseline"):
+        level = row[f"{role}_level"]
+        column = score_column(row["metric"], None if pd.isna(level) else level)
+        sides[role] = on_dataset[on_dataset["model"] == row[role]].set_index("seed")[column]
+    diffs = (sides["better"] - sides["baseline"]).dropna()
+    n = len(diffs)
+    t_non_inferiority = (row["mean_diff"] + margin) / (row["sd_diff"] / math.sqrt(n))
+    m = int(row["family_size"])
+    family_text = "; ".join(
+        f"{r.dataset} p = {format_p(r.p_direction)} → Holm {format_p(r.p_direction_holm)}"
+        for r in tested.itertuples(index=False)
+    )
+    (name,) = comparison_names(tested.iloc[[0]])
+    lines = [
+        f"**{claim_id} on `{row['dataset']}`** ({name}, {row['metric']}). Per-seed differences d: "
+        + ", ".join(f"seed {seed}: {_signed(d)}" for seed, d in diffs.items())
+        + f"; mean d = {_signed(row['mean_diff'])}, s.d. {row['sd_diff']:.4f}.",
+        f"1. Non-inferiority: the one-sided paired t-test of H0 mean d <= {-margin:g} against mean d > {-margin:g} "
+        f"gives t = {t_non_inferiority:.3f} on {n - 1} degrees of freedom, p_direction = "
+        f"{format_p(row['p_direction'])}.",
+        f"2. The family of {claim_id} has m = {m} tests: {family_text}.",
+        f"3. At level alpha/m = {alpha / m:.4g}: the one-sided upper bound of mean d is {row['ci_adj_high']:.4f} "
+        f"(inferior only if below {-margin:g}); MDD {row['mdd_adj']:.4f} (power 0.8) against the margin {margin:g}.",
+        f"4. Label: **{row['verdict']}**: {verdicts.MEANINGS[row['verdict']]}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -406,6 +406,9 @@ def test_notebook_prose_follows_the_tables(runs, claims_table):
     assert f"**{len(runs.per_seed)} runs**" in overview and "`cuda:0` (1)" in overview and "`abc123` (" in overview
     example = report.worked_example(claims_table, runs, alpha=0.05, claim_id="C1")
     assert "m = 2 tests" in example and f"**{verdicts.REPRODUCED}**" in example
+    assert report.non_inferiority_example(claims_table, runs, alpha=0.05, margin=0.02) == (
+        "C9 has no row with at least 2 matched seeds in this study: no worked example.\n"
+    )
     conclusions = report.conclusions(claims_table)
     per_claim = evaluation.claim_verdicts(claims_table)
     for row in per_claim[per_claim["verdict"] != verdicts.NOT_RUN].itertuples():
@@ -494,6 +497,12 @@ def test_every_non_inferiority_label_on_constructed_runs(tmp_path):
     )
     per_claim = evaluation.claim_verdicts(table).set_index(["claim_id", "dataset"])["verdict"]
     assert per_claim[("C9", "b-set")] == verdicts.INFERIOR
+    example = report.non_inferiority_example(table, runs, alpha=0.05, margin=0.02)
+    losses = PRUNING_LOSS["a-set"]
+    t = (losses.mean() + 0.02) / (losses.std(ddof=1) / np.sqrt(5))
+    assert example.startswith("**C9 on `a-set`** (unetpp_ds@L3 - unetpp_ds@L4, iou)")
+    assert f"t = {t:.3f} on 4 degrees of freedom" in example and "m = 4 tests" in example
+    assert f"**{verdicts.NON_INFERIOR}**" in example
     fig = figures.plot_forest(table)
     assert any("C9 unetpp_ds@L3 - unetpp_ds@L4 (iou)" == t.get_text() for t in fig.axes[0].get_yticklabels())
     plt.close(fig)

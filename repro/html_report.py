@@ -55,7 +55,7 @@ td.verdict-smaller-than-claimed { background: #fde2c4; }
 td.verdict-reversed, td.verdict-not-equivalent, td.verdict-inferior { background: #f7d4d4; }
 td.verdict-inconclusive { background: #fff1c7; }
 td.verdict-inconclusive-underpowered { background: #f4f0e0; }
-td.verdict-not-run { color: #888; }
+td.verdict-not-run, td.not-tested { color: #888; }
 """
 
 
@@ -197,9 +197,11 @@ def _verdict_table(claims: pd.DataFrame) -> str:
     for claim_id, title in titles.items():
         cells = []
         for dataset in datasets:
-            verdict = verdicts.get((claim_id, dataset), "")
-            css = "verdict-" + _slug(verdict)
-            cells.append(f'<td class="{css}">{html.escape(verdict)}</td>')
+            verdict = verdicts.get((claim_id, dataset))
+            if verdict is None:  # a claim restricted to other datasets (e.g. a sensitivity analysis on DSB2018)
+                cells.append('<td class="not-tested" title="not a dataset of this claim">&mdash;</td>')
+                continue
+            cells.append(f'<td class="verdict-{_slug(verdict)}">{html.escape(verdict)}</td>')
         rows.append(
             f'<tr data-claim="{html.escape(claim_id)}"><td>{html.escape(claim_id)}</td>'
             f"<td>{html.escape(title)}</td>{''.join(cells)}</tr>"

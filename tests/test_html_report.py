@@ -286,12 +286,12 @@ def test_report_of_the_committed_study_in_headless_chromium(tmp_path):
     claims = json.loads((results / "stats.json").read_text())["claims"]
     datasets = sorted({claim["dataset"] for claim in claims})
     assert page.verdict_rows[0] == ["claim", "statement", *datasets]
-    # A claim restricted to some datasets (repro.claims: C1s, C2s) has an empty cell elsewhere.
+    # A claim restricted to some datasets (repro.claims: C1s, C2s) shows a dash elsewhere.
     verdicts = {
         (row[0], dataset): verdict
         for row in page.verdict_rows[1:]
         for dataset, verdict in zip(datasets, row[2:], strict=True)
-        if verdict
+        if verdict != "\N{EM DASH}"
     }
     assert verdicts == {(claim["claim_id"], claim["dataset"]): claim["verdict"] for claim in claims}
     runs = list((results / "runs").glob("*/*/seed*/metrics.json"))

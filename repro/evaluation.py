@@ -83,7 +83,7 @@ def score_column(metric: str, level: str | None) -> str:
     return metric if level is None else f"pruned_{level}_{metric}"
 
 
-def _seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
+def seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
     """Seed-matched scores of a row's two sides on its dataset.
 
     Args:
@@ -114,6 +114,11 @@ def _seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
     return pd.concat(by_variant, axis=1, join="inner").sort_index()
 
 
+def _image_scores(per_image: pd.DataFrame, dataset: str, model: str, seeds: Sequence[int]) -> pd.DataFrame:
+    """The per-image rows of one variant's runs with the given seeds on one dataset."""
+    return per_image[(per_image["dataset"] == dataset) & (per_image["model"] == model) & per_image["seed"].isin(seeds)]
+
+
 def _image_pairs(
     per_image: pd.DataFrame, dataset: str, better: str, baseline: str, metric: str, seeds: Sequence[int]
 ) -> pd.DataFrame:
@@ -130,9 +135,8 @@ def _image_pairs(
     Returns:
         Columns ``better`` and ``baseline`` indexed by the image ids both variants were scored on.
     """
-    selected = per_image[(per_image["dataset"] == dataset) & per_image["seed"].isin(seeds)]
     by_variant = {
-        role: selected[selected["model"] == model].groupby("id")[metric].mean()
+        role: _image_scores(per_image, dataset, model, seeds).groupby("id")[metric].mean()
         for role, model in (("better", better), ("baseline", baseline))
     }
     return pd.concat(by_variant, axis=1, join="inner")
@@ -154,10 +158,9 @@ def image_differences(
     Returns:
         Seeds as rows, the image ids every run of both variants was scored on as columns.
     """
-    selected = per_image[(per_image["dataset"] == dataset) & per_image["seed"].isin(seeds)]
 
     def scores(model: str) -> pd.DataFrame:
-        return selected[selected["model"] == model].pivot(index="seed", columns="id", values=metric)
+        return _image_scores(per_image, dataset, model, seeds).pivot(index="seed", columns="id", values=metric)
 
     return (scores(better) - scores(baseline)).reindex(list(seeds)).dropna(axis=1)
 
@@ -223,7 +226,7 @@ def _compare(
     models = set(runs.per_seed.loc[runs.per_seed["dataset"] == dataset, "model"])
     if not {better, baseline} <= models:
         return row | {"verdict": verdicts.NOT_RUN}
-    pairs = _seed_pairs(runs.per_seed, row)
+    pairs = seed_pairs(runs.per_seed, row)
     row |= {
         "n_seeds": len(pairs),
         "better_mean": pairs["better"].mean(),
@@ -304,7 +307,7 @@ def _family(
         row[f"{key}_holm"] = float(p_adjusted)
     m = len(tests)
     for row in family:
-        pairs = _seed_pairs(runs.per_seed, row)
+        pairs = seed_pairs(runs.per_seed, row)
         # The interval that matches the family test: Bonferroni at alpha/m, two-sided for superiority; for
         # equivalence the TOST at alpha/m, whose interval is (1 - 2 alpha/m); for non-inferiority the same
         # interval, whose ends are the one-sided (1 - alpha/m) bounds.
@@ -381,7 +384,7 @@ def _count_failed(table: pd.DataFrame, runs: RunResults, failed: pd.DataFrame) -
         if pd.isna(row["n_seeds"]):
             counts.append(0)
             continue
-        seeds = _seed_pairs(runs.per_seed, row).index
+        seeds = seed_pairs(runs.per_seed, row).index
         # A comparison of one variant at two depths counts each failed run once.
         models = dict.fromkeys((row["better"], row["baseline"]))
         counts.append(sum((row["dataset"], model, int(seed)) in failed_keys for model in models for seed in seeds))

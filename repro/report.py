@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from repro import verdicts
-from repro.evaluation import claim_verdicts, score_column
+from repro.evaluation import claim_verdicts, seed_pairs
 from repro.run_results import RunResults
 from repro.tables import comparison_names, format_p
 
@@ -54,6 +54,22 @@ def _signed(value: float, digits: int = 4) -> str:
     return f"{value:+.{digits}f}"
 
 
+def _tested_rows(claims_table: pd.DataFrame, claim_id: str) -> pd.DataFrame:
+    """The rows of ``claim_id`` that were tested (at least 2 matched seeds), in table order."""
+    rows = claims_table[claims_table["claim_id"] == claim_id]
+    return rows[rows["p_direction"].notna()]
+
+
+def _no_example(claim_id: str) -> str:
+    return f"{claim_id} has no row with at least 2 matched seeds in this study: no worked example.\n"
+
+
+def _seed_differences(runs: RunResults, row: pd.Series) -> pd.Series:
+    """Per matched seed, ``better - baseline`` of a claims-table row, scored as the evaluation scored it."""
+    pairs = seed_pairs(runs.per_seed, row)
+    return pairs["better"] - pairs["baseline"]
+
+
 def worked_example(claims_table: pd.DataFrame, runs: RunResults, alpha: float, claim_id: str = "C1") -> str:
     """The rule applied step by step to one row of ``claim_id``, from the data, in Markdown.
 
@@ -68,16 +84,11 @@ def worked_example(claims_table: pd.DataFrame, runs: RunResults, alpha: float, c
     Returns:
         The worked example.
     """
-    rows = claims_table[claims_table["claim_id"] == claim_id]
-    tested = rows[rows["p_direction"].notna()]
+    tested = _tested_rows(claims_table, claim_id)
     if tested.empty:
-        return f"{claim_id} has no row with at least 2 matched seeds in this study: no worked example.\n"
+        return _no_example(claim_id)
     row = tested.iloc[0]
-    scores = runs.per_seed[runs.per_seed["dataset"] == row["dataset"]].pivot(
-        index="seed", columns="model", values=row["metric"]
-    )
-    pairs = scores[[row["better"], row["baseline"]]].dropna()
-    diffs = pairs[row["better"]] - pairs[row["baseline"]]
+    diffs = _seed_differences(runs, row)
     family_p = [
         (f"{r.dataset} {test.split('_')[1]}", getattr(r, test), getattr(r, f"{test}_holm"))
         for r in tested.itertuples(index=False)
@@ -129,18 +140,11 @@ def non_inferiority_example(
     Returns:
         The worked example.
     """
-    rows = claims_table[claims_table["claim_id"] == claim_id]
-    tested = rows[rows["p_direction"].notna()]
+    tested = _tested_rows(claims_table, claim_id)
     if tested.empty:
-        return f"{claim_id} has no row with at least 2 matched seeds in this study: no worked example.\n"
+        return _no_example(claim_id)
     row = tested.iloc[0]
-    on_dataset = runs.per_seed[runs.per_seed["dataset"] == row["dataset"]]
-    sides = {}
-    for role in ("better", "baseline"):
-        level = row[f"{role}_level"]
-        column = score_column(row["metric"], None if pd.isna(level) else level)
-        sides[role] = on_dataset[on_dataset["model"] == row[role]].set_index("seed")[column]
-    diffs = (sides["better"] - sides["baseline"]).dropna()
+    diffs = _seed_differences(runs, row)
     n = len(diffs)
     t_non_inferiority = (row["mean_diff"] + margin) / (row["sd_diff"] / math.sqrt(n))
     m = int(row["family_size"])

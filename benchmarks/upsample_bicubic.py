@@ -1,12 +1,11 @@
-"""x2 bicubic upsampling: repro.upsample against F.interpolate, alone and inside a TinyU-Net train step.
+"""x2 bicubic upsampling: repro.models.upsample against F.interpolate, alone and inside a TinyU-Net train step.
 
 (a) The op alone, forward + backward, at the decoder shapes TinyU-Net produces at a scale (default: the study's
     ``cpu`` scale, width 0.5, 96x96, batch 16; ``paper`` adds width 1.0 at 256x256), channels-last and
     contiguous, for the dispatching function and both of its formulations.
 (b) A whole TinyU-Net train step (forward, the study's loss, backward, Adam) of every TinyU-Net variant in
-    params.yaml at the ``cpu`` scale, with ``F.interpolate`` and with ``repro.upsample``. The model code is not
-    edited: for the second, ``repro.models.tinyunet`` sees a ``torch.nn.functional`` whose ``interpolate`` is
-    ours (for exactly the call TinyU-Net makes; any other call raises).
+    params.yaml at the ``cpu`` scale (each at its own width), with the model's ``upsample`` module computing
+    ``F.interpolate`` (the official code's call) and with ``repro.models.upsample`` (what the study runs).
 (c) torch.profiler over a few steps of each: the share of the step spent in upsampling, forward and backward.
 
 Timings interleave the contenders round by round (so a neighbour's load hits both alike) and report the median
@@ -20,20 +19,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import types
 from collections.abc import Callable
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import profile, record_function
 
-import repro.models.tinyunet as tinyunet_module
 from repro.config import load_params, model_variant, scale_preset
 from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.models import create_model
+from repro.models.upsample import bicubic_upsample2x, bicubic_upsample2x_conv, bicubic_upsample2x_matmul
 from repro.train import set_threads
-from repro.upsample import bicubic_upsample2x, bicubic_upsample2x_conv, bicubic_upsample2x_matmul
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 UPSAMPLE_LABEL = "repro.upsample"
@@ -43,20 +40,23 @@ def reference(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
 
 
-def functional_with(upsample: Callable[[torch.Tensor], torch.Tensor]) -> types.SimpleNamespace:
-    """``torch.nn.functional`` with ``interpolate`` replaced by ``upsample`` for TinyU-Net's one call."""
+class LabelledUpsample(nn.Module):
+    """TinyU-Net's ``upsample`` module computing ``upsample``, labelled for the profiler."""
 
-    def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, **kwargs):
-        if (size, scale_factor, mode, align_corners, kwargs) != (None, 2, "bicubic", False, {}):
-            raise ValueError(
-                "benchmarks/upsample_bicubic.py replaces only F.interpolate(x, scale_factor=2, mode='bicubic', "
-                f"align_corners=False); TinyU-Net called it with size={size}, scale_factor={scale_factor}, "
-                f"mode={mode}, align_corners={align_corners}, {kwargs}"
-            )
+    def __init__(self, upsample: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.function = upsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         with record_function(UPSAMPLE_LABEL):
-            return upsample(x)
+            return self.function(x)
 
-    return types.SimpleNamespace(**{**vars(F), "interpolate": interpolate})
+
+def tinyunet_with(upsample: Callable[[torch.Tensor], torch.Tensor], **options) -> nn.Module:
+    """A TinyU-Net whose x2 upsampling is ``upsample``."""
+    model = create_model("tinyunet", in_channels=3, num_classes=1, **options)
+    model.upsample = LabelledUpsample(upsample)
+    return model
 
 
 def decoder_shapes(options: dict, batch: int, size: int) -> list[tuple[int, ...]]:
@@ -67,9 +67,8 @@ def decoder_shapes(options: dict, batch: int, size: int) -> list[tuple[int, ...]
         shapes.append(tuple(x.shape))
         return reference(x)
 
-    model = create_model("tinyunet", in_channels=3, num_classes=1, **options)
-    with mock.patch.object(tinyunet_module, "F", functional_with(spy)), torch.no_grad():
-        model(torch.randn(batch, 3, size, size))
+    with torch.no_grad():
+        tinyunet_with(spy, **options)(torch.randn(batch, 3, size, size))
     return shapes
 
 
@@ -114,10 +113,12 @@ def bench_op(scale_name: str, params: dict, rounds: int) -> None:
             print(f"  {format_name:<14}{name:<22}{spread(measured)}   x{base / statistics.median(measured):5.2f}")
 
 
-def make_step(variant_options: dict, scale, memory_format) -> Callable[[], None]:
-    """One train step of a fresh TinyU-Net variant as the study runs it (loss, Adam, memory format)."""
+def make_step(
+    variant_options: dict, scale, memory_format, upsample: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[], None]:
+    """One train step of a fresh TinyU-Net variant as the study runs it (its width, loss, Adam, memory format)."""
     torch.manual_seed(0)
-    model = create_model("tinyunet", in_channels=3, num_classes=1, width_mult=scale.width_mult, **variant_options)
+    model = tinyunet_with(upsample, **{"width_mult": scale.width_mult, **variant_options})
     model = model.to(memory_format=memory_format).train()
     size, batch = scale.image_size, scale.batch_size
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
@@ -140,20 +141,19 @@ UPSAMPLERS = {"F.interpolate": reference, "repro.upsample": bicubic_upsample2x}
 def bench_steps(variant_names: list[str], params: dict, rounds: int, steps_per_round: int) -> None:
     scale = scale_preset("cpu", params)
     print(f"\n(b) train step, scale cpu: batch {scale.batch_size}, {scale.image_size}x{scale.image_size}, ", end="")
-    print(f"width_mult {scale.width_mult}; median [min-max] over {rounds} rounds of {steps_per_round} steps")
+    print(f"the variant's width; median [min-max] over {rounds} rounds of {steps_per_round} steps")
     for name in variant_names:
         variant = model_variant(name, params)
         for format_name, memory_format in FORMATS.items():
             times: dict[str, list[float]] = {u: [] for u in UPSAMPLERS}
-            steps = {u: make_step(variant.options, scale, memory_format) for u in UPSAMPLERS}
+            steps = {u: make_step(variant.options, scale, memory_format, f) for u, f in UPSAMPLERS.items()}
             for _ in range(rounds):
-                for upsampler, function in UPSAMPLERS.items():
-                    with mock.patch.object(tinyunet_module, "F", functional_with(function)):
-                        steps[upsampler]()  # warm-up: allocations, kernel selection
-                        for _ in range(steps_per_round):
-                            start = time.perf_counter()
-                            steps[upsampler]()
-                            times[upsampler].append(time.perf_counter() - start)
+                for upsampler in UPSAMPLERS:
+                    steps[upsampler]()  # warm-up: allocations, kernel selection
+                    for _ in range(steps_per_round):
+                        start = time.perf_counter()
+                        steps[upsampler]()
+                        times[upsampler].append(time.perf_counter() - start)
             before, after = (statistics.median(times[u]) for u in UPSAMPLERS)
             print(
                 f"  {name:<16}{format_name:<15}F.interpolate {spread(times['F.interpolate'])}   "
@@ -183,13 +183,12 @@ def bench_profile(params: dict, steps: int) -> None:
     scale = scale_preset("cpu", params)
     print(f"\n(c) torch.profiler, tinyunet, channels_last, {steps} steps: upsampling's share of the step")
     for upsampler, function in UPSAMPLERS.items():
-        step = make_step(model_variant("tinyunet", params).options, scale, torch.channels_last)
-        with mock.patch.object(tinyunet_module, "F", functional_with(function)):
-            step()
-            with profile(record_shapes=True) as prof:
-                for _ in range(steps):
-                    with record_function("train_step"):
-                        step()
+        step = make_step(model_variant("tinyunet", params).options, scale, torch.channels_last, function)
+        step()
+        with profile(record_shapes=True) as prof:
+            for _ in range(steps):
+                with record_function("train_step"):
+                    step()
         upsampling, total = upsample_share(prof.events())
         print(
             f"  {upsampler:<16}step {total / steps * 1e3:7.1f} ms, upsampling {upsampling / steps * 1e3:6.1f} ms "

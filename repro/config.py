@@ -37,7 +37,9 @@ class ScalePreset:
         patch_size: side of the random training patches / sliding-window tiles for large-image datasets.
         patches_per_image: random patches drawn per large training image and epoch.
         width_mult: factor on every network width.
-        epochs: training epochs.
+        epochs: training epochs (of a dataset that ``train_steps`` does not list).
+        train_steps: dataset name -> the run's length in optimizer steps, rounded up to whole epochs; the
+            ``cpu`` preset sets it per dataset from pilot learning curves (README, "Training length").
         batch_size: images per optimizer step.
         lr: Adam learning rate (cosine-annealed to 0).
         weight_decay: Adam weight decay.
@@ -52,6 +54,7 @@ class ScalePreset:
     patches_per_image: int
     width_mult: float
     epochs: int
+    train_steps: dict[str, int]
     batch_size: int
     lr: float
     weight_decay: float
@@ -59,13 +62,25 @@ class ScalePreset:
     max_eval_images: int | None
 
 
+# Keys of a ``models.<name>`` entry that set how the variant trains rather than how its network is built.
+TRAINING_OPTIONS = ("l2_kernels",)
+
+
 @dataclass(frozen=True)
 class ModelVariant:
-    """A named model of the study: an architecture plus its options (``models.<name>`` in params.yaml)."""
+    """A named model of the study: an architecture plus its options (``models.<name>`` in params.yaml).
+
+    Args:
+        name: the variant's name.
+        arch: a registry name of ``repro.models``.
+        options: ``create_model`` options (``width_mult`` among them fixes the variant's own width).
+        l2_kernels: the official UNet++ (2018) code's L2 on conv kernels (see ``repro.train.TrainSettings``).
+    """
 
     name: str
     arch: str
     options: dict[str, Any]
+    l2_kernels: float = 0.0
 
 
 def scale_preset(name: str | None = None, params: dict[str, Any] | None = None) -> ScalePreset:
@@ -93,4 +108,5 @@ def model_variant(name: str, params: dict[str, Any] | None = None) -> ModelVaria
     options = dict(variants[name])
     if "arch" not in options:
         raise ValueError(f"models.{name} in params.yaml has no 'arch'")
-    return ModelVariant(name=name, arch=options.pop("arch"), options=options)
+    training = {key: options.pop(key) for key in TRAINING_OPTIONS if key in options}
+    return ModelVariant(name=name, arch=options.pop("arch"), options=options, **training)

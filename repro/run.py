@@ -30,6 +30,7 @@ from repro.train import (
     Trainer,
     TrainSettings,
     describe_device,
+    epochs_for_steps,
     load_prepared,
     resolve_device,
     seed_everything,
@@ -135,9 +136,19 @@ def model_summary(model: torch.nn.Module, data: PreparedData, input_size: int) -
     }
 
 
-def train_settings(scale: ScalePreset) -> TrainSettings:
+def train_epochs(config: RunConfig, data: PreparedData) -> int:
+    """The run's epochs: the scale's ``epochs``, or enough epochs for its ``train_steps`` entry of the dataset."""
+    steps = config.scale.train_steps.get(config.dataset)
+    if steps is None:
+        return config.scale.epochs
+    per_image = config.scale.patches_per_image if data.large_images else 1
+    return epochs_for_steps(steps, len(data.train) * per_image, config.scale.batch_size)
+
+
+def train_settings(config: RunConfig, data: PreparedData) -> TrainSettings:
+    scale = config.scale
     return TrainSettings(
-        epochs=scale.epochs,
+        epochs=train_epochs(config, data),
         batch_size=scale.batch_size,
         lr=scale.lr,
         weight_decay=scale.weight_decay,
@@ -148,7 +159,7 @@ def train_settings(scale: ScalePreset) -> TrainSettings:
 
 def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator) -> Trainer:
     return Trainer(
-        model, data, train_settings(config.scale), config.seed, generator, config.checkpoint_dir, config.device
+        model, data, train_settings(config, data), config.seed, generator, config.checkpoint_dir, config.device
     )
 
 

@@ -1,4 +1,4 @@
-"""repro.upsample equals F.interpolate(scale_factor=2, mode="bicubic", align_corners=False), value and gradient."""
+"""repro.models.upsample equals F.interpolate(scale_factor=2, mode="bicubic", align_corners=False), value and gradient."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.upsample import (
+from repro.models.upsample import (
     BicubicUpsample2x,
     bicubic_upsample2x,
     bicubic_upsample2x_conv,

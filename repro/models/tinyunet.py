@@ -2,7 +2,9 @@
 
 Encoder: four CMRF blocks of widths 64, 128, 256, 512, each followed by 2x2 max-pooling (there is no
 bottleneck block: the pooled output of the fourth feeds the decoder). Decoder: at each level, bicubic x2
-upsampling (``align_corners=False``), concatenation with the encoder output of that level, and a CMRF (inputs
+upsampling (``align_corners=False``; computed as fixed convolutions by
+:class:`~repro.models.upsample.BicubicUpsample2x`, equal to the official ``F.interpolate`` to float rounding and
+twice as fast to train on a CPU), concatenation with the encoder output of that level, and a CMRF (inputs
 1024, 768, 384, 192 -> 512, 256, 128, 64). A 1x1 convolution with bias gives the logits. With 3 input
 channels and 2 classes this is 481,170 parameters.
 
@@ -16,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from repro.models.blocks import check_filters, check_input_size, make_block, scale_width
+from repro.models.upsample import BicubicUpsample2x
 
 TINYUNET_FILTERS = (64, 128, 256, 512)
 
@@ -56,6 +58,7 @@ class TinyUNet(nn.Module):
         self.widths = tuple(widths)
 
         self.pool = nn.MaxPool2d(2)
+        self.upsample = BicubicUpsample2x()
         self.encoder = nn.ModuleList(
             make_node(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths, strict=True)
         )
@@ -74,6 +77,6 @@ class TinyUNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         for node in self.decoder:
-            x = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+            x = self.upsample(x)
             x = node(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)

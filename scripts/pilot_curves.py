@@ -1,0 +1,160 @@
+"""Pilot learning curves: how long the study's runs must be, and what stale BatchNorm statistics do.
+
+One pilot is one training run of the study (``repro.run``: same data, model variant, seed, scale and recipe) whose
+every epoch is validated twice with the same weights: with the running BatchNorm statistics that training kept
+(``val_dice_running``) and with statistics re-estimated on the training split (``val_dice``, what the study's
+evaluation uses; see ``repro.train.reestimate_batchnorm``). Both come from one training trajectory, since running
+statistics never enter a train-mode forward pass. No test split is touched.
+
+    python scripts/pilot_curves.py run --dataset kvasir-seg --model unet --seed 0   # one pilot
+    python scripts/pilot_curves.py summary                                           # table + figure
+
+``run`` writes ``results/pilots/<scale>/<dataset>/<model>/seed<k>/{history.csv,pilot.json}``; ``summary`` writes
+``results/pilots/<scale>/summary.md`` and ``curves.png`` from every pilot there. A killed pilot resumes from its
+checkpoint (``checkpoints/pilots/...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from repro import run  # noqa: E402
+from repro.train import Trainer, reestimate_batchnorm  # noqa: E402
+
+PILOTS_DIR = run.REPO_ROOT / "results" / "pilots"
+# Val Dice gained over the last five epochs: a run still learning at its end was cut short.
+TAIL_EPOCHS = 5
+
+
+def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict:
+    out = PILOTS_DIR / scale / dataset / model / f"seed{seed}"
+    checkpoint = run.CHECKPOINT_DIR / "pilots" / scale / dataset / model / f"seed{seed}"
+    config = run.resolve(dataset, model, seed, scale, None, out, threads, checkpoint)
+    data = run.load_data(config)
+    network, generator = run.build(config, data)
+    # The trainer evaluates with training's running statistics; each epoch is evaluated again re-estimated.
+    settings = dataclasses.replace(run.train_settings(config, data), reestimate_bn=False)
+    trainer = Trainer(network, data, settings, config.seed, generator, config.checkpoint_dir, config.device)
+    rows = _read_rows(out / "history.csv")[: len(trainer.history)]
+
+    def on_epoch(row: dict) -> None:
+        state = copy.deepcopy(trainer.model.state_dict())
+        images = trainer.train_split.images.contiguous(memory_format=trainer.memory_format)
+        reestimate_batchnorm(trainer.model, images, settings.batch_size, trainer.tile)
+        val = trainer.evaluate(trainer.val_split).summary
+        trainer.model.load_state_dict(state)
+        rows.append({**row, "val_dice_running": row["val_dice"], "val_dice": val["dice"], "val_iou": val["iou"]})
+        out.mkdir(parents=True, exist_ok=True)
+        _write_rows(out / "history.csv", rows)
+        print(f"{dataset}/{model}/seed{seed} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.3f}, "
+              f"val Dice {val['dice']:.3f} (running statistics {row['val_dice']:.3f})", flush=True)
+
+    trainer.fit(on_epoch=on_epoch)
+    history = pd.DataFrame(rows)
+    best = int(history["val_dice"].idxmax())
+    summary = {
+        "dataset": dataset,
+        "model": model,
+        "options": config.model_options,
+        "seed": seed,
+        "scale": scale,
+        "epochs": settings.epochs,
+        "optimizer_steps": trainer.train_samples // settings.batch_size,
+        "best_epoch": int(history["epoch"][best]),
+        "best_val_dice": float(history["val_dice"][best]),
+        "gain_last_5_epochs": float(history["val_dice"].iloc[-1] - history["val_dice"].iloc[-1 - TAIL_EPOCHS]),
+        "train_seconds": round(trainer.train_seconds, 1),
+        "git_commit": run.git_commit(),
+        "versions": run.versions(),
+    }
+    (out / "pilot.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summarize(scale: str) -> None:
+    folder = PILOTS_DIR / scale
+    pilots = sorted(folder.glob("*/*/seed*/pilot.json"))
+    if not pilots:
+        raise SystemExit(f"no finished pilot under {folder}")
+    table = pd.DataFrame([json.loads(p.read_text()) for p in pilots])
+    table["best epoch / epochs"] = table["best_epoch"].astype(str) + " / " + table["epochs"].astype(str)
+    columns = ["dataset", "model", "seed", "optimizer_steps", "best epoch / epochs", "best_val_dice",
+               "gain_last_5_epochs", "train_seconds"]
+    lines = [
+        f"# Pilot learning curves, scale `{scale}`",
+        "",
+        "Written by `python scripts/pilot_curves.py summary` from the pilots below; commits: "
+        + ", ".join(sorted(set(table["git_commit"]))) + ".",
+        "",
+        table[columns].to_markdown(index=False, floatfmt=".3f"),
+        "",
+    ]
+    (folder / "summary.md").write_text("\n".join(lines))
+    histories = {
+        (p.parent.parent.parent.name, p.parent.parent.name, p.parent.name): pd.read_csv(p.parent / "history.csv")
+        for p in pilots
+    }
+    datasets = sorted({key[0] for key in histories})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for (name, model, seed), history in histories.items():
+            if name != dataset:
+                continue
+            line = ax.plot(history["epoch"], history["val_dice"], label=f"{model} {seed}")[0]
+            ax.plot(history["epoch"], history["val_dice_running"], ls=":", color=line.get_color(),
+                    label=f"{model} {seed}, running BN statistics")
+            best = history["val_dice"].idxmax()
+            ax.plot(history["epoch"][best], history["val_dice"][best], "o", color=line.get_color())
+        ax.set(title=dataset, xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=100)
+    print((folder / "summary.md").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("run", help="one pilot run")
+    one.add_argument("--dataset", required=True)
+    one.add_argument("--model", required=True)
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--scale", default="cpu")
+    one.add_argument("--threads", type=int, default=1)
+    table = commands.add_parser("summary", help="table and figure of every finished pilot")
+    table.add_argument("--scale", default="cpu")
+    args = parser.parse_args()
+    if args.command == "run":
+        print(json.dumps(pilot(args.dataset, args.model, args.seed, args.scale, args.threads), indent=1))
+    else:
+        summarize(args.scale)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,6 +85,8 @@ OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
     OfficialConfig("light_unet", "light_unet", 3, 1),
     OfficialConfig("lighter_unet_128", "lighter_unet", 3, 1, {"groups_c": 128}),
     OfficialConfig("lighter_unet_1", "lighter_unet", 3, 1, {"groups_c": 1}),
+    OfficialConfig("fcn", "fcn", 3, 1),
+    OfficialConfig("multiresunet", "multiresunet", 3, 1),
 )
 
 _UNETPP_PAPER = "UNet++ paper (Zhou et al., DLMIA 2018), parameter table"
@@ -127,6 +129,13 @@ PAPER_FIGURES: dict[str, PaperFigure] = {
     "light_unet": PaperFigure(11_000_257, 1, source=_LIGHT_README),
     "lighter_unet_128": PaperFigure(7_944_661, 1, source=_LIGHT_README),
     "lighter_unet_1": PaperFigure(1_983_583, 1, source=_LIGHT_README),
+    "multiresunet": PaperFigure(
+        7_260_000,
+        TWO_DECIMALS_M,
+        source="MultiResUNet paper (Ibtehaz & Rahman, Neural Networks 2020)",
+        note="Keras counts BatchNorm's 24,522 moving means and variances as (non-trainable) parameters: the official "
+        "model's 7,262,750 = our 7,238,228 + 24,522, which PyTorch keeps as buffers",
+    ),
 }
 
 

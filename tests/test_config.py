@@ -27,7 +27,7 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
     variant = model_variant(name, PARAMS)
     assert variant.arch in list_models()
     assert set(variant.options) <= set(model_options(variant.arch))
-    create_model(variant.arch, in_channels=3, num_classes=1, width_mult=0.25, **variant.options)
+    create_model(variant.arch, in_channels=3, num_classes=1, **{"width_mult": 0.25, **variant.options})
 
 
 def test_grids_name_known_datasets_and_variants():
@@ -38,7 +38,8 @@ def test_grids_name_known_datasets_and_variants():
         assert set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
         assert set(grid["models"]) <= set(PARAMS["models"])
     full = PARAMS["grids"]["full"]
-    assert set(full["models"]) == set(PARAMS["models"]), "the full grid is every variant"
+    # Every variant but the UNet++ paper's own networks, which serve the DSB2018 sensitivity study only.
+    assert set(full["models"]) == {name for name in PARAMS["models"] if not name.endswith("_2018")}
     assert set(full["datasets"]) == {
         "dsb2018-nuclei-96",
         "kvasir-seg",

@@ -1,4 +1,5 @@
-"""repro.models.upsample equals F.interpolate(scale_factor=2, mode="bicubic", align_corners=False), value and gradient."""
+"""repro.models.upsample equals F.interpolate(scale_factor=2, mode="bicubic", align_corners=False), value and
+gradient."""
 
 from __future__ import annotations
 

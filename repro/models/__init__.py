@@ -16,7 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from repro.models.fcn import FCN8s
 from repro.models.light_unet import BilinearUNet
+from repro.models.multiresunet import MultiResUNet
 from repro.models.tinyunet import TinyUNet
 from repro.models.unet import WIDE_UNET_FILTERS, UNet
 from repro.models.unetpp import NestedUNet
@@ -55,6 +57,8 @@ _REGISTRY: dict[str, ModelSpec] = {
     "unet_bilinear": ModelSpec(BilinearUNet, fixed={"variant": "unet", "groups_c": None}),
     "light_unet": ModelSpec(BilinearUNet, fixed={"variant": "light", "groups_c": None}),
     "lighter_unet": ModelSpec(BilinearUNet, fixed={"variant": "lighter"}, defaults={"groups_c": 128}),
+    "fcn": ModelSpec(FCN8s),
+    "multiresunet": ModelSpec(MultiResUNet),
 }
 
 

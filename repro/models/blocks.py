@@ -3,20 +3,37 @@
 The U-Net family (U-Net, wide U-Net, UNet+, UNet++) is built from one kind of node, :class:`DoubleConv`, or,
 for the TinyU-Net block-swap ablation, from :class:`~repro.models.cmrf.CMRF`; :func:`make_block` picks one
 from the ``block`` option so every architecture takes the same block options.
+
+:func:`init_keras2018` re-initialises a model as the official UNet++ code (MrGiovanni/UNetPlusPlus, Keras 2.2.2,
+the version its ``requirements.txt`` pins) initialised it, and :func:`keras_l2_parameters` selects the kernels
+that code penalises with ``l2(1e-4)``. In that code every ``Conv2D`` (the 3x3 node convolutions and the 1x1
+heads) has ``kernel_initializer="he_normal"`` and ``kernel_regularizer=l2(1e-4)``; every ``Conv2DTranspose``
+keeps the Keras defaults (``glorot_uniform`` kernel, no regulariser); all biases keep the default ``zeros``.
+Keras 2.2.2's ``he_normal`` is a normal truncated at two of its standard deviations and rescaled (since Keras
+2.2.0) so the truncated samples have standard deviation ``sqrt(2 / fan_in)``; Keras 2.0-2.1 did not rescale
+(about 12% smaller) and Keras 1 drew an untruncated normal.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repro.models.cmrf import CMRF
 
 BLOCKS = ("double_conv", "cmrf")
 NORMS = ("batch", None)
+INITS = ("pytorch", "keras2018")
 DEFAULT_CMRF_GROUPS = 8
+# The official code's L2 factor: Keras adds KERAS_L2 * sum(w ** 2) of each regularised kernel to the loss.
+KERAS_L2 = 1e-4
+# Standard deviation of a standard normal truncated to [-2, 2]; Keras divides by it so the truncated samples
+# keep the intended standard deviation.
+_TRUNCATED_NORMAL_STD = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(math.sqrt(2)))
 
 BlockFactory = Callable[[int, int], nn.Module]
 
@@ -54,6 +71,50 @@ def check_input_size(x: torch.Tensor, divisor: int, arch: str, min_size: int | N
             f"{arch} takes inputs whose height and width are multiples of {divisor} and at least {min_size};"
             f" got {height}x{width}"
         )
+
+
+def init_keras2018(model: nn.Module) -> nn.Module:
+    """Re-initialise ``model`` in place as the official Keras UNet++ code did; returns the model.
+
+    Every ``Conv2d`` kernel gets Keras 2.2.2's ``he_normal`` (a normal truncated at +-2 of its standard deviation,
+    scaled so the samples have standard deviation ``sqrt(2 / fan_in)``), every ``ConvTranspose2d`` kernel Glorot
+    uniform (bound ``sqrt(6 / (fan_in + fan_out))``), every convolution bias zero. Normalisation layers keep their
+    ones / zeros, which are Keras's defaults too.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(module.weight)
+        elif isinstance(module, nn.Conv2d):
+            fan_in = module.weight[0].numel()  # input channels (per group) x kernel area, as Keras counts it
+            std = math.sqrt(2 / fan_in) / _TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def keras_l2_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The tensors the official Keras code penalises with ``l2(KERAS_L2)``: the kernel of every ``Conv2d``.
+
+    Those are the 3x3 node convolutions and the 1x1 heads; transposed-convolution kernels, biases and
+    normalisation parameters carry no regulariser there.
+    """
+    return [module.weight for module in model.modules() if isinstance(module, nn.Conv2d)]
+
+
+def mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Combine heads' logits ``(N, C, H, W)`` into logits whose probabilities are the mean of the heads'.
+
+    With one channel (sigmoid) this is the logit of the mean probability, ``log(mean p) - log(mean (1 - p))``,
+    computed from log-sigmoids so saturated heads stay finite; with several channels (softmax over the
+    channels) it is the log of the mean softmax, already normalised, so its softmax is that mean.
+    """
+    stacked = torch.stack(tuple(logits))
+    if stacked.shape[2] == 1:
+        return torch.logsumexp(F.logsigmoid(stacked), dim=0) - torch.logsumexp(F.logsigmoid(-stacked), dim=0)
+    return torch.logsumexp(stacked.log_softmax(dim=2), dim=0) - math.log(len(stacked))
 
 
 class ConvNormAct(nn.Sequential):

@@ -7,8 +7,11 @@ the sum of the two halves is concatenated with every cascade output (``N`` group
 second 1x1 convolution expands to ``C_out``. A residual is added when ``C_in == C_out``. Convolutions have no
 bias; BatchNorm uses the official ``eps=1e-3, momentum=0.03``; the activation is GELU.
 
-``N`` (``n_groups`` here, ``n_dwconv`` in the model options) is the paper's N: the official ``CMRF(n=7)`` is
-N = 8. ``C_out`` must be a multiple of ``2N`` so the halves have equal widths.
+``N`` (``n_groups`` here, ``n_dwconv`` in the model options) is the paper's N, the number of concatenated
+groups. The official default is N = 8 in every version: the code first released (August 2024) took
+``CMRF(c1, c2, n=7)`` with ``n`` depthwise convolutions and N = n + 1 groups; since September 2024 it takes
+``CMRF(c1, c2, N=8)`` with ``N - 1`` depthwise convolutions. ``C_out`` must be a multiple of ``2N`` so the halves
+have equal widths.
 """
 
 from __future__ import annotations

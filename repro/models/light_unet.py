@@ -15,8 +15,11 @@ Every convolution has a bias. The variants differ in the conv sets:
 Any input of at least 16x16 is accepted: the padding before each concatenation absorbs odd sizes.
 
 Deviations from the official code: the head returns logits (official: sigmoid); ``norm=None`` (drop
-BatchNorm) and ``width_mult`` are additions. A width that ``groups_c`` does not divide into whole groups
-raises a ValueError (the official code would fail in ``nn.Conv2d``).
+BatchNorm) and ``width_mult`` are additions. ``width_mult`` scales ``groups_c`` with the widths (C > 1, rounded
+like a width), so Lighter U-Net@C keeps its structure at a reduced width: at width 0.5, C = 128 becomes 64 and,
+as at full width, the two shallowest levels stay ordinary convolutions while the deeper ones are grouped (an
+unscaled C = 128 would make every layer of the half-width network an ordinary convolution). A width that
+``groups_c`` does not divide into whole groups raises a ValueError (the official code would fail in ``nn.Conv2d``).
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ class BilinearUNet(nn.Module):
         in_channels: input image channels.
         num_classes: output channels.
         variant: ``"unet"``, ``"light"`` or ``"lighter"``.
-        groups_c: C of Lighter U-Net@C (channels per group); only with ``variant="lighter"``.
+        groups_c: C of Lighter U-Net@C (channels per group at width 1.0; scaled by ``width_mult`` when > 1); only
+            with ``variant="lighter"``.
         filters: width of each of the five levels.
         norm: ``"batch"`` (official) or ``None``.
         dropout: dropout on the bottleneck output (official 0.5).
@@ -151,7 +155,8 @@ class BilinearUNet(nn.Module):
         elif variant == "light":
             first, second = standard_conv, partial(grouped_conv, channels_per_group=1)
         else:
-            first = second = partial(grouped_conv, channels_per_group=groups_c)
+            channels_per_group = groups_c if groups_c == 1 else scale_width(groups_c, width_mult)
+            first = second = partial(grouped_conv, channels_per_group=channels_per_group)
 
         def double_conv(c_in: int, c_out: int, c_mid: int | None = None) -> nn.Module:
             return ConvSetDoubleConv(c_in, c_out, c_mid or c_out, first=first, second=second, norm=norm)

@@ -4,8 +4,10 @@ Follows the official code (yaoppeng/U-Net_v2, ``UNet_v2.py``). Per encoder level
 applies channel attention then spatial attention (each a sigmoid gate multiplied into the features) and a
 bias-free 1x1 convolution + BatchNorm to ``c`` channels. Then, per target level, :class:`SDI` resizes every
 level to the target's size (adaptive average pooling from finer levels, bilinear interpolation with
-``align_corners=True`` from coarser ones), smooths each by its own 3x3 convolution with bias, and multiplies the
-four element-wise.
+``align_corners=True`` from coarser ones), smooths each by its own 3x3 convolution with bias, and multiplies them
+all element-wise. U-Net v2 fuses four levels (strides 4-32); its all-levels variant (``levels="all"`` in
+:class:`repro.models.unetv2.UNetV2`, from the official README) fuses six (strides 1-32), with six convolutions
+per SDI.
 
 Deviation: the official SDI resizes to a square of the target's width and chooses pooling or interpolation by
 comparing widths; here each level is resized to the target's (height, width) and the direction is chosen by
@@ -88,7 +90,7 @@ class SDI(nn.Module):
 
     Args:
         channels: width ``c`` of every level.
-        num_levels: number of encoder levels fused (four in U-Net v2).
+        num_levels: number of encoder levels fused (four in U-Net v2, six in its all-levels variant).
     """
 
     def __init__(self, channels: int, num_levels: int = 4) -> None:

@@ -10,6 +10,9 @@ Deviations from the official code, all selectable:
   ``norm=None`` is the official, normalisation-free network (same parameter count as the Keras model).
 - ``dropout=0.0`` by default; the official code applies dropout 0.5 after every convolution (``dropout=0.5``).
 - The head returns logits; the official model ends in a sigmoid (the loss applies it here).
+- ``init="pytorch"`` (default) keeps PyTorch's default initialisation; ``init="keras2018"`` is the official Keras
+  one (:func:`~repro.models.blocks.init_keras2018`). The official ``l2(1e-4)`` penalty belongs to training;
+  :func:`~repro.models.blocks.keras_l2_parameters` selects the kernels it applies to.
 - ``block="cmrf"`` swaps every node for TinyU-Net's CMRF (the TinyU-Net paper's block-swap ablation); widths
   are then rounded to multiples of ``2 * n_dwconv``.
 """
@@ -21,7 +24,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from repro.models.blocks import UpConcatNode, check_filters, check_input_size, make_block, scale_width
+from repro.models.blocks import (
+    INITS,
+    UpConcatNode,
+    check_choice,
+    check_filters,
+    check_input_size,
+    init_keras2018,
+    make_block,
+    scale_width,
+)
 
 UNET_FILTERS = (32, 64, 128, 256, 512)
 WIDE_UNET_FILTERS = (35, 70, 140, 280, 560)
@@ -39,6 +51,7 @@ class UNet(nn.Module):
         block: ``"double_conv"`` (official) or ``"cmrf"``.
         n_dwconv: CMRF's N when ``block="cmrf"`` (default 8).
         width_mult: multiplies every width (reduced-scale runs).
+        init: ``"pytorch"`` (PyTorch's defaults) or ``"keras2018"`` (the official Keras initialisation).
     """
 
     size_divisor = 16
@@ -54,8 +67,10 @@ class UNet(nn.Module):
         block: str = "double_conv",
         n_dwconv: int | None = None,
         width_mult: float = 1.0,
+        init: str = "pytorch",
     ) -> None:
         super().__init__()
+        check_choice("init", init, INITS)
         self.in_channels = in_channels
         self.num_classes = num_classes
         make_node, divisor = make_block(block, norm=norm, dropout=dropout, n_dwconv=n_dwconv)
@@ -71,6 +86,8 @@ class UNet(nn.Module):
             UpConcatNode(widths[level + 1], widths[level], widths[level], make_node) for level in reversed(range(4))
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        if init == "keras2018":
+            init_keras2018(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.size_divisor, type(self).__name__)

@@ -9,14 +9,19 @@ transposed convolution with bias and concatenates it with
 
 With deep supervision, train mode returns ``[head1(X01), head2(X02), head3(X03), head4(X04)]`` (deepest last).
 Eval mode returns one tensor chosen by ``ds_mode`` (settable after construction):
-- ``"average"`` (default; the paper's "accurate mode"): the mean of the four heads' logits;
+- ``"average"`` (default; the paper's "accurate mode", which averages the heads' outputs): logits whose sigmoid
+  (one channel) or softmax (several) is the mean of the four heads' probabilities
+  (:func:`~repro.models.blocks.mean_probability_logits`);
 - ``"L1"``..``"L4"`` (the paper's pruned "fast mode"): only the nodes with i + j <= k are computed, and
   head k's output is returned.
 
 Deviations from the official code, all selectable: ``norm="batch"`` by default (official: ``norm=None``),
-``dropout=0.0`` by default (official: 0.5 after every convolution), logits instead of sigmoid outputs, and
-``block="cmrf"`` for the CMRF block swap. The official model without deep supervision has one head, so its
-parameter count matches ours; with deep supervision ours has the four heads the official code builds.
+``dropout=0.0`` by default (official: 0.5 after every convolution), ``init="pytorch"`` by default (official:
+``init="keras2018"``, :func:`~repro.models.blocks.init_keras2018`), logits instead of sigmoid outputs, and
+``block="cmrf"`` for the CMRF block swap. The official ``l2(1e-4)`` penalty belongs to training;
+:func:`~repro.models.blocks.keras_l2_parameters` selects the kernels it applies to. The official model without
+deep supervision has one head, so its parameter count matches ours; with deep supervision ours has the four
+heads the official code builds.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ import torch
 from torch import nn
 
 from repro.models.blocks import (
+    INITS,
     DeepSupervisionMixin,
     UpConcatNode,
+    check_choice,
     check_filters,
     check_input_size,
+    init_keras2018,
     make_block,
+    mean_probability_logits,
     scale_width,
 )
 from repro.models.unet import UNET_FILTERS
@@ -54,6 +63,7 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
         deep_supervision: four heads on X(0, 1..4) instead of one on X(0, 4).
         ds_mode: eval-mode output with deep supervision: ``"average"`` or ``"L1"``..``"L4"``.
         width_mult: multiplies every width (reduced-scale runs).
+        init: ``"pytorch"`` (PyTorch's defaults) or ``"keras2018"`` (the official Keras initialisation).
     """
 
     size_divisor = 16
@@ -73,8 +83,10 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
         deep_supervision: bool = False,
         ds_mode: str | None = None,
         width_mult: float = 1.0,
+        init: str = "pytorch",
     ) -> None:
         super().__init__()
+        check_choice("init", init, INITS)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dense_skips = dense_skips
@@ -97,6 +109,8 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
         )
         num_heads = DEPTH if deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(num_heads))
+        if init == "keras2018":
+            init_keras2018(self)
 
     def _top_row(self, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
         """Compute only the nodes with i + j <= depth; return X(0, 1..depth)."""
@@ -116,6 +130,6 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
             return self.heads[0](self._top_row(x, DEPTH)[-1])
         if self.training or self.ds_mode == "average":
             outputs = [head(node) for head, node in zip(self.heads, self._top_row(x, DEPTH), strict=True)]
-            return outputs if self.training else torch.stack(outputs).mean(dim=0)
+            return outputs if self.training else mean_probability_logits(outputs)
         depth = int(self.ds_mode[1:])
         return self.heads[depth - 1](self._top_row(x, depth)[-1])

@@ -3,9 +3,9 @@
 ``notebooks/train.ipynb`` calls these pieces one cell at a time so that the executed notebook reads as a report;
 :func:`run` chains them for scripts and tests.
 
-Outputs in ``out_dir``: ``metrics.json`` (test metrics of the selected epoch, provenance), ``per_image.csv``,
-``history.csv``. Checkpoints go to ``checkpoints/<dataset>/<model>/seed<k>/`` (git-ignored), which no later
-stage needs.
+Outputs in ``out_dir``: ``metrics.json`` (test metrics of the selected epoch, the run's identity: see
+``repro.run_identity``), ``per_image.csv``, ``history.csv``. Checkpoints go to
+``checkpoints/<dataset>/<model>/seed<k>/<scale>/`` (git-ignored), which no later stage needs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import platform
-import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from repro.config import ModelVariant, ScalePreset, load_params, model_variant, 
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT
 from repro.models import create_model
+from repro.run_identity import RunIdentity, identify, normalise_device
 from repro.train import (
     PreparedData,
     Trainer,
@@ -59,12 +61,23 @@ class RunConfig:
         """The variant's options with the scale's width factor (unless the variant fixes its own)."""
         return {"width_mult": self.scale.width_mult, **self.variant.options}
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """What the variant sets: the network's options, and its training options where it sets any."""
+        training = {"l2_kernels": self.variant.l2_kernels} if self.variant.l2_kernels else {}
+        return {**self.model_options, **training}
+
+    @property
+    def data_folder(self) -> Path:
+        """The prepared dataset the run trains on (``dvc repro prepare`` writes it)."""
+        return PROCESSED_DIR / self.scale.name / self.dataset
+
     def describe(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "model": self.variant.name,
             "arch": self.variant.arch,
-            "options": self.model_options,
+            "options": self.options,
             "seed": self.seed,
             "scale": self.scale.name,
             "scale_settings": {k: v for k, v in vars(self.scale).items() if k != "name"},
@@ -103,16 +116,21 @@ def resolve(
         out_dir=Path(out_dir),
         threads=set_threads(threads),
         checkpoint_dir=Path(checkpoint_dir or CHECKPOINT_DIR / dataset / model / f"seed{seed}" / scale_settings.name),
-        device=resolve_device(device),
+        device=normalise_device(resolve_device(device)),
     )
 
 
 def load_data(config: RunConfig) -> PreparedData:
     """The prepared dataset (DVC's prepare stage output), preparing it first when it is missing."""
-    folder = PROCESSED_DIR / config.scale.name / config.dataset
+    folder = config.data_folder
     if not (folder / "meta.json").exists():
         prepare_dataset(config.dataset, config.scale, folder, config.data_root)
     return load_prepared(folder, config.scale.max_train_images, config.scale.max_eval_images)
+
+
+def identity(config: RunConfig) -> RunIdentity:
+    """The run's identity (call after :func:`load_data`, which may prepare the data first)."""
+    return identify(config, config.data_folder)
 
 
 def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch.Generator]:
@@ -154,13 +172,32 @@ def train_settings(config: RunConfig, data: PreparedData) -> TrainSettings:
         weight_decay=scale.weight_decay,
         patch_size=scale.patch_size,
         patches_per_image=scale.patches_per_image,
+        l2_kernels=config.variant.l2_kernels,
     )
 
 
-def make_trainer(config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator) -> Trainer:
+def make_trainer(
+    config: RunConfig, model: torch.nn.Module, data: PreparedData, generator: torch.Generator, run: RunIdentity
+) -> Trainer:
     return Trainer(
-        model, data, train_settings(config, data), config.seed, generator, config.checkpoint_dir, config.device
+        model, data, train_settings(config, data), config.seed, generator, config.checkpoint_dir, config.device, run
     )
+
+
+def print_progress(config: RunConfig, epochs: int) -> Callable[[dict], None]:
+    """An ``on_epoch`` callback printing one line per epoch (papermill's ``--log-output`` streams it to the
+    terminal and the run's log)."""
+    name = f"{config.dataset}/{config.variant.name}/seed{config.seed} [{config.scale.name}]"
+
+    def on_epoch(row: dict) -> None:
+        print(
+            f"{name} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f} "
+            f"({row['seconds']:.0f} s)",
+            file=sys.stdout,
+            flush=True,
+        )
+
+    return on_epoch
 
 
 def is_deeply_supervised(model: torch.nn.Module) -> bool:
@@ -197,24 +234,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit, with '+dirty' when tracked files differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "repro", "notebooks"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def write_outputs(
     config: RunConfig,
     trainer: Trainer,
@@ -222,19 +241,26 @@ def write_outputs(
     summary: dict[str, float],
     test: dict,
     per_image: list[dict],
-    test_pruned: dict[str, dict] | None = None,
+    test_pruned: dict[str, dict] | None,
+    run: RunIdentity,
 ) -> dict:
-    """Write metrics.json, per_image.csv and history.csv to the run's out_dir; return the metrics."""
+    """Write metrics.json, per_image.csv and history.csv to the run's out_dir; return the metrics.
+
+    ``run`` (the run's identity) is recorded whole: its data and code hashes, data root, dataset definition and
+    git commit (``+dirty`` when a dependency of the run differs from it).
+    """
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     best = trainer.history[trainer.best_epoch - 1]
     metrics = {
         **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root", "checkpoint_dir")},
+        **run.to_dict(),
         "class_names": data.class_names,
         "test": test,
         "val": {"dice": best["val_dice"], "iou": best["val_iou"]},
         "best_epoch": trainer.best_epoch,
-        "epochs": config.scale.epochs,
+        "epochs": trainer.settings.epochs,
+        "optimizer_steps": trainer.optimizer_steps,
         "n_images": {split: len(getattr(data, split)) for split in ("train", "val", "test")},
         "params": summary["params"],
         "flops": summary["flops"],
@@ -242,7 +268,6 @@ def write_outputs(
         "train_seconds": round(trainer.train_seconds, 1),
         "images_per_second": round(trainer.images_per_second, 2),
         "versions": versions(),
-        "git_commit": git_commit(),
     }
     if test_pruned:
         metrics["test_pruned"] = test_pruned

@@ -11,30 +11,8 @@ dependency of the run differs from that commit (a code or split file of the ``tr
 edited, staged or untracked, or one of the stages' keys of ``params.yaml``). Which files and keys those are is
 read from ``dvc.yaml``, so the identity follows the pipeline's own definition of the run's dependencies.
 
-Wiring (for the version that lands issue 12, item 7; this module changes no training dependency by itself):
-
-- ``repro/train.py``: ``Trainer.__init__`` takes ``identity: RunIdentity | None = None`` (a ``checkpoint_dir``
-  without an identity is a ``ValueError``: no checkpoint is resumed unchecked) and sets ``self.device =
-  normalise_device(device)``. ``_save`` stores ``"identity": self.identity.to_dict()`` in ``last.pt``.
-  ``_resume`` calls ``check_resumable(state.get("identity"), self.identity, self.checkpoint)`` right after
-  ``torch.load``, before any state is loaded, in place of today's seed/settings test (the identity holds the
-  seed and the full scale preset, a superset of ``TrainSettings`` but ``channels_last``, which is set in code and
-  so covered by ``code_files``).
-- ``repro/run.py``: ``RunConfig`` gains the prepared folder (``PROCESSED_DIR / scale / dataset``, which
-  ``load_data`` already computes); a function ``identity(config)`` returns ``identify(config, folder)`` and must
-  be called after ``load_data`` (which may prepare the folder first); ``make_trainer`` passes it to the
-  ``Trainer``; ``write_outputs`` takes it and writes ``**identity.to_dict()`` into ``metrics.json`` (its keys
-  ``dataset``, ``model``, ``arch``, ``options``, ``seed``, ``scale`` and ``scale_settings`` equal those of
-  ``config.describe()``; ``git_commit`` replaces today's ``run.git_commit()``, which is deleted: it misses an
-  edited ``params.yaml``); ``resolve`` normalises the device with :func:`normalise_device`.
-- ``notebooks/train.ipynb``: after ``data = run.load_data(config)``, ``identity = run.identity(config)`` and print
-  it; ``run.make_trainer(config, network, data, generator, identity)``; ``run.write_outputs(..., identity)``.
-- ``tests/test_train.py``: ``make_trainer`` gives trainers with a checkpoint folder an identity whose
-  ``data_files`` are md5s of the synthetic splits' tensors; ``test_checkpoint_of_other_data_is_refused`` loses
-  its xfail marker (its other data then has another identity; identities of real prepared folders are tested
-  in ``tests/test_run_identity.py``); the seed test matches ``belongs to another run`` as before. README's
-  "Checkpoints" paragraph loses its caveat: a checkpoint is matched on the whole run, and deleting it is the
-  one way to start a run again.
+``repro.train.Trainer`` stores the identity in every checkpoint and checks it before resuming; ``repro.run``
+writes it into the run's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -217,7 +195,7 @@ def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str =
         dataset_definition=dataset_definition(config.dataset, params),
         model=config.variant.name,
         arch=config.variant.arch,
-        options=config.model_options,
+        options=config.options,
         seed=config.seed,
         scale=scale.name,
         scale_settings={k: v for k, v in vars(scale).items() if k != "name"},

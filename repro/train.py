@@ -21,8 +21,9 @@ for data order, patches and augmentation, so a seed draws the same batches and t
 CPU with a fixed thread count, the same seed gives bit-identical results. On CUDA, cuDNN is held to its
 deterministic algorithms, but a few backward kernels (bilinear upsampling, adaptive pooling) have no
 deterministic CUDA version: PyTorch warns about them and a rerun can differ in the last bits. A checkpoint
-written after every epoch holds every state (model, optimizer, scheduler, every RNG, best weights, history), so
-a killed run resumes to the same result as an uninterrupted one.
+written after every epoch holds every state (model, optimizer, scheduler, every RNG, best weights, history) and
+the run's identity (``repro.run_identity``: data, code, variant, full scale preset, seed), so a killed run resumes
+to the same result as an uninterrupted one, and a checkpoint of any other run is refused before training.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import random
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +45,8 @@ from torch import Tensor, nn
 
 from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.metrics import confusion_counts, logits_to_labels, per_image_table, summarize
+from repro.models.blocks import keras_l2_parameters
+from repro.run_identity import RunIdentity, RunMismatchError, check_resumable, normalise_device
 
 THREADS_ENV = "UNET_REPRO_THREADS"
 DEVICE_ENV = "UNET_REPRO_DEVICE"
@@ -49,6 +54,10 @@ DEVICE_ENV = "UNET_REPRO_DEVICE"
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read."""
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -331,6 +340,8 @@ class TrainSettings:
         channels_last: run the network in channels-last memory format.
         reestimate_bn: re-estimate BatchNorm statistics on the training split before every evaluation (see the
             module docstring); False only to measure what stale statistics do (``scripts/pilot_curves.py``).
+        l2_kernels: the official UNet++ (2018) code's Keras L2 penalty ``l2 * sum(w**2)`` on the parameters
+            ``repro.models.blocks.keras_l2_parameters`` selects, in place of Adam's weight decay on them; 0 = none.
     """
 
     epochs: int
@@ -341,6 +352,7 @@ class TrainSettings:
     patches_per_image: int
     channels_last: bool = True
     reestimate_bn: bool = True
+    l2_kernels: float = 0.0
 
 
 @dataclass
@@ -352,6 +364,21 @@ class EvalResult:
     predictions: Tensor
 
 
+def parameter_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
+    """Adam's parameter groups: every parameter with the recipe's weight decay, or with ``l2_kernels`` the
+    official UNet++ code's L2 on its regularised kernels only (Keras adds ``l2 * w**2`` to the loss, whose
+    gradient ``2 * l2 * w`` is Adam's weight decay of ``2 * l2``) and no decay on anything else."""
+    if not settings.l2_kernels:
+        return [{"params": list(model.parameters()), "weight_decay": settings.weight_decay}]
+    kernels = keras_l2_parameters(model)
+    chosen = {id(p) for p in kernels}
+    others = [p for p in model.parameters() if id(p) not in chosen]
+    return [
+        {"params": kernels, "weight_decay": 2 * settings.l2_kernels},
+        {"params": others, "weight_decay": 0.0},
+    ]
+
+
 class Trainer:
     """Fit a model to a prepared dataset with the study's single recipe; checkpoint and resume.
 
@@ -361,8 +388,10 @@ class Trainer:
         settings: training settings.
         seed: the run's seed (model initialisation must already have used it: see ``seed_everything``).
         generator: the data/augmentation generator returned by ``seed_everything`` (a CPU generator).
-        checkpoint_dir: where ``last.pt`` is written after every epoch; an existing one is resumed from.
+        checkpoint_dir: where ``last.pt`` is written after every epoch; an existing one is resumed from, if it
+            records ``identity``.
         device: where the model and the splits live (see :func:`resolve_device`); the CPU by default.
+        identity: the run's identity, required with ``checkpoint_dir`` (no checkpoint is resumed unchecked).
     """
 
     def __init__(
@@ -374,8 +403,12 @@ class Trainer:
         generator: torch.Generator,
         checkpoint_dir: Path | str | None = None,
         device: torch.device | str = "cpu",
+        identity: RunIdentity | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        if checkpoint_dir is not None and identity is None:
+            raise ValueError("a Trainer with a checkpoint_dir needs the run's identity, to check what it resumes")
+        self.identity = identity
+        self.device = normalise_device(device)
         self.data = data
         # The splits the hot path reads, moved to the device once (the caller's ``data`` stays where it is).
         self.train_split, self.val_split = data.train.to(self.device), data.val.to(self.device)
@@ -385,7 +418,7 @@ class Trainer:
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
         self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
         self.checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
         self.history: list[dict] = []
@@ -394,6 +427,7 @@ class Trainer:
         self.best_val_dice = -1.0
         self.train_seconds = 0.0
         self.train_samples = 0
+        self.optimizer_steps = 0
         self._resume()
 
     @property
@@ -431,6 +465,7 @@ class Trainer:
             total += value
         self.scheduler.step()
         self.train_samples += steps * batch_size
+        self.optimizer_steps += steps
         return total / steps
 
     def reestimate_bn(self) -> None:
@@ -510,8 +545,10 @@ class Trainer:
             "best_val_dice": self.best_val_dice,
             "train_seconds": self.train_seconds,
             "train_samples": self.train_samples,
+            "optimizer_steps": self.optimizer_steps,
             "seed": self.seed,
             "settings": asdict(self.settings),
+            "identity": self.identity.to_dict(),
         }
         # Write then rename, so a run killed mid-save leaves the previous checkpoint intact.
         partial = self.checkpoint.with_suffix(".partial")
@@ -521,11 +558,20 @@ class Trainer:
     def _resume(self) -> None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        if state["seed"] != self.seed or state["settings"] != asdict(self.settings):
-            raise ValueError(
-                f"{self.checkpoint} belongs to another run (seed {state['seed']}, settings {state['settings']}); "
-                "delete it or choose another checkpoint folder"
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            raise CheckpointError(
+                f"{self.checkpoint} cannot be read ({type(error).__name__}: {error}); the file is damaged (e.g. a "
+                f"full disk, or a copy cut short). Nothing was trained. To train this run from the start, delete it "
+                f"(rm {self.checkpoint}) and run it again."
+            ) from error
+        check_resumable(state.get("identity"), self.identity, self.checkpoint)
+        # The settings follow from the identity, but a caller may set them by hand (the pilot script does).
+        if state["settings"] != asdict(self.settings):
+            raise RunMismatchError(
+                f"{self.checkpoint} belongs to another run: its training settings {state['settings']} differ from "
+                f"{asdict(self.settings)}. Delete it (rm {self.checkpoint}) to train this run from the start."
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -534,7 +580,15 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
-        for key in ("history", "best_state", "best_epoch", "best_val_dice", "train_seconds", "train_samples"):
+        for key in (
+            "history",
+            "best_state",
+            "best_epoch",
+            "best_val_dice",
+            "train_seconds",
+            "train_samples",
+            "optimizer_steps",
+        ):
             setattr(self, key, state[key])
 
     @property

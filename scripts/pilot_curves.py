@@ -45,7 +45,8 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
     network, generator = run.build(config, data)
     # The trainer evaluates with training's running statistics; each epoch is evaluated again re-estimated.
     settings = dataclasses.replace(run.train_settings(config, data), reestimate_bn=False)
-    trainer = Trainer(network, data, settings, config.seed, generator, config.checkpoint_dir, config.device)
+    identity = run.identity(config)
+    trainer = Trainer(network, data, settings, config.seed, generator, config.checkpoint_dir, config.device, identity)
     rows = _read_rows(out / "history.csv")[: len(trainer.history)]
 
     def on_epoch(row: dict) -> None:
@@ -75,7 +76,7 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
         "best_val_dice": float(history["val_dice"][best]),
         "gain_last_5_epochs": float(history["val_dice"].iloc[-1] - history["val_dice"].iloc[-1 - TAIL_EPOCHS]),
         "train_seconds": round(trainer.train_seconds, 1),
-        "git_commit": run.git_commit(),
+        "git_commit": identity.git_commit,
         "versions": run.versions(),
     }
     (out / "pilot.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -34,6 +34,7 @@ SMOKE = {
     "patches_per_image": 2,
     "width_mult": 0.25,
     "epochs": 2,
+    "train_steps": {},
     "batch_size": 4,
     "lr": 0.001,
     "weight_decay": 0.0,

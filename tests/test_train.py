@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,9 @@ import pytest
 import torch
 
 from repro.models import create_model
+from repro.run_identity import RunIdentity
 from repro.train import (
+    CheckpointError,
     NonFiniteLossError,
     PreparedData,
     Split,
@@ -21,6 +25,7 @@ from repro.train import (
     predict_logits,
     random_dihedral,
     random_patches,
+    reestimate_batchnorm,
     resolve_device,
     seed_everything,
 )
@@ -53,12 +58,38 @@ def synthetic_data(large_images: bool = False) -> PreparedData:
 SETTINGS = TrainSettings(epochs=4, batch_size=4, lr=0.01, weight_decay=0.0, patch_size=16, patches_per_image=2)
 
 
+def identity_of(data: PreparedData, seed: int, settings: TrainSettings) -> RunIdentity:
+    """A run identity of the synthetic run: its data files are the md5s of the splits' tensors (the identities of
+    real prepared folders and code are tested in test_run_identity.py)."""
+    splits = {name: getattr(data, name) for name in ("train", "val", "test")}
+    return RunIdentity(
+        dataset=data.name,
+        dataset_definition={"name": data.name},
+        model="unet",
+        arch="unet",
+        options={"width_mult": 0.125},
+        seed=seed,
+        scale="test",
+        scale_settings=vars(settings),
+        data_files={
+            f"{name}_{part}": hashlib.md5(getattr(split, part).numpy().tobytes()).hexdigest()
+            for name, split in splits.items()
+            for part in ("images", "masks")
+        },
+        code_files={},
+        data_root="synthetic",
+        git_commit="unknown",
+    )
+
+
 def make_trainer(
     seed: int = 0, settings: TrainSettings = SETTINGS, checkpoint_dir=None, data=None, device="cpu"
 ) -> Trainer:
     generator = seed_everything(seed)
     model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125, norm="batch")
-    return Trainer(model, data or synthetic_data(), settings, seed, generator, checkpoint_dir, device)
+    data = data or synthetic_data()
+    identity = identity_of(data, seed, settings) if checkpoint_dir is not None else None
+    return Trainer(model, data, settings, seed, generator, checkpoint_dir, device, identity)
 
 
 def test_training_learns_the_task():
@@ -129,19 +160,55 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         make_trainer(seed=1, checkpoint_dir=tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="known limitation (README, 'Checkpoints'): a checkpoint is matched on seed and training settings only",
-)
 def test_checkpoint_of_other_data_is_refused(tmp_path):
-    # A finished checkpoint of the same seed and settings but other training data (or model options, image size,
-    # code) is today resumed as if it were this run: the new run trains no further and reports the old model.
+    # Same seed and settings, other training data: the identity's data hashes tell the runs apart.
     make_trainer(checkpoint_dir=tmp_path).fit()
     data = synthetic_data()
     other = PreparedData(**{**vars(data), "train": synthetic_split(16, 32, 7)})
-    with pytest.raises(ValueError, match="belongs to another run"):
+    with pytest.raises(ValueError, match=r"belongs to another run: it differs from this run in data_files"):
         make_trainer(checkpoint_dir=tmp_path, data=other)
+
+
+def test_checkpoint_directory_needs_an_identity(tmp_path):
+    generator = seed_everything(0)
+    model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125)
+    with pytest.raises(ValueError, match="needs the run's identity"):
+        Trainer(model, synthetic_data(), SETTINGS, 0, generator, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_checkpoint_names_the_file_and_the_way_out(tmp_path, damage):
+    make_trainer(checkpoint_dir=tmp_path).fit()
+    checkpoint = tmp_path / "last.pt"
+    content = checkpoint.read_bytes()
+    checkpoint.write_bytes(
+        {"truncated": content[: len(content) // 2], "garbage": b"not a checkpoint", "empty": b""}[damage]
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(str(checkpoint))} cannot be read .*\(rm {re.escape(str(checkpoint))}\)"
+    ):
+        make_trainer(checkpoint_dir=tmp_path)
+
+
+def test_batchnorm_reestimation_uses_the_data_and_spares_unreached_layers():
+    torch.manual_seed(0)
+    model = create_model("unetpp", in_channels=1, num_classes=1, width_mult=0.125, deep_supervision=True)
+    images = 3.0 + 2.0 * torch.randn(8, 1, 32, 32)
+    conv, first = model.encoder[0][0][0], model.encoder[0][0][1]  # X(0,0)'s first convolution and BatchNorm
+    # L1 computes only the nodes X(0,0), X(1,0), X(0,1): the others keep their statistics.
+    model.ds_mode = "L1"
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    assert reestimate_batchnorm(model, images, batch_size=4) == len(norms)
+    changed = [not torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True)]
+    assert 0 < sum(changed) < len(norms)
+    assert not model.training and all(not m.training and m.momentum == 0.1 for m in norms)
+    # The first BatchNorm sees the first convolution of the images: its mean is the batches' average.
+    model.ds_mode = "average"
+    reestimate_batchnorm(model, images, batch_size=4)
+    with torch.no_grad():
+        expected = torch.stack([conv(images[i : i + 4]).mean(dim=(0, 2, 3)) for i in (0, 4)]).mean(dim=0)
+    torch.testing.assert_close(first.running_mean, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step():

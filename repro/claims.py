@@ -104,7 +104,10 @@ _C1_SOURCE = (
 )
 _UNETV2_DESIGN = (
     "the study's U-Net v2 has a CNN encoder trained from scratch (encoder cnn, with PVTv2-b2's strides and "
-    "channels); the paper used a PVTv2-b2 encoder"
+    "channels: a pretrained PVTv2-b2 cannot be fetched here), where the paper used a pretrained PVTv2-b2; it "
+    "feeds all six levels of that encoder (strides 1-32, levels all) through SDI to full-resolution logits, as "
+    "the official README advises for one's own data, not the paper's four levels at strides 4-32 "
+    "(unetv2_stride4 is that layout, as a reference)"
 )
 _C2_SOURCE = f"{_UNETPP}: nuclei IoU 92.63 vs 90.92 for wide U-Net (+1.71); average over datasets +3.4 IoU."
 
@@ -131,12 +134,12 @@ CLAIMS: tuple[Claim, ...] = (
         comparisons=(
             Comparison(
                 "tinyunet",
-                "unet",
+                "unet_w1",
                 0.0280,
                 f"{_TINYUNET}: ISIC2018 mIoU 85.49 vs 82.69 (+2.80); lesion IoU 80.04 vs 76.14 (+3.90).",
                 claimed_on="ISIC2018",
-                design="U-Net here is the UNet++ paper's 7.76M-parameter network (at the study's width), not the "
-                "24.89M-parameter U-Net TinyU-Net was compared with",
+                design="U-Net here is the UNet++ paper's 7.76M-parameter network (unet_w1, at its official widths, "
+                "as TinyU-Net is at its own), not the 24.89M-parameter U-Net TinyU-Net was compared with",
             ),
         ),
     ),
@@ -164,11 +167,13 @@ CLAIMS: tuple[Claim, ...] = (
         comparisons=(
             Comparison(
                 "unet_cmrf",
-                "unet",
+                "unet_w1",
                 0.0034,
                 f"{_TINYUNET}: lesion IoU +0.89 and +0.34 in the paper's two block swaps (the smaller used).",
                 claimed_on="ISIC2018",
-                design="the study swaps CMRF blocks into U-Net; the paper swapped them into SegNet and CMUNeXt",
+                design="the study swaps CMRF blocks into U-Net at U-Net's official widths (both sides at width 1.0: "
+                "at the study's 0.5 the first CMRF's cascade would be one channel wide); the paper swapped them "
+                "into SegNet and CMUNeXt",
             ),
         ),
     ),
@@ -201,7 +206,9 @@ CLAIMS: tuple[Claim, ...] = (
                 "U-Net v2: its ISIC2018 +2.48 DSC (+3.90 IoU) is the gain over the previous best method with a "
                 "PVT encoder, not an SDI ablation, so it is no size of the SDI effect to test against: the "
                 "direction only is tested.",
-                design=_UNETV2_DESIGN,
+                design=_UNETV2_DESIGN + "; unetv2_nosdi (sdi false) removes SDI together with its channel and "
+                "spatial attention (the first step of SDI in the paper), keeping the 1x1 projections as plain "
+                "additive skips",
             ),
         ),
     ),
@@ -212,7 +219,12 @@ CLAIMS: tuple[Claim, ...] = (
         metric="dice",
         comparisons=(
             Comparison(
-                "unetv2", "unetv2_noattn", None, "U-Net v2: design claim; no number given.", design=_UNETV2_DESIGN
+                "unetv2",
+                "unetv2_noattn",
+                None,
+                "U-Net v2: design claim; no number given.",
+                design=_UNETV2_DESIGN + "; unetv2_noattn (attention false) keeps SDI's resizing, 3x3 smoothing and "
+                "Hadamard product and drops only the channel and spatial attention",
             ),
         ),
     ),

@@ -30,6 +30,7 @@ TINY = np.array([1e-4, -1e-4, 5e-5, -5e-5, 0.0])
 # Seed-level test Dice of each variant on "kvasir-seg", built so that every superiority label occurs:
 KVASIR_DICE = {
     "unet": UNET,
+    "unet_w1": UNET,  # the U-Net of C3 and C4b (at width 1.0)
     "unetpp": UNET + 0.05 + np.array([0.003, -0.002, 0.001, 0.0, -0.002]),  # C1: reproduced (> claimed 1.86 IoU)
     "wide_unet": UNET + 0.08,  # C2: UNet++ significantly worse -> reversed
     "tinyunet": UNET + np.array([0.002, -0.002, 0.001, -0.001, 0.0]),  # C3: ~0, far below +2.8 mIoU: smaller
@@ -255,9 +256,9 @@ def test_a_claim_restricted_to_datasets_has_rows_there_only(claims_table):
 def test_every_superiority_label_on_constructed_runs(claims_table):
     expected = {
         ("unetpp", "unet"): verdicts.REPRODUCED,
-        ("unet_cmrf", "unet"): verdicts.REPRODUCED_SMALLER,
+        ("unet_cmrf", "unet_w1"): verdicts.REPRODUCED_SMALLER,
         ("unetpp", "wide_unet"): verdicts.REVERSED,
-        ("tinyunet", "unet"): verdicts.SMALLER,
+        ("tinyunet", "unet_w1"): verdicts.SMALLER,
         ("tinyunet", "tinyunet_plain"): verdicts.UNDERPOWERED,
         ("unetv2", "unetv2_nosdi"): verdicts.INCONCLUSIVE,
     }
@@ -284,7 +285,7 @@ def test_holm_runs_over_each_claims_direction_and_magnitude_tests_together(claim
 
 
 def test_adjusted_interval_and_power_use_the_family_level(claims_table):
-    row = row_of(claims_table, "kvasir-seg", "tinyunet", "unet")
+    row = row_of(claims_table, "kvasir-seg", "tinyunet", "unet_w1")
     m = row["family_size"]
     assert m == 2
     assert row["ci_adj_low"] < row["ci_low"] < row["ci_high"] < row["ci_adj_high"]
@@ -517,9 +518,9 @@ def test_a_run_without_the_pruned_scores_a_comparison_needs_is_named(tmp_path):
 
 def test_design_notes_are_shown_in_the_claims_table_and_the_conclusions(claims_table):
     designs = {(c.better, c.baseline): c.design for claim in CLAIMS for c in claim.comparisons if c.design}
-    assert {("tinyunet", "unet"), ("tinyunet", "tinyunet_plain"), ("unet_cmrf", "unet")} <= set(designs)
-    assert "SegNet and CMUNeXt" in designs[("unet_cmrf", "unet")]
-    assert "7.76M" in designs[("tinyunet", "unet")] and "24.89M" in designs[("tinyunet", "unet")]
+    assert {("tinyunet", "unet_w1"), ("tinyunet", "tinyunet_plain"), ("unet_cmrf", "unet_w1")} <= set(designs)
+    assert "SegNet and CMUNeXt" in designs[("unet_cmrf", "unet_w1")]
+    assert "7.76M" in designs[("tinyunet", "unet_w1")] and "24.89M" in designs[("tinyunet", "unet_w1")]
     shown = tables.format_claims_table(claims_table)
     for (better, baseline), design in designs.items():
         assert set(shown.loc[shown["comparison"] == f"{better} - {baseline}", "design"]) == {design}
@@ -527,9 +528,9 @@ def test_design_notes_are_shown_in_the_claims_table_and_the_conclusions(claims_t
     conclusions = report.conclusions(claims_table)
     # C4b is not run in the synthetic study: its design is stated all the same.
     c4b = next(line for line in conclusions.splitlines() if line.startswith("- **C4b**"))
-    assert f"Design of unet_cmrf - unet: {designs[('unet_cmrf', 'unet')]}." in c4b
+    assert f"Design of unet_cmrf - unet_w1: {designs[('unet_cmrf', 'unet_w1')]}." in c4b
     c3 = next(line for line in conclusions.splitlines() if line.startswith("- **C3**"))
-    assert "on `kvasir-seg` **" in c3 and f"Design of tinyunet - unet: {designs[('tinyunet', 'unet')]}." in c3
+    assert "on `kvasir-seg` **" in c3 and f"Design of tinyunet - unet_w1: {designs[('tinyunet', 'unet_w1')]}." in c3
 
 
 def test_committed_runs_give_the_committed_claims_table():

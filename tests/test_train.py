@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from repro.models import create_model
+from repro.models.blocks import keras_l2_parameters
 from repro.run_identity import RunIdentity
 from repro.train import (
     CheckpointError,
@@ -22,6 +23,8 @@ from repro.train import (
     Trainer,
     TrainSettings,
     _tile_starts,
+    epochs_for_steps,
+    parameter_groups,
     predict_logits,
     random_dihedral,
     random_patches,
@@ -277,3 +280,36 @@ def test_gpu_run_draws_the_same_batches_and_agrees_with_the_cpu():
     assert gpu_history[0]["train_loss"] == pytest.approx(cpu_history[0]["train_loss"], rel=1e-3)
     gpu.load_best()
     assert gpu.evaluate(gpu.data.test).summary["dice"] > 0.8
+
+
+def test_keras_l2_on_kernels_replaces_the_weight_decay():
+    """``l2_kernels``: Keras adds l2 * sum(w**2) to the loss, so Adam's step for a kernel equals that of the
+    loss plus the penalty without weight decay; biases and transposed-conv kernels are not decayed."""
+    settings = TrainSettings(
+        epochs=1, batch_size=4, lr=0.01, weight_decay=0.5, patch_size=16, patches_per_image=2, l2_kernels=1e-4
+    )
+    model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125, norm=None, init="keras2018")
+    groups = parameter_groups(model, settings)
+    kernels = {id(p) for p in keras_l2_parameters(model)}
+    assert [g["weight_decay"] for g in groups] == [2e-4, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == kernels
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    x = torch.randn(2, 1, 32, 32)
+    torch.manual_seed(0)
+    twin = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125, norm=None, init="keras2018")
+    twin.load_state_dict(model.state_dict())
+    decayed = torch.optim.Adam(groups, lr=0.01)
+    penalised = torch.optim.Adam(twin.parameters(), lr=0.01)
+    model.eval(), twin.eval()  # no dropout: the two losses see the same network
+    model(x).mean().backward()
+    (twin(x).mean() + 1e-4 * sum((p**2).sum() for p in keras_l2_parameters(twin))).backward()
+    decayed.step(), penalised.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_lengths_in_optimizer_steps_round_up_to_whole_epochs():
+    assert epochs_for_steps(1000, 469, 16) == 35  # DSB2018 at scale cpu: 29 steps an epoch
+    assert epochs_for_steps(480, 140, 16) == 60  # PH2: 8 steps an epoch
+    assert epochs_for_steps(2000, 700, 16) == 47  # Kvasir-SEG: 43 steps an epoch
+    assert epochs_for_steps(10, 3, 16) == 10  # fewer samples than a batch: one step an epoch

@@ -9,6 +9,7 @@ Conventions (see ``SegmentationLoss``):
   summed over the whole batch and all pixels before the ratio, per class, then averaged over the
   foreground classes. Background is excluded from the Dice term.
 - The loss is ``ce + dice_weight * (1 - dice)``, so its minimum is 0.
+- Images (N, C, H, W) and volumes (N, C, D, H, W) alike: the spatial dims are all that follow the channels.
 """
 
 from collections.abc import Sequence
@@ -56,16 +57,18 @@ class SegmentationLoss(nn.Module):
         """Compute the loss of one output head.
 
         Args:
-            logits: float (N, C, H, W), any memory format; C == 1 for binary, C == num_classes otherwise.
-            target: long (N, H, W) class indices in 0..num_classes-1 (any value outside ``valid``).
-            valid: optional bool (N, H, W); False pixels are ignored.
+            logits: float (N, C, H, W) or (N, C, D, H, W), any memory format; C == 1 for binary, C ==
+                num_classes otherwise.
+            target: long (N, H, W) or (N, D, H, W) class indices in 0..num_classes-1 (any value outside
+                ``valid``).
+            valid: optional bool, the shape of ``target``; False pixels are ignored.
 
         Returns:
             Scalar tensor ``ce + dice_weight * (1 - soft_dice)``.
         """
-        if logits.ndim != 4 or logits.shape[1] != self.expected_channels:
+        if logits.ndim not in (4, 5) or logits.shape[1] != self.expected_channels:
             raise ValueError(
-                f"expected logits (N, {self.expected_channels}, H, W) for num_classes={self.num_classes}, "
+                f"expected logits (N, {self.expected_channels}, [D,] H, W) for num_classes={self.num_classes}, "
                 f"got {tuple(logits.shape)}"
             )
         if target.shape != (logits.shape[0], *logits.shape[2:]):
@@ -89,7 +92,8 @@ class SegmentationLoss(nn.Module):
         else:
             pixel_ce = F.cross_entropy(logits, target, reduction="none")
             prob_fg = torch.softmax(logits, dim=1)[:, 1:]
-            foreground_classes = torch.arange(1, self.num_classes, device=target.device).view(1, -1, 1, 1)
+            spatial = (1,) * (logits.ndim - 2)
+            foreground_classes = torch.arange(1, self.num_classes, device=target.device).view(1, -1, *spatial)
             truth_fg = (target.unsqueeze(1) == foreground_classes).to(prob_fg.dtype)
 
         if valid is None:
@@ -108,14 +112,14 @@ class SegmentationLoss(nn.Module):
         """Soft Dice pooled over batch and pixels per class, averaged over classes.
 
         Args:
-            prob: (N, K, H, W) foreground probabilities, already zero outside the valid mask.
+            prob: (N, K, *spatial) foreground probabilities, already zero outside the valid mask.
             truth: (N, K, H, W) one-hot foreground targets, same layout.
 
         Returns:
             Scalar mean over the K classes of ``(2 tp + smooth) / (sum prob + sum truth + smooth)``
             (the denominator equals ``2 tp + fp + fn + smooth``).
         """
-        pooled_dims = (0, 2, 3)
+        pooled_dims = (0, *range(2, prob.ndim))
         tp = (prob * truth).sum(dim=pooled_dims)
         denominator = prob.sum(dim=pooled_dims) + truth.sum(dim=pooled_dims)
         return ((2 * tp + self.smooth) / (denominator + self.smooth)).mean()

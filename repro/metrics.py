@@ -13,9 +13,12 @@ prediction is exactly right; if the class is absent from the ground truth but pr
 (tp == 0, fp > 0) the score is 0, which follows from the formulas without a special case.
 """
 
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Column order of the last dimension of the counts tensor.
@@ -26,15 +29,15 @@ def logits_to_labels(logits: Tensor) -> Tensor:
     """Turn network logits into a predicted class-index map.
 
     Args:
-        logits: (N, C, H, W). C == 1 for a binary task (sigmoid output), C >= 3 for a multi-class
-            task (softmax output).
+        logits: (N, C, H, W) or (N, C, D, H, W). C == 1 for a binary task (sigmoid output), C >= 3 for a
+            multi-class task (softmax output).
 
     Returns:
-        LongTensor (N, H, W). Binary: 1 where sigmoid(logit) > 0.5, i.e. logit > 0 (no sigmoid needed).
+        LongTensor (N, H, W) or (N, D, H, W). Binary: 1 where sigmoid(logit) > 0.5, i.e. logit > 0 (no sigmoid needed).
         Multi-class: argmax over channels.
     """
-    if logits.ndim != 4:
-        raise ValueError(f"expected logits of shape (N, C, H, W), got {tuple(logits.shape)}")
+    if logits.ndim not in (4, 5):
+        raise ValueError(f"expected logits of shape (N, C, [D,] H, W), got {tuple(logits.shape)}")
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
     return logits.argmax(dim=1)
@@ -48,18 +51,20 @@ def confusion_counts(pred: Tensor, target: Tensor, num_classes: int, valid: Tens
     Unlike ``bincount`` or boolean indexing this needs no device-to-host synchronisation on a GPU.
 
     Args:
-        pred: LongTensor (N, H, W) of predicted class indices in 0..num_classes-1.
-        target: LongTensor (N, H, W) of ground-truth class indices in 0..num_classes-1 (values outside
+        pred: LongTensor (N, H, W) or, for volumes, (N, D, H, W) of predicted class indices in 0..num_classes-1.
+        target: LongTensor of ``pred``'s shape, ground-truth class indices in 0..num_classes-1 (values outside
             ``valid`` are not read, so they may be anything, e.g. an ignore label).
         num_classes: number of classes including background (binary task: 2).
-        valid: optional BoolTensor (N, H, W); pixels where it is False are excluded from all counts.
+        valid: optional BoolTensor of ``pred``'s shape; pixels where it is False are excluded from all counts.
 
     Returns:
         LongTensor (N, num_classes, 3) holding tp, fp, fn (indices ``TP``, ``FP``, ``FN``) for every
         image and class. Counts of several batches can be concatenated along dim 0.
     """
-    if pred.shape != target.shape or pred.ndim != 3:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N, H, W)")
+    if pred.shape != target.shape or pred.ndim not in (3, 4):
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N, H, W) or (N, D, H, W)"
+        )
     if valid is not None and valid.shape != target.shape:
         raise ValueError(f"valid {tuple(valid.shape)} must match target {tuple(target.shape)}")
     if num_classes < 2:
@@ -67,7 +72,8 @@ def confusion_counts(pred: Tensor, target: Tensor, num_classes: int, valid: Tens
 
     num_images = target.shape[0]
     cells_per_image = num_classes * num_classes
-    image_offset = torch.arange(num_images, device=target.device).view(-1, 1, 1) * cells_per_image
+    spatial = (1,) * (target.ndim - 1)
+    image_offset = torch.arange(num_images, device=target.device).view(-1, *spatial) * cells_per_image
     cell = image_offset + target.long() * num_classes + pred.long()
     discard_bin = num_images * cells_per_image
     if valid is not None:
@@ -190,3 +196,34 @@ def summarize(counts: Tensor, class_names: Sequence[str]) -> dict:
             )
         },
     }
+
+
+def hausdorff95(pred: Tensor, target: Tensor, class_names: Sequence[str]) -> list[dict]:
+    """95th-percentile Hausdorff distance per case and foreground class, in voxels, by MONAI's metric (the
+    field's maintained implementation); for volumes, whose boundaries a Dice score does not see.
+
+    A case whose prediction or ground truth lacks a class has no distance for it: NaN there (MONAI gives inf or
+    NaN), so that means over cases (``nanmean``) use the cases where the distance exists.
+
+    Args:
+        pred: LongTensor (N, D, H, W) of predicted class indices.
+        target: LongTensor (N, D, H, W) of ground-truth class indices.
+        class_names: names, background first.
+
+    Returns:
+        N dicts ``{"hd95": mean over foreground classes, "hd95_<name>": ...}``.
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    num_classes = len(class_names)
+    one_hot = [F.one_hot(x.long(), num_classes).movedim(-1, 1) for x in (pred, target)]
+    with warnings.catch_warnings():  # MONAI warns for every empty class; the NaN below says it
+        warnings.simplefilter("ignore")
+        distances = compute_hausdorff_distance(*one_hot, include_background=False, percentile=95).double()
+    distances = torch.where(torch.isfinite(distances), distances, torch.nan)
+    rows = []
+    for case in distances.tolist():
+        row = {"hd95": float(np.nanmean(case)) if not np.isnan(case).all() else float("nan")}
+        row |= {f"hd95_{name}": value for name, value in zip(class_names[1:], case, strict=True)}
+        rows.append(row)
+    return rows

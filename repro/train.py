@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from repro.losses import DeepSupervisionLoss, SegmentationLoss
-from repro.metrics import confusion_counts, logits_to_labels, per_image_table, summarize
+from repro.metrics import confusion_counts, hausdorff95, logits_to_labels, per_image_table, summarize
 from repro.models.blocks import keras_l2_parameters
 from repro.run_identity import RunIdentity, RunMismatchError, check_resumable, normalise_device
 
@@ -112,9 +112,10 @@ class Split:
     """One split held in memory.
 
     Args:
-        images: float32 (N, C, H, W), normalised with the training split's channel statistics.
-        masks: int64 (N, H, W) class indices.
-        valid: bool (N, H, W) region of interest, or None where every pixel counts.
+        images: float32 (N, C, H, W), normalised with the training split's channel statistics; volumes
+            (N, C, D, H, W), z-scored per case by ``repro.data.prepare``.
+        masks: int64 (N, H, W) or (N, D, H, W) class indices.
+        valid: bool, the shape of ``masks``: region of interest, or None where every pixel counts.
         ids: image ids, in order.
     """
 
@@ -149,6 +150,7 @@ class PreparedData:
     train: Split
     val: Split
     test: Split
+    volumetric: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -186,13 +188,18 @@ def load_prepared(
     raw = {"train": arrays("train", max_train_images)}
     raw["val"] = arrays("val", max_eval_images)
     raw["test"] = arrays("test", max_eval_images)
-    train_pixels = raw["train"][0].reshape(-1, meta["in_channels"]).astype(np.float64) / 255.0
-    mean, std = train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+    volumetric = meta.get("ndim", 2) == 3
+    if volumetric:  # z-scored per case when prepared
+        mean, std = np.zeros(meta["in_channels"]), np.full(meta["in_channels"], 1 / 255.0)
+    else:
+        train_pixels = raw["train"][0].reshape(-1, meta["in_channels"]).astype(np.float64) / 255.0
+        mean, std = train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
 
     def to_split(images: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, ids: list[str]) -> Split:
         normalised = (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+        channels_first = (0, images.ndim - 1, *range(1, images.ndim - 1))
         return Split(
-            images=torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))),
+            images=torch.from_numpy(np.ascontiguousarray(normalised.transpose(channels_first))),
             masks=torch.from_numpy(masks.astype(np.int64)),
             valid=None if valid is None else torch.from_numpy(valid),
             ids=list(ids),
@@ -204,6 +211,7 @@ def load_prepared(
         in_channels=meta["in_channels"],
         large_images=meta["large_images"],
         **{split: to_split(*raw[split]) for split in ("train", "val", "test")},
+        volumetric=volumetric,
     )
 
 
@@ -226,6 +234,34 @@ def random_dihedral(
                 picked = picked.flip(-1)
             tensor[index] = picked.rot90(k, dims=(-2, -1))
     return images, masks, valid
+
+
+def random_flips(
+    images: Tensor, masks: Tensor, valid: Tensor | None, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Flip each sample along a random subset of its spatial axes (2^3 choices for a volume, 2^2 for an image),
+    drawn from ``generator``: the augmentation of inputs that a 90-degree rotation would reshape (volumes, and
+    images that are not square)."""
+    spatial = masks.ndim - 1
+    choice = torch.randint(0, 2**spatial, (images.shape[0],), generator=generator)
+    images, masks = images.clone(), masks.clone()
+    valid = None if valid is None else valid.clone()
+    for transform in choice.unique().tolist():
+        axes = [-1 - axis for axis in range(spatial) if transform >> axis & 1]
+        if not axes:
+            continue
+        index = (choice == transform).nonzero().squeeze(1).to(images.device)
+        for tensor in (images, masks) + ((valid,) if valid is not None else ()):
+            tensor[index] = tensor[index].flip(axes)
+    return images, masks, valid
+
+
+def augment(
+    images: Tensor, masks: Tensor, valid: Tensor | None, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The recipe's augmentation: :func:`random_dihedral` for square images, :func:`random_flips` otherwise."""
+    square_image = masks.ndim == 3 and masks.shape[-1] == masks.shape[-2]
+    return (random_dihedral if square_image else random_flips)(images, masks, valid, generator)
 
 
 def random_patches(split: Split, patch_size: int, per_image: int, generator: torch.Generator) -> Split:
@@ -415,7 +451,8 @@ class Trainer:
         self.settings = settings
         self.seed = seed
         self.generator = generator
-        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        channels_last = torch.channels_last_3d if data.volumetric else torch.channels_last
+        self.memory_format = channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
         self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
         self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)
@@ -451,8 +488,11 @@ class Trainer:
         for step in range(steps):
             index = order[step * batch_size : (step + 1) * batch_size]
             valid = None if samples.valid is None else samples.valid[index]
-            images, masks, valid = random_dihedral(samples.images[index], samples.masks[index], valid, self.generator)
+            images, masks, valid = augment(samples.images[index], samples.masks[index], valid, self.generator)
             loss = self.loss(self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)  # SegResNet-VAE's VAE term, already weighted
+            if auxiliary is not None:
+                loss = loss + auxiliary
             value = loss.item()
             if not np.isfinite(value):
                 raise NonFiniteLossError(
@@ -475,17 +515,24 @@ class Trainer:
             reestimate_batchnorm(self.model, images, self.settings.batch_size, self.tile)
 
     def evaluate(self, split: Split) -> EvalResult:
-        """Dice/IoU of the current model on ``split`` (per image and summarised); predictions on the CPU."""
+        """Dice/IoU of the current model on ``split`` (per image and summarised), and for volumes the 95th-percentile
+        Hausdorff distance (``hd95``: per case, and its mean over the cases that have one); predictions on the
+        CPU."""
         split = split.to(self.device)
         images = split.images.contiguous(memory_format=self.memory_format)
         logits = predict_logits(self.model, images, self.settings.batch_size, self.tile)
         predictions = logits_to_labels(logits)
         counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid).cpu()
-        return EvalResult(
-            summarize(counts, self.data.class_names),
-            per_image_table(counts, split.ids, self.data.class_names),
-            predictions.cpu(),
-        )
+        summary = summarize(counts, self.data.class_names)
+        per_image = per_image_table(counts, split.ids, self.data.class_names)
+        if self.data.volumetric:
+            inside = predictions if split.valid is None else torch.where(split.valid, predictions, 0)
+            distances = hausdorff95(inside.cpu(), split.masks.cpu(), self.data.class_names)
+            per_image = [row | distance for row, distance in zip(per_image, distances, strict=True)]
+            hd95 = np.array([row["hd95"] for row in distances])
+            summary |= {"hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else float("nan")}
+            summary |= {"hd95_cases": int(np.isfinite(hd95).sum())}
+        return EvalResult(summary, per_image, predictions.cpu())
 
     def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Train for the remaining epochs, validating after each, keeping the best-validation weights.

@@ -1,0 +1,106 @@
+"""What a study grid costs on this machine: measured seconds per train step and per evaluated image of every
+variant, times the steps and evaluations the scale's recipe gives each dataset.
+
+Per run: ``optimizer steps x seconds per step`` (forward, loss, backward, Adam at the scale's batch and image
+size) plus, every epoch, one forward pass over the training split (BatchNorm re-estimation) and one over the
+validation split, plus the test split once. Data loading and notebook start-up (seconds per run) are left out.
+Timings are medians over a few steps after a warm-up, with one thread, as the study's runner gives each run;
+the 2-core wall time assumes two runs at a time.
+
+    python benchmarks/grid_cost.py [--grid full] [--scale cpu] [--datasets ...] [--seeds 5] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from repro.config import load_params, model_variant, scale_preset
+from repro.data.prepare import PROCESSED_DIR
+from repro.losses import DeepSupervisionLoss, SegmentationLoss
+from repro.models import create_model
+from repro.train import epochs_for_steps, set_threads
+
+
+def step_and_forward_seconds(model: torch.nn.Module, batch: int, size: int, steps: int) -> tuple[float, float]:
+    """Median seconds of one train step on a batch, and of one eval forward pass per image."""
+    model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    masks = (torch.rand(batch, size, size) > 0.8).long()
+    loss_fn = DeepSupervisionLoss(SegmentationLoss(2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train, forward = [], []
+    for _ in range(steps + 1):
+        model.train()
+        start = time.perf_counter()
+        loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train.append(time.perf_counter() - start)
+        model.eval()
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(images)
+            forward.append((time.perf_counter() - start) / batch)
+    # The first step pays for allocations and kernel selection.
+    return statistics.median(train[1:]), statistics.median(forward[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", default="full", help="a grid of params.yaml's `grids`, or `study`")
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--datasets", nargs="*", default=["dsb2018-nuclei-96", "kvasir-seg", "ph2-dermoscopy"])
+    parser.add_argument("--variants", nargs="*", help="default: the grid's models")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    params = load_params()
+    scale = scale_preset(args.scale, params)
+    set_threads(1)
+    grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
+    variants = args.variants or grid["models"]
+    sizes = {}
+    for dataset in args.datasets:
+        meta = json.loads((PROCESSED_DIR / scale.name / dataset / "meta.json").read_text())
+        sizes[dataset] = {split: len(ids) for split, ids in meta["ids"].items()}
+    print(f"scale {scale.name}: batch {scale.batch_size}, {scale.image_size}x{scale.image_size}, 1 thread")
+    lengths = {
+        d: epochs_for_steps(scale.train_steps.get(d, 0), n["train"], scale.batch_size)
+        if d in scale.train_steps
+        else scale.epochs
+        for d, n in sizes.items()
+    }
+    print("epochs: " + ", ".join(f"{d} {e}" for d, e in lengths.items()))
+    header = f"{'variant':<18}{'s/step':>8}{'ms/img fwd':>11}" + "".join(f"{d[:14]:>16}" for d in args.datasets)
+    print(header + f"{'all seeds (h)':>15}")
+    total = 0.0
+    for name in variants:
+        variant = model_variant(name, params)
+        torch.manual_seed(0)
+        model = create_model(
+            variant.arch, in_channels=3, num_classes=1, **{"width_mult": scale.width_mult, **variant.options}
+        )
+        step, forward = step_and_forward_seconds(model, scale.batch_size, scale.image_size, args.steps)
+        per_run = {}
+        for dataset, n in sizes.items():
+            epochs = lengths[dataset]
+            steps = epochs * (n["train"] // scale.batch_size)
+            per_run[dataset] = steps * step + (epochs * (n["train"] + n["val"]) + n["test"]) * forward
+        seconds = args.seeds * sum(per_run.values())
+        total += seconds
+        print(
+            f"{name:<18}{step:>8.2f}{forward * 1e3:>11.1f}"
+            + "".join(f"{per_run[d]:>14.0f} s" for d in args.datasets)
+            + f"{seconds / 3600:>15.1f}"
+        )
+    print(f"grid: {total / 3600:.1f} core-hours of training; {total / 7200:.1f} h of wall time on 2 cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ from repro.study import Outcome, Runner, stale_train_stages  # noqa: E402
 
 
 def _reset(copy: Path) -> None:
-    for folder in ("results/runs", "results/notebooks", "checkpoints"):
+    for folder in ("results/smoke/runs", "results/smoke/notebooks", "checkpoints"):
         shutil.rmtree(copy / folder, ignore_errors=True)
     (copy / "dvc.lock").unlink(missing_ok=True)
 

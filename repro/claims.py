@@ -2,7 +2,7 @@
 
 Each claim names the variant pairs that test it, the metric, and what the paper reported for each pair.
 Claimed differences are fractions in the claim's metric (``0.0186`` is 1.86 IoU points) and are
-``better - baseline``. Variant names are the model names under ``results/runs/<dataset>/``.
+``better - baseline``. Variant names are the model names under ``results/<scale>/runs/<dataset>/``.
 
 Metrics: ``"dice"`` and ``"iou"`` are per-image foreground Dice / IoU averaged over test images;
 ``"miou_bg"`` is the mean IoU over all classes including background (what TinyU-Net reports as mIoU).

@@ -31,6 +31,8 @@ from repro.models.upsample import BicubicUpsample2x
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Rounding granularity of a figure given in millions with two decimals.
 TWO_DECIMALS_M = 10_000
+# The prepared MSD Hippocampus volume (the volume_shape of its registry entry).
+HIPPOCAMPUS_VOLUME = (48, 64, 48)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class OfficialConfig:
         in_channels: input channels of the reported configuration.
         num_classes: output channels of the reported configuration.
         options: ``create_model`` options.
+        input_size: the input's (D, H, W) for a volumetric network; None: the table's square image size.
     """
 
     name: str
@@ -50,6 +53,7 @@ class OfficialConfig:
     in_channels: int
     num_classes: int
     options: Mapping[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,11 @@ OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
     OfficialConfig("lighter_unet_1", "lighter_unet", 3, 1, {"groups_c": 1}),
     OfficialConfig("fcn", "fcn", 3, 1),
     OfficialConfig("multiresunet", "multiresunet", 3, 1),
+    # Volumetric networks on one MSD Hippocampus volume as the study prepares it (1 channel, 3 classes).
+    *(
+        OfficialConfig(arch, arch, 1, 3, input_size=HIPPOCAMPUS_VOLUME)
+        for arch in ("unet3d", "unet2d_slices", "vnet", "segresnet", "segresnet_vae")
+    ),
 )
 
 _UNETPP_PAPER = "UNet++ paper (Zhou et al., DLMIA 2018), parameter table"
@@ -153,14 +162,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _input(input_size: int | tuple[int, int], in_channels: int, batch_size: int = 1) -> torch.Tensor:
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    return torch.randn(batch_size, in_channels, height, width)
+def _input(input_size: int | tuple[int, ...], in_channels: int, batch_size: int = 1) -> torch.Tensor:
+    """A random input: ``input_size`` is a square image's side, or the (H, W) or (D, H, W) of the input."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return torch.randn(batch_size, in_channels, *size)
 
 
-def count_flops(model: nn.Module, input_size: int | tuple[int, int], in_channels: int) -> int:
-    """FLOPs (2 per multiply-accumulate) of one eval-mode forward pass on one image of ``input_size``, on the
-    model's device (the input is drawn on the CPU, so the count draws the same random numbers on every device)."""
+def count_flops(model: nn.Module, input_size: int | tuple[int, ...], in_channels: int) -> int:
+    """FLOPs (2 per multiply-accumulate) of one eval-mode forward pass on one image (or volume) of ``input_size``
+    (see :func:`_input`), on the model's device (the input is drawn on the CPU, so the count draws the same random
+    numbers on every device)."""
     was_training = model.training
     device = next(model.parameters(), torch.empty(0)).device  # a module without parameters runs on the CPU
     model.eval()
@@ -178,7 +189,7 @@ def count_flops(model: nn.Module, input_size: int | tuple[int, int], in_channels
 
 def measure_latency(
     model: nn.Module,
-    input_size: int | tuple[int, int],
+    input_size: int | tuple[int, ...],
     repeats: int = 3,
     *,
     in_channels: int | None = None,
@@ -188,7 +199,7 @@ def measure_latency(
 
     Args:
         model: the model (on the CPU).
-        input_size: side, or (height, width), of the input.
+        input_size: side, or (height, width), or (depth, height, width), of the input.
         repeats: timed passes (at least one).
         in_channels: input channels; defaults to ``model.in_channels``.
         warmup: untimed passes first (allocator and thread-pool start-up).
@@ -220,10 +231,12 @@ def complexity_table(
 
     ``params_diff`` is ours minus the reported count; ``params_match`` says whether ours rounds to the reported
     figure. ``gflops_paper`` is only given where the paper reports FLOPs at ``image_size``. With
-    ``latency_repeats=0`` latency is not measured (NaN).
+    ``latency_repeats=0`` latency is not measured (NaN). A volumetric configuration is measured at its own
+    ``input_size`` (the ``input`` column).
     """
     rows = []
     for config in configs:
+        size = config.input_size or image_size
         model = create_model(
             config.arch, in_channels=config.in_channels, num_classes=config.num_classes, **config.options
         )
@@ -241,11 +254,10 @@ def complexity_table(
                 "params_paper": None if paper is None else paper.params,
                 "params_diff": params_diff,
                 "params_match": None if paper is None else abs(params_diff) * 2 <= paper.params_precision,
-                "gflops": count_flops(model, image_size, config.in_channels) / 1e9,
-                "gflops_paper": paper.gflops if paper is not None and paper.image_size == image_size else None,
-                "latency_ms": (
-                    measure_latency(model, image_size, latency_repeats) if latency_repeats else float("nan")
-                ),
+                "input": "x".join(map(str, size if isinstance(size, tuple) else (size, size))),
+                "gflops": count_flops(model, size, config.in_channels) / 1e9,
+                "gflops_paper": paper.gflops if paper is not None and paper.image_size == size else None,
+                "latency_ms": measure_latency(model, size, latency_repeats) if latency_repeats else float("nan"),
                 "threads": torch.get_num_threads(),
                 "source": "" if paper is None else paper.source,
                 "note": "" if paper is None else paper.note,

@@ -107,7 +107,7 @@ def seed_pairs(runs_df: pd.DataFrame, row: dict) -> pd.DataFrame:
         if len(missing):
             score = f"test {row['metric']}" if column == row["metric"] else f"test_pruned[{level}] {row['metric']}"
             raise ValueError(
-                f"results/runs/{row['dataset']}/{model}: seeds {sorted(missing)} have no {score} in metrics.json, "
+                f"runs of {row['dataset']}/{model}: seeds {sorted(missing)} have no {score} in metrics.json, "
                 f"which the {row['claim_id']} comparison scores them by"
             )
         by_variant[role] = runs[column]

@@ -36,6 +36,11 @@ class Grid:
     def size(self) -> int:
         return len(self.datasets) * len(self.models) * len(self.seeds)
 
+    @property
+    def results_dir(self) -> str:
+        """Where dvc.yaml's stages write this scale's study (runs, notebooks, aggregate, report), repo-relative."""
+        return f"results/{self.scale}"
+
     def describe(self) -> str:
         return (
             f"{len(self.datasets)} dataset(s) x {len(self.models)} variant(s) x {len(self.seeds)} seed(s) = "

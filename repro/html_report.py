@@ -1,6 +1,6 @@
 """Build the study's HTML report and the summary files DVC reads for `dvc metrics` and `dvc plots`.
 
-Writes into one folder (``results/report/`` in the pipeline):
+Writes into one folder (``results/<scale>/report/`` in the pipeline):
 
 - ``aggregate.html``: the executed aggregate notebook as HTML, code hidden, figures embedded as data URIs and
   no script loaded from the network, so it reads the same offline;
@@ -12,7 +12,8 @@ Writes into one folder (``results/report/`` in the pipeline):
 - ``curves/<quantity>/<dataset>.csv``: validation Dice and training loss per epoch, one column per model
   variant (mean over seeds), for ``dvc plots``.
 
-``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths.
+``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
+scale (``results/<scale>/``), or below ``--study`` (e.g. ``--study results/v1`` for the archived first version).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from pathlib import Path
 import jinja2
 import nbformat
 import pandas as pd
+import yaml
 from nbconvert import HTMLExporter
+
+from repro.config import PARAMS_FILE
 
 # nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
 # notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
@@ -98,8 +102,8 @@ def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
     """One row per finished run: its keys, test scores, device, commit and the paths of its notebook and history.
 
     Args:
-        runs_dir: ``results/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
-        notebooks_dir: ``results/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb``.
+        runs_dir: ``results/<scale>/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
+        notebooks_dir: ``results/<scale>/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb``.
     """
     rows = []
     for metrics_path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
@@ -302,14 +306,22 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.html_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--aggregate", type=Path, default=Path("results/aggregate.ipynb"))
-    parser.add_argument("--stats", type=Path, default=Path("results/stats.json"))
-    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
-    parser.add_argument("--notebooks", type=Path, default=Path("results/notebooks"))
-    parser.add_argument("--out", type=Path, default=Path("results/report"))
+    parser.add_argument("--study", type=Path, help="the study's folder (default: results/<scale of params.yaml>)")
+    # Each input's name below the study's folder, then the output's, in build_report's order.
+    names = {
+        "aggregate": "aggregate.ipynb",
+        "stats": "stats.json",
+        "runs": "runs",
+        "notebooks": "notebooks",
+        "out": "report",
+    }
+    for option, name in names.items():
+        parser.add_argument(f"--{option}", type=Path, help=f"default: <study>/{name}")
     args = parser.parse_args(argv)
     try:
-        index = build_report(args.aggregate, args.stats, args.runs, args.notebooks, args.out)
+        study = args.study or Path("results") / str(yaml.safe_load(PARAMS_FILE.read_text())["scale"])
+        paths = [getattr(args, option) or study / name for option, name in names.items()]
+        index = build_report(*paths)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -265,7 +265,7 @@ def stats_summary(
     power: float = 0.8,
     n_resamples: int,
 ) -> dict:
-    """Everything the report concludes, as a JSON-ready dict for ``results/stats.json``.
+    """Everything the report concludes, as a JSON-ready dict for ``results/<scale>/stats.json``.
 
     Args:
         table: output of ``results_table``.
@@ -299,7 +299,7 @@ def write_stats_json(summary: dict, path: str | Path) -> Path:
 
     Args:
         summary: the summary dict.
-        path: output path, e.g. ``results/stats.json``.
+        path: output path, e.g. ``results/cpu/stats.json``.
 
     Returns:
         The path written.

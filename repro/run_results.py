@@ -1,6 +1,6 @@
 """Read the training runs' outputs and flag the runs that failed to train.
 
-Reads what the training stage writes under ``results/runs/<dataset>/<model>/seed<k>/`` (``metrics.json``,
+Reads what the training stage writes under ``results/<scale>/runs/<dataset>/<model>/seed<k>/`` (``metrics.json``,
 ``per_image.csv`` and ``history.csv``); never imports torch, so it runs on an analysis-only environment.
 """
 
@@ -105,7 +105,7 @@ def load_runs(runs_dir: str | Path) -> RunResults:
     """Read every ``<dataset>/<model>/seed<k>/`` run under ``runs_dir``.
 
     Args:
-        runs_dir: the runs root, e.g. ``results/runs``.
+        runs_dir: the runs root, e.g. ``results/cpu/runs``.
 
     Returns:
         The per-seed and per-image tables, sorted by dataset, model, seed (and image id).

@@ -13,6 +13,10 @@ every variant at the same number of seeds. This process alone records a finished
 one at a time), and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an entry
 and a second call runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
 
+Before it trains, it prints the scale, how many runs it trains (new, or replacing stale runs of that scale) and
+where the results go: dvc.yaml writes every output of the study below results/<scale>/, so a study at another
+scale writes beside the committed one, never over it.
+
 A worker killed mid-run loses only its current epoch: the scheduler gives the run to another worker, which
 resumes from the run's checkpoint. A run that fails is retried (``cluster.retries``), then reported with its
 executed notebook and the failing cell's error; the other runs go on.
@@ -33,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,22 +93,23 @@ def stale_train_stages(root: Path) -> list:
     return sorted(stages, key=lambda stage: (int(stage.addressing.rsplit("-", 1)[1]), order[stage.addressing]))
 
 
-def replaced_scales(root: Path, stages: list, scale: str) -> Counter:
-    """How many of ``stages`` would overwrite a recorded run of another scale, per that scale.
+def replacing(root: Path, stages: list) -> int:
+    """How many of the stale ``stages`` already hold a finished run (its metrics.json), which training replaces.
 
-    Results are kept per (dataset, model, seed), not per scale, so a study switched to another scale (`dvc exp run
-    -S scale=smoke` leaves params.yaml so) retrains over the committed runs; the runner says so before it starts.
+    Outputs lie below results/<scale>/, so these are runs of the same scale whose code, data or settings changed
+    since; the others are new. A study at another scale never writes over them.
     """
-    found: Counter = Counter()
-    for stage in stages:
-        for path in _files(root, stage, "metrics.json"):
-            try:
-                recorded = json.loads(path.read_text()).get("scale")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if recorded and recorded != scale:
-                found[recorded] += 1
-    return found
+    return sum(bool(_files(root, stage, "metrics.json")) for stage in stages)
+
+
+def plan(grid: Grid, to_train: int, replaced: int) -> str:
+    """The line the runner prints before it starts: the scale, the runs it trains (new, replacing stale runs of
+    this scale), and where the results go."""
+    return (
+        f"scale {grid.scale}: {to_train} of {grid.size} training runs to run ({to_train - replaced} new, "
+        f"{replaced} replacing stale runs of scale {grid.scale}; {grid.size - to_train} up to date); "
+        f"results go to {grid.results_dir}/"
+    )
 
 
 def _files(root: Path, stage, pattern: str) -> list[Path]:
@@ -273,15 +277,7 @@ class Runner:
             self._check_stop()
             stages = stale_train_stages(self.root)
             outcome.up_to_date = grid.size - len(stages)
-            print(f"{len(stages)} of {grid.size} training runs to run ({outcome.up_to_date} up to date)", flush=True)
-            replaced = replaced_scales(self.root, stages, grid.scale)
-            if replaced:
-                counts = ", ".join(f"{n} at scale {other}" for other, n in sorted(replaced.items()))
-                print(
-                    f"  note: these runs overwrite recorded runs of another scale ({counts}) under results/runs and "
-                    f"results/notebooks; git keeps the committed ones (`git checkout -- results dvc.lock`)",
-                    flush=True,
-                )
+            print(plan(grid, len(stages), replacing(self.root, stages)), flush=True)
             if stages:
                 self._train(stages, outcome)
             if outcome.failed or not self.rest:
@@ -425,9 +421,11 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
             f"of {paper['image_size']}, widths x{scale['width_mult']} instead of x{paper['width_mult']}, "
             f"{scale['epochs']} epochs instead of {paper['epochs']}"
         )
+    results = grid.results_dir
     lines += [
-        "  results: results/runs/<dataset>/<model>/seed<k>/metrics.json, executed notebooks in results/notebooks/,",
-        "           the aggregate in results/aggregate.ipynb, results/tables/ and results/figures/",
+        f"  results: {results}/runs/<dataset>/<model>/seed<k>/metrics.json, executed notebooks in {results}/notebooks/",
+        f"           the aggregate in {results}/aggregate.ipynb, {results}/tables/, {results}/figures/; the report",
+        f"           in {results}/report/index.html",
     ]
     if outcome.failed:
         lines.append(

@@ -219,7 +219,7 @@ def write_table(
 
     Args:
         table: the table; the CSV keeps it at full precision.
-        stem: output path without suffix, e.g. ``results/tables/results``; parent folders are created.
+        stem: output path without suffix, e.g. ``results/cpu/tables/results``; parent folders are created.
         display: a formatted version (e.g. from ``format_results_table``) for the Markdown and LaTeX
             files; default ``table`` itself.
         float_digits: decimals of float cells in the Markdown and LaTeX files.

@@ -1,6 +1,8 @@
 """Copy the generated headline tables, and the meaning of each verdict label, into README.md between their
 markers, so the README never drifts from `results/` and `repro/verdicts.py` (tests/test_readme.py checks that
-it has not).
+it has not). README.md gets the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or
+one line saying that it has not been run at this version yet; results/v1/README.md gets the archived first
+version's tables from `results/v1/tables/`.
 
     python scripts/update_readme.py
 """
@@ -11,12 +13,16 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repro import verdicts  # noqa: E402 - the repository root must be importable first
 
-TABLES = {"results-table": "results/tables/results.md", "claims-table": "results/tables/claim_verdicts.md"}
+# Marker name -> the table's file in a study's tables/ folder.
+TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
+ARCHIVE = ROOT / "results" / "v1"
 
 
 def block_pattern(name: str) -> re.Pattern:
@@ -28,20 +34,44 @@ def label_lines() -> str:
     return "".join(f"- `{label}`: {meaning}.\n" for label, meaning in verdicts.MEANINGS.items())
 
 
-def blocks() -> dict[str, str]:
-    """Marker name -> the text that belongs between its markers."""
-    generated = {name: (ROOT / source).read_text() for name, source in TABLES.items()}
-    return generated | {"verdict-labels": label_lines()}
+def current_tables() -> Path:
+    """`results/<scale>/tables` at params.yaml's scale: where the aggregate stage writes the current study's."""
+    scale = yaml.safe_load((ROOT / "params.yaml").read_text())["scale"]
+    return ROOT / "results" / str(scale) / "tables"
 
 
-def render(readme: str) -> str:
-    for name, text in blocks().items():
-        readme, count = block_pattern(name).subn(lambda m, t=text: m.group(1) + t + m.group(3), readme)
+def table_blocks(tables: Path) -> dict[str, str]:
+    """Marker name -> its table from the folder ``tables``; while the folder does not exist (the grid has not been
+    run with this version of the training code), one line that says so, in every table's place."""
+    if not tables.is_dir():
+        where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+        line = (
+            f"*Not yet run at this version of the training code: `{where}/` does not exist yet (`make study` "
+            "trains the grid and writes it).*\n"
+        )
+        return dict.fromkeys(TABLES, line)
+    return {name: (tables / source).read_text() for name, source in TABLES.items()}
+
+
+def substitute(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each marker block's content replaced; a block that is missing or repeated is an error."""
+    for name, content in blocks.items():
+        text, count = block_pattern(name).subn(lambda m, c=content: m.group(1) + c + m.group(3), text)
         if count != 1:
-            raise SystemExit(f"README.md needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> block")
-    return readme
+            raise SystemExit(f"needs exactly one <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return text
+
+
+def render(readme: str, tables: Path | None = None) -> str:
+    """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
+    return substitute(readme, table_blocks(tables or current_tables()) | {"verdict-labels": label_lines()})
+
+
+def render_archive(readme: str) -> str:
+    """results/v1/README.md with the archived first version's tables."""
+    return substitute(readme, table_blocks(ARCHIVE / "tables"))
 
 
 if __name__ == "__main__":
-    path = ROOT / "README.md"
-    path.write_text(render(path.read_text()))
+    for path, rendered in ((ROOT / "README.md", render), (ARCHIVE / "README.md", render_archive)):
+        path.write_text(rendered(path.read_text()))

@@ -4,7 +4,7 @@ import pytest
 
 from repro.config import load_params, model_variant, scale_preset
 from repro.data.registry import list_datasets
-from repro.models import create_model, list_models, model_options
+from repro.models import create_model, list_models, model_options, model_spatial_dims
 
 PARAMS = load_params()
 
@@ -27,7 +27,8 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
     variant = model_variant(name, PARAMS)
     assert variant.arch in list_models()
     assert set(variant.options) <= set(model_options(variant.arch))
-    create_model(variant.arch, in_channels=3, num_classes=1, **{"width_mult": 0.25, **variant.options})
+    in_channels = 3 if model_spatial_dims(variant.arch) == 2 else 1  # the volumes are single-channel MRI
+    create_model(variant.arch, in_channels=in_channels, num_classes=1, **{"width_mult": 0.25, **variant.options})
 
 
 def test_grids_name_known_datasets_and_variants():
@@ -38,8 +39,9 @@ def test_grids_name_known_datasets_and_variants():
         assert set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
         assert set(grid["models"]) <= set(PARAMS["models"])
     full = PARAMS["grids"]["full"]
-    # Every variant but the UNet++ paper's own networks, which serve the DSB2018 sensitivity study only.
-    assert set(full["models"]) == {name for name in PARAMS["models"] if not name.endswith("_2018")}
+    # Every 2D variant but the UNet++ paper's own networks, which serve the DSB2018 sensitivity study only.
+    planar = {name for name in PARAMS["models"] if model_spatial_dims(model_variant(name, PARAMS).arch) == 2}
+    assert set(full["models"]) == {name for name in planar if not name.endswith("_2018")}
     assert set(full["datasets"]) == {
         "dsb2018-nuclei-96",
         "kvasir-seg",

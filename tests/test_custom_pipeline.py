@@ -91,7 +91,7 @@ def test_custom_datasets_are_prepared_and_trained_without_a_second_list(pipeline
     lock = yaml.safe_load((pipeline / "dvc.lock").read_text())["stages"]
     for name in CUSTOM:
         assert lock[f"prepare_custom@{name}"]["params"]["params.yaml"][f"prepare.custom_datasets.{name}"]
-        metrics = json.loads((pipeline / f"results/runs/{name}/tinyunet/seed0/metrics.json").read_text())
+        metrics = json.loads((pipeline / f"results/smoke/runs/{name}/tinyunet/seed0/metrics.json").read_text())
         assert metrics["dataset"] == name and 0 <= metrics["test"]["dice"] <= 1
     assert _stale(pipeline) == set()
 

@@ -27,7 +27,8 @@ import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script
-from repro.study import cell_error, replaced_scales, stale_train_stages
+from repro.grid import Grid
+from repro.study import cell_error, plan, replacing, stale_train_stages
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -38,6 +39,7 @@ SMOKE_5_EPOCHS = {
     "patches_per_image": 2,
     "width_mult": 0.25,
     "epochs": 5,
+    "train_steps": {},
     "batch_size": 8,
     "lr": 0.001,
     "weight_decay": 0.0,
@@ -47,7 +49,7 @@ SMOKE_5_EPOCHS = {
 
 
 def _run_dir(copy, seed: int):
-    return copy / f"results/runs/ph2-dermoscopy/unet/seed{seed}"
+    return copy / f"results/smoke/runs/ph2-dermoscopy/unet/seed{seed}"
 
 
 def _guard_of(seed: int) -> psutil.Process | None:
@@ -103,15 +105,15 @@ def test_killed_worker_run_is_resubmitted_and_recorded_once(faulty_grid):
 
 def test_failed_run_is_reported_with_its_cell_error_and_others_go_on(faulty_grid):
     copy, _, output, _, _ = faulty_grid
-    notebook = copy / "results/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb"
+    notebook = copy / "results/smoke/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb"
     error = cell_error(notebook)
     assert error and "Error" in error, error
     assert f"FAILED   {BROKEN} (after up to 2 attempt(s)): {error}" in output, output
-    assert "notebook: " in output and "results/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb" in output
+    assert "notebook: " in output and "results/smoke/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb" in output
     assert f"retry    {BROKEN} (attempt 2)" in output
     assert "trained now 2, up to date (skipped) 0, failed 1" in output
     assert "the aggregate was not updated" in output
-    assert not (copy / "results/aggregate.ipynb").exists()
+    assert not (copy / "results/smoke/aggregate.ipynb").exists()
 
 
 def _history(run_dir) -> list[dict]:
@@ -212,20 +214,27 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     assert "prepare.datasets: 'my-polyps' is also in prepare.custom_datasets" in result.stdout
 
 
-def test_runs_of_another_scale_that_would_be_overwritten_are_counted(tmp_path, monkeypatch):
-    """Results are kept per (dataset, model, seed): a study switched to smoke retrains over recorded cpu runs, and
-    the runner must say so before it starts."""
+def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tmp_path, monkeypatch):
+    """Results lie below results/<scale>/: a study at smoke writes beside the runs of scale cpu, never over them.
+    Before it starts, the runner counts the stale runs of its own scale that it replaces apart from the new ones."""
     grid = {"datasets": ["ph2-dermoscopy"], "models": ["unet", "tinyunet"], "seeds": [0]}
     copy = copy_repository(tmp_path / "copy", grid)
     for model, scale in (("unet", "cpu"), ("tinyunet", "smoke")):
-        run = copy / "results" / "runs" / "ph2-dermoscopy" / model / "seed0"
+        run = copy / "results" / scale / "runs" / "ph2-dermoscopy" / model / "seed0"
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps({"scale": scale}))
     monkeypatch.chdir(copy)  # as `python -m repro.study` does: DVC resolves stage names from the working directory
     stages = stale_train_stages(copy)
     assert [stage.addressing for stage in stages] == ["train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-tinyunet-0"]
-    assert replaced_scales(copy, stages, "smoke") == {"cpu": 1}
-    assert replaced_scales(copy, stages, "cpu") == {"smoke": 1}
+    outs = {out.def_path for stage in stages for out in stage.outs}
+    kinds = ("runs", "notebooks")
+    assert outs == {f"results/smoke/{kind}/ph2-dermoscopy/{model}/seed0" for kind in kinds for model in grid["models"]}
+    assert replacing(copy, stages) == 1  # smoke's tinyunet; cpu's unet is not this scale's
+    line = plan(Grid("smoke", ("ph2-dermoscopy",), ("unet", "tinyunet"), (0,)), len(stages), 1)
+    assert line == (
+        "scale smoke: 2 of 2 training runs to run (1 new, 1 replacing stale runs of scale smoke; 0 up to date); "
+        "results go to results/smoke/"
+    )
 
 
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):

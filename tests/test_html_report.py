@@ -1,5 +1,6 @@
 """Tests of repro.html_report: on small runs written here with known numbers, through DVC's metrics and plots on
-the committed study, and in headless Chromium on a report built from the committed study."""
+the archived first version of the study (results/v1) laid out where the pipeline writes, and in headless Chromium
+on a report built from that archived study."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from repro import html_report
 from repro.verdicts import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
+# The study's first version, archived with its report: a real study to read back, whatever the current scale holds.
+V1 = ROOT / "results" / "v1"
 DATASETS = ("alpha-set", "beta-set")
 MODELS = ("unet", "unetpp")
 # Per-epoch validation Dice of seeds 0 and 1; the curves file must hold their mean.
@@ -82,8 +86,9 @@ def _write_aggregate_notebook(path: Path, png: str) -> None:
 
 @pytest.fixture
 def study(tmp_path) -> dict[str, Path]:
-    """2 datasets x 2 variants x 2 seeds of runs, their notebooks, a stats.json and an executed aggregate."""
-    runs, notebooks = tmp_path / "results/runs", tmp_path / "results/notebooks"
+    """2 datasets x 2 variants x 2 seeds of runs, their notebooks, a stats.json and an executed aggregate, laid out
+    as the pipeline lays out a study at scale smoke (results/smoke/)."""
+    runs, notebooks = tmp_path / "results/smoke/runs", tmp_path / "results/smoke/notebooks"
     results, claims = [], []
     for d, dataset in enumerate(DATASETS):
         for m, model in enumerate(MODELS):
@@ -111,9 +116,9 @@ def study(tmp_path) -> dict[str, Path]:
             results.append({"dataset": dataset, "model": model, "dice_mean": 0.6 + 0.1 * d + 0.01 * m})
         claims.append({"claim_id": "C1", "title": "UNet++ beats U-Net", "dataset": dataset, "verdict": "reproduced"})
         claims.append({"claim_id": "C2", "title": "Never run", "dataset": dataset, "verdict": "not run"})
-    stats = tmp_path / "results/stats.json"
+    stats = tmp_path / "results/smoke/stats.json"
     stats.write_text(json.dumps({"results": results, "claims": claims}))
-    aggregate = tmp_path / "results/aggregate.ipynb"
+    aggregate = tmp_path / "results/smoke/aggregate.ipynb"
     png = _png_base64()
     _write_aggregate_notebook(aggregate, png)
     return {
@@ -121,7 +126,7 @@ def study(tmp_path) -> dict[str, Path]:
         "stats": stats,
         "runs": runs,
         "notebooks": notebooks,
-        "out": tmp_path / "results/report",
+        "out": tmp_path / "results/smoke/report",
         "png": png,
     }
 
@@ -220,42 +225,70 @@ def test_command_line_reports_an_error_in_one_line(study, capsys):
     assert err == f"error: {study['stats']}: not found (run the aggregate stage first)\n"
 
 
+def test_command_line_defaults_to_the_study_of_params_scale(study, tmp_path, monkeypatch):
+    """Without paths, the report is built from results/<scale>/ of params.yaml's scale, into its report/ folder,
+    as dvc.yaml's report stage does; --study names another study's folder."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"scale": "smoke"}))
+    monkeypatch.setattr(html_report, "PARAMS_FILE", params)
+    monkeypatch.chdir(tmp_path)
+    assert html_report.main([]) == 0
+    assert (tmp_path / "results/smoke/report/index.html").is_file()
+    params.write_text(yaml.safe_dump({"scale": "cpu"}))
+    assert html_report.main([]) == 1  # no study at scale cpu here
+    assert html_report.main(["--study", "results/smoke", "--out", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere/index.html").is_file()
+
+
 def test_dvc_shows_the_declared_metrics_and_plots(tmp_path):
-    """dvc.yaml's top-level metrics and plots read the committed report: one row per dataset with every run
-    counted, the aggregate's figures, and per dataset two learning-curve plots drawing every variant."""
-    report = ROOT / "results" / "report"
-    if not (report / "index.html").is_file():
-        pytest.fail("results/report/ is missing: build it with `dvc repro report` and commit it")
+    """dvc.yaml's top-level metrics and plots follow params.yaml's scale: in a DVC repository of dvc.yaml and
+    params.yaml with the archived study's figures and report where the pipeline writes them (results/<scale>/),
+    one row per dataset with every run counted, the aggregate's figures, and per dataset two learning-curve plots
+    drawing every variant."""
+    runs = sorted(V1.glob("runs/*/*/seed*/metrics.json"))
+    datasets = sorted({path.parts[-4] for path in runs})
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The archived study's grid: the curves' variants are the plots' y columns.
+    params["study"]["datasets"] = datasets
+    params["study"]["models"] = sorted({path.parts[-3] for path in runs})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    study = f"results/{params['scale']}"
+    shutil.copytree(V1 / "figures", repo / study / "figures")
+    shutil.copytree(V1 / "report", repo / study / "report")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     def dvc(*args: str) -> dict:
         result = subprocess.run(
-            [sys.executable, "-m", "dvc", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return json.loads(result.stdout)
 
     (workspace,) = dvc("metrics", "show", "--json").values()
     metrics = workspace["data"]
-    datasets = sorted(path.name for path in (ROOT / "results" / "runs").iterdir() if path.is_dir())
-    assert sorted(metrics) == [f"results/report/metrics/{dataset}.json" for dataset in datasets]
+    assert sorted(metrics) == [f"{study}/report/metrics/{dataset}.json" for dataset in datasets]
     for dataset in datasets:
-        summary = metrics[f"results/report/metrics/{dataset}.json"]["data"]
-        runs = list((ROOT / "results" / "runs" / dataset).glob("*/seed*/metrics.json"))
-        assert summary["runs"] == len(runs)
-        assert set(summary["dice"]) == {path.parent.parent.name for path in runs}
+        summary = metrics[f"{study}/report/metrics/{dataset}.json"]["data"]
+        dataset_runs = [path for path in runs if path.parts[-4] == dataset]
+        assert summary["runs"] == len(dataset_runs)
+        assert set(summary["dice"]) == {path.parts[-3] for path in dataset_runs}
 
     plots = dvc("plots", "show", "--json", "-o", str(tmp_path / "dvc_plots"))["data"]
-    figures = {path for path in plots if path.startswith("results/figures/")}
+    figures = {path for path in plots if path.startswith(f"{study}/figures/")}
     # The whole folder is declared: everything in it must be an image, or DVC would try to plot it as data.
-    assert figures == {f"results/figures/{path.name}" for path in (ROOT / "results" / "figures").iterdir()}
+    assert figures == {f"{study}/figures/{path.name}" for path in (V1 / "figures").iterdir()}
     assert all(plots[path][0]["type"] == "image" for path in figures)
     for quantity in html_report.CURVES:
         for dataset in datasets:
-            curves = f"results/report/curves/{quantity}/{dataset}.csv"
+            curves = f"{study}/report/curves/{quantity}/{dataset}.csv"
             (plot,) = plots[curves]
             drawn = {row["field"] for row in plot["content"]["data"]["values"]}
-            assert drawn == set(pd.read_csv(ROOT / curves).columns) - {"epoch"}
+            assert drawn == set(pd.read_csv(repo / curves).columns) - {"epoch"}
 
 
 def _chromium() -> str:
@@ -273,11 +306,12 @@ def _browser(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_report_of_the_committed_study_in_headless_chromium(tmp_path):
-    """Built from the committed results into a temporary folder, read back from Chromium's DOM: the verdict table
-    holds every claim's verdict from stats.json, and every figure of the aggregate notebook is a decodable PNG."""
+def test_report_of_the_archived_study_in_headless_chromium(tmp_path):
+    """Built from the archived first version (results/v1) into a temporary folder, read back from Chromium's DOM:
+    the verdict table holds every claim's verdict from stats.json, and every figure of the aggregate notebook is a
+    decodable PNG."""
     out = tmp_path / "report"
-    results = ROOT / "results"
+    results = V1
     index = html_report.build_report(
         results / "aggregate.ipynb", results / "stats.json", results / "runs", results / "notebooks", out
     )

@@ -38,12 +38,14 @@ def test_runner_runs_every_stage_once(pipeline):
     assert "4 of 4 training runs to run" in runner_output
     for model in GRID["models"]:
         for seed in GRID["seeds"]:
-            metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/{model}/seed{seed}/metrics.json").read_text())
+            run = copy / f"results/smoke/runs/ph2-dermoscopy/{model}/seed{seed}"
+            metrics = json.loads((run / "metrics.json").read_text())
             assert (metrics["model"], metrics["seed"], metrics["scale"]) == (model, seed, "smoke")
             assert metrics["threads"] == 1  # cluster.threads_per_run reached torch through $UNET_REPRO_THREADS
-            assert (copy / f"results/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
-    for output in ("complexity.csv", "aggregate.ipynb", "stats.json", "tables/results.md", "figures/seed_dice.png"):
-        assert (copy / "results" / output).is_file(), output
+            assert (copy / f"results/smoke/notebooks/ph2-dermoscopy/{model}/seed{seed}/train.ipynb").is_file()
+    assert (copy / "results" / "complexity.csv").is_file()
+    for output in ("aggregate.ipynb", "stats.json", "tables/results.md", "figures/seed_dice.png"):
+        assert (copy / "results" / "smoke" / output).is_file(), output
     for run in RUNS:
         assert lock_entries(copy, run) == 1, run
         assert sum(line.startswith(f"done     {run} ") for line in runner_output.splitlines()) == 1, runner_output
@@ -97,7 +99,7 @@ def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     # The finished runs' checkpoints must go first: they are matched on seed and settings only (README,
     # "Checkpoints"), and resuming them would load the 8-convolution weights into the 4-convolution network.
     shutil.rmtree(copy / "checkpoints/ph2-dermoscopy/tinyunet")
-    unet_metrics = copy / "results/runs/ph2-dermoscopy/unet/seed0/metrics.json"
+    unet_metrics = copy / "results/smoke/runs/ph2-dermoscopy/unet/seed0/metrics.json"
     untouched = unet_metrics.read_bytes()
     lock_before = (copy / "dvc.lock").read_text()
 
@@ -132,7 +134,7 @@ def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     assert f"{2 - len(finished)} of 4 training runs to run" in result.stdout
     assert not {name for name in stale(copy) if name.startswith("train@")}
     for seed in (0, 1):
-        metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
+        metrics = json.loads((copy / f"results/smoke/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())
         assert metrics["options"]["n_dwconv"] == 4
         assert lock_entries(copy, f"train@ph2-dermoscopy-tinyunet-{seed}") == 1
     assert unet_metrics.read_bytes() == untouched

@@ -1,4 +1,5 @@
-"""README.md: its two commands exist, and its headline tables are the generated ones."""
+"""README.md: its two commands exist, and its headline tables are the generated ones (those of the current study,
+or a line saying it has not been run at this version yet); results/v1/README.md holds the archived study's."""
 
 import importlib.util
 import re
@@ -6,6 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+V1_README = (ROOT / "results" / "v1" / "README.md").read_text()
 
 
 def _update_readme():
@@ -17,6 +19,26 @@ def _update_readme():
 
 def test_readme_tables_match_the_generated_ones():
     assert _update_readme().render(README) == README, "run `python scripts/update_readme.py`"
+    assert _update_readme().render_archive(V1_README) == V1_README, "run `python scripts/update_readme.py`"
+
+
+def _block(text: str, name: str) -> str:
+    return re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.DOTALL).group(1)
+
+
+def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_path):
+    """Without results/<scale>/tables/ (the grid not re-run yet), each table's block says so in one line; with the
+    folder, the blocks hold its tables."""
+    update_readme = _update_readme()
+    missing = tmp_path / "results" / "cpu" / "tables"
+    rendered = update_readme.render(README, tables=missing)
+    for name in update_readme.TABLES:
+        (line,) = _block(rendered, name).splitlines()
+        assert line.startswith("*Not yet run at this version of the training code: ") and f"`{missing}/`" in line
+    archived = ROOT / "results" / "v1" / "tables"
+    rendered = update_readme.render(README, tables=archived)
+    for name, source in update_readme.TABLES.items():
+        assert _block(rendered, name) == (archived / source).read_text()
 
 
 def test_readme_two_commands_are_make_targets_and_ci_runs_the_test_one():
@@ -39,6 +61,7 @@ def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_lab
 
 
 def test_readme_tables_name_the_script_that_copies_them():
-    results = README.index("<!-- results-table:start -->")
-    assert "scripts/update_readme.py" in README[results - 600 : results]
-    assert re.search(r"\| 0\.124 \| 0\.115 \|", README), "parameters in millions at 3 significant figures"
+    for text in (README, V1_README):
+        results = text.index("<!-- results-table:start -->")
+        assert "scripts/update_readme.py" in text[results - 600 : results]
+    assert re.search(r"\| 0\.124 \| 0\.115 \|", V1_README), "parameters in millions at 3 significant figures"

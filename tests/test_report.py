@@ -16,6 +16,7 @@ from scipy import stats
 
 from repro import evaluation, figures, report, tables, verdicts
 from repro.claims import CLAIMS, Claim, Comparison
+from repro.config import load_params
 from repro.run_results import failed_runs, load_runs
 from repro.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 
@@ -512,7 +513,7 @@ def test_every_non_inferiority_label_on_constructed_runs(tmp_path):
 def test_a_run_without_the_pruned_scores_a_comparison_needs_is_named(tmp_path):
     for seed in range(2):
         write_run(tmp_path, "a-set", "unetpp_ds", seed, 0.8, pruned_iou={"L4": 0.7} if seed else {"L3": 0.7, "L4": 0.7})
-    with pytest.raises(ValueError, match=r"results/runs/a-set/unetpp_ds: seeds \[1\] have no test_pruned\[L3\]"):
+    with pytest.raises(ValueError, match=r"runs of a-set/unetpp_ds: seeds \[1\] have no test_pruned\[L3\]"):
         evaluation.evaluate_claims(load_runs(tmp_path), n_resamples=0)
 
 
@@ -537,9 +538,11 @@ def test_committed_runs_give_the_committed_claims_table():
     """The study's own runs through the code: every row of the committed claims.csv comes back (bootstrap
     columns aside, which need 10,000 resamples), every claim has its rows there, and exactly the rows with a
     variant that has no committed runs on the dataset are `not run`."""
-    root = Path(__file__).resolve().parents[1]
-    committed = pd.read_csv(root / "results" / "tables" / "claims.csv", dtype={"seeds_needed": str})
-    runs = load_runs(root / "results" / "runs")
+    study = Path(__file__).resolve().parents[1] / "results" / load_params()["scale"]
+    if not (study / "tables" / "claims.csv").exists():
+        pytest.skip(f"{study} holds no study of the current training code yet (README, Results)")
+    committed = pd.read_csv(study / "tables" / "claims.csv", dtype={"seeds_needed": str})
+    runs = load_runs(study / "runs")
     table = evaluation.evaluate_claims(runs, n_resamples=0)
     assert list(committed.columns) == list(table.columns)
     assert list(dict.fromkeys(committed["claim_id"])) == [claim.id for claim in CLAIMS]

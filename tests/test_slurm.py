@@ -124,7 +124,7 @@ def test_two_runs_through_slurm_cluster(slurm, tmp_path, monkeypatch):
     assert not {name for name in stale(copy) if name.startswith("train@")}
     for seed in GRID["seeds"]:
         assert lock_entries(copy, f"train@ph2-dermoscopy-unet-{seed}") == 1
-        metrics = json.loads((copy / f"results/runs/ph2-dermoscopy/unet/seed{seed}/metrics.json").read_text())
+        metrics = json.loads((copy / f"results/smoke/runs/ph2-dermoscopy/unet/seed{seed}/metrics.json").read_text())
         assert metrics["seed"] == seed
     # The workers were SLURM jobs: dask-jobqueue's job scripts wrote their output where the runner put it.
     job_outputs = list((copy / "checkpoints/logs/dask").glob("*.out")) + list(

@@ -2,7 +2,8 @@
 
 Every model maps ``(N, in_channels, H, W)`` images to logits ``(N, num_classes, H, W)`` (binary segmentation
 uses ``num_classes=1`` with a sigmoid, multi-class a softmax). With ``deep_supervision=True``, train mode returns
-a list of logits (deepest decoder output last) and eval mode one tensor selected by ``ds_mode``. Each model
+a list of logits (deepest decoder output last) and eval mode one tensor selected by ``ds_mode``. Volumetric
+models (:func:`model_spatial_dims` 3) map ``(N, in_channels, D, H, W)`` to ``(N, num_classes, D, H, W)``. Each model
 class has ``size_divisor`` (inputs must be multiples of it) and its module docstring states every deviation from
 the official code.
 """
@@ -18,13 +19,15 @@ from torch import nn
 
 from repro.models.fcn import FCN8s
 from repro.models.light_unet import BilinearUNet
+from repro.models.monai_nets import SegResNet, SegResNetVAE, VNet
 from repro.models.multiresunet import MultiResUNet
+from repro.models.slicewise import SlicewiseUNet
 from repro.models.tinyunet import TinyUNet
-from repro.models.unet import WIDE_UNET_FILTERS, UNet
+from repro.models.unet import UNET3D_FILTERS, WIDE_UNET_FILTERS, UNet
 from repro.models.unetpp import NestedUNet
 from repro.models.unetv2 import UNetV2
 
-__all__ = ["ModelSpec", "create_model", "list_models", "model_options"]
+__all__ = ["ModelSpec", "create_model", "list_models", "model_options", "model_spatial_dims"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ _REGISTRY: dict[str, ModelSpec] = {
     "lighter_unet": ModelSpec(BilinearUNet, fixed={"variant": "lighter"}, defaults={"groups_c": 128}),
     "fcn": ModelSpec(FCN8s),
     "multiresunet": ModelSpec(MultiResUNet),
+    # Volumetric models (MSD Hippocampus): inputs (N, C, D, H, W).
+    "unet3d": ModelSpec(UNet, fixed={"spatial_dims": 3}, defaults={"levels": 4, "filters": UNET3D_FILTERS}),
+    "unet2d_slices": ModelSpec(SlicewiseUNet),
+    "vnet": ModelSpec(VNet),
+    "segresnet": ModelSpec(SegResNet),
+    "segresnet_vae": ModelSpec(SegResNetVAE),
 }
 
 
@@ -76,6 +85,12 @@ def _spec(arch: str) -> ModelSpec:
 def model_options(arch: str) -> tuple[str, ...]:
     """The option names ``create_model(arch, ...)`` accepts."""
     return _spec(arch).options
+
+
+def model_spatial_dims(arch: str) -> int:
+    """2 for an image model (inputs ``(N, C, H, W)``), 3 for a volume model (inputs ``(N, C, D, H, W)``)."""
+    spec = _spec(arch)
+    return spec.fixed.get("spatial_dims", getattr(spec.model_class, "spatial_dims", 2))
 
 
 def create_model(arch: str, *, in_channels: int, num_classes: int, **options: Any) -> nn.Module:

@@ -2,7 +2,10 @@
 
 The U-Net family (U-Net, wide U-Net, UNet+, UNet++) is built from one kind of node, :class:`DoubleConv`, or,
 for the TinyU-Net block-swap ablation, from :class:`~repro.models.cmrf.CMRF`; :func:`make_block` picks one
-from the ``block`` option so every architecture takes the same block options.
+from the ``block`` option so every architecture takes the same block options. The U-Net blocks take
+``spatial_dims`` (2 or 3): the volumetric variant of a network is the same module built from the 3D layers that
+:func:`conv_nd`, :func:`conv_transpose_nd`, :func:`batch_norm_nd` and :func:`max_pool_nd` pick, with the same
+parameter names.
 
 :func:`init_keras2018` re-initialises a model as the official UNet++ code (MrGiovanni/UNetPlusPlus, Keras 2.2.2,
 the version its ``requirements.txt`` pins) initialised it, and :func:`keras_l2_parameters` selects the kernels
@@ -11,7 +14,8 @@ heads) has ``kernel_initializer="he_normal"`` and ``kernel_regularizer=l2(1e-4)`
 keeps the Keras defaults (``glorot_uniform`` kernel, no regulariser); all biases keep the default ``zeros``.
 Keras 2.2.2's ``he_normal`` is a normal truncated at two of its standard deviations and rescaled (since Keras
 2.2.0) so the truncated samples have standard deviation ``sqrt(2 / fan_in)``; Keras 2.0-2.1 did not rescale
-(about 12% smaller) and Keras 1 drew an untruncated normal.
+(about 12% smaller) and Keras 1 drew an untruncated normal. Both functions treat 3D convolutions as the 2D ones
+(Keras's ``Conv3D`` / ``Conv3DTranspose`` have the same defaults), so they apply to the volumetric U-Net too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from repro.models.cmrf import CMRF
 BLOCKS = ("double_conv", "cmrf")
 NORMS = ("batch", None)
 INITS = ("pytorch", "keras2018")
+SPATIAL_DIMS = (2, 3)
 DEFAULT_CMRF_GROUPS = 8
 # The official code's L2 factor: Keras adds KERAS_L2 * sum(w ** 2) of each regularised kernel to the loss.
 KERAS_L2 = 1e-4
@@ -36,6 +41,9 @@ KERAS_L2 = 1e-4
 _TRUNCATED_NORMAL_STD = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(math.sqrt(2)))
 
 BlockFactory = Callable[[int, int], nn.Module]
+
+_CONVS = (nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
@@ -62,30 +70,62 @@ def scale_width(width: int, width_mult: float, divisor: int = 1) -> int:
     return max(divisor, int(width * width_mult / divisor + 0.5) * divisor)
 
 
-def check_input_size(x: torch.Tensor, divisor: int, arch: str, min_size: int | None = None) -> None:
-    """Raise a ValueError when the spatial size of ``x`` cannot pass through the network unchanged."""
-    height, width = x.shape[-2:]
+def check_input_size(
+    x: torch.Tensor, divisor: int, arch: str, min_size: int | None = None, *, spatial_dims: int = 2
+) -> None:
+    """Raise a ValueError when the spatial size of ``x`` cannot pass through the network unchanged.
+
+    The spatial size is the last ``spatial_dims`` dimensions: (height, width), or (depth, height, width).
+    """
+    check_choice("spatial_dims", spatial_dims, SPATIAL_DIMS)
+    sizes = tuple(x.shape[-spatial_dims:])
     min_size = divisor if min_size is None else min_size
-    if height % divisor or width % divisor or height < min_size or width < min_size:
+    if any(size % divisor or size < min_size for size in sizes):
+        names = "height and width" if spatial_dims == 2 else "depth, height and width"
         raise ValueError(
-            f"{arch} takes inputs whose height and width are multiples of {divisor} and at least {min_size};"
-            f" got {height}x{width}"
+            f"{arch} takes inputs whose {names} are multiples of {divisor} and at least {min_size};"
+            f" got {'x'.join(map(str, sizes))}"
         )
+
+
+def _nd(layers: tuple[type[nn.Module], type[nn.Module]], spatial_dims: int) -> type[nn.Module]:
+    check_choice("spatial_dims", spatial_dims, SPATIAL_DIMS)
+    return layers[spatial_dims - 2]
+
+
+def conv_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return _nd(_CONVS, spatial_dims)
+
+
+def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
+    return _nd(_CONV_TRANSPOSES, spatial_dims)
+
+
+def batch_norm_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.BatchNorm2d`` or ``nn.BatchNorm3d``."""
+    return _nd((nn.BatchNorm2d, nn.BatchNorm3d), spatial_dims)
+
+
+def max_pool_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
+    return _nd((nn.MaxPool2d, nn.MaxPool3d), spatial_dims)
 
 
 def init_keras2018(model: nn.Module) -> nn.Module:
     """Re-initialise ``model`` in place as the official Keras UNet++ code did; returns the model.
 
-    Every ``Conv2d`` kernel gets Keras 2.2.2's ``he_normal`` (a normal truncated at +-2 of its standard deviation,
-    scaled so the samples have standard deviation ``sqrt(2 / fan_in)``), every ``ConvTranspose2d`` kernel Glorot
-    uniform (bound ``sqrt(6 / (fan_in + fan_out))``), every convolution bias zero. Normalisation layers keep their
-    ones / zeros, which are Keras's defaults too.
+    Every ``Conv2d`` / ``Conv3d`` kernel gets Keras 2.2.2's ``he_normal`` (a normal truncated at +-2 of its
+    standard deviation, scaled so the samples have standard deviation ``sqrt(2 / fan_in)``), every
+    ``ConvTranspose2d`` / ``ConvTranspose3d`` kernel Glorot uniform (bound ``sqrt(6 / (fan_in + fan_out))``), every
+    convolution bias zero. Normalisation layers keep their ones / zeros, which are Keras's defaults too.
     """
     for module in model.modules():
-        if isinstance(module, nn.ConvTranspose2d):
+        if isinstance(module, _CONV_TRANSPOSES):
             nn.init.xavier_uniform_(module.weight)
-        elif isinstance(module, nn.Conv2d):
-            fan_in = module.weight[0].numel()  # input channels (per group) x kernel area, as Keras counts it
+        elif isinstance(module, _CONVS):
+            fan_in = module.weight[0].numel()  # input channels (per group) x kernel size, as Keras counts it
             std = math.sqrt(2 / fan_in) / _TRUNCATED_NORMAL_STD
             nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
         else:
@@ -96,12 +136,13 @@ def init_keras2018(model: nn.Module) -> nn.Module:
 
 
 def keras_l2_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The tensors the official Keras code penalises with ``l2(KERAS_L2)``: the kernel of every ``Conv2d``.
+    """The tensors the official Keras code penalises with ``l2(KERAS_L2)``: the kernel of every ``Conv2d`` (or
+    ``Conv3d``, in a volumetric model).
 
     Those are the 3x3 node convolutions and the 1x1 heads; transposed-convolution kernels, biases and
     normalisation parameters carry no regulariser there.
     """
-    return [module.weight for module in model.modules() if isinstance(module, nn.Conv2d)]
+    return [module.weight for module in model.modules() if isinstance(module, _CONVS)]
 
 
 def mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -126,6 +167,7 @@ class ConvNormAct(nn.Sequential):
         norm: ``"batch"`` or ``None``.
         activation: activation class, instantiated without arguments.
         dropout: element-wise dropout probability after the activation.
+        spatial_dims: 2 or 3 (picks ``BatchNorm2d`` or ``BatchNorm3d``).
     """
 
     def __init__(
@@ -136,11 +178,12 @@ class ConvNormAct(nn.Sequential):
         norm: str | None = "batch",
         activation: type[nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        spatial_dims: int = 2,
     ) -> None:
         check_choice("norm", norm, NORMS)
         layers = [conv]
         if norm == "batch":
-            layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(batch_norm_nd(spatial_dims)(out_channels))
         layers.append(activation())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
@@ -148,7 +191,7 @@ class ConvNormAct(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions with bias, each followed by [BatchNorm] + activation [+ dropout].
+    """Two 3x3 (3x3x3) convolutions with bias, each followed by [BatchNorm] + activation [+ dropout].
 
     Args:
         in_channels: input channels.
@@ -156,6 +199,7 @@ class DoubleConv(nn.Sequential):
         norm: ``"batch"`` or ``None`` (the official UNet++ code has no normalisation).
         dropout: dropout after each activation (the official UNet++ code uses 0.5).
         activation: activation class.
+        spatial_dims: 2 or 3.
     """
 
     def __init__(
@@ -166,22 +210,13 @@ class DoubleConv(nn.Sequential):
         norm: str | None = "batch",
         dropout: float = 0.0,
         activation: type[nn.Module] = nn.ReLU,
+        spatial_dims: int = 2,
     ) -> None:
+        conv = conv_nd(spatial_dims)
+        options = {"norm": norm, "activation": activation, "dropout": dropout, "spatial_dims": spatial_dims}
         super().__init__(
-            ConvNormAct(
-                nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                out_channels,
-                norm=norm,
-                activation=activation,
-                dropout=dropout,
-            ),
-            ConvNormAct(
-                nn.Conv2d(out_channels, out_channels, 3, padding=1),
-                out_channels,
-                norm=norm,
-                activation=activation,
-                dropout=dropout,
-            ),
+            ConvNormAct(conv(in_channels, out_channels, 3, padding=1), out_channels, **options),
+            ConvNormAct(conv(out_channels, out_channels, 3, padding=1), out_channels, **options),
         )
 
 
@@ -192,6 +227,7 @@ def make_block(
     dropout: float = 0.0,
     n_dwconv: int | None = None,
     activation: type[nn.Module] = nn.ReLU,
+    spatial_dims: int = 2,
 ) -> tuple[BlockFactory, int]:
     """Return a factory ``(in_channels, out_channels) -> node`` for ``block``, and the divisor its widths need.
 
@@ -201,16 +237,22 @@ def make_block(
         dropout: dropout of double_conv nodes; CMRF has none.
         n_dwconv: CMRF's N (default 8); only valid with ``block="cmrf"``.
         activation: activation of double_conv nodes (CMRF uses GELU, as in the official code).
+        spatial_dims: 2 or 3; CMRF is 2D only.
     """
     check_choice("block", block, BLOCKS)
     check_choice("norm", norm, NORMS)
+    check_choice("spatial_dims", spatial_dims, SPATIAL_DIMS)
     if block == "double_conv":
         if n_dwconv is not None:
             raise ValueError("n_dwconv only applies to block='cmrf'")
         return (
-            lambda c_in, c_out: DoubleConv(c_in, c_out, norm=norm, dropout=dropout, activation=activation),
+            lambda c_in, c_out: DoubleConv(
+                c_in, c_out, norm=norm, dropout=dropout, activation=activation, spatial_dims=spatial_dims
+            ),
             1,
         )
+    if spatial_dims != 2:
+        raise ValueError("block='cmrf' is 2D only: use block='double_conv' with spatial_dims=3")
     if norm != "batch" or dropout:
         raise ValueError("block='cmrf' always uses BatchNorm and no dropout: leave norm and dropout unset")
     groups = DEFAULT_CMRF_GROUPS if n_dwconv is None else n_dwconv
@@ -221,7 +263,7 @@ def make_block(
 class UpConcatNode(nn.Module):
     """Decoder node: upsample the coarser node, concatenate it with same-level skips, then one block.
 
-    The upsampling is a 2x2 stride-2 transposed convolution with bias to this level's width, as in the
+    The upsampling is a 2x2 (2x2x2) stride-2 transposed convolution with bias to this level's width, as in the
     official UNet++ code; the concatenation order is ``[upsampled, *skips]``.
 
     Args:
@@ -229,11 +271,20 @@ class UpConcatNode(nn.Module):
         out_channels: this level's width.
         skip_channels: total channels of the skips concatenated at this node.
         block: factory building the node block from (input channels, output channels).
+        spatial_dims: 2 or 3 (picks the transposed convolution; ``block`` must build nodes of the same dims).
     """
 
-    def __init__(self, coarse_channels: int, out_channels: int, skip_channels: int, block: BlockFactory) -> None:
+    def __init__(
+        self,
+        coarse_channels: int,
+        out_channels: int,
+        skip_channels: int,
+        block: BlockFactory,
+        *,
+        spatial_dims: int = 2,
+    ) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(coarse_channels, out_channels, kernel_size=2, stride=2)
+        self.up = conv_transpose_nd(spatial_dims)(coarse_channels, out_channels, kernel_size=2, stride=2)
         self.block = block(out_channels + skip_channels, out_channels)
 
     def forward(self, coarse: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -145,8 +145,15 @@ def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch
     return model, generator
 
 
-def model_summary(model: torch.nn.Module, data: PreparedData, input_size: int) -> dict[str, float]:
-    """Parameters and FLOPs (2 x MACs, as the papers count) for one image of the training input size."""
+def input_size(config: RunConfig, data: PreparedData) -> int | tuple[int, ...]:
+    """What the network sees in training: the scale's image side, a patch side (large images) or the volume."""
+    if data.volumetric:
+        return tuple(data.train.images.shape[2:])
+    return config.scale.patch_size if data.large_images else config.scale.image_size
+
+
+def model_summary(model: torch.nn.Module, data: PreparedData, input_size: int | tuple[int, ...]) -> dict[str, float]:
+    """Parameters and FLOPs (2 x MACs, as the papers count) for one image (or volume) of the training input size."""
     return {
         "params": count_parameters(model),
         "flops": count_flops(model, input_size, data.in_channels),
@@ -204,7 +211,7 @@ def is_deeply_supervised(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "deep_supervision", False))
 
 
-def evaluate_pruned(trainer: Trainer, data: PreparedData, input_size: int) -> dict[str, dict]:
+def evaluate_pruned(trainer: Trainer, data: PreparedData, input_size: int | tuple[int, ...]) -> dict[str, dict]:
     """Test metrics and FLOPs of a deep-supervision model at each of its eval modes (UNet++: the average of
     the heads, and the sub-networks pruned to L1..L4); the model's own mode is restored afterwards."""
     model = trainer.model

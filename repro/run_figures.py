@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -44,6 +45,15 @@ def show(fig: Figure, image_format: str = "png", dpi: int = 80) -> None:
     fig.savefig(buffer, format=image_format, dpi=dpi, **options)
     plt.close(fig)
     display(Image(data=buffer.getvalue(), format=image_format))
+
+
+def displayable(images: torch.Tensor, masks: torch.Tensor, predictions: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Images (N, H, W, C), ground truth and predictions (N, H, W) as arrays to draw; of volumes, the slice
+    through each volume's middle along its first axis."""
+    if masks.ndim == 4:
+        middle = masks.shape[1] // 2
+        images, masks, predictions = images[:, :, middle], masks[:, middle], predictions[:, middle]
+    return images.permute(0, 2, 3, 1).numpy(), masks.numpy(), predictions.numpy()
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:

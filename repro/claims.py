@@ -96,6 +96,9 @@ _TINYUNET = "TinyU-Net (CMRF)"
 _LIGHT_UNET = "Light U-Net paper"
 _NUCLEI = "cell nuclei (Data Science Bowl 2018)"
 _DSB2018 = "dsb2018-nuclei-96"
+_HIPPOCAMPUS = "msd-task04-hippocampus"
+# The 2D datasets of the default study, for the claims about 2D networks.
+_PLANAR = (_DSB2018, "kvasir-seg", "ph2-dermoscopy")
 # The sensitivity study's variants: the UNet++ paper's own Keras configuration at width 1.0 (params.yaml).
 _PAPER_SETTING = "the UNet++ paper's own Keras configuration at width 1.0"
 _C1_SOURCE = (
@@ -319,5 +322,97 @@ CLAIMS: tuple[Claim, ...] = (
         comparisons=(Comparison("unetpp_2018", "wide_unet_2018", 0.0171, _C2_SOURCE, claimed_on=_NUCLEI),),
         datasets=(_DSB2018,),
         sensitivity_of="C2",
+    ),
+    Claim(
+        id="C10",
+        title="3D U-Net beats a 2D U-Net applied slice by slice on volumetric data",
+        kind="superiority",
+        metric="dice",
+        comparisons=(
+            Comparison(
+                "unet3d",
+                "unet2d_slices",
+                None,
+                "Cicek et al., 3D U-Net (MICCAI 2016): the 3D network against its 2D counterpart on each slice; the "
+                "paper's Xenopus kidney comparison is semi-automatic (sparse annotation), are not this "
+                "setting, so the direction only is tested.",
+                design="the 2D baseline is the study's U-Net on each slice along the volume's first axis",
+            ),
+        ),
+        datasets=(_HIPPOCAMPUS,),
+    ),
+    Claim(
+        id="C11",
+        title="MultiResUNet outperforms U-Net",
+        kind="superiority",
+        metric="iou",
+        comparisons=(
+            Comparison(
+                "multiresunet",
+                "unet",
+                None,
+                "Ibtehaz & Rahman, MultiResUNet (Neural Networks 2020): relative Jaccard improvements of 0.62% to "
+                "10.15% over U-Net across its five datasets. They are relative to each dataset's U-Net score, "
+                "which does not carry over to these datasets as an absolute difference: the direction only is "
+                "tested.",
+            ),
+        ),
+        datasets=_PLANAR,
+    ),
+    Claim(
+        id="C12",
+        title="U-Net's skip connections beat FCN's decoder",
+        kind="superiority",
+        metric="iou",
+        comparisons=(
+            Comparison(
+                "unet",
+                "fcn",
+                None,
+                "Ronneberger et al., U-Net (MICCAI 2015): the symmetric decoder with skip connections is the "
+                "paper's answer to FCN's coarse upsampling; no head-to-head number on these tasks, so the "
+                "direction only is tested.",
+                design="the FCN-8s here has the U-Net encoder's widths and is trained from scratch (no VGG16 "
+                "weights can be fetched), so only the decoders differ",
+            ),
+        ),
+        datasets=_PLANAR,
+    ),
+    Claim(
+        id="C13",
+        title="The VAE branch regularises SegResNet: SegResNet-VAE >= SegResNet",
+        kind="non-inferiority",
+        metric="dice",
+        comparisons=(
+            Comparison(
+                "segresnet_vae",
+                "segresnet",
+                None,
+                "Myronenko, SegResNet-VAE (BrainLes 2018, on BraTS 2018): the VAE branch regularises the shared "
+                "encoder; the paper gives no ablation number, so SegResNet-VAE is tested to be no worse than "
+                "SegResNet, within the study's margin.",
+            ),
+        ),
+        datasets=(_HIPPOCAMPUS,),
+    ),
+    Claim(
+        id="C14",
+        title="None of the variants beats a plain U-Net configured and trained by nnU-Net",
+        kind="non-inferiority",
+        metric="dice",
+        comparisons=tuple(
+            Comparison(
+                "nnunet",
+                variant,
+                None,
+                "Isensee et al., nnU-Net Revisited (MICCAI 2024): recent architectures do not beat an nnU-Net "
+                "configured U-Net under a fair protocol; tested as nnU-Net being no worse than each network, "
+                "within the study's margin.",
+                design="nnU-Net trains with its own plan, preprocessing and schedule (shortened: params.yaml "
+                "nnunet), the networks with the study's recipe",
+            )
+            for variant in ("unet3d", "unet2d_slices", "vnet", "segresnet", "segresnet_vae")
+        ),
+        datasets=(_HIPPOCAMPUS,),
     ),
 )

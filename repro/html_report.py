@@ -98,12 +98,18 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
+def _size(value: int | list[int]) -> str:
+    """An image side (``96``) or a volume's shape (``48x64x48``) as text."""
+    return "x".join(map(str, value)) if isinstance(value, list) else str(int(value))
+
+
 def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
     """One row per finished run: its keys, test scores, device, commit and the paths of its notebook and history.
 
     Args:
         runs_dir: ``results/<scale>/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
-        notebooks_dir: ``results/<scale>/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb``.
+        notebooks_dir: ``results/<scale>/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb`` (or
+            ``nnunet.ipynb``).
     """
     rows = []
     for metrics_path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
@@ -119,7 +125,7 @@ def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
                 "iou": float(test["iou"]),
                 "scale": metrics["scale"],
                 "epochs": int(metrics["epochs"]),
-                "image_size": int(metrics["image_size"]),
+                "image_size": _size(metrics["image_size"]),
                 "device": metrics.get("device", "unknown"),
                 "train_seconds": float(metrics.get("train_seconds", float("nan"))),
                 "git_commit": metrics.get("git_commit", "unknown"),
@@ -127,9 +133,13 @@ def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
         run_dir = metrics_path.parent
-        notebook = notebooks_dir / dataset / model / f"seed{seed}" / "train.ipynb"
-        if not notebook.is_file():
-            raise FileNotFoundError(f"{notebook}: the executed notebook of the run in {run_dir} is missing")
+        # train.ipynb, or the notebook of a run made by another system (nnunet.ipynb)
+        notebook = next(iter(sorted((notebooks_dir / dataset / model / f"seed{seed}").glob("*.ipynb"))), None)
+        if notebook is None:
+            raise FileNotFoundError(
+                f"{notebooks_dir / dataset / model / f'seed{seed}'}: the executed notebook of the run in {run_dir} "
+                "is missing"
+            )
         rows.append(row | {"notebook": notebook, "history": run_dir / "history.csv"})
     if not rows:
         raise FileNotFoundError(f"{runs_dir}: no <dataset>/<model>/seed<k>/metrics.json (no finished run)")

@@ -124,6 +124,8 @@ def load_runs(runs_dir: str | Path) -> RunResults:
         if (run_dir.parent.parent.name, run_dir.parent.name, run_dir.name) != expected_dir:
             raise ValueError(f"{metrics_path} describes {expected_dir}, which does not match its folder")
         run_fields = {field: metrics.get(field) for field in RUN_FIELDS}
+        if isinstance(run_fields["image_size"], list):  # a volume's (D, H, W)
+            run_fields["image_size"] = "x".join(map(str, run_fields["image_size"]))
         history = {"best_val_dice": best_val_dice(run_dir / "history.csv")}
         test = _flatten_test_metrics(metrics["test"], metrics.get("test_pruned", {}))
         seed_rows.append(keys | run_fields | test | history)

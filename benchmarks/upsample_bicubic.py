@@ -90,7 +90,8 @@ def time_op(function: Callable, inputs: list[torch.Tensor], grads: list[torch.Te
 
 def bench_op(scale_name: str, params: dict, rounds: int) -> None:
     scale = scale_preset(scale_name, params)
-    shapes = decoder_shapes({"width_mult": scale.width_mult}, scale.batch_size, scale.image_size)
+    options = {"width_mult": scale.width_mult, **model_variant("tinyunet", params).options}  # the study's width
+    shapes = decoder_shapes(options, scale.batch_size, scale.image_size)
     print(f"\n(a) the op alone, forward + backward, scale {scale_name}: {shapes}")
     contenders = {
         "F.interpolate": reference,

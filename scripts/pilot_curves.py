@@ -58,8 +58,11 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
         rows.append({**row, "val_dice_running": row["val_dice"], "val_dice": val["dice"], "val_iou": val["iou"]})
         out.mkdir(parents=True, exist_ok=True)
         _write_rows(out / "history.csv", rows)
-        print(f"{dataset}/{model}/seed{seed} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.3f}, "
-              f"val Dice {val['dice']:.3f} (running statistics {row['val_dice']:.3f})", flush=True)
+        print(
+            f"{dataset}/{model}/seed{seed} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.3f}, "
+            f"val Dice {val['dice']:.3f} (running statistics {row['val_dice']:.3f})",
+            flush=True,
+        )
 
     trainer.fit(on_epoch=on_epoch)
     history = pd.DataFrame(rows)
@@ -104,13 +107,23 @@ def summarize(scale: str) -> None:
         raise SystemExit(f"no finished pilot under {folder}")
     table = pd.DataFrame([json.loads(p.read_text()) for p in pilots])
     table["best epoch / epochs"] = table["best_epoch"].astype(str) + " / " + table["epochs"].astype(str)
-    columns = ["dataset", "model", "seed", "optimizer_steps", "best epoch / epochs", "best_val_dice",
-               "gain_last_5_epochs", "train_seconds"]
+    table["train_seconds"] = table["train_seconds"].round().astype(int)
+    columns = [
+        "dataset",
+        "model",
+        "seed",
+        "optimizer_steps",
+        "best epoch / epochs",
+        "best_val_dice",
+        "gain_last_5_epochs",
+        "train_seconds",
+    ]
     lines = [
         f"# Pilot learning curves, scale `{scale}`",
         "",
         "Written by `python scripts/pilot_curves.py summary` from the pilots below; commits: "
-        + ", ".join(sorted(set(table["git_commit"]))) + ".",
+        + ", ".join(sorted(set(table["git_commit"])))
+        + ".",
         "",
         table[columns].to_markdown(index=False, floatfmt=".3f"),
         "",
@@ -121,14 +134,20 @@ def summarize(scale: str) -> None:
         for p in pilots
     }
     datasets = sorted({key[0] for key in histories})
+    colours = {model: f"C{k}" for k, model in enumerate(sorted({key[1] for key in histories}))}  # one per model
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for (name, model, seed), history in histories.items():
             if name != dataset:
                 continue
-            line = ax.plot(history["epoch"], history["val_dice"], label=f"{model} {seed}")[0]
-            ax.plot(history["epoch"], history["val_dice_running"], ls=":", color=line.get_color(),
-                    label=f"{model} {seed}, running BN statistics")
+            line = ax.plot(history["epoch"], history["val_dice"], color=colours[model], label=f"{model} {seed}")[0]
+            ax.plot(
+                history["epoch"],
+                history["val_dice_running"],
+                ls=":",
+                color=line.get_color(),
+                label=f"{model} {seed}, running BN statistics",
+            )
             best = history["val_dice"].idxmax()
             ax.plot(history["epoch"][best], history["val_dice"][best], "o", color=line.get_color())
         ax.set(title=dataset, xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))

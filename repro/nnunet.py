@@ -47,7 +47,6 @@ and builds the network for inference from the plans itself.
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import json
 import os
@@ -85,7 +84,7 @@ from repro.data.readers import read_volume_mask
 from repro.data.registry import REPO_ROOT, Sample, get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
 from repro.metrics import confusion_counts, hausdorff95, per_image_table, summarize
-from repro.run import versions
+from repro.run import versions, write_csv
 from repro.run_results import load_runs
 from repro.train import describe_device, seed_everything
 
@@ -618,16 +617,9 @@ def write_outputs(run: NnunetRun, out_dir: Path | str) -> dict:
         "versions": run_versions(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    _write_csv(out / "per_image.csv", run.per_image)
-    _write_csv(out / "history.csv", run.history)
+    write_csv(out / "per_image.csv", run.per_image)
+    write_csv(out / "history.csv", run.history)
     return metrics
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def run(

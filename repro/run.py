@@ -279,12 +279,13 @@ def write_outputs(
     if test_pruned:
         metrics["test_pruned"] = test_pruned
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    _write_csv(out / "per_image.csv", per_image)
-    _write_csv(out / "history.csv", trainer.history)
+    write_csv(out / "per_image.csv", per_image)
+    write_csv(out / "history.csv", trainer.history)
     return metrics
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys) as a CSV file with a header."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -57,7 +57,7 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
         trainer.model.load_state_dict(state)
         rows.append({**row, "val_dice_running": row["val_dice"], "val_dice": val["dice"], "val_iou": val["iou"]})
         out.mkdir(parents=True, exist_ok=True)
-        _write_rows(out / "history.csv", rows)
+        run.write_csv(out / "history.csv", rows)
         print(
             f"{dataset}/{model}/seed{seed} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.3f}, "
             f"val Dice {val['dice']:.3f} (running statistics {row['val_dice']:.3f})",
@@ -91,13 +91,6 @@ def _read_rows(path: Path) -> list[dict]:
         return []
     with path.open() as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def summarize(scale: str) -> None:

@@ -7,11 +7,12 @@
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
 ``cluster:`` settings of params.yaml first (one message lists every problem), prepares the data (`dvc repro
-prepare`), asks DVC which `train@...` stages are stale, and submits each one's exact command from dvc.yaml as a
-Dask task keyed by the stage's name, so no run is ever submitted twice. Seeds go first: an interrupted study has
-every variant at the same number of seeds. This process alone records a finished run in dvc.lock (`dvc commit`,
-one at a time), and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an entry
-and a second call runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
+prepare`), asks DVC which `train@...` stages are stale, and submits each one's exact command from dvc.yaml as a Dask
+task keyed by the stage's name, so no run is ever submitted twice. Seeds go first, then variants in the order
+``study.models`` lists them: an interrupted study has every variant at the same number of seeds. This process alone
+records a finished run in dvc.lock (`dvc commit`, one at a time), and Ctrl-C or SIGTERM only stops it between two
+commits, so dvc.lock never holds half an entry and a second call runs exactly the stages still stale. Finally `dvc
+repro` runs complexity and aggregate.
 
 Before it trains, it prints the scale, how many runs it trains (new, or replacing stale runs of that scale) and
 where the results go: dvc.yaml writes every output of the study below results/<scale>/, so a study at another
@@ -83,14 +84,20 @@ def _repo(root: Path):
     return Repo(str(root))
 
 
-def stale_train_stages(root: Path) -> list:
-    """The `train@...` stages `dvc repro` would run (DVC's own status), seed-major: seed, then dataset x model
-    in dvc.yaml's order."""
+def stale_train_stages(root: Path, grid: Grid) -> list:
+    """The `train@...` stages `dvc repro` would run (DVC's own status), seed-major: by seed, then by the variant's
+    place in ``study.models`` (the study lists its variants in the order their claims matter), then by dataset. A
+    study cut short therefore has every variant at the same number of seeds, and the first variants at one more."""
     with _repo(root) as repo:
         stale = set(repo.status(targets=["train"]))
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]
-    order = {stage.addressing: i for i, stage in enumerate(stages)}
-    return sorted(stages, key=lambda stage: (int(stage.addressing.rsplit("-", 1)[1]), order[stage.addressing]))
+    rank = {
+        f"train@{dataset}-{model}-{seed}": (seed, m, d)
+        for seed in grid.seeds
+        for m, model in enumerate(grid.models)
+        for d, dataset in enumerate(grid.datasets)
+    }
+    return sorted(stages, key=lambda stage: rank[stage.addressing])
 
 
 def replacing(root: Path, stages: list) -> int:
@@ -275,7 +282,7 @@ class Runner:
             # prepare@<dataset> and prepare_custom@<name> (params.yaml's custom_datasets)
             self._dvc(["repro", "--quiet", "--glob", "prepare*"], "prepare.log")
             self._check_stop()
-            stages = stale_train_stages(self.root)
+            stages = stale_train_stages(self.root, grid)
             outcome.up_to_date = grid.size - len(stages)
             print(plan(grid, len(stages), replacing(self.root, stages)), flush=True)
             if stages:

@@ -224,7 +224,7 @@ def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tm
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps({"scale": scale}))
     monkeypatch.chdir(copy)  # as `python -m repro.study` does: DVC resolves stage names from the working directory
-    stages = stale_train_stages(copy)
+    stages = stale_train_stages(copy, Grid("smoke", ("ph2-dermoscopy",), ("unet", "tinyunet"), (0,)))
     assert [stage.addressing for stage in stages] == ["train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-tinyunet-0"]
     outs = {out.def_path for stage in stages for out in stage.outs}
     kinds = ("runs", "notebooks")
@@ -235,6 +235,20 @@ def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tm
         "scale smoke: 2 of 2 training runs to run (1 new, 1 replacing stale runs of scale smoke; 0 up to date); "
         "results go to results/smoke/"
     )
+
+
+def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, monkeypatch):
+    """An interrupted study has every variant at the same number of seeds, and within a seed the variants the study
+    lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is."""
+    grid = Grid("smoke", ("ph2-dermoscopy", "kvasir-seg"), ("tinyunet", "unet"), (0, 1))
+    copy = copy_repository(
+        tmp_path / "copy", {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": [1, 0]}
+    )
+    monkeypatch.chdir(copy)
+    stages = stale_train_stages(copy, grid)
+    assert [stage.addressing for stage in stages] == [
+        f"train@{dataset}-{model}-{seed}" for seed in (0, 1) for model in grid.models for dataset in grid.datasets
+    ]
 
 
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):

@@ -44,8 +44,17 @@ SCALE := $(shell awk '/^scale:/ {print $$2}' params.yaml)
 NOTEBOOKS := notebooks/datasets.ipynb notebooks/train.ipynb notebooks/complexity.ipynb notebooks/nnunet.ipynb \
 	$(wildcard results/$(SCALE)/aggregate.ipynb)
 
-test: lint
-	$(BIN)/python -m pytest --nbval-lax tests $(NOTEBOOKS)
+# nbval also runs the training notebook on volumes: the 3D U-Net on MSD Hippocampus at the smoke scale, through
+# the same notebook with those parameters injected by papermill (--prepare-only executes nothing).
+VOLUME_NOTEBOOK := checkpoints/nbval/train-msd-task04-hippocampus-unet3d.ipynb
+
+$(VOLUME_NOTEBOOK): notebooks/train.ipynb | env
+	mkdir -p $(@D)
+	$(BIN)/papermill --prepare-only --no-progress-bar notebooks/train.ipynb $@ \
+		-p dataset msd-task04-hippocampus -p model unet3d -p scale smoke
+
+test: lint $(VOLUME_NOTEBOOK)
+	$(BIN)/python -m pytest --nbval-lax tests $(NOTEBOOKS) $(VOLUME_NOTEBOOK)
 
 bench: env
 	$(BIN)/python benchmarks/train_step.py

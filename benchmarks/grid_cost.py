@@ -26,18 +26,26 @@ from repro.models import create_model
 from repro.train import epochs_for_steps, set_threads
 
 
-def step_and_forward_seconds(model: torch.nn.Module, batch: int, size: int, steps: int) -> tuple[float, float]:
-    """Median seconds of one train step on a batch, and of one eval forward pass per image."""
-    model = model.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    masks = (torch.rand(batch, size, size) > 0.8).long()
-    loss_fn = DeepSupervisionLoss(SegmentationLoss(2))
+def step_and_forward_seconds(
+    model: torch.nn.Module, batch: int, channels: int, classes: int, shape: tuple[int, ...], steps: int
+) -> tuple[float, float]:
+    """Median seconds of one train step on a batch of ``shape`` images (2D) or volumes (3D), and of one eval forward
+    pass per image. 2D runs channels-last, as the study trains them."""
+    images = torch.randn(batch, channels, *shape)
+    if len(shape) == 2:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = torch.randint(0, classes, (batch, *shape))
+    loss_fn = DeepSupervisionLoss(SegmentationLoss(classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train, forward = [], []
     for _ in range(steps + 1):
         model.train()
         start = time.perf_counter()
         loss = loss_fn(model(images), masks)
+        auxiliary = getattr(model, "auxiliary_loss", None)  # SegResNet-VAE's VAE term, as the Trainer adds it
+        if auxiliary is not None:
+            loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,30 +73,40 @@ def main() -> None:
     set_threads(1)
     grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
     variants = args.variants or grid["models"]
-    sizes = {}
+    sizes, inputs = {}, {}
     for dataset in args.datasets:
         meta = json.loads((PROCESSED_DIR / scale.name / dataset / "meta.json").read_text())
         sizes[dataset] = {split: len(ids) for split, ids in meta["ids"].items()}
-    print(f"scale {scale.name}: batch {scale.batch_size}, {scale.image_size}x{scale.image_size}, 1 thread")
+        shape = meta.get("volume_shape") or [scale.image_size, scale.image_size]
+        inputs[dataset] = (meta["in_channels"], len(meta["class_names"]), tuple(shape))
+    print(f"scale {scale.name}: batch {scale.batch_size}, 1 thread")
     lengths = {
         d: epochs_for_steps(scale.train_steps.get(d, 0), n["train"], scale.batch_size)
         if d in scale.train_steps
         else scale.epochs
         for d, n in sizes.items()
     }
-    print("epochs: " + ", ".join(f"{d} {e}" for d, e in lengths.items()))
+    print("epochs: " + ", ".join(f"{d} {e} ({'x'.join(map(str, inputs[d][2]))})" for d, e in lengths.items()))
     header = f"{'variant':<18}{'s/step':>8}{'ms/img fwd':>11}" + "".join(f"{d[:14]:>16}" for d in args.datasets)
     print(header + f"{'all seeds (h)':>15}")
     total = 0.0
     for name in variants:
         variant = model_variant(name, params)
-        torch.manual_seed(0)
-        model = create_model(
-            variant.arch, in_channels=3, num_classes=1, **{"width_mult": scale.width_mult, **variant.options}
-        )
-        step, forward = step_and_forward_seconds(model, scale.batch_size, scale.image_size, args.steps)
-        per_run = {}
+        per_run, timings = {}, {}
         for dataset, n in sizes.items():
+            channels, classes, shape = inputs[dataset]
+            if (channels, classes, shape) not in timings:
+                torch.manual_seed(0)
+                model = create_model(
+                    variant.arch,
+                    in_channels=channels,
+                    num_classes=1 if classes == 2 else classes,
+                    **{"width_mult": scale.width_mult, **variant.options},
+                )
+                timings[channels, classes, shape] = step_and_forward_seconds(
+                    model, scale.batch_size, channels, classes, shape, args.steps
+                )
+            step, forward = timings[channels, classes, shape]
             epochs = lengths[dataset]
             steps = epochs * (n["train"] // scale.batch_size)
             per_run[dataset] = steps * step + (epochs * (n["train"] + n["val"]) + n["test"]) * forward

@@ -1,5 +1,9 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
+Two blocks share the seeds: the image study (``study.datasets`` x ``study.models``, stage ``train``) and the
+volumetric rows (``study.volumes.datasets`` x ``study.volumes.models``, stage ``train_volumes``), since a 2D network
+cannot train on a volume nor a 3D one on an image.
+
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
 after other runs have used the machine. :func:`check_grid` finds every such problem at once, so one message lists
 them all.
@@ -25,16 +29,30 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """The study grid: every (dataset, model variant, seed) at one scale."""
+    """The study grid: every (dataset, model variant, seed) at one scale, images and volumes."""
 
     scale: str
     datasets: tuple[str, ...]
     models: tuple[str, ...]
     seeds: tuple[int, ...]
+    volume_datasets: tuple[str, ...] = ()
+    volume_models: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
-        return len(self.datasets) * len(self.models) * len(self.seeds)
+        return len(self.runs())
+
+    def runs(self) -> list[tuple[str, str, str, int]]:
+        """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed; within a
+        seed the image study, then the volumes, each variant in the order its list gives, then each dataset."""
+        blocks = (("train", self.datasets, self.models), ("train_volumes", self.volume_datasets, self.volume_models))
+        return [
+            (stage, dataset, model, seed)
+            for seed in self.seeds
+            for stage, datasets, models in blocks
+            for model in models
+            for dataset in datasets
+        ]
 
     @property
     def results_dir(self) -> str:
@@ -42,10 +60,12 @@ class Grid:
         return f"results/{self.scale}"
 
     def describe(self) -> str:
-        return (
-            f"{len(self.datasets)} dataset(s) x {len(self.models)} variant(s) x {len(self.seeds)} seed(s) = "
-            f"{self.size} runs at scale {self.scale}"
-        )
+        seeds = len(self.seeds)
+        text = f"{len(self.datasets)} dataset(s) x {len(self.models)} variant(s) x {seeds} seed(s)"
+        if self.volume_models:
+            volumes = len(self.volume_datasets), len(self.volume_models)
+            text += f" + volumes: {volumes[0]} dataset(s) x {volumes[1]} variant(s) x {seeds} seed(s)"
+        return f"{text} = {self.size} runs at scale {self.scale}"
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -53,21 +73,22 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
-def _names(study: dict, key: str, problems: list[str]) -> list:
+def _names(study: dict, key: str, problems: list[str], empty: bool = False, where: str = "study") -> list:
     values = study.get(key)
-    if not isinstance(values, list) or not values:
-        problems.append(f"study.{key} must be a non-empty list; got {values!r}")
+    if not isinstance(values, list) or not (values or empty):
+        problems.append(f"{where}.{key} must be a {'' if empty else 'non-empty '}list; got {values!r}")
         return []
     duplicates = sorted({str(v) for v in values if values.count(v) > 1})
     if duplicates:
-        problems.append(f"study.{key} lists {duplicates} more than once")
+        problems.append(f"{where}.{key} lists {duplicates} more than once")
     return values
 
 
 def check_grid(params: dict[str, Any]) -> Grid:
     """The grid of ``params`` (as returned by :func:`repro.config.load_params`), or :class:`GridError` listing
-    every problem: unknown scale or invalid preset, datasets that are not registered or not prepared, unknown
-    model variants, variants whose arch or options ``repro.models.create_model`` refuses, and invalid seeds."""
+    every problem: unknown scale or invalid preset, datasets that are not registered or not prepared, a volume
+    dataset among the images or the reverse, unknown model variants, variants whose arch or options
+    ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and invalid seeds."""
     problems: list[str] = []
     try:
         preset = scale_preset(params.get("scale"), params)
@@ -78,11 +99,19 @@ def check_grid(params: dict[str, Any]) -> Grid:
     study = params.get("study")
     if not isinstance(study, dict):
         raise GridError([f"params.yaml has no 'study' section with datasets, models and seeds; got {study!r}"])
+    seeds = _names(study, "seeds", problems)
     datasets = _names(study, "datasets", problems)
     models = _names(study, "models", problems)
-    seeds = _names(study, "seeds", problems)
-
-    registered = list_datasets()
+    volumes = study.get("volumes")
+    if isinstance(volumes, dict):
+        volume_datasets = _names(volumes, "datasets", problems, empty=True, where="study.volumes")
+        volume_models = _names(volumes, "models", problems, empty=True, where="study.volumes")
+    else:
+        problems.append(
+            "study.volumes must be a mapping with datasets and models, which dvc.yaml's train_volumes stage reads "
+            f"(models: [] for no volumetric rows); got {volumes!r}"
+        )
+        volume_datasets = volume_models = []
     prepare = params.get("prepare") or {}
     listed = prepare.get("datasets") or []
     custom = prepare.get("custom_datasets") or {}
@@ -91,27 +120,56 @@ def check_grid(params: dict[str, Any]) -> Grid:
         for name in listed
         if name in custom
     ]
+    width = {"width_mult": preset.width_mult} if preset else {}
+    problems += _block_problems("study", datasets, models, 2, params, width)
+    if volume_models:
+        problems += _block_problems("study.volumes", volume_datasets, volume_models, 3, params, width)
+
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            problems.append(f"study.seeds: {seed!r} is not a whole number from 0 to 2**32 - 1")
+
+    if problems:
+        raise GridError(problems)
+    volume_datasets = volume_datasets if volume_models else []
+    return Grid(preset.name, tuple(datasets), tuple(models), tuple(seeds), tuple(volume_datasets), tuple(volume_models))
+
+
+def _block_problems(where: str, datasets: list, models: list, ndim: int, params: dict, width: dict) -> list[str]:
+    """Every problem of one block of the grid: its datasets (registered, prepared by a stage, of ``ndim`` spatial
+    dimensions) and its variants (defined, and built by ``create_model`` for each of its datasets' inputs)."""
+    from repro.models import model_spatial_dims  # torch, imported only when a grid is checked
+
+    problems: list[str] = []
+    kind = {2: "images", 3: "volumes"}[ndim]
+    registered = list_datasets()
+    prepare = params.get("prepare") or {}
+    prepared = set(prepare.get("datasets") or []) | set(prepare.get("custom_datasets") or {})
     shapes = set()
     for name in datasets:
         if name not in registered:
             problems.append(
-                f"study.datasets: unknown dataset '{name}'; {_suggest(name, registered)}"
+                f"{where}.datasets: unknown dataset '{name}'; {_suggest(name, registered)}"
                 f"registered: {', '.join(registered)} (add your own under prepare.custom_datasets)"
             )
             continue
-        if name not in listed and name not in custom:
+        if name not in prepared:
             problems.append(
-                f"study.datasets: '{name}' is neither in prepare.datasets nor in prepare.custom_datasets, so no "
+                f"{where}.datasets: '{name}' is neither in prepare.datasets nor in prepare.custom_datasets, so no "
                 "stage prepares it"
             )
         spec = get_dataset(name)
+        if spec.ndim != ndim:
+            other = "study.volumes.datasets" if spec.ndim == 3 else "study.datasets"
+            problems.append(f"{where}.datasets: '{name}' holds {spec.ndim}D data, not {kind}; list it in {other}")
+            continue
         shapes.add((spec.in_channels, 1 if spec.num_classes == 2 else spec.num_classes))
 
     variants = list(params.get("models") or {})
     for name in models:
         if name not in variants:
             problems.append(
-                f"study.models: unknown model variant '{name}'; {_suggest(name, variants)}"
+                f"{where}.models: unknown model variant '{name}'; {_suggest(name, variants)}"
                 f"params.yaml's models define: {', '.join(variants)}"
             )
             continue
@@ -120,20 +178,22 @@ def check_grid(params: dict[str, Any]) -> Grid:
         except ValueError as error:
             problems.append(str(error))
             continue
-        width = {"width_mult": preset.width_mult} if preset else {}
-        for in_channels, num_classes in sorted(shapes) or [(3, 1)]:
+        try:
+            dims = model_spatial_dims(variant.arch)
+        except ValueError:
+            dims = ndim  # an unknown arch: create_model's error below names it
+        if dims != ndim:
+            other = "study.volumes.models" if dims == 3 else "study.models"
+            problems.append(
+                f"{where}.models: '{name}' ({variant.arch}) is a {dims}D network, not for {kind}; list it in {other}"
+            )
+            continue
+        for in_channels, num_classes in sorted(shapes) or [(3 if ndim == 2 else 1, 1)]:
             error = _build_error(variant.arch, in_channels, num_classes, {**width, **variant.options})
             if error:
                 problems.append(f"models.{name} ({variant.arch} {variant.options}): {error}")
                 break
-
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            problems.append(f"study.seeds: {seed!r} is not a whole number from 0 to 2**32 - 1")
-
-    if problems:
-        raise GridError(problems)
-    return Grid(preset.name, tuple(datasets), tuple(models), tuple(seeds))
+    return problems
 
 
 def _build_error(arch: str, in_channels: int, num_classes: int, options: dict) -> str | None:

@@ -14,7 +14,18 @@ def overrides(name: str) -> list[str]:
     grids = load_params()["grids"]
     if name not in grids:
         raise SystemExit(f"unknown grid '{name}'; params.yaml defines: {', '.join(grids)}")
-    return [f"-S study.{key}=[{','.join(map(str, values))}]" for key, values in grids[name].items()]
+    return _flags("study", grids[name])
+
+
+def _flags(prefix: str, section: dict) -> list[str]:
+    """One `-S key=[...]` per list, nested sections (`volumes:`) as dotted keys."""
+    flags = []
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flags += _flags(f"{prefix}.{key}", value)
+        else:
+            flags.append(f"-S {prefix}.{key}=[{','.join(map(str, value))}]")
+    return flags
 
 
 if __name__ == "__main__":

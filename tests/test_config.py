@@ -2,6 +2,7 @@
 
 import pytest
 
+from repro.claims import CLAIMS
 from repro.config import load_params, model_variant, scale_preset
 from repro.data.registry import list_datasets
 from repro.models import create_model, list_models, model_options, model_spatial_dims
@@ -31,13 +32,22 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
     create_model(variant.arch, in_channels=in_channels, num_classes=1, **{"width_mult": 0.25, **variant.options})
 
 
+def _blocks(grid: dict) -> list[tuple[list, list]]:
+    """A grid's (datasets, models) blocks: the image study, and its volumetric rows where it has them."""
+    blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
+    if "volumes" in grid:
+        blocks.append((grid["volumes"]["datasets"], grid["volumes"]["models"]))
+    return blocks
+
+
 def test_grids_name_known_datasets_and_variants():
+    # A user's own dataset is prepared by its own stage (prepare_custom@<name>), not listed in prepare.datasets.
+    prepared = set(PARAMS["prepare"]["datasets"]) | set(PARAMS["prepare"].get("custom_datasets") or {})
+    assert set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
     for grid in [PARAMS["study"], *PARAMS["grids"].values()]:
-        # A user's own dataset is prepared by its own stage (prepare_custom@<name>), not listed in prepare.datasets.
-        prepared = set(PARAMS["prepare"]["datasets"]) | set(PARAMS["prepare"].get("custom_datasets") or {})
-        assert set(grid["datasets"]) <= prepared
-        assert set(PARAMS["prepare"]["datasets"]) <= set(list_datasets())
-        assert set(grid["models"]) <= set(PARAMS["models"])
+        for datasets, models in _blocks(grid):
+            assert set(datasets) <= prepared
+            assert set(models) <= set(PARAMS["models"])
     full = PARAMS["grids"]["full"]
     # Every 2D variant but the UNet++ paper's own networks, which serve the DSB2018 sensitivity study only.
     planar = {name for name in PARAMS["models"] if model_spatial_dims(model_variant(name, PARAMS).arch) == 2}
@@ -52,10 +62,21 @@ def test_grids_name_known_datasets_and_variants():
     }
 
 
-def test_default_study_grid():
+def test_the_claim_grids_hold_every_variant_a_claim_needs():
+    """`grids.claims` holds every 2D variant of the claims on the default study's datasets (all but the DSB2018
+    sensitivity study's) and `grids.volumes` every volumetric network of C10-C14 but nnU-Net (its own stage); the
+    study itself is the part of `grids.claims` the CPU budget covers, C1 and C2 first."""
+    needed = {
+        name
+        for claim in CLAIMS
+        if claim.sensitivity_of is None
+        for comparison in claim.comparisons
+        for name in (comparison.better, comparison.baseline)
+    } - {"nnunet"}
+    claims, volumes = PARAMS["grids"]["claims"], PARAMS["grids"]["volumes"]["volumes"]
+    assert set(claims["models"]) | set(volumes["models"]) >= needed
+    assert volumes["datasets"] == ["msd-task04-hippocampus"]
     study = PARAMS["study"]
-    assert PARAMS["scale"] == "cpu" and study["seeds"] == [0, 1, 2, 3, 4]
-    assert {"dsb2018-nuclei-96", "kvasir-seg", "ph2-dermoscopy"} <= set(study["datasets"])
-    assert {"unet", "wide_unet", "unetpp", "tinyunet", "tinyunet_plain", "unetv2", "unetv2_nosdi"} <= set(
-        study["models"]
-    )
+    assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
+    assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]
+    assert PARAMS["scale"] == "cpu" and study["volumes"]["datasets"] == volumes["datasets"]

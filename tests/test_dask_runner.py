@@ -153,7 +153,12 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
     original = params_file.read_text()
     params = yaml.safe_load(original)
     params["scale"] = "smok"
-    params["study"] = {"datasets": ["ph2-dermoscopi"], "models": ["unet", "unett", "typo_opt"], "seeds": [0, -1]}
+    params["study"] = {
+        "datasets": ["ph2-dermoscopi"],
+        "models": ["unet", "unett", "typo_opt"],
+        "seeds": [0, -1],
+        "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
+    }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
     params["cluster"] = {"kind": "slurmm", "retries": -1, "threds": 2}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -170,12 +175,14 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "unknown model variant 'unett'; did you mean 'unet'?",
         "models.typo_opt (unet {'blok': 'cmrf'}): unknown option(s) ['blok']",
         "study.seeds: -1 is not",
+        "study.volumes.datasets: 'kvasir-seg' holds 2D data, not volumes; list it in study.datasets",
+        "study.volumes.models: 'unet' (unet) is a 2D network, not for volumes; list it in study.models",
         "cluster.threds: unknown setting",
         "cluster.retries: -1 is not a whole number >= 0",
         "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
     ):
         assert expected in message, (expected, message)
-    assert "params.yaml and the command line: 8 problem(s), nothing was run" in message
+    assert "params.yaml and the command line: 11 problem(s), nothing was run" in message
     assert not (bare_copy / "data/processed").exists() and not (bare_copy / "dvc.lock").exists()
 
     debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")
@@ -239,16 +246,37 @@ def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tm
 
 def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, monkeypatch):
     """An interrupted study has every variant at the same number of seeds, and within a seed the variants the study
-    lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is."""
-    grid = Grid("smoke", ("ph2-dermoscopy", "kvasir-seg"), ("tinyunet", "unet"), (0, 1))
-    copy = copy_repository(
-        tmp_path / "copy", {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": [1, 0]}
+    lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is; the volumetric
+    rows (stage train_volumes) follow the images within each seed."""
+    grid = Grid(
+        "smoke",
+        ("ph2-dermoscopy", "kvasir-seg"),
+        ("tinyunet", "unet"),
+        (0, 1),
+        ("msd-task04-hippocampus",),
+        ("unet3d",),
     )
+    study = {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": [1, 0]}
+    study["volumes"] = {"datasets": list(grid.volume_datasets), "models": list(grid.volume_models)}
+    copy = copy_repository(tmp_path / "copy", study)
     monkeypatch.chdir(copy)
     stages = stale_train_stages(copy, grid)
     assert [stage.addressing for stage in stages] == [
-        f"train@{dataset}-{model}-{seed}" for seed in (0, 1) for model in grid.models for dataset in grid.datasets
+        name
+        for seed in (0, 1)
+        for name in [f"train@{dataset}-{model}-{seed}" for model in grid.models for dataset in grid.datasets]
+        + [f"train_volumes@msd-task04-hippocampus-unet3d-{seed}"]
     ]
+    # The volumes' stage is `train` over another block: the same command and outputs' layout.
+    volume, image = stages[4], stages[0]
+    assert volume.cmd == image.cmd.replace("ph2-dermoscopy", "msd-task04-hippocampus").replace("tinyunet", "unet3d")
+    assert {out.def_path for out in volume.outs} == {
+        f"results/smoke/{kind}/msd-task04-hippocampus/unet3d/seed0" for kind in ("runs", "notebooks")
+    }
+    assert grid.size == 10 and grid.describe() == (
+        "2 dataset(s) x 2 variant(s) x 2 seed(s) + volumes: 1 dataset(s) x 1 variant(s) x 2 seed(s) = 10 runs at "
+        "scale smoke"
+    )
 
 
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):

@@ -32,7 +32,9 @@ import pandas as pd
 import yaml
 from nbconvert import HTMLExporter
 
+from repro import run_results
 from repro.config import PARAMS_FILE
+from repro.run_results import RUN_KEYS
 
 # nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
 # notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
@@ -98,52 +100,32 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
-def _size(value: int | list[int]) -> str:
-    """An image side (``96``) or a volume's shape (``48x64x48``) as text."""
-    return "x".join(map(str, value)) if isinstance(value, list) else str(int(value))
-
-
 def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
-    """One row per finished run: its keys, test scores, device, commit and the paths of its notebook and history.
+    """One row per finished run (read by :func:`repro.run_results.load_runs`): its keys, test scores, device,
+    commit and the paths of its notebook and history.
 
     Args:
         runs_dir: ``results/<scale>/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
         notebooks_dir: ``results/<scale>/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb`` (or
             ``nnunet.ipynb``).
     """
-    rows = []
-    for metrics_path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
-        metrics = _read_json(metrics_path)
-        try:
-            dataset, model, seed = metrics["dataset"], metrics["model"], int(metrics["seed"])
-            test = metrics["test"]
-            row = {
-                "dataset": dataset,
-                "model": model,
-                "seed": seed,
-                "dice": float(test["dice"]),
-                "iou": float(test["iou"]),
-                "scale": metrics["scale"],
-                "epochs": int(metrics["epochs"]),
-                "image_size": _size(metrics["image_size"]),
-                "device": metrics.get("device", "unknown"),
-                "train_seconds": float(metrics.get("train_seconds", float("nan"))),
-                "git_commit": metrics.get("git_commit", "unknown"),
-            }
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
-        run_dir = metrics_path.parent
-        # train.ipynb, or the notebook of a run made by another system (nnunet.ipynb)
-        notebook = next(iter(sorted((notebooks_dir / dataset / model / f"seed{seed}").glob("*.ipynb"))), None)
-        if notebook is None:
-            raise FileNotFoundError(
-                f"{notebooks_dir / dataset / model / f'seed{seed}'}: the executed notebook of the run in {run_dir} "
-                "is missing"
-            )
-        rows.append(row | {"notebook": notebook, "history": run_dir / "history.csv"})
-    if not rows:
+    if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no <dataset>/<model>/seed<k>/metrics.json (no finished run)")
-    return pd.DataFrame(rows).sort_values(["dataset", "model", "seed"], ignore_index=True)
+    columns = [*RUN_KEYS, "dice", "iou", "scale", "epochs", "image_size", "device", "train_seconds", "git_commit"]
+    runs = run_results.load_runs(runs_dir).per_seed[columns].copy()
+    runs[["device", "git_commit"]] = runs[["device", "git_commit"]].fillna("unknown")
+    folders = [Path(run.dataset, run.model, f"seed{run.seed}") for run in runs.itertuples()]
+    runs["notebook"] = [_notebook(notebooks_dir / folder, runs_dir / folder) for folder in folders]
+    runs["history"] = [runs_dir / folder / "history.csv" for folder in folders]
+    return runs
+
+
+def _notebook(folder: Path, run_dir: Path) -> Path:
+    """The executed notebook of a run: train.ipynb, or the notebook of a run made by another system (nnunet.ipynb)."""
+    notebook = next(iter(sorted(folder.glob("*.ipynb"))), None)
+    if notebook is None:
+        raise FileNotFoundError(f"{folder}: the executed notebook of the run in {run_dir} is missing")
+    return notebook
 
 
 def _claims(stats: dict, stats_path: Path) -> pd.DataFrame:

@@ -109,6 +109,9 @@ def load_runs(runs_dir: str | Path) -> RunResults:
 
     Returns:
         The per-seed and per-image tables, sorted by dataset, model, seed (and image id).
+
+    Raises:
+        ValueError: a ``metrics.json`` that is not JSON, lacks a field or lies in another run's folder (named).
     """
     runs_dir = Path(runs_dir)
     metric_files = sorted(runs_dir.glob("*/*/seed*/metrics.json"))
@@ -116,9 +119,15 @@ def load_runs(runs_dir: str | Path) -> RunResults:
         raise FileNotFoundError(f"no <dataset>/<model>/seed<k>/metrics.json under {runs_dir}")
     seed_rows, image_tables = [], []
     for metrics_path in metric_files:
-        metrics = json.loads(metrics_path.read_text())
+        try:
+            metrics = json.loads(metrics_path.read_text())
+            keys = {"dataset": metrics["dataset"], "model": metrics["model"], "seed": int(metrics["seed"])}
+            test = _flatten_test_metrics(metrics["test"], metrics.get("test_pruned", {}))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{metrics_path}: not valid JSON ({error})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
         run_dir = metrics_path.parent
-        keys = {"dataset": metrics["dataset"], "model": metrics["model"], "seed": int(metrics["seed"])}
         # A run copied to the wrong folder would silently pair with the wrong variant.
         expected_dir = (keys["dataset"], keys["model"], f"seed{keys['seed']}")
         if (run_dir.parent.parent.name, run_dir.parent.name, run_dir.name) != expected_dir:
@@ -127,7 +136,6 @@ def load_runs(runs_dir: str | Path) -> RunResults:
         if isinstance(run_fields["image_size"], list):  # a volume's (D, H, W)
             run_fields["image_size"] = "x".join(map(str, run_fields["image_size"]))
         history = {"best_val_dice": best_val_dice(run_dir / "history.csv")}
-        test = _flatten_test_metrics(metrics["test"], metrics.get("test_pruned", {}))
         seed_rows.append(keys | run_fields | test | history)
         images = pd.read_csv(run_dir / "per_image.csv", dtype={"id": str})
         image_tables.append(images.assign(**keys)[[*RUN_KEYS, *images.columns]])

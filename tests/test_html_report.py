@@ -110,6 +110,9 @@ def study(tmp_path) -> dict[str, Path]:
                 (run_dir / "metrics.json").write_text(json.dumps(metrics))
                 history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.5], "val_dice": VAL_DICE[seed]})
                 history.to_csv(run_dir / "history.csv", index=False)
+                pd.DataFrame({"id": ["a", "b"], "dice": [0.5, 0.6], "iou": [0.4, 0.5]}).to_csv(
+                    run_dir / "per_image.csv", index=False
+                )
                 notebook_dir = notebooks / dataset / model / f"seed{seed}"
                 notebook_dir.mkdir(parents=True)
                 nbformat.write(nbformat.v4.new_notebook(), notebook_dir / "train.ipynb")

@@ -52,14 +52,15 @@ def _run_dir(copy, seed: int):
     return copy / f"results/smoke/runs/ph2-dermoscopy/unet/seed{seed}"
 
 
-def _guard_of(seed: int) -> psutil.Process | None:
-    """The guard process (python -m repro.stage_task) of the run with this seed, once it runs."""
+def _guard_of(copy, seed: int) -> psutil.Process | None:
+    """The guard process (python -m repro.stage_task) of the copy's run with this seed, once it runs. Only the
+    copy's: a study training on the same machine has guards of its own, and killing one's worker would cost it."""
     for process in psutil.process_iter():
         try:
-            command = process.cmdline()
+            command, cwd = process.cmdline(), process.cwd()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if "repro.stage_task" in command and f"seed{seed} " in command[-1] + " ":
+        if "repro.stage_task" in command and cwd == str(copy.resolve()) and f"seed{seed} " in command[-1] + " ":
             return process
     return None
 
@@ -79,7 +80,7 @@ def faulty_grid(tmp_path_factory):
             assert runner.poll() is None, runner.stdout.read()
             assert time.monotonic() < deadline, "seed 0 never wrote a checkpoint"
             time.sleep(0.02)
-        guard = _guard_of(0)
+        guard = _guard_of(copy, 0)
         worker = guard.parent()
         assert "worker" in " ".join(worker.cmdline()) or "spawn" in " ".join(worker.cmdline())
         worker.send_signal(signal.SIGKILL)

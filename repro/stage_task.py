@@ -38,6 +38,22 @@ class StageFailed(RuntimeError):
         return StageFailed, (self.stage, self.returncode, self.log)
 
 
+def run_environment(threads: int, gpu: str | None = None) -> dict[str, str]:
+    """The environment a run's command gets on a worker: the worker's own, with ``threads`` torch and OpenMP
+    threads, the GPU ``gpu`` alone when given, and glibc's own malloc tuning.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` to keep the worker's memory low. Set
+    explicitly, it also turns off glibc's adaptive mmap threshold, so every tensor above 128 KiB is mapped and
+    unmapped on each training step: a UNet++ step at the cpu scale then spends 0.80 s in the kernel (page faults)
+    beside 1.17 s of computing, against 0.13 s beside 1.39 s without it. The run is not the worker; it goes.
+    """
+    env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
 def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: bool = False) -> dict:
     """The Dask task: run ``cmd`` in ``root`` with ``threads`` torch threads, output to ``log``.
 
@@ -59,9 +75,7 @@ def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: 
 
     worker = get_worker()
     task = worker.state.tasks.get(stage)
-    env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
-    if pin_gpu:
-        env["CUDA_VISIBLE_DEVICES"] = str(worker.name)
+    env = run_environment(threads, gpu=str(worker.name) if pin_gpu else None)
     worker.log_event(TOPIC, {"stage": stage, "event": "start"})
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

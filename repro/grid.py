@@ -131,7 +131,6 @@ def check_grid(params: dict[str, Any]) -> Grid:
 
     if problems:
         raise GridError(problems)
-    volume_datasets = volume_datasets if volume_models else []
     return Grid(preset.name, tuple(datasets), tuple(models), tuple(seeds), tuple(volume_datasets), tuple(volume_models))
 
 

@@ -109,8 +109,6 @@ def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
         notebooks_dir: ``results/<scale>/notebooks``, holding ``<dataset>/<model>/seed<k>/train.ipynb`` (or
             ``nnunet.ipynb``).
     """
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no <dataset>/<model>/seed<k>/metrics.json (no finished run)")
     columns = [*RUN_KEYS, "dice", "iou", "scale", "epochs", "image_size", "device", "train_seconds", "git_commit"]
     runs = run_results.load_runs(runs_dir).per_seed[columns].copy()
     runs[["device", "git_commit"]] = runs[["device", "git_commit"]].fillna("unknown")

@@ -9,8 +9,10 @@ Writes into one folder (``results/<scale>/report/`` in the pipeline):
   double the repository's size for what Jupyter or GitHub already render);
 - ``metrics/<dataset>.json``: mean test Dice per model variant, the number of runs and each claim's verdict,
   one file per dataset so that ``dvc metrics show`` is one row per dataset;
-- ``curves/<quantity>/<dataset>.csv``: validation Dice and training loss per epoch, one column per model
-  variant (mean over seeds), for ``dvc plots``.
+- ``curves/<quantity>/<dataset>.csv``: validation Dice and training loss per epoch and model variant (mean over
+  seeds), one row each (columns ``epoch, model, <quantity>``), for ``dvc plots``. Long, not one column per
+  variant: dvc.yaml then names no variant, so the plots draw a partial study, and a dataset whose variants differ
+  from the grid's (Hippocampus' volumetric networks); ``.dvc/plots/curves_by_model.json`` colours by model.
 
 ``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
 scale (``results/<scale>/``), or below ``--study`` (e.g. ``--study results/v1`` for the archived first version).
@@ -159,7 +161,8 @@ def metrics_summaries(runs: pd.DataFrame, claims: pd.DataFrame, cells: pd.DataFr
 
 
 def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
-    """Per dataset: ``quantity`` per epoch, one column per model variant, averaged over its seeds."""
+    """Per dataset: ``quantity`` per epoch and model variant, averaged over its seeds; columns ``epoch, model,
+    <quantity>``, sorted by model, then epoch."""
     histories = []
     for run in runs.itertuples():
         if not run.history.is_file():
@@ -170,9 +173,7 @@ def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame
         histories.append(history[["epoch", quantity]].assign(dataset=run.dataset, model=run.model))
     curves = pd.concat(histories, ignore_index=True)
     return {
-        dataset: group.pivot_table(index="epoch", columns="model", values=quantity, aggfunc="mean")
-        .rename_axis(columns=None)
-        .reset_index()
+        dataset: group.groupby(["model", "epoch"], as_index=False)[quantity].mean()[["epoch", "model", quantity]]
         for dataset, group in curves.groupby("dataset")
     }
 

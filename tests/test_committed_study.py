@@ -1,0 +1,44 @@
+"""Checks of the study as committed: dvc.lock and results/<scale>/ agree, and every committed run comes from one
+version of the training code (issue 13: the grid is re-run once, so that no comparison mixes code versions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from repro.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_entries() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    return {name: stage for name, stage in stages.items() if name.startswith(("train@", "train_volumes@"))}
+
+
+def _code_hashes(stage: dict) -> dict[str, str]:
+    """The stage's code dependencies (everything but its prepared dataset under data/) and their hashes."""
+    return {dep["path"]: dep["md5"] for dep in stage["deps"] if not dep["path"].startswith("data/")}
+
+
+def test_every_locked_run_is_committed_and_every_committed_run_is_locked():
+    entries = _train_entries()
+    locked = {out["path"] for stage in entries.values() for out in stage["outs"]}
+    missing = sorted(path for path in locked if not (ROOT / path).is_dir())
+    assert not missing, f"dvc.lock records runs whose outputs are not in the repository: {missing}"
+    committed = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "results" / load_params()["scale"]).glob("runs/*/*/seed*")
+        if (path / "metrics.json").is_file()
+    }
+    assert not committed - locked, f"runs without a dvc.lock entry: {sorted(committed - locked)}"
+
+
+def test_every_locked_run_ran_the_same_training_code():
+    versions: dict[tuple, list[str]] = {}
+    for name, stage in _train_entries().items():
+        versions.setdefault(tuple(sorted(_code_hashes(stage).items())), []).append(name)
+    assert len(versions) <= 1, "dvc.lock records runs of several training-code versions: " + "; ".join(
+        f"{len(names)} run(s) such as {names[0]} with {dict(code)}" for code, names in versions.items()
+    )

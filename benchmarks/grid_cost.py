@@ -71,6 +71,7 @@ def main() -> None:
     params = load_params()
     scale = scale_preset(args.scale, params)
     set_threads(1)
+    torch.set_flush_denormal(True)  # as repro.train.Trainer trains
     grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
     variants = args.variants or grid["models"]
     sizes, inputs = {}, {}

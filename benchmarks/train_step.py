@@ -75,6 +75,7 @@ def main() -> None:
     params = load_params()
     scale = scale_preset(args.scale, params)
     threads = set_threads(args.threads)
+    torch.set_flush_denormal(True)  # as repro.train.Trainer trains
     variants = args.variants or list(params["models"])
     size, batch = scale.image_size, scale.batch_size
     print(f"scale {scale.name}: {batch} x 3 x {size} x {size}, width_mult {scale.width_mult}, {threads} thread(s)")

@@ -241,6 +241,19 @@ def versions() -> dict[str, str]:
     }
 
 
+def describe_resumptions(trainer: Trainer) -> str:
+    """One line for the executed notebook: trained in one go, or resumed from its checkpoint after which epochs
+    (a resumed run ends where an uninterrupted one would: the checkpoint holds every state)."""
+    if not trainer.resumed_after:
+        return f"trained in one go, epochs 1-{trainer.settings.epochs}"
+    epochs = ", ".join(str(epoch) for epoch in trainer.resumed_after)
+    times = "once" if len(trainer.resumed_after) == 1 else f"{len(trainer.resumed_after)} times"
+    return (
+        f"resumed {times} from its checkpoint ({trainer.checkpoint}), after epoch {epochs} of "
+        f"{trainer.settings.epochs}; the checkpoint holds every state, so the result is an uninterrupted run's"
+    )
+
+
 def write_outputs(
     config: RunConfig,
     trainer: Trainer,
@@ -274,6 +287,7 @@ def write_outputs(
         "image_size": summary["input_size"],
         "train_seconds": round(trainer.train_seconds, 1),
         "images_per_second": round(trainer.images_per_second, 2),
+        "resumed_after_epochs": trainer.resumed_after,
         "versions": versions(),
     }
     if test_pruned:

@@ -1,15 +1,20 @@
 """Checks of the study as committed: dvc.lock and results/<scale>/ agree, and every committed run comes from one
-version of the training code (issue 13: the grid is re-run once, so that no comparison mixes code versions)."""
+version of the training code, the current one (issue 13: the grid is re-run once, so that no comparison mixes code
+versions; README: results/<scale>/ only ever holds runs of the current training code). A change of the training
+code therefore removes the runs it makes stale, in the same commit, until they are trained again."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 from repro.config import load_params
+from repro.run_identity import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "results" / load_params()["scale"]
 
 
 def _train_entries() -> dict[str, dict]:
@@ -29,7 +34,7 @@ def test_every_locked_run_is_committed_and_every_committed_run_is_locked():
     assert not missing, f"dvc.lock records runs whose outputs are not in the repository: {missing}"
     committed = {
         path.relative_to(ROOT).as_posix()
-        for path in (ROOT / "results" / load_params()["scale"]).glob("runs/*/*/seed*")
+        for path in STUDY.glob("runs/*/*/seed*")
         if (path / "metrics.json").is_file()
     }
     assert not committed - locked, f"runs without a dvc.lock entry: {sorted(committed - locked)}"
@@ -42,3 +47,14 @@ def test_every_locked_run_ran_the_same_training_code():
     assert len(versions) <= 1, "dvc.lock records runs of several training-code versions: " + "; ".join(
         f"{len(names)} run(s) such as {names[0]} with {dict(code)}" for code, names in versions.items()
     )
+
+
+def test_every_committed_run_ran_the_current_training_code():
+    current = code_files(ROOT)
+    stale = {}
+    for metrics in sorted(STUDY.glob("runs/*/*/seed*/metrics.json")):
+        recorded = json.loads(metrics.read_text())["code_files"]
+        changed = sorted(path for path in set(recorded) | set(current) if recorded.get(path) != current.get(path))
+        if changed:
+            stale[metrics.parent.relative_to(ROOT).as_posix()] = changed
+    assert not stale, f"committed runs of other training code (the files that differ): {stale}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import subprocess
@@ -14,6 +15,7 @@ import torch
 
 from repro.models import create_model
 from repro.models.blocks import keras_l2_parameters
+from repro.run import describe_resumptions
 from repro.run_identity import RunIdentity
 from repro.train import (
     CheckpointError,
@@ -155,6 +157,29 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in uninterrupted.history]
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
     assert resumed.evaluate(resumed.data.test).summary == uninterrupted.evaluate(uninterrupted.data.test).summary
+    # The run says that it was resumed, and after which epoch; the uninterrupted one that it was not.
+    assert uninterrupted.resumed_after == [] and resumed.resumed_after == [2]
+    assert describe_resumptions(uninterrupted) == f"trained in one go, epochs 1-{uninterrupted.settings.epochs}"
+    checkpoint = tmp_path / "last.pt"
+    assert describe_resumptions(resumed).startswith(f"resumed once from its checkpoint ({checkpoint}), after epoch 2")
+    # A second resumption (here of the finished run) is added to the first, not put in its place.
+    again = make_trainer(checkpoint_dir=tmp_path)
+    assert again.resumed_after == [2, again.settings.epochs]
+    assert describe_resumptions(again).startswith("resumed 2 times from its checkpoint")
+
+
+def test_training_flushes_subnormals_to_zero():
+    """Subnormal floats are many times slower on x86 CPUs; training flushes them (repro.train's docstring)."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+    try:
+        torch.set_flush_denormal(False)
+        subnormal = torch.tensor([1e-40])
+        assert (subnormal * 1.0).item() != 0.0  # representable while not flushed
+        make_trainer(settings=dataclasses.replace(SETTINGS, epochs=1)).fit()
+        assert (subnormal * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):

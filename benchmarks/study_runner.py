@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from study_copy import copy_repository  # noqa: E402
 
 from repro.cluster import cluster_settings, start_cluster  # noqa: E402
+from repro.grid import Grid  # noqa: E402
 from repro.study import Outcome, Runner, stale_train_stages  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def _reset(copy: Path) -> None:
     (copy / "dvc.lock").unlink(missing_ok=True)
 
 
-def direct(copy: Path) -> tuple[float, int]:
+def direct(copy: Path, grid: Grid) -> tuple[float, int]:
     """Every stale train stage's bare command, one after another, with one torch thread."""
     env = {
         **os.environ,
@@ -46,24 +47,24 @@ def direct(copy: Path) -> tuple[float, int]:
         "UNET_REPRO_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
-    stages = stale_train_stages(copy)
+    stages = stale_train_stages(copy, grid)
     start = time.perf_counter()
     for stage in stages:
         subprocess.run(stage.cmd, shell=True, cwd=copy, env=env, check=True, capture_output=True)
     return time.perf_counter() - start, len(stages)
 
 
-def through_runner(copy: Path, workers: int) -> tuple[float, float, float]:
+def through_runner(copy: Path, grid: Grid, workers: int) -> tuple[float, float, float]:
     """(cluster start, training phase, sum of the runs' own wall times) in seconds for the runner on a local
     cluster of ``workers``."""
     runner = Runner(copy, copy / "checkpoints" / "logs", cluster_settings({}, {"workers": workers}))
-    stages = stale_train_stages(copy)
+    stages = stale_train_stages(copy, grid)
     start = time.perf_counter()
     runner.cluster, runner.client = start_cluster(runner.settings, runner.logs / "dask")
     started = time.perf_counter()
     try:
         outcome = Outcome(total=len(stages))
-        runner._train(stages, outcome)
+        runner._train(grid, stages, outcome)
         assert len(outcome.done) == len(stages), outcome
     finally:
         runner.client.close()
@@ -76,22 +77,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6, help="runs in the grid (seeds of unet on PH2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="unet-repro-bench-") as folder:
-        grid = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": list(range(args.runs))}
-        copy = copy_repository(Path(folder), grid)
+        grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), tuple(range(args.runs)))
+        study = {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": list(grid.seeds)}
+        copy = copy_repository(Path(folder), study)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "prepare"], cwd=copy, env=env, check=True)
 
         os.environ["PATH"] = env["PATH"]
         os.chdir(copy)  # DVC's API resolves the stages' paths against the working directory
-        direct(copy)  # warm-up: the first runs pay for reading the libraries from disk
+        direct(copy, grid)  # warm-up: the first runs pay for reading the libraries from disk
         _reset(copy)
-        bare_first, runs = direct(copy)
+        bare_first, runs = direct(copy, grid)
         _reset(copy)
-        start_1, one, inside_1 = through_runner(copy, 1)
+        start_1, one, inside_1 = through_runner(copy, grid, 1)
         _reset(copy)
-        start_2, two, _ = through_runner(copy, 2)
+        start_2, two, _ = through_runner(copy, grid, 2)
         _reset(copy)
-        bare_last, _ = direct(copy)
+        bare_last, _ = direct(copy, grid)
         bare = (bare_first + bare_last) / 2
 
     print()

@@ -93,7 +93,7 @@ def stale_train_stages(root: Path, grid: Grid) -> list:
     with _repo(root) as repo:
         stale = set(repo.status(targets=targets))
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]
-    rank = {f"{stage}@{dataset}-{model}-{seed}": i for i, (stage, dataset, model, seed) in enumerate(grid.runs())}
+    rank = {name: i for i, (name, _, _) in enumerate(_grid_runs(grid))}
     return sorted(stages, key=lambda stage: rank[stage.addressing])
 
 
@@ -137,25 +137,90 @@ def cell_error(notebook: Path) -> str | None:
 # --- progress ----------------------------------------------------------------------------------------------------
 
 
+class RunTimes:
+    """Finished runs' wall times by cell (dataset, variant), for the ETA: the variants' costs differ up to ten-fold,
+    and so do the datasets' lengths, so a plain mean over finished runs says little of the runs left."""
+
+    def __init__(self) -> None:
+        self.by_cell: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, cell: tuple[str, str], seconds: float) -> None:
+        self.by_cell.setdefault(cell, []).append(seconds)
+
+    def expected(self, cell: tuple[str, str]) -> float | None:
+        """A run's expected wall time: the mean of its cell's finished runs (its other seeds, which differ little),
+        else of its dataset's, else of every finished run; None before any. Seeds run one after another, so from
+        the second seed on every cell has a time of its own."""
+        dataset = cell[0]
+        for times in (
+            self.by_cell.get(cell, []),
+            [t for (other, _), ts in self.by_cell.items() if other == dataset for t in ts],
+            [t for ts in self.by_cell.values() for t in ts],
+        ):
+            if times:
+                return sum(times) / len(times)
+        return None
+
+    @classmethod
+    def of_recorded_runs(cls, root: Path, grid: Grid, stale: set[str]) -> RunTimes:
+        """The times of the grid's up-to-date runs (not in ``stale``), so that a study resumed by a second call has an
+        ETA from its start: papermill records each executed notebook's duration. A run resumed from a checkpoint
+        (its metrics.json lists ``resumed_after_epochs``) is left out: its notebook timed only its last part."""
+        times = cls()
+        for name, cell, seed in _grid_runs(grid):
+            if name in stale:
+                continue
+            run = (grid.results_dir, cell[0], cell[1], f"seed{seed}")
+            metrics = _read_json(root.joinpath(*run[:1], "runs", *run[1:], "metrics.json"))
+            notebook = _read_json(root.joinpath(*run[:1], "notebooks", *run[1:], "train.ipynb"))
+            duration = ((notebook or {}).get("metadata") or {}).get("papermill", {}).get("duration")
+            if metrics is not None and not metrics.get("resumed_after_epochs") and isinstance(duration, int | float):
+                times.add(cell, float(duration))
+        return times
+
+
+def _grid_runs(grid: Grid) -> list[tuple[str, tuple[str, str], int]]:
+    """(DVC stage name, cell (dataset, variant), seed) of every run of ``grid``, in the order the runner trains them."""
+    return [
+        (f"{stage}@{dataset}-{model}-{seed}", (dataset, model), seed) for stage, dataset, model, seed in grid.runs()
+    ]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class Progress:
     """One bar over the runs to train (done / running / failed, ETA from finished runs' times) and one line per
-    finished run. On a terminal the bar redraws in place; in a log, each line carries the counts instead."""
+    finished run. On a terminal the bar redraws in place; in a log, each line carries the counts instead.
 
-    def __init__(self, total: int) -> None:
+    Args:
+        cells: each run to train (its stage name) -> its cell (dataset, variant).
+        times: finished runs' times (:class:`RunTimes`), those of this call added as they come.
+    """
+
+    def __init__(self, cells: dict[str, tuple[str, str]], times: RunTimes) -> None:
         from tqdm import tqdm
 
         stream = sys.stdout
-        self.total = total
+        self.total = len(cells)
+        self.cells = cells
+        self.times = times
+        self.left = set(cells)  # neither done nor failed
         self.lock = threading.Lock()
         self.running: dict[str, str] = {}
+        self.since: dict[str, float] = {}  # when each running run's current attempt started (time.monotonic)
         self.started: dict[str, int] = {}
         self.failed_attempts: dict[str, int] = {}
-        self.seconds: list[float] = []
         self.done = self.failed = 0
         self.slots = 1  # runs the cluster runs at once (its workers' threads), updated as workers come and go
         self.tty = stream.isatty()
         bar_format = "{percentage:3.0f}%|{bar}| {n}/{total} runs: {desc}"
-        self.bar = tqdm(total=total, file=stream, disable=not self.tty, bar_format=bar_format)
+        self.bar = tqdm(total=self.total, file=stream, disable=not self.tty, bar_format=bar_format)
         self._refresh()
 
     def on_event(self, event) -> None:
@@ -170,17 +235,22 @@ class Progress:
                 elif attempt > 1:
                     self.write(f"retry    {stage} (attempt {attempt}) on {message['worker']}")
                 self.running[stage] = message["worker"]
+                self.since[stage] = time.monotonic()
             elif message["event"] == "failed":
                 self.failed_attempts[stage] = self.failed_attempts.get(stage, 0) + 1
                 self.running.pop(stage, None)
             self._refresh()
 
-    def finished(self, stage: str, seconds: float | None, line: str, ok: bool) -> None:
+    def finished(self, stage: str, seconds: float | None, line: str, ok: bool, whole: bool = True) -> None:
+        """``stage`` has ended: done in ``seconds`` (``whole``: trained from its first epoch in this attempt), or
+        failed."""
         with self.lock:
             self.running.pop(stage, None)
+            self.left.discard(stage)
             if ok:
                 self.done += 1
-                self.seconds.append(seconds)
+                if whole and seconds is not None:
+                    self.times.add(self.cells[stage], seconds)
             else:
                 self.failed += 1
             self._refresh()
@@ -192,12 +262,16 @@ class Progress:
         )
 
     def _eta(self) -> str:
-        left = self.total - self.done - self.failed
-        if not self.seconds:
+        expected = {stage: self.times.expected(self.cells[stage]) for stage in self.left}
+        if None in expected.values():
             return "after the first run"
-        # The runs left, in waves as wide as the cluster, each as long as a finished run on average.
-        waves = -(-left // max(1, self.slots))
-        return _duration(waves * sum(self.seconds) / len(self.seconds))
+        # The work left (each run's expected time, less what a running one has done) spread over the cluster's slots.
+        now = time.monotonic()
+        work = sum(
+            max(0.0, seconds - (now - self.since[stage])) if stage in self.running and stage in self.since else seconds
+            for stage, seconds in expected.items()
+        )
+        return _duration(work / max(1, self.slots))
 
     def tick(self, slots: int) -> None:
         """Redraw with the cluster's current number of slots."""
@@ -283,7 +357,7 @@ class Runner:
             outcome.up_to_date = grid.size - len(stages)
             print(plan(grid, len(stages), replacing(self.root, stages)), flush=True)
             if stages:
-                self._train(stages, outcome)
+                self._train(grid, stages, outcome)
             if outcome.failed or not self.rest:
                 return outcome
             print("the rest of the pipeline (dvc repro) ...", flush=True)
@@ -299,7 +373,8 @@ class Runner:
                 self.cluster.close()
         return outcome
 
-    def _train(self, stages: list, outcome: Outcome) -> None:
+    def _train(self, grid: Grid, stages: list, outcome: Outcome) -> None:
+        """Train the stale ``stages`` of ``grid`` on the cluster, recording each finished one in dvc.lock."""
         from distributed import wait
 
         if self.client is None:
@@ -312,7 +387,9 @@ class Runner:
         self.repo = _repo(self.root)
         try:
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-            progress = Progress(len(stages))
+            names = {stage.addressing for stage in stages}
+            cells = {name: cell for name, cell, _ in _grid_runs(grid) if name in names}
+            progress = Progress(cells, RunTimes.of_recorded_runs(self.root, grid, names))
             client.subscribe_topic(TOPIC, progress.on_event)
             by_name = {stage.addressing: stage for stage in stages}
             futures = [
@@ -372,8 +449,10 @@ class Runner:
                 return
             outcome.done.append(name)
             outcome.seconds[name] = result["seconds"]
-            dice = _test_dice(self.root, stage)
-            progress.finished(name, result["seconds"], f"done     {name}  {_duration(result['seconds'])}  {dice}", True)
+            dice, metrics = _test_dice(self.root, stage)
+            line = f"done     {name}  {_duration(result['seconds'])}  {dice}"
+            # A run resumed from a checkpoint trained only its last epochs here: its time is no run's whole cost.
+            progress.finished(name, result["seconds"], line, True, whole=not metrics.get("resumed_after_epochs"))
             return
         error = future.exception()
         if self.stop is not None:
@@ -390,13 +469,15 @@ class Runner:
         progress.finished(name, None, "\n".join(lines), False)
 
 
-def _test_dice(root: Path, stage) -> str:
+def _test_dice(root: Path, stage) -> tuple[str, dict]:
+    """The run's test Dice as its `done` line shows it, and its metrics.json ({} when there is none)."""
     for path in _files(root, stage, "metrics.json"):
+        metrics = _read_json(path) or {}
         try:
-            return f"test Dice {json.loads(path.read_text())['test']['dice']:.4f}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return f"({_rel(path)} unreadable)"
-    return ""
+            return f"test Dice {metrics['test']['dice']:.4f}", metrics
+        except (KeyError, TypeError, ValueError):
+            return f"({_rel(path)} unreadable)", metrics
+    return "", {}
 
 
 def _rel(path: Path) -> str:

@@ -29,7 +29,7 @@ from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, r
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script
 from repro.grid import Grid
 from repro.stage_task import run_environment
-from repro.study import cell_error, plan, replacing, stale_train_stages
+from repro.study import Progress, RunTimes, cell_error, plan, replacing, stale_train_stages
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -279,6 +279,51 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
         "2 dataset(s) x 2 variant(s) x 2 seed(s) + volumes: 1 dataset(s) x 1 variant(s) x 2 seed(s) = 10 runs at "
         "scale smoke"
     )
+
+
+def test_eta_weighs_each_run_left_by_the_time_of_its_own_cell():
+    """The variants' costs differ up to ten-fold: the ETA sums each run's own cell's time (else its dataset's), less
+    what a running run has done, over the cluster's slots; a resumed run's short time teaches it nothing."""
+    times = RunTimes()
+    times.add(("ph2-dermoscopy", "unet"), 100.0)
+    times.add(("kvasir-seg", "unetpp"), 1000.0)
+    assert times.expected(("kvasir-seg", "unet")) == 1000.0  # an unseen variant: its dataset's mean
+    assert times.expected(("dsb2018-nuclei-96", "fcn")) == 550.0  # an unseen dataset: every run's mean
+    assert RunTimes().expected(("ph2-dermoscopy", "unet")) is None
+    cells = {
+        "train@ph2-dermoscopy-unet-1": ("ph2-dermoscopy", "unet"),
+        "train@ph2-dermoscopy-unet-2": ("ph2-dermoscopy", "unet"),
+        "train@kvasir-seg-unetpp-1": ("kvasir-seg", "unetpp"),
+    }
+    progress = Progress(cells, times)
+    assert progress._eta() == "20 min 0 s"  # 100 + 100 + 1000 s on one slot; a plain mean would say 3 x 550 s
+    progress.finished("train@ph2-dermoscopy-unet-1", 300.0, "done", True)
+    assert times.expected(("ph2-dermoscopy", "unet")) == 200.0
+    assert progress._eta() == "20 min 0 s"  # 200 + 1000 s
+    progress.finished("train@ph2-dermoscopy-unet-2", 10.0, "done", True, whole=False)  # resumed: its last epochs
+    assert times.expected(("ph2-dermoscopy", "unet")) == 200.0
+    assert progress._eta() == "16 min 40 s"
+    progress.on_event(("t", {"stage": "train@kvasir-seg-unetpp-1", "event": "start", "worker": "w"}))
+    progress.since["train@kvasir-seg-unetpp-1"] -= 400.0  # it started 400 s ago
+    assert progress._eta() == "10 min 0 s"
+    progress.tick(2)
+    assert progress._eta() == "5 min 0 s"
+
+
+def test_eta_of_a_resumed_study_starts_from_its_recorded_runs(tmp_path):
+    """A second call to the runner knows the up-to-date runs' times from their executed notebooks (papermill records
+    each one's duration); stale runs and runs resumed from a checkpoint are left out."""
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0, 1, 2))
+    for seed, duration, metrics in ((0, 123.5, {}), (1, 10.0, {"resumed_after_epochs": [3]}), (2, 99.0, {})):
+        for kind, name, data in (
+            ("runs", "metrics.json", metrics),
+            ("notebooks", "train.ipynb", {"metadata": {"papermill": {"duration": duration}}, "cells": []}),
+        ):
+            path = tmp_path / "results/smoke" / kind / f"ph2-dermoscopy/unet/seed{seed}" / name
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(data))
+    times = RunTimes.of_recorded_runs(tmp_path, grid, stale={"train@ph2-dermoscopy-unet-2"})
+    assert times.by_cell == {("ph2-dermoscopy", "unet"): [123.5]}
 
 
 def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):

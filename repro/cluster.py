@@ -176,6 +176,7 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     Raises:
         ClusterError: the scheduler cannot be reached, or the cluster cannot start.
     """
+    import dask
     from distributed import Client
 
     security = _security(settings)
@@ -195,7 +196,13 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
                 ]
             )
         return None, client
-    if settings.kind == "local":
+    # One run per free thread, in the runner's priority order (seed by seed, then study.models' order). Dask's default
+    # worker saturation (1.1) sends a 1-thread worker a second run to queue behind its first, so a later run could
+    # start on one worker while an earlier one waited an hour behind another worker's run. (Dask queues a task group,
+    # here a dataset's runs, only once it outnumbers twice the cluster's threads: the first few go to workers at once.)
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        if settings.kind != "local":
+            return _jobqueue_cluster(settings, log_directory, security)
         from distributed import LocalCluster
 
         gpus = settings.gpus
@@ -213,7 +220,6 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
         except (OSError, RuntimeError) as error:
             raise ClusterError([f"cannot start the local Dask cluster: {error}"]) from None
         return cluster, Client(cluster)
-    return _jobqueue_cluster(settings, log_directory, security)
 
 
 def _jobqueue_object(settings: ClusterSettings, log_directory: Path, security: dict):

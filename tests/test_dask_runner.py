@@ -26,7 +26,7 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script
+from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script, start_cluster
 from repro.grid import Grid
 from repro.stage_task import run_environment
 from repro.study import Progress, RunTimes, cell_error, plan, replacing, stale_train_stages
@@ -324,6 +324,32 @@ def test_eta_of_a_resumed_study_starts_from_its_recorded_runs(tmp_path):
             path.write_text(json.dumps(data))
     times = RunTimes.of_recorded_runs(tmp_path, grid, stale={"train@ph2-dermoscopy-unet-2"})
     assert times.by_cell == {("ph2-dermoscopy", "unet"): [123.5]}
+
+
+def test_a_worker_gets_a_run_only_when_a_thread_is_free(tmp_path):
+    """Runs start in the runner's order: the scheduler holds every run but one per thread (queued), where Dask's
+    default sends a 1-thread worker a second run to wait behind its first, out of the other workers' reach."""
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 1}), tmp_path)
+    runs = [f"train@ph2-dermoscopy-unet-{seed}" for seed in range(5)]  # one task group, as a dataset's runs are
+    try:
+        # Dask queues a group's tasks on the scheduler only once the group outnumbers twice the cluster's threads.
+        finished = [client.submit(int, 0, key=run) for run in runs[:3]]
+        client.gather(finished)
+        running = [client.submit(time.sleep, 30, key=run, priority=-i) for i, run in enumerate(runs[3:])]
+
+        def states(dask_scheduler):
+            return {key: getattr(dask_scheduler.tasks.get(key), "state", None) for key in runs[3:]}
+
+        deadline = time.monotonic() + 30
+        while client.run_on_scheduler(states)[runs[3]] != "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # time for the scheduler to send the worker a second run, as Dask's default would
+        assert client.run_on_scheduler(states) == {runs[3]: "processing", runs[4]: "queued"}
+        client.cancel(running, force=True)
+    finally:
+        client.close()
+        cluster.close()
 
 
 def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):

@@ -170,9 +170,9 @@ class RunTimes:
         for name, cell, seed in _grid_runs(grid):
             if name in stale:
                 continue
-            run = (grid.results_dir, cell[0], cell[1], f"seed{seed}")
-            metrics = _read_json(root.joinpath(*run[:1], "runs", *run[1:], "metrics.json"))
-            notebook = _read_json(root.joinpath(*run[:1], "notebooks", *run[1:], "train.ipynb"))
+            results, folder = root / grid.results_dir, Path(*cell, f"seed{seed}")
+            metrics = _read_json(results / "runs" / folder / "metrics.json")
+            notebook = _read_json(results / "notebooks" / folder / "train.ipynb")
             duration = ((notebook or {}).get("metadata") or {}).get("papermill", {}).get("duration")
             if metrics is not None and not metrics.get("resumed_after_epochs") and isinstance(duration, int | float):
                 times.add(cell, float(duration))
@@ -212,8 +212,7 @@ class Progress:
         self.times = times
         self.left = set(cells)  # neither done nor failed
         self.lock = threading.Lock()
-        self.running: dict[str, str] = {}
-        self.since: dict[str, float] = {}  # when each running run's current attempt started (time.monotonic)
+        self.running: dict[str, float] = {}  # each running run -> when its current attempt started (time.monotonic)
         self.started: dict[str, int] = {}
         self.failed_attempts: dict[str, int] = {}
         self.done = self.failed = 0
@@ -234,8 +233,7 @@ class Progress:
                     self.write(f"resumed  {stage} on {message['worker']}: its worker was lost (from its checkpoint)")
                 elif attempt > 1:
                     self.write(f"retry    {stage} (attempt {attempt}) on {message['worker']}")
-                self.running[stage] = message["worker"]
-                self.since[stage] = time.monotonic()
+                self.running[stage] = time.monotonic()
             elif message["event"] == "failed":
                 self.failed_attempts[stage] = self.failed_attempts.get(stage, 0) + 1
                 self.running.pop(stage, None)
@@ -268,7 +266,7 @@ class Progress:
         # The work left (each run's expected time, less what a running one has done) spread over the cluster's slots.
         now = time.monotonic()
         work = sum(
-            max(0.0, seconds - (now - self.since[stage])) if stage in self.running and stage in self.since else seconds
+            max(0.0, seconds - (now - self.running[stage])) if stage in self.running else seconds
             for stage, seconds in expected.items()
         )
         return _duration(work / max(1, self.slots))

@@ -304,7 +304,7 @@ def test_eta_weighs_each_run_left_by_the_time_of_its_own_cell():
     assert times.expected(("ph2-dermoscopy", "unet")) == 200.0
     assert progress._eta() == "16 min 40 s"
     progress.on_event(("t", {"stage": "train@kvasir-seg-unetpp-1", "event": "start", "worker": "w"}))
-    progress.since["train@kvasir-seg-unetpp-1"] -= 400.0  # it started 400 s ago
+    progress.running["train@kvasir-seg-unetpp-1"] -= 400.0  # it started 400 s ago
     assert progress._eta() == "10 min 0 s"
     progress.tick(2)
     assert progress._eta() == "5 min 0 s"

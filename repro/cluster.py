@@ -203,23 +203,33 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         if settings.kind != "local":
             return _jobqueue_cluster(settings, log_directory, security)
-        from distributed import LocalCluster
+        return _local_cluster(settings, security)
 
-        gpus = settings.gpus
+
+def _local_cluster(settings: ClusterSettings, security: dict):
+    import dask
+    from distributed import Client, LocalCluster
+
+    # A local cluster's nannies live in this process and write their pre-spawn environment (OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_=65536, ...) into its os.environ before spawning a worker, where it stays: every command
+    # started afterwards (dvc repro aggregate, a test's subprocess, a notebook kernel) would inherit one thread and the
+    # page faults of stage_task.run_environment's docstring. The workers only start runs, each with its own
+    # environment, so they need none of it.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
         try:
             cluster = LocalCluster(
-                n_workers=gpus or settings.local_workers,
-                threads_per_worker=settings.runs_per_gpu if gpus else 1,
+                n_workers=settings.gpus or settings.local_workers,
+                threads_per_worker=settings.runs_per_gpu if settings.gpus else 1,
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=settings.dashboard_address,
-                resources={"GPU": 1} if gpus else None,
+                resources={"GPU": 1} if settings.gpus else None,
                 silence_logs=logging.CRITICAL,  # a failed run is reported by the runner, once
                 **security,
             )
         except (OSError, RuntimeError) as error:
             raise ClusterError([f"cannot start the local Dask cluster: {error}"]) from None
-        return cluster, Client(cluster)
+    return cluster, Client(cluster)
 
 
 def _jobqueue_object(settings: ClusterSettings, log_directory: Path, security: dict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -347,6 +348,21 @@ def test_a_worker_gets_a_run_only_when_a_thread_is_free(tmp_path):
         time.sleep(0.5)  # time for the scheduler to send the worker a second run, as Dask's default would
         assert client.run_on_scheduler(states) == {runs[3]: "processing", runs[4]: "queued"}
         client.cancel(running, force=True)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_a_local_cluster_leaves_the_runners_environment_alone(tmp_path, monkeypatch):
+    """The nannies of a local cluster run in the runner's process; Dask's default has them write OMP_NUM_THREADS=1
+    and MALLOC_TRIM_THRESHOLD_ into its os.environ, which every later command of the runner (and of a test session:
+    a resumed-run subprocess, the nbval kernels) would inherit."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)  # and monkeypatch puts back what was there, even if this test fails
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 1}), tmp_path)
+    try:
+        assert {name: os.environ.get(name) for name in names} == dict.fromkeys(names)
     finally:
         client.close()
         cluster.close()

@@ -125,9 +125,13 @@ def test_same_seed_gives_bit_identical_results():
     assert [row["train_loss"] for row in other.fit()] != [row["train_loss"] for row in results[0][0]]
 
 
+# The killed run computes with this process's threads: floating-point sums split across another number of threads
+# round differently, and a run is resumed on the threads it started with (the runner gives every run the same).
 RESUME_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
+    import torch
+    torch.set_num_threads({threads})
     sys.path.insert(0, {tests!r})
     from test_train import make_trainer
 
@@ -145,7 +149,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     uninterrupted.fit()
     uninterrupted.load_best()
 
-    script = RESUME_SCRIPT.format(tests=str(Path(__file__).parent), checkpoints=str(tmp_path))
+    script = RESUME_SCRIPT.format(
+        tests=str(Path(__file__).parent), checkpoints=str(tmp_path), threads=torch.get_num_threads()
+    )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     assert (tmp_path / "last.pt").exists()

@@ -330,7 +330,7 @@ def test_eta_of_a_resumed_study_starts_from_its_recorded_runs(tmp_path):
 def test_a_worker_gets_a_run_only_when_a_thread_is_free(tmp_path):
     """Runs start in the runner's order: the scheduler holds every run but one per thread (queued), where Dask's
     default sends a 1-thread worker a second run to wait behind its first, out of the other workers' reach."""
-    cluster, client = start_cluster(cluster_settings({}, {"workers": 1}), tmp_path)
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 1, "dashboard_address": "127.0.0.1:0"}), tmp_path)
     runs = [f"train@ph2-dermoscopy-unet-{seed}" for seed in range(5)]  # one task group, as a dataset's runs are
     try:
         # Dask queues a group's tasks on the scheduler only once the group outnumbers twice the cluster's threads.
@@ -360,7 +360,7 @@ def test_a_local_cluster_leaves_the_runners_environment_alone(tmp_path, monkeypa
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
     for name in names:
         monkeypatch.delenv(name, raising=False)  # and monkeypatch puts back what was there, even if this test fails
-    cluster, client = start_cluster(cluster_settings({}, {"workers": 1}), tmp_path)
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 1, "dashboard_address": "127.0.0.1:0"}), tmp_path)
     try:
         assert {name: os.environ.get(name) for name in names} == dict.fromkeys(names)
     finally:
@@ -438,6 +438,7 @@ def test_batch_job_scripts_carry_every_setting(kind, expected, tmp_path):
         gpus_per_job=1,
         runs_per_gpu=7,
         tls=True,
+        dashboard_address="127.0.0.1:0",  # not a running study's 8787
     )
     script = job_script(settings, tmp_path)
     for line in [*expected, "source .venv/bin/activate", "--nthreads 7", "--resources GPU=0.5", "--tls-ca-file"]:

@@ -1,8 +1,12 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
-Two blocks share the seeds: the image study (``study.datasets`` x ``study.models``, stage ``train``) and the
-volumetric rows (``study.volumes.datasets`` x ``study.volumes.models``, stage ``train_volumes``), since a 2D network
-cannot train on a volume nor a 3D one on an image.
+Three blocks share the seeds, each a DVC stage over its own datasets x variants:
+
+- the image study, ``study.datasets`` x ``study.models`` (stage ``train``);
+- its extra rows, ``study.extra.datasets`` x ``study.extra.models`` (stage ``train_extra``): variants the study
+  trains on some of its datasets only, where a budget does not cover every dataset;
+- the volumetric rows, ``study.volumes.datasets`` x ``study.volumes.models`` (stage ``train_volumes``), since a 2D
+  network cannot train on a volume nor a 3D one on an image.
 
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
 after other runs have used the machine. :func:`check_grid` finds every such problem at once, so one message lists
@@ -37,19 +41,31 @@ class Grid:
     seeds: tuple[int, ...]
     volume_datasets: tuple[str, ...] = ()
     volume_models: tuple[str, ...] = ()
+    extra_datasets: tuple[str, ...] = ()
+    extra_models: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
         return len(self.runs())
 
+    @property
+    def blocks(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+        """(stage, datasets, models) of each block that has runs, in the order a seed trains them."""
+        blocks = [
+            ("train", self.datasets, self.models),
+            ("train_extra", self.extra_datasets, self.extra_models),
+            ("train_volumes", self.volume_datasets, self.volume_models),
+        ]
+        return [block for block in blocks if block[1] and block[2]]
+
     def runs(self) -> list[tuple[str, str, str, int]]:
         """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed; within a
-        seed the image study, then the volumes, each variant in the order its list gives, then each dataset."""
-        blocks = (("train", self.datasets, self.models), ("train_volumes", self.volume_datasets, self.volume_models))
+        seed the image study, its extra rows, then the volumes, each variant in the order its list gives, then each
+        dataset."""
         return [
             (stage, dataset, model, seed)
             for seed in self.seeds
-            for stage, datasets, models in blocks
+            for stage, datasets, models in self.blocks
             for model in models
             for dataset in datasets
         ]
@@ -61,10 +77,11 @@ class Grid:
 
     def describe(self) -> str:
         seeds = len(self.seeds)
-        text = f"{len(self.datasets)} dataset(s) x {len(self.models)} variant(s) x {seeds} seed(s)"
-        if self.volume_models:
-            volumes = len(self.volume_datasets), len(self.volume_models)
-            text += f" + volumes: {volumes[0]} dataset(s) x {volumes[1]} variant(s) x {seeds} seed(s)"
+        names = {"train": "", "train_extra": "extra: ", "train_volumes": "volumes: "}
+        text = " + ".join(
+            f"{names[stage]}{len(datasets)} dataset(s) x {len(models)} variant(s) x {seeds} seed(s)"
+            for stage, datasets, models in self.blocks
+        )
         return f"{text} = {self.size} runs at scale {self.scale}"
 
 
@@ -102,16 +119,8 @@ def check_grid(params: dict[str, Any]) -> Grid:
     seeds = _names(study, "seeds", problems)
     datasets = _names(study, "datasets", problems)
     models = _names(study, "models", problems)
-    volumes = study.get("volumes")
-    if isinstance(volumes, dict):
-        volume_datasets = _names(volumes, "datasets", problems, empty=True, where="study.volumes")
-        volume_models = _names(volumes, "models", problems, empty=True, where="study.volumes")
-    else:
-        problems.append(
-            "study.volumes must be a mapping with datasets and models, which dvc.yaml's train_volumes stage reads "
-            f"(models: [] for no volumetric rows); got {volumes!r}"
-        )
-        volume_datasets = volume_models = []
+    extra_datasets, extra_models = _sub_block(study, "extra", "train_extra", "extra rows", problems)
+    volume_datasets, volume_models = _sub_block(study, "volumes", "train_volumes", "volumetric rows", problems)
     prepare = params.get("prepare") or {}
     listed = prepare.get("datasets") or []
     custom = prepare.get("custom_datasets") or {}
@@ -122,6 +131,16 @@ def check_grid(params: dict[str, Any]) -> Grid:
     ]
     width = {"width_mult": preset.width_mult} if preset else {}
     problems += _block_problems("study", datasets, models, 2, params, width)
+    if extra_models:
+        problems += _block_problems("study.extra", extra_datasets, extra_models, 2, params, width)
+        # The same run in two blocks would be two stages writing one output folder, which DVC refuses.
+        problems += [
+            f"study.extra: '{model}' on '{dataset}' is already a run of study.models x study.datasets; list it once"
+            for model in extra_models
+            if model in models
+            for dataset in extra_datasets
+            if dataset in datasets
+        ]
     if volume_models:
         problems += _block_problems("study.volumes", volume_datasets, volume_models, 3, params, width)
 
@@ -131,7 +150,29 @@ def check_grid(params: dict[str, Any]) -> Grid:
 
     if problems:
         raise GridError(problems)
-    return Grid(preset.name, tuple(datasets), tuple(models), tuple(seeds), tuple(volume_datasets), tuple(volume_models))
+    return Grid(
+        preset.name,
+        tuple(datasets),
+        tuple(models),
+        tuple(seeds),
+        tuple(volume_datasets),
+        tuple(volume_models),
+        tuple(extra_datasets),
+        tuple(extra_models),
+    )
+
+
+def _sub_block(study: dict, key: str, stage: str, what: str, problems: list[str]) -> tuple[list, list]:
+    """The datasets and models of ``study.<key>``, which dvc.yaml's ``stage`` reads, so it must be there."""
+    block = study.get(key)
+    if not isinstance(block, dict):
+        problems.append(
+            f"study.{key} must be a mapping with datasets and models, which dvc.yaml's {stage} stage reads "
+            f"(models: [] for no {what}); got {block!r}"
+        )
+        return [], []
+    datasets = _names(block, "datasets", problems, empty=True, where=f"study.{key}")
+    return datasets, _names(block, "models", problems, empty=True, where=f"study.{key}")
 
 
 def _block_problems(where: str, datasets: list, models: list, ndim: int, params: dict, width: dict) -> list[str]:

@@ -7,12 +7,12 @@
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
 ``cluster:`` settings of params.yaml first (one message lists every problem), prepares the data (`dvc repro
-prepare`), asks DVC which `train@...` (and `train_volumes@...`) stages are stale, and submits each one's exact
-command from dvc.yaml as a Dask task keyed by the stage's name, so no run is ever submitted twice. Seeds go first,
-then variants in the order ``study.models`` lists them: an interrupted study has every variant at the same number of
-seeds. This process alone records a finished run in dvc.lock (`dvc commit`, one at a time), and Ctrl-C or SIGTERM
-only stops it between two commits, so dvc.lock never holds half an entry and a second call runs exactly the stages
-still stale. Finally `dvc repro` runs complexity and aggregate.
+prepare`), asks DVC which `train@...` (and `train_extra@...`, `train_volumes@...`) stages are stale, and submits
+each one's exact command from dvc.yaml as a Dask task keyed by the stage's name, so no run is ever submitted twice.
+Seeds go first, then variants in the order ``study.models`` lists them: an interrupted study has every variant at
+the same number of seeds. This process alone records a finished run in dvc.lock (`dvc commit`, one at a time),
+and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an entry and a second call
+runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
 
 Before it trains, it prints the scale, how many runs it trains (new, or replacing stale runs of that scale) and
 where the results go: dvc.yaml writes every output of the study below results/<scale>/, so a study at another
@@ -85,11 +85,12 @@ def _repo(root: Path):
 
 
 def stale_train_stages(root: Path, grid: Grid) -> list:
-    """The `train@...` and `train_volumes@...` stages `dvc repro` would run (DVC's own status), in the grid's order
-    (:meth:`repro.grid.Grid.runs`): seed by seed, then each variant in the order ``study.models`` (then
-    ``study.volumes.models``) lists it, then each dataset. The study lists its variants in the order their claims
-    matter, so a study cut short has every variant at the same number of seeds, the first ones at one more."""
-    targets = ["train"] + (["train_volumes"] if grid.volume_models else [])
+    """The `train@...`, `train_extra@...` and `train_volumes@...` stages `dvc repro` would run (DVC's own status), in
+    the grid's order (:meth:`repro.grid.Grid.runs`): seed by seed, then each variant in the order ``study.models``
+    (then ``study.extra.models``, ``study.volumes.models``) lists it, then each dataset. The study lists its variants
+    in the order their claims matter, so a study cut short has every variant at the same number of seeds, the first
+    ones at one more."""
+    targets = [stage for stage, _, _ in grid.blocks]
     with _repo(root) as repo:
         stale = set(repo.status(targets=targets))
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]

@@ -19,7 +19,8 @@ STUDY = ROOT / "results" / load_params()["scale"]
 
 def _train_entries() -> dict[str, dict]:
     stages = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
-    return {name: stage for name, stage in stages.items() if name.startswith(("train@", "train_volumes@"))}
+    prefixes = ("train@", "train_extra@", "train_volumes@")
+    return {name: stage for name, stage in stages.items() if name.startswith(prefixes)}
 
 
 def _code_hashes(stage: dict) -> dict[str, str]:

@@ -33,10 +33,12 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
 
 
 def _blocks(grid: dict) -> list[tuple[list, list]]:
-    """A grid's (datasets, models) blocks: the image study, and its volumetric rows where it has them."""
+    """A grid's (datasets, models) blocks: the image study, its extra rows and its volumetric rows, where it has
+    them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
-    if "volumes" in grid:
-        blocks.append((grid["volumes"]["datasets"], grid["volumes"]["models"]))
+    for rows in ("extra", "volumes"):
+        if "datasets" in grid.get(rows, {}):
+            blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
     return blocks
 
 

@@ -161,6 +161,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "models": ["unet", "unett", "typo_opt"],
         "seeds": [0, -1],
         "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
+        "extra": {"datasets": ["ph2-dermoscopi", "msd-task04-hippocampus"], "models": ["unet"]},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
     params["cluster"] = {"kind": "slurmm", "retries": -1, "threds": 2}
@@ -180,12 +181,15 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "study.seeds: -1 is not",
         "study.volumes.datasets: 'kvasir-seg' holds 2D data, not volumes; list it in study.datasets",
         "study.volumes.models: 'unet' (unet) is a 2D network, not for volumes; list it in study.models",
+        "study.extra.datasets: unknown dataset 'ph2-dermoscopi'",
+        "study.extra.datasets: 'msd-task04-hippocampus' holds 3D data, not images; list it in study.volumes.datasets",
+        "study.extra: 'unet' on 'ph2-dermoscopi' is already a run of study.models x study.datasets; list it once",
         "cluster.threds: unknown setting",
         "cluster.retries: -1 is not a whole number >= 0",
         "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
     ):
         assert expected in message, (expected, message)
-    assert "params.yaml and the command line: 11 problem(s), nothing was run" in message
+    assert "params.yaml and the command line: 15 problem(s), nothing was run" in message
     assert not (bare_copy / "data/processed").exists() and not (bare_copy / "dvc.lock").exists()
 
     debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")
@@ -209,6 +213,7 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
         }
     }
     params["study"]["datasets"] = ["kvasir-seg", "my-polyps"]
+    params["study"]["extra"]["models"] = []
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     code = (
@@ -249,18 +254,21 @@ def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tm
 
 def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, monkeypatch):
     """An interrupted study has every variant at the same number of seeds, and within a seed the variants the study
-    lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is; the volumetric
-    rows (stage train_volumes) follow the images within each seed."""
+    lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is; the extra rows
+    (stage train_extra), then the volumetric rows (stage train_volumes) follow the images within each seed."""
     grid = Grid(
         "smoke",
         ("ph2-dermoscopy", "kvasir-seg"),
         ("tinyunet", "unet"),
         (0, 1),
-        ("msd-task04-hippocampus",),
-        ("unet3d",),
+        volume_datasets=("msd-task04-hippocampus",),
+        volume_models=("unet3d",),
+        extra_datasets=("ph2-dermoscopy",),
+        extra_models=("light_unet",),
     )
     study = {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": [1, 0]}
     study["volumes"] = {"datasets": list(grid.volume_datasets), "models": list(grid.volume_models)}
+    study["extra"] = {"datasets": list(grid.extra_datasets), "models": list(grid.extra_models)}
     copy = copy_repository(tmp_path / "copy", study)
     monkeypatch.chdir(copy)
     stages = stale_train_stages(copy, grid)
@@ -268,17 +276,18 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
         name
         for seed in (0, 1)
         for name in [f"train@{dataset}-{model}-{seed}" for model in grid.models for dataset in grid.datasets]
-        + [f"train_volumes@msd-task04-hippocampus-unet3d-{seed}"]
+        + [f"train_extra@ph2-dermoscopy-light_unet-{seed}", f"train_volumes@msd-task04-hippocampus-unet3d-{seed}"]
     ]
-    # The volumes' stage is `train` over another block: the same command and outputs' layout.
-    volume, image = stages[4], stages[0]
+    # The extra rows' and the volumes' stages are `train` over other blocks: the same command and outputs' layout.
+    image, extra, volume = stages[0], stages[4], stages[5]
+    assert extra.cmd == image.cmd.replace("tinyunet", "light_unet")
     assert volume.cmd == image.cmd.replace("ph2-dermoscopy", "msd-task04-hippocampus").replace("tinyunet", "unet3d")
     assert {out.def_path for out in volume.outs} == {
         f"results/smoke/{kind}/msd-task04-hippocampus/unet3d/seed0" for kind in ("runs", "notebooks")
     }
-    assert grid.size == 10 and grid.describe() == (
-        "2 dataset(s) x 2 variant(s) x 2 seed(s) + volumes: 1 dataset(s) x 1 variant(s) x 2 seed(s) = 10 runs at "
-        "scale smoke"
+    assert grid.size == 12 and grid.describe() == (
+        "2 dataset(s) x 2 variant(s) x 2 seed(s) + extra: 1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: "
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) = 12 runs at scale smoke"
     )
 
 

@@ -61,7 +61,9 @@ def step_and_forward_seconds(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", default="full", help="a grid of params.yaml's `grids`, or `study`")
+    parser.add_argument(
+        "--grid", default="full", help="a grid of params.yaml's `grids`, or `study` (with its extra rows)"
+    )
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--datasets", nargs="*", default=["dsb2018-nuclei-96", "kvasir-seg", "ph2-dermoscopy"])
     parser.add_argument("--variants", nargs="*", help="default: the grid's models")
@@ -73,7 +75,11 @@ def main() -> None:
     set_threads(1)
     torch.set_flush_denormal(True)  # as repro.train.Trainer trains
     grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
-    variants = args.variants or grid["models"]
+    # Each variant with the datasets it trains on: the grid's models on every dataset, study.extra's on its own.
+    rows = [(name, args.datasets) for name in args.variants or grid["models"]]
+    extra = grid.get("extra") or {}
+    if not args.variants and extra.get("models"):
+        rows += [(name, [d for d in args.datasets if d in extra["datasets"]]) for name in extra["models"]]
     sizes, inputs = {}, {}
     for dataset in args.datasets:
         meta = json.loads((PROCESSED_DIR / scale.name / dataset / "meta.json").read_text())
@@ -91,11 +97,11 @@ def main() -> None:
     header = f"{'variant':<18}{'s/step':>8}{'ms/img fwd':>11}" + "".join(f"{d[:14]:>16}" for d in args.datasets)
     print(header + f"{'all seeds (h)':>15}")
     total = 0.0
-    for name in variants:
+    for name, datasets in rows:
         variant = model_variant(name, params)
         per_run, timings = {}, {}
-        for dataset, n in sizes.items():
-            channels, classes, shape = inputs[dataset]
+        for dataset in datasets:
+            n, (channels, classes, shape) = sizes[dataset], inputs[dataset]
             if (channels, classes, shape) not in timings:
                 torch.manual_seed(0)
                 model = create_model(
@@ -115,7 +121,7 @@ def main() -> None:
         total += seconds
         print(
             f"{name:<18}{step:>8.2f}{forward * 1e3:>11.1f}"
-            + "".join(f"{per_run[d]:>14.0f} s" for d in args.datasets)
+            + "".join(f"{per_run[d]:>14.0f} s" if d in per_run else f"{'-':>16}" for d in args.datasets)
             + f"{seconds / 3600:>15.1f}"
         )
     print(f"grid: {total / 3600:.1f} core-hours of training; {total / 7200:.1f} h of wall time on 2 cores")

@@ -348,7 +348,10 @@ def train(
             device=torch.device(device),
         )
         start = time.perf_counter()
-        trainer.run_training()
+        # nnU-Net's logger calls seaborn.set(font_scale=2.5) for its progress.png, which would hold for every figure
+        # the process draws afterwards (the notebook's learning curves): its style stays inside the training.
+        with plt.rc_context():
+            trainer.run_training()
         return trainer, time.perf_counter() - start
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+import matplotlib
 import nibabel
 import numpy as np
 import pytest
@@ -138,17 +139,20 @@ def test_score_uses_the_study_metrics_case_by_case(tmp_path, small_split):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, study):
-    """One smoke run of the whole pipeline (about 50 s on two busy cores): its metrics, folders and seconds."""
+    """One smoke run of the whole pipeline (about 50 s on two busy cores): its metrics, folders and seconds, and the
+    matplotlib settings it changed for the rest of the process."""
     root = tmp_path_factory.mktemp("nnunet")
+    style = dict(matplotlib.rcParams)
     start = time.perf_counter()
     metrics = nnunet.run(seed=0, scale="smoke", out_dir=root / "out", work_dir=root / "work")
-    return metrics, root, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return metrics, root, seconds, {key for key, value in style.items() if matplotlib.rcParams[key] != value}
 
 
 def test_smoke_run_end_to_end(smoke_run):
     """nnU-Net plans, preprocesses, trains fold 0 and predicts at the smoke scale; the results hold the study's
     keys, the plan, the schedule, a row per epoch and a row per test case."""
-    metrics, root, seconds = smoke_run
+    metrics, root, seconds, style_changed = smoke_run
     smoke = nnunet.load_settings("smoke")
     split, _ = nnunet.study_split(smoke.max_train_cases, smoke.max_eval_cases)
 
@@ -162,6 +166,7 @@ def test_smoke_run_end_to_end(smoke_run):
     assert set(metrics["versions"]) >= {"torch", "nnunetv2"}
     # nnU-Net's trainer lookup by name would import timm and torchvision, which does not load beside this torch.
     assert "torchvision" not in sys.modules
+    assert style_changed == set()  # nnU-Net's seaborn font_scale 2.5 stayed inside its training
 
     per_image = (root / "out" / "per_image.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in per_image[1:]] == split["test"]
@@ -173,7 +178,7 @@ def test_smoke_run_end_to_end(smoke_run):
 
 def test_training_is_reproducible_from_the_seed(smoke_run):
     """With augmentation in the training process, the same seed trains to the same losses and pseudo Dice."""
-    _, root, _ = smoke_run
+    _, root, _, _ = smoke_run
     smoke = nnunet.load_settings("smoke")
     trainer, _ = nnunet.train(root / "work", smoke, seed=0)
     again = nnunet.history(trainer, get_dataset(nnunet.DATASET).class_names)

@@ -176,7 +176,6 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     Raises:
         ClusterError: the scheduler cannot be reached, or the cluster cannot start.
     """
-    import dask
     from distributed import Client
 
     security = _security(settings)
@@ -196,14 +195,9 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
                 ]
             )
         return None, client
-    # One run per free thread, in the runner's priority order (seed by seed, then study.models' order). Dask's default
-    # worker saturation (1.1) sends a 1-thread worker a second run to queue behind its first, so a later run could
-    # start on one worker while an earlier one waited an hour behind another worker's run. (Dask queues a task group,
-    # here a dataset's runs, only once it outnumbers twice the cluster's threads: the first few go to workers at once.)
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-        if settings.kind != "local":
-            return _jobqueue_cluster(settings, log_directory, security)
-        return _local_cluster(settings, security)
+    if settings.kind != "local":
+        return _jobqueue_cluster(settings, log_directory, security)
+    return _local_cluster(settings, security)
 
 
 def _local_cluster(settings: ClusterSettings, security: dict):

@@ -304,6 +304,42 @@ def _duration(seconds: float) -> str:
 # --- the runner --------------------------------------------------------------------------------------------------
 
 
+class RunQueue:
+    """Hands runs to the cluster in the runner's order, one per free slot, and returns them as they finish.
+
+    The runner's order (seed by seed, then ``study.models``') is kept by holding back every run without a free slot:
+    given them all at once, Dask sends the first few runs of each task group (a dataset's runs, by their keys) to
+    workers straight away, where one can wait behind a long run while another worker goes on to later runs.
+
+    Args:
+        names: the runs, first to start first.
+        submit: starts one run on the cluster and returns its future.
+    """
+
+    def __init__(self, names: list[str], submit) -> None:
+        self.waiting = list(reversed(names))
+        self.submit = submit
+        self.running: set = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self, slots: int, timeout: float = 1.0) -> set:
+        """Fill the free ones of ``slots`` with the next runs, then wait up to ``timeout`` s for any to finish."""
+        from distributed import wait
+
+        while self.waiting and len(self.running) < slots:
+            self.running.add(self.submit(self.waiting.pop()))
+        if not self.running:  # no slot yet (workers still starting, or all gone): look again later
+            time.sleep(timeout)
+            return set()
+        try:
+            finished, self.running = wait(self.running, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return set()
+        return set(finished)
+
+
 class Runner:
     """One call of the study: signals are turned into a flag that is only acted on between two DVC writes."""
 
@@ -374,8 +410,6 @@ class Runner:
 
     def _train(self, grid: Grid, stages: list, outcome: Outcome) -> None:
         """Train the stale ``stages`` of ``grid`` on the cluster, recording each finished one in dvc.lock."""
-        from distributed import wait
-
         if self.client is None:
             print(f"starting {self.settings.describe()} ...", flush=True)
             self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
@@ -391,11 +425,12 @@ class Runner:
             progress = Progress(cells, RunTimes.of_recorded_runs(self.root, grid, names))
             client.subscribe_topic(TOPIC, progress.on_event)
             by_name = {stage.addressing: stage for stage in stages}
-            futures = [
-                client.submit(
+            queue = RunQueue(
+                list(by_name),
+                lambda name: client.submit(
                     run_stage,
                     name,
-                    stage.cmd,
+                    by_name[name].cmd,
                     str(self.root),
                     str(self.logs / f"{name}.log"),
                     self.settings.threads_per_run,
@@ -403,20 +438,14 @@ class Runner:
                     key=name,
                     retries=self.settings.retries,
                     resources=self.settings.run_resources,
-                    priority=len(stages) - i,
-                )
-                for i, (name, stage) in enumerate(by_name.items())
-            ]
-            pending = set(futures)
-            while pending:
-                try:
-                    finished, pending = wait(pending, timeout=1, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    finished = set()
+                ),
+            )
+            while queue:
+                slots = self._slots(client)
                 # Commit every run that has finished, even when asked to stop: each commit is whole.
-                for future in finished:
+                for future in queue.step(slots):
                     self._record(future, by_name[future.key], progress, outcome)
-                progress.tick(self._slots(client))
+                progress.tick(slots)
                 self._check_stop()
         finally:
             self.repo.close()

@@ -30,7 +30,7 @@ from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, r
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script, start_cluster
 from repro.grid import Grid
 from repro.stage_task import run_environment
-from repro.study import Progress, RunTimes, cell_error, plan, replacing, stale_train_stages
+from repro.study import Progress, RunQueue, RunTimes, cell_error, plan, replacing, stale_train_stages
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -336,27 +336,31 @@ def test_eta_of_a_resumed_study_starts_from_its_recorded_runs(tmp_path):
     assert times.by_cell == {("ph2-dermoscopy", "unet"): [123.5]}
 
 
-def test_a_worker_gets_a_run_only_when_a_thread_is_free(tmp_path):
-    """Runs start in the runner's order: the scheduler holds every run but one per thread (queued), where Dask's
-    default sends a 1-thread worker a second run to wait behind its first, out of the other workers' reach."""
-    cluster, client = start_cluster(cluster_settings({}, {"workers": 1, "dashboard_address": "127.0.0.1:0"}), tmp_path)
-    runs = [f"train@ph2-dermoscopy-unet-{seed}" for seed in range(5)]  # one task group, as a dataset's runs are
+def _started_at(seconds: float) -> float:
+    """A stand-in run: when it started, after which it takes ``seconds``."""
+    start = time.time()
+    time.sleep(seconds)
+    return start
+
+
+def test_runs_start_in_the_runners_order_each_on_a_free_slot(tmp_path):
+    """Three datasets' runs (three Dask task groups), the first one long, on two 1-thread workers: every run starts in
+    the runner's order, the later ones on the worker left free. Given all the runs at once, Dask would send each
+    group's first runs to both workers, some to wait behind the long run while the other worker took later ones."""
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 2, "dashboard_address": "127.0.0.1:0"}), tmp_path)
+    runs = [f"train@{dataset}-unet-{seed}" for seed in range(3) for dataset in ("ph2-dermoscopy", "kvasir-seg", "dsb")]
+    seconds = dict.fromkeys(runs, 0.3) | {runs[0]: 5.0}
+    queue = RunQueue(runs, lambda run: client.submit(_started_at, seconds[run], key=run))
     try:
-        # Dask queues a group's tasks on the scheduler only once the group outnumbers twice the cluster's threads.
-        finished = [client.submit(int, 0, key=run) for run in runs[:3]]
-        client.gather(finished)
-        running = [client.submit(time.sleep, 30, key=run, priority=-i) for i, run in enumerate(runs[3:])]
-
-        def states(dask_scheduler):
-            return {key: getattr(dask_scheduler.tasks.get(key), "state", None) for key in runs[3:]}
-
-        deadline = time.monotonic() + 30
-        while client.run_on_scheduler(states)[runs[3]] != "processing":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)  # time for the scheduler to send the worker a second run, as Dask's default would
-        assert client.run_on_scheduler(states) == {runs[3]: "processing", runs[4]: "queued"}
-        client.cancel(running, force=True)
+        started, most_at_once = {}, 0
+        while queue:
+            for future in queue.step(slots=2, timeout=0.05):
+                started[future.key] = future.result()
+            most_at_once = max([most_at_once, *map(len, client.processing().values())])
+        order = sorted(started, key=started.get)
+        assert set(order[:2]) == set(runs[:2]) and order[2:] == runs[2:]  # the first two start together
+        assert max(started.values()) < started[runs[0]] + seconds[runs[0]]  # none waited for the long run
+        assert most_at_once == 1  # never a second run queued behind a worker's first
     finally:
         client.close()
         cluster.close()

@@ -22,6 +22,9 @@ from typing import Any
 from repro.config import model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 
+# dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
+TRAIN_STAGES = ("train", "train_extra", "train_volumes")
+
 
 class GridError(ValueError):
     """The study grid in params.yaml cannot run; ``problems`` lists every reason."""
@@ -51,11 +54,12 @@ class Grid:
     @property
     def blocks(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
         """(stage, datasets, models) of each block that has runs, in the order a seed trains them."""
-        blocks = [
-            ("train", self.datasets, self.models),
-            ("train_extra", self.extra_datasets, self.extra_models),
-            ("train_volumes", self.volume_datasets, self.volume_models),
-        ]
+        blocks = zip(
+            TRAIN_STAGES,
+            (self.datasets, self.extra_datasets, self.volume_datasets),
+            (self.models, self.extra_models, self.volume_models),
+            strict=True,
+        )
         return [block for block in blocks if block[1] and block[2]]
 
     def runs(self) -> list[tuple[str, str, str, int]]:
@@ -77,9 +81,9 @@ class Grid:
 
     def describe(self) -> str:
         seeds = len(self.seeds)
-        names = {"train": "", "train_extra": "extra: ", "train_volumes": "volumes: "}
+        labels = {stage: f"{stage.partition('_')[2]}: " if "_" in stage else "" for stage in TRAIN_STAGES}
         text = " + ".join(
-            f"{names[stage]}{len(datasets)} dataset(s) x {len(models)} variant(s) x {seeds} seed(s)"
+            f"{labels[stage]}{len(datasets)} dataset(s) x {len(models)} variant(s) x {seeds} seed(s)"
             for stage, datasets, models in self.blocks
         )
         return f"{text} = {self.size} runs at scale {self.scale}"
@@ -119,8 +123,8 @@ def check_grid(params: dict[str, Any]) -> Grid:
     seeds = _names(study, "seeds", problems)
     datasets = _names(study, "datasets", problems)
     models = _names(study, "models", problems)
-    extra_datasets, extra_models = _sub_block(study, "extra", "train_extra", "extra rows", problems)
-    volume_datasets, volume_models = _sub_block(study, "volumes", "train_volumes", "volumetric rows", problems)
+    extra_datasets, extra_models = _sub_block(study, "extra", "extra rows", problems)
+    volume_datasets, volume_models = _sub_block(study, "volumes", "volumetric rows", problems)
     prepare = params.get("prepare") or {}
     listed = prepare.get("datasets") or []
     custom = prepare.get("custom_datasets") or {}
@@ -162,12 +166,13 @@ def check_grid(params: dict[str, Any]) -> Grid:
     )
 
 
-def _sub_block(study: dict, key: str, stage: str, what: str, problems: list[str]) -> tuple[list, list]:
-    """The datasets and models of ``study.<key>``, which dvc.yaml's ``stage`` reads, so it must be there."""
+def _sub_block(study: dict, key: str, what: str, problems: list[str]) -> tuple[list, list]:
+    """The datasets and models of ``study.<key>``, which dvc.yaml's stage ``train_<key>`` reads, so it must be
+    there."""
     block = study.get(key)
     if not isinstance(block, dict):
         problems.append(
-            f"study.{key} must be a mapping with datasets and models, which dvc.yaml's {stage} stage reads "
+            f"study.{key} must be a mapping with datasets and models, which dvc.yaml's train_{key} stage reads "
             f"(models: [] for no {what}); got {block!r}"
         )
         return [], []

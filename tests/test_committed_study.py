@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from repro.config import load_params
+from repro.grid import TRAIN_STAGES
 from repro.run_identity import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +20,7 @@ STUDY = ROOT / "results" / load_params()["scale"]
 
 def _train_entries() -> dict[str, dict]:
     stages = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
-    prefixes = ("train@", "train_extra@", "train_volumes@")
-    return {name: stage for name, stage in stages.items() if name.startswith(prefixes)}
+    return {name: stage for name, stage in stages.items() if name.partition("@")[0] in TRAIN_STAGES}
 
 
 def _code_hashes(stage: dict) -> dict[str, str]:

@@ -28,7 +28,7 @@ import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script, start_cluster
-from repro.grid import Grid
+from repro.grid import TRAIN_STAGES, Grid
 from repro.stage_task import run_environment
 from repro.study import Progress, RunQueue, RunTimes, cell_error, plan, replacing, stale_train_stages
 
@@ -195,6 +195,13 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
     debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert "kind pbs needs the queue (partition)" in debug.stderr
+
+
+def test_the_grid_knows_every_training_stage_of_dvc_yaml():
+    """The runner and the committed-study checks find dvc.yaml's training stages through ``TRAIN_STAGES``: a training
+    stage dvc.yaml had beside them would never run from `make study`, nor have its committed runs checked."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert tuple(name for name in stages if name.startswith("train")) == TRAIN_STAGES
 
 
 def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):

@@ -1,4 +1,5 @@
-"""Tables of the study: results per dataset × model, the claims table for reading, and their files.
+"""Tables of the study: results per dataset × model, deep supervision's pruned depths, the claims table for
+reading, and their files.
 
 Every table is written three ways (``write_table``): CSV at full precision for machines, Markdown and LaTeX
 for people. p-values print as ``< 0.0001`` rather than a misleading 0.0000.
@@ -7,6 +8,7 @@ for people. p-values print as ``< 0.0001`` rather than a misleading 0.0000.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,6 +88,85 @@ def format_results_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         ]
     formatted["params (M)"] = [significant_figures(params / 1e6) for params in table["params"].astype("Float64")]
     formatted["GFLOPs"] = [significant_figures(gflops) for gflops in table["gflops"]]
+    return formatted
+
+
+_PRUNED = re.compile(r"pruned_(?P<depth>[^_]+)_(?P<metric>.+)")
+
+
+def _depth_order(depth: str) -> tuple[int, str]:
+    """L1, L2, ... by their number, then named modes (``average``: every head's output averaged)."""
+    return (int(depth[1:]), "") if re.fullmatch(r"L\d+", depth) else (10**6, depth)
+
+
+def pruning_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Deep-supervision runs scored at every depth they can be pruned to at inference, per dataset × model.
+
+    The accuracy side of the UNet++ paper's pruning table (claim C9), from the same runs at each depth: each seed's
+    score at a depth is paired with that seed's score at full depth (the deepest ``L<k>``), so ``iou_vs_full`` is the
+    mean over seeds of the same networks' loss from pruning. FLOPs are those the runs recorded at the study's input
+    size; ``results/pruning.md`` has each depth's CPU latency at the papers' size. Depth ``average`` is every head's
+    output averaged, the network's own output (its test scores).
+
+    Args:
+        runs_df: ``RunResults.per_seed``; runs without ``pruned_<depth>_<metric>`` columns are left out.
+
+    Returns:
+        Columns ``dataset``, ``model``, ``depth``, ``n_seeds``, ``dice_mean``, ``dice_sd``, ``iou_mean``,
+        ``iou_sd``, ``iou_vs_full``, ``gflops`` and ``gflops_vs_full``; no rows when no run was pruned.
+    """
+    depths = sorted({m["depth"] for c in runs_df.columns if (m := _PRUNED.fullmatch(c))}, key=_depth_order)
+    levels = [depth for depth in depths if re.fullmatch(r"L\d+", depth)]
+    columns = ["dataset", "model", "depth", "n_seeds", "dice_mean", "dice_sd", "iou_mean", "iou_sd", "iou_vs_full"]
+    columns += ["gflops", "gflops_vs_full"]
+    rows = []
+    if levels:
+        full = levels[-1]
+        pruned = runs_df[runs_df[f"pruned_{full}_iou"].notna()]
+        for (dataset, model), cell in pruned.groupby(["dataset", "model"], sort=True):
+            full_flops = cell.get(f"pruned_{full}_flops", pd.Series(dtype=float)).dropna()
+            full_gflops = full_flops.iloc[0] / 1e9 if len(full_flops) else np.nan
+            # The depths this variant was scored at (U-Net v2's runs add `final`, their last head alone).
+            for depth in [depth for depth in depths if cell[f"pruned_{depth}_iou"].notna().any()]:
+                dice, iou = cell[f"pruned_{depth}_dice"], cell[f"pruned_{depth}_iou"]
+                flops = cell.get(f"pruned_{depth}_flops", pd.Series(dtype=float)).dropna()
+                gflops = flops.iloc[0] / 1e9 if len(flops) else np.nan
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "depth": depth,
+                        "n_seeds": int(iou.notna().sum()),
+                        "dice_mean": dice.mean(),
+                        "dice_sd": dice.std(),
+                        "iou_mean": iou.mean(),
+                        "iou_sd": iou.std(),
+                        "iou_vs_full": (iou - cell[f"pruned_{full}_iou"]).mean(),
+                        "gflops": gflops,
+                        "gflops_vs_full": gflops / full_gflops,
+                    }
+                )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_pruning_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Human-readable version of ``pruning_table``: ``mean ± s.d.`` strings, the loss against full depth signed.
+
+    Args:
+        table: output of ``pruning_table``.
+        digits: decimals for the metrics.
+
+    Returns:
+        Columns dataset, model, depth, seeds, Dice, IoU, IoU vs full depth, GFLOPs, GFLOPs vs full depth.
+    """
+    formatted = table[["dataset", "model", "depth", "n_seeds"]].rename(columns={"n_seeds": "seeds"})
+    for metric, label in (("dice", "Dice"), ("iou", "IoU")):
+        formatted[label] = [
+            _mean_sd(mean, sd, digits) for mean, sd in zip(table[f"{metric}_mean"], table[f"{metric}_sd"], strict=True)
+        ]
+    formatted["IoU vs full depth"] = [f"{value:+.{digits}f}" for value in table["iou_vs_full"]]
+    formatted["GFLOPs"] = [significant_figures(gflops) for gflops in table["gflops"]]
+    formatted["GFLOPs vs full depth"] = [significant_figures(ratio) for ratio in table["gflops_vs_full"]]
     return formatted
 
 

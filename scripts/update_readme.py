@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from repro import verdicts  # noqa: E402 - the repository root must be importable first
 
-# Marker name -> the table's file in a study's tables/ folder.
+# Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
+STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
 ARCHIVE = ROOT / "results" / "v1"
 
 
@@ -40,17 +41,18 @@ def current_tables() -> Path:
     return ROOT / "results" / str(scale) / "tables"
 
 
-def table_blocks(tables: Path) -> dict[str, str]:
-    """Marker name -> its table from the folder ``tables``; while the folder does not exist (the grid has not been
-    run with this version of the training code), one line that says so, in every table's place."""
+def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
+    """Marker name -> its table (``names``: marker -> file) from the folder ``tables``; while the folder does not
+    exist (the grid has not been run with this version of the training code), one line that says so, in every
+    table's place."""
     if not tables.is_dir():
         where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
         line = (
             f"*Not yet run at this version of the training code: `{where}/` does not exist yet (`make study` "
             "trains the grid and writes it).*\n"
         )
-        return dict.fromkeys(TABLES, line)
-    return {name: (tables / source).read_text() for name, source in TABLES.items()}
+        return dict.fromkeys(names, line)
+    return {name: (tables / source).read_text() for name, source in names.items()}
 
 
 def substitute(text: str, blocks: dict[str, str]) -> str:
@@ -64,12 +66,13 @@ def substitute(text: str, blocks: dict[str, str]) -> str:
 
 def render(readme: str, tables: Path | None = None) -> str:
     """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
-    return substitute(readme, table_blocks(tables or current_tables()) | {"verdict-labels": label_lines()})
+    blocks = table_blocks(tables or current_tables(), STUDY_TABLES)
+    return substitute(readme, blocks | {"verdict-labels": label_lines()})
 
 
 def render_archive(readme: str) -> str:
     """results/v1/README.md with the archived first version's tables."""
-    return substitute(readme, table_blocks(ARCHIVE / "tables"))
+    return substitute(readme, table_blocks(ARCHIVE / "tables", TABLES))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def write_run(
     pruned_iou: dict[str, float] | None = None,
 ) -> None:
     """Write metrics.json, per_image.csv and history.csv of one run, as the training stage does (``pruned``: an
-    L1 evaluation equal to the test scores; ``pruned_iou``: the test IoU at each named pruned depth)."""
+    L1 evaluation equal to the test scores; ``pruned_iou``: the test IoU at each named pruned depth, in order of
+    cost)."""
     noise_shift = list(KVASIR_DICE).index(model) if model in KVASIR_DICE else len(model)
     image_dice = dice + IMAGE_OFFSETS + np.roll(IMAGE_NOISE, noise_shift)
     image_iou = image_dice / (2 - image_dice)
@@ -105,8 +106,11 @@ def write_run(
     }
     if pruned:
         metrics["test_pruned"] = {"L1": {key: value for key, value in test.items() if key != "per_class"}}
-    if pruned_iou:
-        metrics["test_pruned"] = {level: {"dice": 2 * iou / (1 + iou), "iou": iou} for level, iou in pruned_iou.items()}
+    if pruned_iou:  # the k-th depth named costs k GFLOPs
+        metrics["test_pruned"] = {
+            level: {"dice": 2 * iou / (1 + iou), "iou": iou, "flops": 1e9 * k}
+            for k, (level, iou) in enumerate(pruned_iou.items(), start=1)
+        }
     run_dir = runs_dir / dataset / model / f"seed{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -542,6 +546,34 @@ def test_design_notes_are_shown_in_the_claims_table_and_the_conclusions(claims_t
     assert f"Design of unet_cmrf - unet_w1: {designs[('unet_cmrf', 'unet_w1')]}." in c4b
     c3 = next(line for line in conclusions.splitlines() if line.startswith("- **C3**"))
     assert "on `kvasir-seg` **" in c3 and f"Design of tinyunet - unet_w1: {designs[('tinyunet', 'unet_w1')]}." in c3
+
+
+def test_pruning_table_pairs_each_depth_with_the_same_runs_at_full_depth(tmp_path):
+    """Each seed's score at a depth against the same seed's at full depth (the deepest L level); variants without
+    pruned depths (U-Net v2 scores its last head alone, `final`) and depths a variant was not scored at stay out."""
+    l1, l4 = [0.60, 0.66, 0.57], [0.70, 0.72, 0.71]
+    for seed in range(3):
+        depths = {"L1": l1[seed], "L4": l4[seed], "average": l4[seed] + 0.01}
+        write_run(tmp_path, "kvasir-seg", "unetpp_ds", seed, 0.8, pruned_iou=depths)
+        write_run(tmp_path, "kvasir-seg", "unetv2", seed, 0.8, pruned_iou={"final": 0.7})
+    write_run(tmp_path, "kvasir-seg", "unet", 0, 0.8)
+    table = tables.pruning_table(load_runs(tmp_path).per_seed)
+    assert list(zip(table["model"], table["depth"], strict=True)) == [
+        ("unetpp_ds", "L1"),
+        ("unetpp_ds", "L4"),
+        ("unetpp_ds", "average"),
+    ]
+    by_depth = table.set_index("depth")
+    assert by_depth.loc["L1", "n_seeds"] == 3
+    assert by_depth.loc["L1", "iou_mean"] == pytest.approx(np.mean(l1))
+    assert by_depth.loc["L1", "iou_sd"] == pytest.approx(np.std(l1, ddof=1))
+    assert by_depth.loc["L1", "iou_vs_full"] == pytest.approx(np.mean(np.subtract(l1, l4)))
+    assert by_depth.loc["average", "iou_vs_full"] == pytest.approx(0.01)
+    assert list(by_depth["gflops"]) == [1.0, 2.0, 3.0] and by_depth.loc["L1", "gflops_vs_full"] == 0.5
+    shown = tables.format_pruning_table(table).iloc[0]
+    assert (shown["IoU vs full depth"], shown["GFLOPs vs full depth"]) == ("-0.100", "0.500")
+    unpruned = tables.pruning_table(load_runs(tmp_path).per_seed.query("model != 'unetpp_ds'"))
+    assert unpruned.empty and list(unpruned.columns) == list(table.columns)
 
 
 def test_committed_runs_give_the_committed_claims_table():

@@ -104,7 +104,7 @@ def _read_json(path: Path) -> dict:
 
 def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
     """One row per finished run (read by :func:`repro.run_results.load_runs`): its keys, test scores, device,
-    commit and the paths of its notebook and history.
+    commit, training code version and the paths of its notebook and history.
 
     Args:
         runs_dir: ``results/<scale>/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
@@ -112,8 +112,9 @@ def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
             ``nnunet.ipynb``).
     """
     columns = [*RUN_KEYS, "dice", "iou", "scale", "epochs", "image_size", "device", "train_seconds", "git_commit"]
-    runs = run_results.load_runs(runs_dir).per_seed[columns].copy()
+    runs = run_results.load_runs(runs_dir).per_seed[[*columns, "training_code"]].copy()
     runs[["device", "git_commit"]] = runs[["device", "git_commit"]].fillna("unknown")
+    runs["training_code"] = runs["training_code"].fillna("not recorded")
     folders = [Path(run.dataset, run.model, f"seed{run.seed}") for run in runs.itertuples()]
     runs["notebook"] = [_notebook(notebooks_dir / folder, runs_dir / folder) for folder in folders]
     runs["history"] = [runs_dir / folder / "history.csv" for folder in folders]
@@ -245,6 +246,9 @@ def _what_was_run(runs: pd.DataFrame) -> str:
             f"{html.escape(_short_commit(commit))} ({count})"
             for commit, count in sorted(runs["git_commit"].value_counts().items())
         ),
+        # Commits move on while a grid trains; what makes runs comparable is the training code they ran.
+        "training code versions (md5 of the train stage's code files, repro.run_results.training_code_version): "
+        + ", ".join(f"{html.escape(code)} ({n})" for code, n in sorted(runs["training_code"].value_counts().items())),
     ]
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 

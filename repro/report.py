@@ -27,7 +27,8 @@ def _counts(values: pd.Series) -> str:
 
 
 def study_overview(runs: RunResults) -> str:
-    """What was run, in Markdown: scale, epochs, image size, datasets, variants, seeds, devices and commits.
+    """What was run, in Markdown: scale, epochs, image size, datasets, variants, seeds, devices, commits and the
+    training code's versions.
 
     Args:
         runs: the loaded runs.
@@ -46,6 +47,7 @@ def study_overview(runs: RunResults) -> str:
         f"image size: {_counts(per_seed['image_size'])}.",
         f"- Devices (runs): {_counts(per_seed['device'])}.",
         f"- Git commits recorded by the runs (runs): {_counts(per_seed['git_commit'].str.slice(0, 12))}.",
+        f"- Training code (`training_code_version`; runs): {_counts(per_seed['training_code'].fillna('none'))}.",
     ]
     return "\n".join(lines) + "\n"
 

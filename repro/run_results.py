@@ -6,7 +6,9 @@ Reads what the training stage writes under ``results/<scale>/runs/<dataset>/<mod
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,8 @@ class RunResults:
     """Tidy results of all runs.
 
     Attributes:
-        per_seed: one row per dataset × model × seed: ``RUN_KEYS``, ``RUN_FIELDS``, the test metrics
+        per_seed: one row per dataset × model × seed: ``RUN_KEYS``, ``RUN_FIELDS``, ``training_code``
+            (:func:`training_code_version`), the test metrics
             (``dice``, ``iou``, ``miou_bg``, ``dice_pooled``, ``iou_pooled``), ``dice_<class>`` and
             ``iou_<class>`` per foreground class, ``pruned_<level>_<metric>`` for deep-supervision runs
             evaluated at pruned depths, and ``best_val_dice`` (the best epoch of ``history.csv``).
@@ -101,6 +104,21 @@ def best_val_dice(history_path: Path) -> float:
     return float(history["val_dice"].max())
 
 
+def training_code_version(code_files: Mapping[str, str] | None) -> str | None:
+    """A short name for the training code a run ran: the first 12 hex digits of the md5 over its ``code_files``
+    (``metrics.json``: path -> md5 of every code file of the ``train`` stage), one ``path md5`` line per file in
+    path order.
+
+    Runs started at different commits share it as long as no training code changed between them, so it, not the
+    commit, says whether runs are comparable. ``None`` for a run that recorded no code files (nnU-Net's, trained by
+    its own code). The current code's: ``training_code_version(repro.run_identity.code_files())``.
+    """
+    if not code_files:
+        return None
+    lines = "".join(f"{path} {md5}\n" for path, md5 in sorted(code_files.items()))
+    return hashlib.md5(lines.encode()).hexdigest()[:12]
+
+
 def load_runs(runs_dir: str | Path) -> RunResults:
     """Read every ``<dataset>/<model>/seed<k>/`` run under ``runs_dir``.
 
@@ -133,6 +151,7 @@ def load_runs(runs_dir: str | Path) -> RunResults:
         if (run_dir.parent.parent.name, run_dir.parent.name, run_dir.name) != expected_dir:
             raise ValueError(f"{metrics_path} describes {expected_dir}, which does not match its folder")
         run_fields = {field: metrics.get(field) for field in RUN_FIELDS}
+        run_fields["training_code"] = training_code_version(metrics.get("code_files"))
         if isinstance(run_fields["image_size"], list):  # a volume's (D, H, W)
             run_fields["image_size"] = "x".join(map(str, run_fields["image_size"]))
         history = {"best_val_dice": best_val_dice(run_dir / "history.csv")}

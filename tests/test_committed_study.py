@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from repro.config import load_params
 from repro.grid import TRAIN_STAGES
 from repro.run_identity import code_files
+from repro.run_results import training_code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / load_params()["scale"]
@@ -59,3 +61,14 @@ def test_every_committed_run_ran_the_current_training_code():
         if changed:
             stale[metrics.parent.relative_to(ROOT).as_posix()] = changed
     assert not stale, f"committed runs of other training code (the files that differ): {stale}"
+
+
+def test_the_committed_report_names_one_training_code_version_the_current_one():
+    """The report's "what was run" says which training code the runs ran (commits move on while a grid trains, so
+    they cannot say it): one version, the current code's, for every committed run."""
+    index = STUDY / "report" / "index.html"
+    if not index.exists():
+        pytest.skip(f"{index} not built yet")
+    n_runs = len(list(STUDY.glob("runs/*/*/seed*/metrics.json")))
+    line = next(line for line in index.read_text().split("<li>") if line.startswith("training code versions"))
+    assert line.endswith(f": {training_code_version(code_files(ROOT))} ({n_runs})</li>"), line

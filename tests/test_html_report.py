@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from repro import html_report
+from repro.run_results import training_code_version
 from repro.verdicts import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,7 @@ def study(tmp_path) -> dict[str, Path]:
                     "device": "cpu",
                     "train_seconds": 1.5,
                     "git_commit": "0123456789abcdef",
+                    "code_files": {"repro/train.py": "0" * 32},
                     "test": {"dice": 0.5 + 0.1 * m + 0.01 * seed, "iou": 0.4},
                 }
                 (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -167,6 +169,7 @@ def test_index_links_every_run_notebook_and_tabulates_the_verdicts(study):
     notebooks = {(index.parent / link).resolve() for link in page.links if link.endswith(".ipynb")}
     assert notebooks == {path.resolve() for path in study["notebooks"].glob("*/*/seed*/train.ipynb")}
     assert len(notebooks) == 8
+    assert f"{training_code_version({'repro/train.py': '0' * 32})} (8)</li>" in index.read_text()
     assert (index.parent / "aggregate.html").is_file() and "aggregate.html" in page.links
     assert page.verdict_rows[0] == ["claim", "statement", *DATASETS]
     assert page.verdict_rows[1:] == [

@@ -17,7 +17,7 @@ from scipy import stats
 from repro import evaluation, figures, report, tables, verdicts
 from repro.claims import CLAIMS, Claim, Comparison
 from repro.config import load_params
-from repro.run_results import failed_runs, load_runs
+from repro.run_results import failed_runs, load_runs, training_code_version
 from repro.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 
 # Image offsets and noise sum to zero, so a run's test Dice (mean over images) equals its seed-level Dice.
@@ -46,6 +46,10 @@ KVASIR_DICE = {
 }
 PARAMS = {"unet": 7_760_000, "unetpp": 9_040_000, "tinyunet": 480_000}
 N_RESAMPLES = 300  # enough to exercise the bootstrap; the study uses 10,000
+
+
+# What a run records of the training code it ran (metrics.json: path -> md5).
+TRAINING_CODE = {"repro/train.py": "0" * 32, "notebooks/train.ipynb": "f" * 32}
 
 
 def write_run(
@@ -103,6 +107,7 @@ def write_run(
         "images_per_second": 50.0,
         "versions": {"torch": "2.14.1"},
         "git_commit": "abc123",
+        "code_files": TRAINING_CODE,
     }
     if pruned:
         metrics["test_pruned"] = {"L1": {key: value for key, value in test.items() if key != "per_class"}}
@@ -417,9 +422,18 @@ def test_stats_json_round_trips_every_value_exactly(runs, claims_table, tmp_path
     assert loaded["labels"][verdicts.REVERSED] == verdicts.MEANINGS[verdicts.REVERSED]
 
 
+def test_training_code_version_names_the_code_files_not_their_order():
+    version = training_code_version(TRAINING_CODE)
+    assert len(version) == 12 and version == training_code_version(dict(reversed(TRAINING_CODE.items())))
+    assert training_code_version(TRAINING_CODE | {"repro/train.py": "1" * 32}) != version
+    assert training_code_version(TRAINING_CODE | {"repro/losses.py": "0" * 32}) != version
+    assert training_code_version(None) is None and training_code_version({}) is None
+
+
 def test_notebook_prose_follows_the_tables(runs, claims_table):
     overview = report.study_overview(runs)
     assert f"**{len(runs.per_seed)} runs**" in overview and "`cuda:0` (1)" in overview and "`abc123` (" in overview
+    assert f"`{training_code_version(TRAINING_CODE)}` ({len(runs.per_seed)})" in overview
     example = report.worked_example(claims_table, runs, alpha=0.05, claim_id="C1")
     assert "m = 2 tests" in example and f"**{verdicts.REPRODUCED}**" in example
     assert report.non_inferiority_example(claims_table, runs, alpha=0.05, margin=0.02) == (

@@ -80,7 +80,10 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
 
     Each tested comparison shows its mean difference, the family-adjusted (1 - alpha/m) interval as a thin
     line with end ticks, the unadjusted (1 - alpha) interval as a thick bar over it, and the paper's claimed
-    difference as a cross.
+    difference as a cross. Each panel's axis spans its unadjusted intervals, differences, claims and zero (see
+    :func:`forest_limits`); a family-wise bound beyond it ends in a triangle at the axis' edge. With 2 or 3 seeds
+    the family-wise t quantile is large (25.5 for 2 seeds at alpha/m = 0.025), and unclipped, one such interval
+    would squeeze every other row of its panel into a few pixels.
 
     Args:
         claims_table: output of ``evaluate_claims``.
@@ -98,15 +101,44 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
         fig, axes = plt.subplots(
             1, len(datasets), figsize=(4.5 * len(datasets) + 3, 1.8 + 0.45 * len(labels)), sharey=True, squeeze=False
         )
+        any_clipped = False
         for ax, dataset in zip(axes[0], datasets, strict=True):
             rows = tested[tested["dataset"] == dataset]
             y = rows["label"].map(position).to_numpy()
             colors = [LABEL_COLORS[label] for label in rows["verdict"]]
+            low, high = forest_limits(rows)
+            ax.set_xlim(low, high)
             ax.axvline(0, color="0.3", linewidth=1)
-            for bound in ("ci_adj_low", "ci_adj_high"):
-                ax.scatter(rows[bound], y, marker="|", s=60, color=colors, linewidths=1, zorder=2)
-            ax.hlines(y, rows["ci_adj_low"], rows["ci_adj_high"], colors=colors, linewidth=1, zorder=2)
-            ax.hlines(y, rows["ci_low"], rows["ci_high"], colors=colors, linewidth=4, alpha=0.9, zorder=3)
+            for column, edge in (("ci_adj_low", "<"), ("ci_adj_high", ">")):
+                bound = rows[column].to_numpy(dtype=float)
+                beyond = (bound < low) | (bound > high)
+                any_clipped |= bool(beyond.any())
+                for drawn, marker, size in ((~beyond, "|", 60), (beyond, edge, 30)):
+                    ax.scatter(
+                        bound.clip(low, high)[drawn],
+                        y[drawn],
+                        marker=marker,
+                        s=size,
+                        color=_take(colors, drawn),
+                        zorder=2,
+                    )
+            ax.hlines(
+                y,
+                rows["ci_adj_low"].clip(low, high),
+                rows["ci_adj_high"].clip(low, high),
+                colors=colors,
+                linewidth=1,
+                zorder=2,
+            )
+            ax.hlines(
+                y,
+                rows["ci_low"].clip(low, high),
+                rows["ci_high"].clip(low, high),
+                colors=colors,
+                linewidth=4,
+                alpha=0.9,
+                zorder=3,
+            )
             ax.scatter(rows["mean_diff"], y, color=colors, edgecolor="white", s=45, zorder=4)
             ax.scatter(rows["claimed_difference"], y, marker="x", color="0.1", zorder=5)
             ax.set_title(dataset)
@@ -119,10 +151,32 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
             Line2D([], [], color="0.4", linewidth=1, marker="|", markersize=8, label="(1 - alpha/m) CI, family-wise"),
             Line2D([], [], marker="x", linestyle="", color="0.1", label="paper's claim"),
         ]
+        if any_clipped:
+            handles.append(
+                Line2D([], [], marker=">", linestyle="", color="0.4", label="family-wise CI goes on beyond the axis")
+            )
         fig.tight_layout()
         # Above the panels, outside the figure's box: saving with bbox_inches="tight" takes it in.
         fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     return fig
+
+
+def forest_limits(rows: pd.DataFrame, pad: float = 0.25) -> tuple[float, float]:
+    """The x-range of one forest-plot panel: its rows' unadjusted (1 - alpha) intervals, mean differences and
+    claimed differences, and zero, widened by ``pad`` of that span on each side, and no wider than [-1, 1] (a
+    difference of two scores in [0, 1]). Family-wise intervals do not widen it: they are drawn clipped to it.
+
+    Args:
+        rows: rows of ``evaluate_claims`` with a mean difference.
+    """
+    values = rows[["ci_low", "ci_high", "mean_diff", "claimed_difference"]].to_numpy(dtype=float).ravel()
+    values = np.append(values[np.isfinite(values)], 0.0)
+    span = max(values.max() - values.min(), 1e-3)
+    return max(values.min() - pad * span, -1.0), min(values.max() + pad * span, 1.0)
+
+
+def _take(colors: list, mask: np.ndarray) -> list:
+    return [color for color, keep in zip(colors, mask, strict=True) if keep]
 
 
 def _spread_labels(targets: np.ndarray, gap: float, low: float, high: float) -> np.ndarray:

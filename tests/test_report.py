@@ -641,6 +641,30 @@ def test_forest_colours_follow_the_labels_and_draws_both_intervals(claims_table)
     plt.close(fig)
 
 
+def test_forest_clips_a_wide_family_wise_interval_at_the_axis_and_says_so(claims_table):
+    """Two seeds give a family-wise interval 25 times the paired sd wide: drawn as far as the panel's axis (which
+    the unadjusted intervals set), with a triangle at the edge, so the other rows stay readable."""
+    kvasir = claims_table["dataset"] == "kvasir-seg"
+    wide = claims_table["mean_diff"].notna() & kvasir
+    first = claims_table.index[wide][0]
+    table = claims_table.copy()
+    table.loc[first, ["ci_adj_low", "ci_adj_high"]] = [-2.5, 2.5]
+    low, high = figures.forest_limits(table[table["mean_diff"].notna() & kvasir])
+    assert -1.0 <= low < min(table.loc[wide, "ci_low"].min(), 0)
+    assert max(table.loc[wide, "ci_high"].max(), 0) < high <= 1
+    fig = figures.plot_forest(table)
+    ax = next(ax for ax in fig.axes if ax.get_title() == "kvasir-seg")
+    assert ax.get_xlim() == pytest.approx((low, high))
+    drawn = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())])
+    assert low - 1e-12 <= np.nanmin(drawn) and np.nanmax(drawn) <= high + 1e-12
+    assert np.isclose(drawn, low).any() and np.isclose(drawn, high).any()  # the clipped bounds, at the edges
+    assert "family-wise CI goes on beyond the axis" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close(fig)
+    unclipped = figures.plot_forest(claims_table)
+    assert "family-wise CI goes on beyond the axis" not in [t.get_text() for t in unclipped.legends[0].get_texts()]
+    plt.close(unclipped)
+
+
 def _label_boxes(fig):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

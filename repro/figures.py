@@ -121,6 +121,7 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
                         s=size,
                         color=_take(colors, drawn),
                         zorder=2,
+                        clip_on=False,  # a triangle at the edge shows whole
                     )
             ax.hlines(
                 y,
@@ -157,7 +158,9 @@ def plot_forest(claims_table: pd.DataFrame) -> Figure:
             )
         fig.tight_layout()
         # Above the panels, outside the figure's box: saving with bbox_inches="tight" takes it in.
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+        fig.legend(
+            handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 5), frameon=False
+        )
     return fig
 
 

@@ -1,5 +1,5 @@
-"""Copy the generated headline tables, and the meaning of each verdict label, into README.md between their
-markers, so the README never drifts from `results/` and `repro/verdicts.py` (tests/test_readme.py checks that
+"""Copy the generated headline tables, a line on how much of the grid they cover, and the meaning of each verdict
+label into README.md between their markers, so the README never drifts from `results/` and `repro/verdicts.py` (tests/test_readme.py checks that
 it has not). README.md gets the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or
 one line saying that it has not been run at this version yet; results/v1/README.md gets the archived first
 version's tables from `results/v1/tables/`.
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +37,37 @@ def label_lines() -> str:
     return "".join(f"- `{label}`: {meaning}.\n" for label, meaning in verdicts.MEANINGS.items())
 
 
+def params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
 def current_tables() -> Path:
     """`results/<scale>/tables` at params.yaml's scale: where the aggregate stage writes the current study's."""
-    scale = yaml.safe_load((ROOT / "params.yaml").read_text())["scale"]
-    return ROOT / "results" / str(scale) / "tables"
+    return ROOT / "results" / str(params()["scale"]) / "tables"
+
+
+def progress_line(tables: Path, study: dict) -> str:
+    """How much of the study's grid (``study``: params.yaml's ``study``, its datasets x models x seeds) the tables
+    in ``tables`` cover: runs committed and the cells (dataset x variant) by their number of seeds. From
+    ``results.csv`` (its ``n_seeds`` per cell), so the line always describes the tables beside it."""
+    datasets, models, seeds = study["datasets"], study["models"], study["seeds"]
+    total = len(datasets) * len(models) * len(seeds)
+    grid = f"{len(datasets)} datasets × {len(models)} variants × {len(seeds)} seeds"
+    results = tables / "results.csv"
+    table = pd.read_csv(results) if results.is_file() else pd.DataFrame(columns=["dataset", "model", "n_seeds"])
+    n_seeds = {(row.dataset, row.model): min(int(row.n_seeds), len(seeds)) for row in table.itertuples()}
+    per_cell = Counter(n_seeds.get((dataset, model), 0) for dataset in datasets for model in models)
+    runs = sum(k * count for k, count in per_cell.items())
+    if runs == total:
+        return f"*Progress: all {total} runs of the study's grid ({grid}) are in the tables below.*\n"
+    cells = ", ".join(
+        f"{count} with {k} seed{'s' if k != 1 else ''}" if k else f"{count} with none"
+        for k, count in sorted(per_cell.items(), reverse=True)
+    )
+    return (
+        f"*Progress: {runs} of the study's {total} runs ({grid}) are in the tables below; of its "
+        f"{len(datasets) * len(models)} cells (dataset × variant), {cells}.*\n"
+    )
 
 
 def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
@@ -66,7 +95,8 @@ def substitute(text: str, blocks: dict[str, str]) -> str:
 
 def render(readme: str, tables: Path | None = None) -> str:
     """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
-    blocks = table_blocks(tables or current_tables(), STUDY_TABLES)
+    tables = tables or current_tables()
+    blocks = table_blocks(tables, STUDY_TABLES) | {"progress": progress_line(tables, params()["study"])}
     return substitute(readme, blocks | {"verdict-labels": label_lines()})
 
 

@@ -68,3 +68,21 @@ def test_readme_tables_name_the_script_that_copies_them():
         results = text.index("<!-- results-table:start -->")
         assert "scripts/update_readme.py" in text[results - 600 : results]
     assert re.search(r"\| 0\.124 \| 0\.115 \|", V1_README), "parameters in millions at 3 significant figures"
+
+
+def test_the_progress_line_counts_the_grid_s_runs_in_the_tables_by_cell(tmp_path):
+    """Runs outside the grid (another variant, a sixth seed) do not count; a cell without runs is counted as such;
+    the whole grid is said to be complete."""
+    update_readme = _update_readme()
+    study = {"datasets": ["a", "b"], "models": ["unet", "unetpp"], "seeds": [0, 1, 2]}
+    rows = "dataset,model,n_seeds\na,unet,3\na,unetpp,1\nb,unet,4\nb,fcn,3\n"
+    (tmp_path / "results.csv").write_text(rows)
+    assert update_readme.progress_line(tmp_path, study) == (
+        "*Progress: 7 of the study's 12 runs (2 datasets × 2 variants × 3 seeds) are in the tables below; of its 4 "
+        "cells (dataset × variant), 2 with 3 seeds, 1 with 1 seed, 1 with none.*\n"
+    )
+    (tmp_path / "results.csv").write_text("dataset,model,n_seeds\na,unet,3\na,unetpp,3\nb,unet,3\nb,unetpp,3\n")
+    assert update_readme.progress_line(tmp_path, study) == (
+        "*Progress: all 12 runs of the study's grid (2 datasets × 2 variants × 3 seeds) are in the tables below.*\n"
+    )
+    assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", study)

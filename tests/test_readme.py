@@ -71,8 +71,8 @@ def test_readme_tables_name_the_script_that_copies_them():
 
 
 def test_the_progress_line_counts_the_grid_s_runs_in_the_tables_by_cell(tmp_path):
-    """Runs outside the grid (another variant, a sixth seed) do not count; a cell without runs is counted as such;
-    the whole grid is said to be complete."""
+    """Runs outside the grid (another variant, a seed beyond the grid's) do not count; a cell without runs is
+    counted as such; the whole grid is said to be complete."""
     update_readme = _update_readme()
     study = {"datasets": ["a", "b"], "models": ["unet", "unetpp"], "seeds": [0, 1, 2]}
     rows = "dataset,model,n_seeds\na,unet,3\na,unetpp,1\nb,unet,4\nb,fcn,3\n"

@@ -40,7 +40,13 @@ class StageFailed(RuntimeError):
 
 def run_environment(threads: int, gpu: str | None = None) -> dict[str, str]:
     """The environment a run's command gets on a worker: the worker's own, with ``threads`` torch and OpenMP
-    threads, the GPU ``gpu`` alone when given, and glibc's own malloc tuning.
+    threads, the GPU ``gpu`` alone when given, glibc's own malloc tuning, and the worker's Python environment first
+    on PATH.
+
+    The command calls ``papermill`` by name. A runner started as ``.venv/bin/python -m repro.study`` without the
+    environment activated would otherwise have every run fail at once with status 127 (command not found); the
+    worker's interpreter is the study's environment, so its scripts folder (``papermill`` beside ``python``) comes
+    first.
 
     Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` to keep the worker's memory low. Set
     explicitly, it also turns off glibc's adaptive mmap threshold, so every tensor above 128 KiB is mapped and
@@ -48,6 +54,7 @@ def run_environment(threads: int, gpu: str | None = None) -> dict[str, str]:
     beside 1.17 s of computing, against 0.13 s beside 1.39 s without it. The run is not the worker; it goes.
     """
     env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

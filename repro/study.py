@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,9 @@ from repro.config import load_params
 from repro.data.registry import REPO_ROOT
 from repro.grid import Grid, GridError, check_grid
 from repro.stage_task import TOPIC, StageFailed, run_stage
+
+# The programs the training stages' commands in dvc.yaml call by name.
+STAGE_PROGRAMS = ("papermill",)
 
 DEBUG_ENV = "UNET_REPRO_DEBUG"
 
@@ -105,6 +109,24 @@ def replacing(root: Path, stages: list) -> int:
     since; the others are new. A study at another scale never writes over them.
     """
     return sum(bool(_files(root, stage, "metrics.json")) for stage in stages)
+
+
+def missing_programs(settings: ClusterSettings, programs: tuple[str, ...] = STAGE_PROGRAMS) -> list[str]:
+    """The programs the stages' commands call that a local worker would not find, as problems to report.
+
+    A local worker runs each command with its interpreter's scripts folder first on PATH (``run_environment``), so
+    a program counts as found there or on PATH. Workers elsewhere (a running scheduler, batch jobs) have their own
+    environment, which this machine cannot check.
+    """
+    if settings.scheduler_address or settings.kind != "local":
+        return []
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    return [
+        f"`{program}` (called by every training stage's command) is neither beside {sys.executable} nor on PATH: "
+        "install the project's environment (`make env`) and run the study with its Python"
+        for program in programs
+        if shutil.which(program, path=search) is None
+    ]
 
 
 def plan(grid: Grid, to_train: int, replaced: int) -> str:
@@ -594,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             problems += error.problems
         try:
             settings = cluster_settings(params.get("cluster"), _overrides(args))
+            problems += missing_programs(settings)
         except ClusterError as error:
             problems += error.problems
         if problems:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -30,7 +31,16 @@ from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, r
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script, start_cluster
 from repro.grid import TRAIN_STAGES, Grid
 from repro.stage_task import run_environment
-from repro.study import Progress, RunQueue, RunTimes, cell_error, plan, replacing, stale_train_stages
+from repro.study import (
+    Progress,
+    RunQueue,
+    RunTimes,
+    cell_error,
+    missing_programs,
+    plan,
+    replacing,
+    stale_train_stages,
+)
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -395,8 +405,31 @@ def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     env = run_environment(1)
     assert "MALLOC_TRIM_THRESHOLD_" not in env
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert env["UNET_REPRO_THREADS"] == env["OMP_NUM_THREADS"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert run_environment(3, gpu="1")["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_a_runner_whose_environment_is_not_activated_still_finds_papermill(tmp_path, monkeypatch):
+    """`.venv/bin/python -m repro.study` with a PATH that lacks .venv/bin: every run once failed at its start with
+    status 127. Each run now gets its worker's scripts folder first on PATH, and a program found nowhere is a
+    problem reported before anything runs."""
+    scripts = tmp_path / "env" / "bin"
+    scripts.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(scripts / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    local = cluster_settings({}, {})
+    [problem] = missing_programs(local)
+    assert "`papermill`" in problem and str(scripts / "python") in problem and "make env" in problem
+    assert missing_programs(cluster_settings({}, {"scheduler_address": "tcp://127.0.0.1:8786"})) == []
+
+    papermill = scripts / "papermill"
+    papermill.write_text("#!/bin/sh\necho papermill from the environment\n")
+    papermill.chmod(0o755)
+    assert missing_programs(local) == []
+    env = run_environment(1)
+    found = subprocess.run("papermill", shell=True, env=env, capture_output=True, text=True)
+    assert found.stdout == "papermill from the environment\n"
 
 
 def test_unreachable_scheduler_is_one_clear_error(bare_copy):

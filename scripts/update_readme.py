@@ -1,4 +1,5 @@
-"""Copy the generated headline tables, a line on how much of the grid they cover, and the meaning of each verdict
+"""Copy the generated headline tables, a line on how much of the grid they cover and how long its runs trained,
+and the meaning of each verdict
 label into README.md between their markers, so the README never drifts from `results/` and `repro/verdicts.py`
 (tests/test_readme.py checks that it has not). README.md gets the tables of the current study,
 `results/<scale>/tables/` at params.yaml's scale, or one line saying that it has not been run at this version yet;
@@ -9,6 +10,7 @@ results/v1/README.md gets the archived first version's tables from `results/v1/t
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections import Counter
@@ -26,6 +28,8 @@ from repro import verdicts  # noqa: E402 - the repository root must be importabl
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
 STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
 ARCHIVE = ROOT / "results" / "v1"
+# Variants whose training counts to issue 14's budget, not to issue 13's (README, "What the CPU budget covers").
+ISSUE_14_VARIANTS = ("fcn", "multiresunet")
 
 
 def block_pattern(name: str) -> re.Pattern:
@@ -70,6 +74,36 @@ def progress_line(tables: Path, study: dict) -> str:
     )
 
 
+def training_time_line(runs_dir: Path) -> str:
+    """The training time of the runs under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), the figure
+    the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
+    runs (one thread per run) with issue 14's variants' share, and in hours for runs on a GPU."""
+    cpu, issue_14, gpu = [], [], []
+    for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        hours = float(metrics["train_seconds"]) / 3600
+        if str(metrics["device"]).startswith("cpu"):
+            cpu.append(hours)
+            if metrics["model"] in ISSUE_14_VARIANTS:
+                issue_14.append(hours)
+        else:
+            gpu.append(hours)
+    if not cpu and not gpu:
+        return "*Training time: no runs yet.*\n"
+
+    def runs(count: int) -> str:
+        return f"{count} run{'s' if count != 1 else ''}"
+
+    names = " and ".join(f"`{name}`" for name in ISSUE_14_VARIANTS)
+    parts = [
+        f"{sum(cpu):.1f} core-hours for {runs(len(cpu))} on the CPU, one thread each ({sum(issue_14):.1f} of them "
+        f"for {names}, issue 14's rows)"
+    ]
+    if gpu:
+        parts.append(f"{sum(gpu):.2f} hours for {runs(len(gpu))} on a GPU")
+    return f"*Training time (the sum of the runs' `train_seconds`, which the budget counts): {'; '.join(parts)}.*\n"
+
+
 def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     """Marker name -> its table (``names``: marker -> file) from the folder ``tables``; while the folder does not
     exist (the grid has not been run with this version of the training code), one line that says so, in every
@@ -96,7 +130,8 @@ def substitute(text: str, blocks: dict[str, str]) -> str:
 def render(readme: str, tables: Path | None = None) -> str:
     """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
     tables = tables or current_tables()
-    blocks = table_blocks(tables, STUDY_TABLES) | {"progress": progress_line(tables, params()["study"])}
+    progress = progress_line(tables, params()["study"]) + "\n" + training_time_line(tables.parent / "runs")
+    blocks = table_blocks(tables, STUDY_TABLES) | {"progress": progress}
     return substitute(readme, blocks | {"verdict-labels": label_lines()})
 
 

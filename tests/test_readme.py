@@ -86,3 +86,21 @@ def test_the_progress_line_counts_the_grid_s_runs_in_the_tables_by_cell(tmp_path
         "*Progress: all 12 runs of the study's grid (2 datasets × 2 variants × 3 seeds) are in the tables below.*\n"
     )
     assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", study)
+
+
+def test_the_training_time_line_sums_train_seconds_by_device_and_names_issue_14_s_share(tmp_path):
+    import json
+
+    update_readme = _update_readme()
+    assert update_readme.training_time_line(tmp_path) == "*Training time: no runs yet.*\n"
+    runs = {("a", "unet", 0, "cpu", 5400), ("a", "fcn", 0, "cpu", 1800), ("b", "unet", 1, "cuda:0 (GPU)", 900)}
+    for dataset, model, seed, device, seconds in runs:
+        run = tmp_path / dataset / model / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"dataset": dataset, "model": model, "seed": seed, "device": device, "train_seconds": seconds}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert update_readme.training_time_line(tmp_path) == (
+        "*Training time (the sum of the runs' `train_seconds`, which the budget counts): 2.0 core-hours for 2 runs "
+        "on the CPU, one thread each (0.5 of them for `fcn` and `multiresunet`, issue 14's rows); 0.25 hours for 1 "
+        "run on a GPU.*\n"
+    )

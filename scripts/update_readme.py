@@ -1,9 +1,8 @@
 """Copy the generated headline tables, a line on how much of the grid they cover and how long its runs trained,
-and the meaning of each verdict
-label into README.md between their markers, so the README never drifts from `results/` and `repro/verdicts.py`
-(tests/test_readme.py checks that it has not). README.md gets the tables of the current study,
-`results/<scale>/tables/` at params.yaml's scale, or one line saying that it has not been run at this version yet;
-results/v1/README.md gets the archived first version's tables from `results/v1/tables/`.
+and the meaning of each verdict label into README.md between their markers, so the README never drifts from
+`results/` and `repro/verdicts.py` (tests/test_readme.py checks that it has not). README.md gets the tables of the
+current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying that it has not been run at this
+version yet; results/v1/README.md gets the archived first version's tables from `results/v1/tables/`.
 
     python scripts/update_readme.py
 """

@@ -76,14 +76,20 @@ def progress_line(tables: Path, study: dict) -> str:
 def training_time_line(runs_dir: Path) -> str:
     """The training time of the runs under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), the figure
     the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
-    runs (one thread per run) with issue 14's variants' share, and in hours for runs on a GPU."""
+    runs (one thread per run) with issue 14's variants' share, and in hours for runs on a GPU. A ``metrics.json``
+    that is not JSON or lacks a field raises ``ValueError`` naming it."""
     cpu, issue_14, gpu = [], [], []
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        hours = float(metrics["train_seconds"]) / 3600
-        if str(metrics["device"]).startswith("cpu"):
+        try:
+            metrics = json.loads(path.read_text())
+            hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: missing or malformed field {error}") from None
+        if device.startswith("cpu"):
             cpu.append(hours)
-            if metrics["model"] in ISSUE_14_VARIANTS:
+            if model in ISSUE_14_VARIANTS:
                 issue_14.append(hours)
         else:
             gpu.append(hours)

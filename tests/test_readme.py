@@ -5,6 +5,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 V1_README = (ROOT / "results" / "v1" / "README.md").read_text()
@@ -104,3 +106,15 @@ def test_the_training_time_line_sums_train_seconds_by_device_and_names_issue_14_
         "on the CPU, one thread each (0.5 of them for `fcn` and `multiresunet`, issue 14's rows); 0.25 hours for 1 "
         "run on a GPU.*\n"
     )
+
+
+def test_the_training_time_line_names_a_malformed_metrics_file(tmp_path):
+    update_readme = _update_readme()
+    run = tmp_path / "a" / "unet" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"model": "unet", "device": "cpu"}')
+    with pytest.raises(ValueError, match=r"seed0/metrics\.json: missing or malformed field 'train_seconds'"):
+        update_readme.training_time_line(tmp_path)
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"seed0/metrics\.json: not valid JSON"):
+        update_readme.training_time_line(tmp_path)

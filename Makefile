@@ -59,9 +59,11 @@ test: lint $(VOLUME_NOTEBOOK)
 bench: env
 	$(BIN)/python benchmarks/train_step.py
 
-# The study runner's own cost: per-run overhead against the bare stage command, and 1 vs 2 local workers.
+# The study runner's own cost: per-run overhead against the bare stage command, 1 vs 2 local workers, and the CPU
+# its local cluster takes from the runs while it waits on them.
 bench-runner: env
 	$(BIN)/python benchmarks/study_runner.py
+	$(BIN)/python benchmarks/runner_idle_cpu.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -31,6 +31,20 @@ JOBQUEUE_KINDS = KINDS[1:]
 SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
 
 
+# A run is a subprocess (papermill and its kernel) that a worker only waits on, so Dask's own monitoring has nothing
+# to see there, yet it costs CPU the runs need: the statistical profiler samples each worker's threads every 10 ms and
+# every server checks its event loop every 20 ms. A local cluster of two workers waiting on two runs took 13% of one
+# core with Dask's defaults, 3.5% with these (`python benchmarks/runner_idle_cpu.py`, this project's 2-core machine).
+QUIET_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}
+
+
+def quiet_dask_exports() -> list[str]:
+    """:data:`QUIET_DASK` as the shell exports a batch job's workers read it from (Dask's ``DASK_`` variables)."""
+    return [
+        f"export DASK_{key.upper().replace('.', '__').replace('-', '_')}={value}" for key, value in QUIET_DASK.items()
+    ]
+
+
 class ClusterError(ValueError):
     """The ``cluster:`` settings cannot work; ``problems`` lists every reason."""
 
@@ -176,6 +190,7 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     Raises:
         ClusterError: the scheduler cannot be reached, or the cluster cannot start.
     """
+    import dask
     from distributed import Client
 
     security = _security(settings)
@@ -195,9 +210,12 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
                 ]
             )
         return None, client
-    if settings.kind != "local":
-        return _jobqueue_cluster(settings, log_directory, security)
-    return _local_cluster(settings, security)
+    # Servers read their config when they are made: the scheduler here and a local cluster's nannies (their workers
+    # get QUIET_DASK as their own config, a batch job's workers from the job script's exports).
+    with dask.config.set(QUIET_DASK):
+        if settings.kind != "local":
+            return _jobqueue_cluster(settings, log_directory, security)
+        return _local_cluster(settings, security)
 
 
 def _local_cluster(settings: ClusterSettings, security: dict):
@@ -219,6 +237,9 @@ def _local_cluster(settings: ClusterSettings, security: dict):
                 dashboard_address=settings.dashboard_address,
                 resources={"GPU": 1} if settings.gpus else None,
                 silence_logs=logging.CRITICAL,  # a failed run is reported by the runner, once
+                # A nanny's copy of the config shares its sections with Dask's, which start_cluster's `with` restores
+                # on leaving, so a worker the nanny restarts later would profile again; its own config keeps them.
+                config=QUIET_DASK,
                 **security,
             )
         except (OSError, RuntimeError) as error:
@@ -247,7 +268,7 @@ def _jobqueue_object(settings: ClusterSettings, log_directory: Path, security: d
         memory=settings.memory,
         walltime=settings.walltime,
         job_extra_directives=settings.job_directives,
-        job_script_prologue=settings.prologue,
+        job_script_prologue=[*quiet_dask_exports(), *settings.prologue],  # the user's lines last: they may override
         worker_extra_args=extra_args,
         python=sys.executable,
         log_directory=str(log_directory),

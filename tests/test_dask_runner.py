@@ -398,6 +398,24 @@ def test_a_local_cluster_leaves_the_runners_environment_alone(tmp_path, monkeypa
         cluster.close()
 
 
+def test_a_local_cluster_does_not_profile_or_tick_fast_while_it_waits_on_runs(tmp_path):
+    """Dask's profiler (every 10 ms) and event-loop checks (every 20 ms) took 13% of one core from the runs on a
+    2-core machine; the scheduler and every worker, also one a nanny restarts, start without them."""
+    cluster, client = start_cluster(cluster_settings({}, {"workers": 2, "dashboard_address": "127.0.0.1:0"}), tmp_path)
+    try:
+
+        def monitoring(dask_worker):
+            return "profile" in dask_worker.periodic_callbacks, dask_worker._tick_interval
+
+        assert list(client.run(monitoring).values()) == [(False, 1.0), (False, 1.0)]
+        assert cluster.scheduler._tick_interval == 1.0
+        client.restart()
+        assert list(client.run(monitoring).values()) == [(False, 1.0), (False, 1.0)]
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers; in a training run it turns every large tensor into
     an mmap and a page fault per step (UNet++: 0.80 s of a 2 s step in the kernel), so the run's command drops it."""
@@ -494,8 +512,14 @@ def test_batch_job_scripts_carry_every_setting(kind, expected, tmp_path):
         dashboard_address="127.0.0.1:0",  # not a running study's 8787
     )
     script = job_script(settings, tmp_path)
-    for line in [*expected, "source .venv/bin/activate", "--nthreads 7", "--resources GPU=0.5", "--tls-ca-file"]:
+    quiet = [
+        "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
+        "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s",
+    ]
+    prologue = "source .venv/bin/activate"
+    for line in [*expected, *quiet, prologue, "--nthreads 7", "--resources GPU=0.5", "--tls-ca-file"]:
         assert line in script, (line, script)
+    assert script.index(quiet[0]) < script.index(prologue)  # the user's prologue can override
     assert "tls://127.0.0.1:" in script
 
 

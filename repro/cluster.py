@@ -34,7 +34,7 @@ SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub
 # A run is a subprocess (papermill and its kernel) that a worker only waits on, so Dask's own monitoring has nothing
 # to see there, yet it costs CPU the runs need: the statistical profiler samples each worker's threads every 10 ms and
 # every server checks its event loop every 20 ms. A local cluster of two workers waiting on two runs took 13% of one
-# core with Dask's defaults, 3.5% with these (`python benchmarks/runner_idle_cpu.py`, this project's 2-core machine).
+# core with Dask's defaults, 3.7% with these (`python benchmarks/runner_idle_cpu.py`, this project's 2-core machine).
 QUIET_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}
 
 

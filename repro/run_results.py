@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,18 @@ def training_code_version(code_files: Mapping[str, str] | None) -> str | None:
     return hashlib.md5(lines.encode()).hexdigest()[:12]
 
 
+@contextmanager
+def naming_the_metrics_file(metrics_path: Path) -> Iterator[None]:
+    """Reading ``metrics_path`` inside this block: a file that is not JSON, or a field that is missing or malformed,
+    raises ``ValueError`` naming the file (and the field), not a bare ``KeyError`` from somewhere in a table."""
+    try:
+        yield
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{metrics_path}: not valid JSON ({error})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
+
+
 def load_runs(runs_dir: str | Path) -> RunResults:
     """Read every ``<dataset>/<model>/seed<k>/`` run under ``runs_dir``.
 
@@ -137,14 +150,10 @@ def load_runs(runs_dir: str | Path) -> RunResults:
         raise FileNotFoundError(f"no <dataset>/<model>/seed<k>/metrics.json under {runs_dir}")
     seed_rows, image_tables = [], []
     for metrics_path in metric_files:
-        try:
+        with naming_the_metrics_file(metrics_path):
             metrics = json.loads(metrics_path.read_text())
             keys = {"dataset": metrics["dataset"], "model": metrics["model"], "seed": int(metrics["seed"])}
             test = _flatten_test_metrics(metrics["test"], metrics.get("test_pruned", {}))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{metrics_path}: not valid JSON ({error})") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"{metrics_path}: missing or malformed field {error}") from None
         run_dir = metrics_path.parent
         # A run copied to the wrong folder would silently pair with the wrong variant.
         expected_dir = (keys["dataset"], keys["model"], f"seed{keys['seed']}")

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repro import verdicts  # noqa: E402 - the repository root must be importable first
+from repro.run_results import naming_the_metrics_file  # noqa: E402
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
@@ -80,13 +81,9 @@ def training_time_line(runs_dir: Path) -> str:
     that is not JSON or lacks a field raises ``ValueError`` naming it."""
     cpu, issue_14, gpu = [], [], []
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
-        try:
+        with naming_the_metrics_file(path):
             metrics = json.loads(path.read_text())
             hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: missing or malformed field {error}") from None
         if device.startswith("cpu"):
             cpu.append(hours)
             if model in ISSUE_14_VARIANTS:

@@ -19,11 +19,12 @@ import time
 
 import torch
 
-from repro.config import load_params, model_variant, scale_preset
+from repro.config import dataset_training, load_params, model_variant, scale_preset
 from repro.data.prepare import PROCESSED_DIR
-from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.models import create_model
-from repro.train import epochs_for_steps, set_threads
+from repro.training.device import set_threads
+from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
+from repro.training.trainer import epochs_for_steps
 
 
 def step_and_forward_seconds(
@@ -73,7 +74,7 @@ def main() -> None:
     params = load_params()
     scale = scale_preset(args.scale, params)
     set_threads(1)
-    torch.set_flush_denormal(True)  # as repro.train.Trainer trains
+    torch.set_flush_denormal(True)  # as repro.training.trainer.Trainer trains
     grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
     # Each variant with the datasets it trains on: the grid's models on every dataset, study.extra's on its own.
     rows = [(name, args.datasets) for name in args.variants or grid["models"]]
@@ -87,10 +88,9 @@ def main() -> None:
         shape = meta.get("volume_shape") or [scale.image_size, scale.image_size]
         inputs[dataset] = (meta["in_channels"], len(meta["class_names"]), tuple(shape))
     print(f"scale {scale.name}: batch {scale.batch_size}, 1 thread")
+    step_lengths = {d: dataset_training(d, params).steps(scale.name) for d in sizes}
     lengths = {
-        d: epochs_for_steps(scale.train_steps.get(d, 0), n["train"], scale.batch_size)
-        if d in scale.train_steps
-        else scale.epochs
+        d: scale.epochs if step_lengths[d] is None else epochs_for_steps(step_lengths[d], n["train"], scale.batch_size)
         for d, n in sizes.items()
     }
     print("epochs: " + ", ".join(f"{d} {e} ({'x'.join(map(str, inputs[d][2]))})" for d, e in lengths.items()))

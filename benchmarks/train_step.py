@@ -17,9 +17,9 @@ import time
 import torch
 
 from repro.config import load_params, model_variant, scale_preset
-from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.models import create_model
-from repro.train import set_threads
+from repro.training.device import set_threads
+from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
 
 
 def time_train_steps(
@@ -75,7 +75,7 @@ def main() -> None:
     params = load_params()
     scale = scale_preset(args.scale, params)
     threads = set_threads(args.threads)
-    torch.set_flush_denormal(True)  # as repro.train.Trainer trains
+    torch.set_flush_denormal(True)  # as repro.training.trainer.Trainer trains
     variants = args.variants or list(params["models"])
     size, batch = scale.image_size, scale.batch_size
     print(f"scale {scale.name}: {batch} x 3 x {size} x {size}, width_mult {scale.width_mult}, {threads} thread(s)")

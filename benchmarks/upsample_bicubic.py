@@ -27,10 +27,10 @@ from torch import nn
 from torch.profiler import profile, record_function
 
 from repro.config import load_params, model_variant, scale_preset
-from repro.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.models import create_model
 from repro.models.upsample import bicubic_upsample2x, bicubic_upsample2x_conv, bicubic_upsample2x_matmul
-from repro.train import set_threads
+from repro.training.device import set_threads
+from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 UPSAMPLE_LABEL = "repro.upsample"

@@ -96,6 +96,9 @@ OFFICIAL_CONFIGS: tuple[OfficialConfig, ...] = (
         OfficialConfig(arch, arch, 1, 3, input_size=HIPPOCAMPUS_VOLUME)
         for arch in ("unet3d", "unet2d_slices", "vnet", "segresnet", "segresnet_vae")
     ),
+    # 3D U²-Net with one domain; five of the official six levels, the deepest whose input multiple (16) the
+    # Hippocampus volume is.
+    OfficialConfig("u2net3d", "u2net3d", 1, 3, {"levels": 5}, input_size=HIPPOCAMPUS_VOLUME),
 )
 
 _UNETPP_PAPER = "UNet++ paper (Zhou et al., DLMIA 2018), parameter table"

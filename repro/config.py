@@ -37,9 +37,8 @@ class ScalePreset:
         patch_size: side of the random training patches / sliding-window tiles for large-image datasets.
         patches_per_image: random patches drawn per large training image and epoch.
         width_mult: factor on every network width.
-        epochs: training epochs (of a dataset that ``train_steps`` does not list).
-        train_steps: dataset name -> the run's length in optimizer steps, rounded up to whole epochs; the
-            ``cpu`` preset sets it per dataset from pilot learning curves (README, "Training length").
+        epochs: training epochs of a dataset whose ``training.<dataset>.train_steps`` lists no length for the
+            scale (see :class:`DatasetTraining`).
         batch_size: images per optimizer step.
         lr: Adam learning rate (cosine-annealed to 0).
         weight_decay: Adam weight decay.
@@ -54,7 +53,6 @@ class ScalePreset:
     patches_per_image: int
     width_mult: float
     epochs: int
-    train_steps: dict[str, int]
     batch_size: int
     lr: float
     weight_decay: float
@@ -62,8 +60,70 @@ class ScalePreset:
     max_eval_images: int | None
 
 
-# Keys of a ``models.<name>`` entry that set how the variant trains rather than how its network is built.
-TRAINING_OPTIONS = ("l2_kernels",)
+@dataclass(frozen=True)
+class DatasetTraining:
+    """How one dataset trains (``training.<dataset>`` in params.yaml): a parameter of that dataset's train stages
+    only, so adding a dataset or changing one's length leaves every other run up to date.
+
+    Args:
+        dataset: the dataset's name.
+        train_steps: scale name -> the run's length in optimizer steps, rounded up to whole epochs (chosen from
+            pilot learning curves: the selected epoch is not the last, and validation changes by less than 0.005
+            over the last five epochs); a scale not listed trains its preset's ``epochs``.
+        eval_every: epochs between validations; BatchNorm statistics are re-estimated only before one, and the
+            last epoch is always validated. Only validated epochs can be selected.
+    """
+
+    dataset: str
+    train_steps: dict[str, int]
+    eval_every: int = 1
+
+    def steps(self, scale: str) -> int | None:
+        """The length in optimizer steps at ``scale``; None: the scale's ``epochs``."""
+        return self.train_steps.get(scale)
+
+    def settings(self) -> dict[str, Any]:
+        """The entry as params.yaml gives it (recorded in a run's identity)."""
+        return {"train_steps": dict(self.train_steps), "eval_every": self.eval_every}
+
+
+def dataset_training(name: str, params: dict[str, Any] | None = None) -> DatasetTraining:
+    """The training settings of dataset ``name`` (``training.<name>`` in params.yaml).
+
+    Raises:
+        ValueError: the entry is missing (with the line to add) or has unknown or invalid keys.
+    """
+    params = params or load_params()
+    entries = params.get("training") or {}
+    if name not in entries:
+        raise ValueError(
+            f"params.yaml has no training settings for dataset '{name}': add under `training:` the line "
+            f"`{name}: {{train_steps: {{}}, eval_every: 1}}` (train_steps: scale -> optimizer steps, from a pilot; "
+            "README, \"Adding a dataset\")"
+        )
+    entry = dict(entries[name] or {})
+    expected = {f.name for f in fields(DatasetTraining)} - {"dataset"}
+    unknown = sorted(set(entry) - expected)
+    if unknown or "train_steps" not in entry:
+        raise ValueError(
+            f"training.{name} in params.yaml: unknown keys {unknown}, valid keys {sorted(expected)} "
+            "(train_steps is required, {} for none)"
+        )
+    steps = entry["train_steps"] or {}
+    eval_every = entry.get("eval_every", 1)
+    bad = {scale: value for scale, value in steps.items() if not isinstance(value, int) or value < 1}
+    if bad or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(
+            f"training.{name} in params.yaml: train_steps must map scales to positive integers and eval_every "
+            f"must be a positive integer (got train_steps {steps}, eval_every {eval_every!r})"
+        )
+    return DatasetTraining(dataset=name, train_steps=dict(steps), eval_every=eval_every)
+
+
+# Keys of a ``models.<name>`` entry that set how the variant trains or is scored rather than how its network is built.
+TRAINING_OPTIONS = ("l2_kernels", "paper_metric")
+# Extra test metrics a variant may ask for (``paper_metric``), beside the study's own.
+PAPER_METRICS = ("keras_mean_iou",)
 
 
 @dataclass(frozen=True)
@@ -74,13 +134,17 @@ class ModelVariant:
         name: the variant's name.
         arch: a registry name of ``repro.models``.
         options: ``create_model`` options (``width_mult`` among them fixes the variant's own width).
-        l2_kernels: the official UNet++ (2018) code's L2 on conv kernels (see ``repro.train.TrainSettings``).
+        l2_kernels: the official UNet++ (2018) code's L2 on conv kernels (see ``repro.training.trainer.TrainSettings``).
+        paper_metric: also score the test split in a paper's own metric (one of :data:`PAPER_METRICS`:
+            ``keras_mean_iou``, the UNet++ paper's; see ``repro.training.metrics.keras_mean_iou``); None: the study's
+            metrics only, so no other run's outputs change.
     """
 
     name: str
     arch: str
     options: dict[str, Any]
     l2_kernels: float = 0.0
+    paper_metric: str | None = None
 
 
 def scale_preset(name: str | None = None, params: dict[str, Any] | None = None) -> ScalePreset:
@@ -109,4 +173,8 @@ def model_variant(name: str, params: dict[str, Any] | None = None) -> ModelVaria
     if "arch" not in options:
         raise ValueError(f"models.{name} in params.yaml has no 'arch'")
     training = {key: options.pop(key) for key in TRAINING_OPTIONS if key in options}
+    if training.get("paper_metric", None) not in (None, *PAPER_METRICS):
+        raise ValueError(
+            f"models.{name}.paper_metric in params.yaml: {training['paper_metric']!r}; valid: {list(PAPER_METRICS)}"
+        )
     return ModelVariant(name=name, arch=options.pop("arch"), options=options, **training)

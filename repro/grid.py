@@ -19,7 +19,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from repro.config import model_variant, scale_preset
+from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
@@ -203,6 +203,11 @@ def _block_problems(where: str, datasets: list, models: list, ndim: int, params:
                 f"{where}.datasets: '{name}' is neither in prepare.datasets nor in prepare.custom_datasets, so no "
                 "stage prepares it"
             )
+        if models:  # a dataset trains here only with variants: then it needs its training settings
+            try:
+                dataset_training(name, params)
+            except ValueError as error:
+                problems.append(f"{where}.datasets: {error}")
         spec = get_dataset(name)
         if spec.ndim != ndim:
             other = "study.volumes.datasets" if spec.ndim == 3 else "study.datasets"

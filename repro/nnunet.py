@@ -12,7 +12,7 @@ The pipeline (stage ``nnunet@<seed>`` of ``dvc.yaml``, ``notebooks/nnunet.ipynb`
 study's split in nnU-Net's raw format; :func:`plan_and_preprocess` runs nnU-Net's fingerprint extraction, its
 default planner and its preprocessing for one configuration; :func:`train` trains fold 0; :func:`predict` segments
 the study's validation and test cases with the final checkpoint; :func:`score` scores them with
-``repro.metrics``, as the study scores its own networks; :func:`write_outputs` writes ``metrics.json``,
+``repro.training.metrics``, as the study scores its own networks; :func:`write_outputs` writes ``metrics.json``,
 ``per_image.csv`` and ``history.csv`` in the study's run format.
 
 Deliberate deviations from nnU-Net's default (``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train`` on folds 0-4,
@@ -83,10 +83,10 @@ from repro.config import load_params
 from repro.data.readers import read_volume_mask
 from repro.data.registry import REPO_ROOT, Sample, get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.metrics import confusion_counts, hausdorff95, per_image_table, summarize
-from repro.run import versions, write_csv
 from repro.run_results import load_runs
-from repro.train import describe_device, seed_everything
+from repro.training.device import describe_device, seed_everything
+from repro.training.metrics import confusion_counts, hausdorff95, per_image_table, summarize
+from repro.training.record import versions, write_record
 
 DATASET = "msd-task04-hippocampus"
 DATASET_ID = 4
@@ -431,12 +431,13 @@ def predict(predictor: nnUNetPredictor, images: Sequence[Path], out_dir: Path | 
 
 
 def score(predictions: Sequence[Path], labels: Sequence[Path], ids: Sequence[str], class_names: Sequence[str]):
-    """Score predicted label volumes against the ground truth with the study's metrics (``repro.metrics``), case by
-    case (the volumes differ in shape): Dice, IoU and the 95th-percentile Hausdorff distance in voxels.
+    """Score predicted label volumes against the ground truth with the study's metrics
+    (``repro.training.metrics``), case by case (the volumes differ in shape): Dice, IoU and the 95th-percentile
+    Hausdorff distance in voxels.
 
     Returns:
-        ``(summary, per_image)``: the dataset summary (``repro.metrics.summarize`` plus ``hd95``, ``hd95_cases``,
-        as the study's volume runs report) and one row per case.
+        ``(summary, per_image)``: the dataset summary (``repro.training.metrics.summarize`` plus ``hd95``,
+        ``hd95_cases``, as the study's volume runs report) and one row per case.
     """
     counts, distances = [], []
     for prediction, label in zip(predictions, labels, strict=True):
@@ -498,7 +499,7 @@ def git_commit(paths: Sequence[Path | str], repo_root: Path = REPO_ROOT) -> str:
 
 
 def run_versions() -> dict[str, str]:
-    """The study's versions (``repro.run.versions``) plus nnU-Net's and its network library's."""
+    """The study's versions (``repro.training.record.versions``) plus nnU-Net's and its network library's."""
     packages = ("nnunetv2", "dynamic_network_architectures", "batchgeneratorsv2")
     return versions() | {name: importlib.metadata.version(name) for name in packages}
 
@@ -521,7 +522,7 @@ class NnunetRun:
     device: torch.device | str
 
 
-CODE_FILES = ("repro/nnunet.py", "repro/metrics.py", "notebooks/nnunet.ipynb", f"data/splits/{DATASET}.json")
+CODE_FILES = ("repro/nnunet.py", "repro/training/metrics.py", "notebooks/nnunet.ipynb", f"data/splits/{DATASET}.json")
 
 
 def schedule(trainer: nnUNetTrainer) -> dict[str, Any]:
@@ -588,8 +589,6 @@ def write_outputs(run: NnunetRun, out_dir: Path | str) -> dict:
     ``nnunet_default`` (nnU-Net's own schedule, for comparison).
     ``best_epoch`` is the last epoch: nnU-Net predicts with its final checkpoint.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = run.trainer
     # Training patches per second of training (nnU-Net's validation iterations in the time, as its epochs hold them).
     patches = trainer.num_epochs * trainer.num_iterations_per_epoch * trainer.configuration_manager.batch_size
@@ -619,10 +618,7 @@ def write_outputs(run: NnunetRun, out_dir: Path | str) -> dict:
         "nnunet_default": DEFAULT_SCHEDULE | {"ensemble": True},
         "versions": run_versions(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    write_csv(out / "per_image.csv", run.per_image)
-    write_csv(out / "history.csv", run.history)
-    return metrics
+    return write_record(out_dir, metrics, run.per_image, run.history)
 
 
 def run(

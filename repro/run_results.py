@@ -112,7 +112,7 @@ def training_code_version(code_files: Mapping[str, str] | None) -> str | None:
 
     Runs started at different commits share it as long as no training code changed between them, so it, not the
     commit, says whether runs are comparable. ``None`` for a run that recorded no code files (nnU-Net's, trained by
-    its own code). The current code's: ``training_code_version(repro.run_identity.code_files())``.
+    its own code). The current code's: ``training_code_version(repro.training.identity.code_files())``.
     """
     if not code_files:
         return None

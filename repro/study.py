@@ -551,10 +551,16 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
         f"failed {len(outcome.failed)}, in {_duration(seconds)}",
     ]
     if grid.scale != "paper":
+        training = params.get("training") or {}
+        lengths = ", ".join(
+            f"{name} {steps} steps" if (steps := (training.get(name) or {}).get("train_steps", {}).get(grid.scale))
+            else f"{name} {scale['epochs']} epochs"
+            for name in dict.fromkeys(dataset for _, datasets, _ in grid.blocks for dataset in datasets)
+        )
         lines.append(
             f"  scale {grid.scale} stands in for the papers' settings (scale paper): {scale['image_size']} px instead "
-            f"of {paper['image_size']}, widths x{scale['width_mult']} instead of x{paper['width_mult']}, "
-            f"{scale['epochs']} epochs instead of {paper['epochs']}"
+            f"of {paper['image_size']}, widths x{scale['width_mult']} instead of x{paper['width_mult']}, lengths "
+            f"{lengths} (training.<dataset>.train_steps) instead of {paper['epochs']} epochs"
         )
     results = grid.results_dir
     lines += [

@@ -1,10 +1,11 @@
 """Pilot learning curves: how long the study's runs must be, and what stale BatchNorm statistics do.
 
-One pilot is one training run of the study (``repro.run``: same data, model variant, seed, scale and recipe) whose
-every epoch is validated twice with the same weights: with the running BatchNorm statistics that training kept
-(``val_dice_running``) and with statistics re-estimated on the training split (``val_dice``, what the study's
-evaluation uses; see ``repro.train.reestimate_batchnorm``). Both come from one training trajectory, since running
-statistics never enter a train-mode forward pass. No test split is touched.
+One pilot is one training run of the study (``repro.training.run``: same data, model variant, seed, scale and
+recipe) whose every epoch is validated twice with the same weights: with the running BatchNorm statistics that
+training kept (``val_dice_running``) and with statistics re-estimated on the training split (``val_dice``, what the
+study's evaluation uses; see ``repro.training.inference.reestimate_batchnorm``). Both come from one training
+trajectory, since running statistics never enter a train-mode forward pass. No test split is touched. A dataset
+without a length yet is piloted at a long one (``--steps``), and its length chosen from the curve.
 
     python scripts/pilot_curves.py run --dataset kvasir-seg --model unet --seed 0   # one pilot
     python scripts/pilot_curves.py summary                                           # table + figure
@@ -29,15 +30,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from repro import run  # noqa: E402
-from repro.train import Trainer, reestimate_batchnorm  # noqa: E402
+from repro.training import record, run  # noqa: E402
+from repro.training.inference import reestimate_batchnorm  # noqa: E402
+from repro.training.trainer import Trainer, epochs_for_steps  # noqa: E402
 
 PILOTS_DIR = run.REPO_ROOT / "results" / "pilots"
 # Val Dice gained over the last five epochs: a run still learning at its end was cut short.
 TAIL_EPOCHS = 5
 
 
-def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict:
+def pilot(dataset: str, model: str, seed: int, scale: str, threads: int, steps: int | None = None) -> dict:
     out = PILOTS_DIR / scale / dataset / model / f"seed{seed}"
     checkpoint = run.CHECKPOINT_DIR / "pilots" / scale / dataset / model / f"seed{seed}"
     config = run.resolve(dataset, model, seed, scale, None, out, threads, checkpoint)
@@ -45,6 +47,10 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
     network, generator = run.build(config, data)
     # The trainer evaluates with training's running statistics; each epoch is evaluated again re-estimated.
     settings = dataclasses.replace(run.train_settings(config, data), reestimate_bn=False)
+    if steps is not None:  # a dataset without a length yet: pilot a long run, then choose from its curve
+        per_image = config.scale.patches_per_image if data.large_images else 1
+        epochs = epochs_for_steps(steps, len(data.train) * per_image, settings.batch_size)
+        settings = dataclasses.replace(settings, epochs=epochs)
     identity = run.identity(config)
     trainer = Trainer(network, data, settings, config.seed, generator, config.checkpoint_dir, config.device, identity)
     rows = _read_rows(out / "history.csv")[: len(trainer.history)]
@@ -57,7 +63,7 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
         trainer.model.load_state_dict(state)
         rows.append({**row, "val_dice_running": row["val_dice"], "val_dice": val["dice"], "val_iou": val["iou"]})
         out.mkdir(parents=True, exist_ok=True)
-        run.write_csv(out / "history.csv", rows)
+        record.write_csv(out / "history.csv", rows)
         print(
             f"{dataset}/{model}/seed{seed} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.3f}, "
             f"val Dice {val['dice']:.3f} (running statistics {row['val_dice']:.3f})",
@@ -80,7 +86,8 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int) -> dict
         "gain_last_5_epochs": float(history["val_dice"].iloc[-1] - history["val_dice"].iloc[-1 - TAIL_EPOCHS]),
         "train_seconds": round(trainer.train_seconds, 1),
         "git_commit": identity.git_commit,
-        "versions": run.versions(),
+        "versions": record.versions(),
+        "machine": record.machine(config.device),
     }
     (out / "pilot.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -160,11 +167,14 @@ def main() -> None:
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--scale", default="cpu")
     one.add_argument("--threads", type=int, default=1)
+    one.add_argument(
+        "--steps", type=int, help="length in optimizer steps (default: the dataset's training.<dataset>.train_steps)"
+    )
     table = commands.add_parser("summary", help="table and figure of every finished pilot")
     table.add_argument("--scale", default="cpu")
     args = parser.parse_args()
     if args.command == "run":
-        print(json.dumps(pilot(args.dataset, args.model, args.seed, args.scale, args.threads), indent=1))
+        print(json.dumps(pilot(args.dataset, args.model, args.seed, args.scale, args.threads, args.steps), indent=1))
     else:
         summarize(args.scale)
 

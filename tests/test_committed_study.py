@@ -1,7 +1,8 @@
-"""Checks of the study as committed: dvc.lock and results/<scale>/ agree, and every committed run comes from one
-version of the training code, the current one (issue 13: the grid is re-run once, so that no comparison mixes code
-versions; README: results/<scale>/ only ever holds runs of the current training code). A change of the training
-code therefore removes the runs it makes stale, in the same commit, until they are trained again."""
+"""Checks of the study as committed: dvc.lock and results/<scale>/ agree, and every committed run comes from the
+current training code or from code that is number-equivalent to it (README, "Recording a change that alters no
+number"): no comparison mixes code versions that compute different numbers. A change of the training code either
+removes the runs it makes stale, in the same commit, until they are trained again, or is proven to change no number
+and logged in results/provenance.csv, which these tests read."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 import yaml
 
 from repro.config import load_params
+from repro.equivalence import PROVENANCE_LOG, equivalent_to, read_log
 from repro.grid import TRAIN_STAGES
-from repro.run_identity import code_files
 from repro.run_results import training_code_version
+from repro.training.identity import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / load_params()["scale"]
@@ -52,24 +54,47 @@ def test_every_locked_run_ran_the_same_training_code():
     )
 
 
-def test_every_committed_run_ran_the_current_training_code():
+def test_every_committed_run_ran_the_current_or_number_equivalent_training_code():
     current = code_files(ROOT)
+    accepted = equivalent_to(training_code_version(current), read_log())
     stale = {}
     for metrics in sorted(STUDY.glob("runs/*/*/seed*/metrics.json")):
         recorded = json.loads(metrics.read_text())["code_files"]
-        changed = sorted(path for path in set(recorded) | set(current) if recorded.get(path) != current.get(path))
-        if changed:
+        if training_code_version(recorded) not in accepted:
+            changed = sorted(path for path in set(recorded) | set(current) if recorded.get(path) != current.get(path))
             stale[metrics.parent.relative_to(ROOT).as_posix()] = changed
-    assert not stale, f"committed runs of other training code (the files that differ): {stale}"
+    assert not stale, (
+        f"committed runs of other training code, with no proof in {PROVENANCE_LOG.name} that it computes the same "
+        f"numbers (the files that differ): {stale}"
+    )
 
 
-def test_the_committed_report_names_one_training_code_version_the_current_one():
+def test_every_logged_change_was_proven_on_committed_runs():
+    """A provenance row names its proof runs (dataset/model/seed at a scale, old and new code, one machine) and the
+    code versions it links: the proof must cover runs of the study (its `from_code`), not some other code."""
+    log = read_log()
+    versions = {
+        training_code_version(json.loads(path.read_text())["code_files"])
+        for path in STUDY.glob("runs/*/*/seed*/metrics.json")
+    }
+    for row in log:
+        assert row["from_code"] != row["to_code"], row
+        assert row["proof_runs"].count("/") >= 2, f"{PROVENANCE_LOG.name}: proof runs not named: {row}"
+    if log:
+        assert versions & {row["from_code"] for row in log} or versions == {training_code_version(code_files(ROOT))}
+
+
+def test_the_committed_report_names_the_training_code_versions_the_runs_ran():
     """The report's "what was run" says which training code the runs ran (commits move on while a grid trains, so
-    they cannot say it): one version, the current code's, for every committed run."""
+    they cannot say it): the versions of the committed runs' code, each the current code's or number-equivalent to
+    it."""
     index = STUDY / "report" / "index.html"
     if not index.exists():
         pytest.skip(f"{index} not built yet")
     n_runs = len(list(STUDY.glob("runs/*/*/seed*/metrics.json")))
     items = [item.partition("</li>")[0] for item in index.read_text().split("<li>")[1:]]
     line = next(item for item in items if item.startswith("training code versions"))
-    assert line.endswith(f": {training_code_version(code_files(ROOT))} ({n_runs})"), line
+    accepted = equivalent_to(training_code_version(code_files(ROOT)), read_log())
+    named = dict(part.rsplit(" (", 1) for part in line.partition(": ")[2].split(", "))
+    assert set(named) <= accepted, line
+    assert sum(int(count.rstrip(")")) for count in named.values()) == n_runs, line

@@ -80,6 +80,7 @@ def pipeline(tmp_path_factory) -> Path:
         {"datasets": ["polyps", "fundus"], "models": ["tinyunet"], "seeds": [0]},
         data_root=str(data_root),
         prepare={"datasets": [], "custom_datasets": CUSTOM},
+        training={name: {"train_steps": {}, "eval_every": 1} for name in CUSTOM},
     )
     for name in CUSTOM:
         assert f"splits/{name}.json" in _run(copy, "-m", "repro.data.prepare", "--draw-split", name)
@@ -113,4 +114,21 @@ def test_changing_a_definition_makes_only_its_stage_stale(pipeline):
     # Re-prepared, the masks lose their 160-valued rim: the dataset's training run is stale, the other is not.
     _run(pipeline, "-m", "dvc", "repro", "prepare_custom@polyps")
     assert _stale(pipeline) == {"train@polyps-tinyunet-0"}
+    params_file.write_text(original)
+
+
+def test_a_datasets_length_is_a_parameter_of_its_own_runs_only(pipeline):
+    """training.<dataset> is a parameter of that dataset's train stages alone: a new dataset's entry, or another
+    length for one dataset, leaves every other run as it was."""
+    params_file = pipeline / "params.yaml"
+    original = params_file.read_text()
+    before = _stale(pipeline)  # an earlier test may have left polyps' stages stale; fundus' are up to date
+    assert "train@fundus-tinyunet-0" not in before
+    params = yaml.safe_load(original)
+    params["training"]["another-dataset"] = {"train_steps": {"smoke": 40}, "eval_every": 2}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _stale(pipeline) == before
+    params["training"]["fundus"]["train_steps"]["smoke"] = 40
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _stale(pipeline) == before | {"train@fundus-tinyunet-0"}
     params_file.write_text(original)

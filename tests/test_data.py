@@ -18,6 +18,8 @@ import yaml
 from PIL import Image
 
 from repro.config import scale_preset
+from repro.data.augment import random_patches
+from repro.data.loading import load_prepared
 from repro.data.prepare import DEBUG_ENV, prepare_dataset, read_pair, resize_labels
 from repro.data.readers import DatasetError, read_image, read_mask
 from repro.data.registry import (
@@ -32,7 +34,6 @@ from repro.data.registry import (
     resolve_data_root,
 )
 from repro.data.splits import SPLIT_NAMES, draw_split, load_split, write_split
-from repro.train import load_prepared, random_patches
 
 # Pairs per dataset, from each MANIFEST.txt.
 EXPECTED_PAIRS = {

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from repro.losses import DeepSupervisionLoss, SegmentationLoss
+from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
 
 SMOOTH = 1e-5
 

@@ -1,4 +1,4 @@
-"""Tests of repro.metrics against hand-computed 4x4 examples."""
+"""Tests of repro.training.metrics against hand-computed 4x4 examples."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from repro.metrics import (
+from repro.training.metrics import (
     FN,
     FP,
     TP,

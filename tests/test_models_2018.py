@@ -12,7 +12,7 @@ from torch import nn
 
 from repro.complexity import count_parameters
 from repro.models import create_model
-from repro.models.blocks import keras_l2_parameters, mean_probability_logits
+from repro.models.blocks import UniformDropout, keras_l2_parameters, mean_probability_logits
 from repro.models.unet import UNET_FILTERS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -215,3 +215,18 @@ def test_model_average_mode_is_the_mean_of_head_probabilities(arch, num_classes)
         expected, activate = heads.softmax(dim=2).mean(dim=0), lambda t: t.softmax(dim=1)
     torch.testing.assert_close(activate(combined), expected, atol=1e-6, rtol=0)
     assert (activate(heads.mean(dim=0)) - expected).abs().max() > 1e-3
+
+
+def test_uniform_dropout_zeroes_p_of_the_elements_scales_the_rest_and_is_the_identity_in_eval():
+    torch.manual_seed(0)
+    dropout = UniformDropout(0.5)
+    x = torch.ones(64, 8, 32, 32, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.5) < 0.005  # 524,288 draws: s.d. of the fraction 0.0007
+    assert torch.equal(y[kept], torch.full_like(y[kept], 2.0))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * 2.0)  # the gradient flows through the kept elements only
+    assert torch.equal(UniformDropout(0.2).eval()(x), x)
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        UniformDropout(1.0)

@@ -31,6 +31,7 @@ SMALL = {
     "vnet": {},
     "segresnet": {"width_mult": 0.25},
     "segresnet_vae": {"width_mult": 0.25, "input_image_size": VAE_SIZE},
+    "u2net3d": {"width_mult": 0.25, "levels": 4},
 }
 VOLUME_ARCHS = sorted(SMALL)
 SIZES = [(16, 16, 16), (16, 32, 16)]

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from repro.config import model_variant, scale_preset
+from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import REPO_ROOT
-from repro.run import RunConfig
-from repro.run_identity import (
+from repro.training.device import normalise_device
+from repro.training.identity import (
     RunIdentity,
     RunMismatchError,
     check_resumable,
@@ -24,8 +24,8 @@ from repro.run_identity import (
     dataset_definition,
     git_commit,
     identify,
-    normalise_device,
 )
+from repro.training.run import RunConfig
 
 SMOKE = {
     "image_size": 32,
@@ -34,7 +34,6 @@ SMOKE = {
     "patches_per_image": 2,
     "width_mult": 0.25,
     "epochs": 2,
-    "train_steps": {},
     "batch_size": 4,
     "lr": 0.001,
     "weight_decay": 0.0,
@@ -67,7 +66,7 @@ stages:
       seed: ${study.seeds}
     cmd: papermill code/train.ipynb out.ipynb -p dataset ${item.dataset}
     deps: ["data/processed/${scale}/${item.dataset}", code/train.ipynb, code/train.py, code/models]
-    params: [scale, "scales.${scale}", "models.${item.model}"]
+    params: [scale, "scales.${scale}", "training.${item.dataset}", "models.${item.model}"]
 """
 
 
@@ -105,6 +104,7 @@ def repo(tmp_path) -> Path:
         "scale": "cpu",
         "scales": {"smoke": SMOKE, "cpu": {**SMOKE, "epochs": 18}},
         "prepare": {"datasets": ["ph2-dermoscopy", "kvasir-seg"], "custom_datasets": {}},
+        "training": {name: {"train_steps": {}, "eval_every": 1} for name in ("ph2-dermoscopy", "kvasir-seg", CUSTOM)},
         "models": {"unet": {"arch": "unet"}, "tinyunet": {"arch": "tinyunet"}},
         "study": {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0]},
         "cluster": {"workers": None},
@@ -132,6 +132,7 @@ def config(repo: Path, model: str = "unet", dataset: str = "ph2-dermoscopy", see
         variant=model_variant(model, params),
         seed=seed,
         scale=scale_preset("smoke", params),
+        dataset_settings=dataset_training(dataset, params),
         data_root=str(repo.parent / "datasets"),
         out_dir=repo / "out",
         threads=1,
@@ -166,6 +167,7 @@ def test_identity_records_the_whole_run_and_round_trips(repo, tmp_path):
     )
     assert identity.options == {"width_mult": 0.25}
     assert identity.scale_settings == SMOKE
+    assert identity.dataset_settings == {"train_steps": {}, "eval_every": 1}
     assert identity.data_root == str(tmp_path / "datasets")
     assert identity.dataset_definition["class_names"] == ["background", "lesion"]
     prepared = repo / "data" / "processed" / "smoke" / "ph2-dermoscopy"
@@ -212,11 +214,12 @@ def test_data_files_tell_same_sized_arrays_apart(tmp_path):
 def test_code_files_are_the_projects_train_stage_code():
     files = code_files(REPO_ROOT)
     deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
-    assert {"repro/train.py", "repro/run.py", "notebooks/train.ipynb", "repro/models/unet.py"} <= set(files)
+    expected = {"repro/training/trainer.py", "repro/training/run.py", "notebooks/train.ipynb", "repro/models/unet.py"}
+    assert expected <= set(files)
     assert all(any(f == d or f.startswith(d + "/") for d in deps) for f in files)
     assert not any("__pycache__" in f for f in files)
     assert "repro/claims.py" not in files and not any(f.startswith("data/") for f in files)
-    assert files["repro/train.py"] == md5(REPO_ROOT / "repro" / "train.py")
+    assert files["repro/training/trainer.py"] == md5(REPO_ROOT / "repro" / "training" / "trainer.py")
 
 
 def test_code_files_name_a_missing_dep(repo):

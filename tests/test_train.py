@@ -13,26 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from repro.data.augment import random_dihedral, random_patches
+from repro.data.loading import PreparedData, Split
 from repro.models import create_model
 from repro.models.blocks import keras_l2_parameters
-from repro.run import describe_resumptions
-from repro.run_identity import RunIdentity
-from repro.train import (
+from repro.training.device import resolve_device, seed_everything
+from repro.training.identity import RunIdentity
+from repro.training.inference import _tile_starts, predict_logits, reestimate_batchnorm
+from repro.training.run import describe_resumptions
+from repro.training.trainer import (
     CheckpointError,
     NonFiniteLossError,
-    PreparedData,
-    Split,
     Trainer,
     TrainSettings,
-    _tile_starts,
     epochs_for_steps,
     parameter_groups,
-    predict_logits,
-    random_dihedral,
-    random_patches,
-    reestimate_batchnorm,
-    resolve_device,
-    seed_everything,
 )
 
 
@@ -76,6 +71,7 @@ def identity_of(data: PreparedData, seed: int, settings: TrainSettings) -> RunId
         seed=seed,
         scale="test",
         scale_settings=vars(settings),
+        dataset_settings={"train_steps": {}, "eval_every": settings.eval_every},
         data_files={
             f"{name}_{part}": hashlib.md5(getattr(split, part).numpy().tobytes()).hexdigest()
             for name, split in splits.items()
@@ -116,7 +112,7 @@ def test_same_seed_gives_bit_identical_results():
         trainer.load_best()
         results.append(
             (
-                [{k: v for k, v in row.items() if k != "seconds"} for row in history],
+                [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in history],
                 trainer.evaluate(trainer.data.test).summary,
             )
         )
@@ -160,8 +156,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert len(resumed.history) == 2
     resumed.fit()
     resumed.load_best()
-    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in uninterrupted.history]
-    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in uninterrupted.history]
+    assert [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in resumed.history] == strip
     assert resumed.evaluate(resumed.data.test).summary == uninterrupted.evaluate(uninterrupted.data.test).summary
     # The run says that it was resumed, and after which epoch; the uninterrupted one that it was not.
     assert uninterrupted.resumed_after == [] and resumed.resumed_after == [2]

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from repro.data.prepare import read_pair, read_volume_pair
 from repro.data.registry import get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.run_figures import overlay, short_id
+from repro.training.figures import overlay, short_id
 
 
 def dataset_card(name: str, data_root: str | None = None) -> dict:
@@ -85,7 +85,8 @@ def volume_card(name: str, data_root: str | None = None) -> pd.Series:
         labels = [pair[1] for pair in pool.map(lambda s: read_volume_pair(spec, s), samples)]
     shapes = np.array([volume.shape for volume in labels])
     voxels = sum(np.bincount(volume.ravel(), minlength=spec.num_classes) for volume in labels)
-    cropped = int((shapes > np.array(spec.volume_shape)).any(axis=1).sum())
+    factor = np.array(spec.volume_downsample or (1, 1, 1))
+    cropped = int((-(-shapes // factor) > np.array(spec.volume_shape)).any(axis=1).sum())
     return pd.Series(
         {
             "title": spec.title,
@@ -96,7 +97,8 @@ def volume_card(name: str, data_root: str | None = None) -> pd.Series:
             ),
             "median shape": " x ".join(f"{m:g}" for m in np.median(shapes, axis=0)),
             "distinct shapes": len({tuple(s) for s in shapes.tolist()}),
-            "prepared shape": " x ".join(map(str, spec.volume_shape or ())),
+            "prepared shape": " x ".join(map(str, spec.volume_shape or ()))
+            + (f" (downsampled by {' x '.join(map(str, factor))})" if spec.volume_downsample else ""),
             "cases cropped": cropped,
             "voxel fraction": ", ".join(f"{c} {voxels[k] / voxels.sum():.3f}" for k, c in enumerate(spec.class_names)),
         },

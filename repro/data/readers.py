@@ -1,4 +1,4 @@
-"""Reading images and masks of the formats the datasets ship (PNG, JPEG, TIFF, GIF, BMP, NIfTI).
+"""Reading images and masks of the formats the datasets ship (PNG, JPEG, TIFF, GIF, BMP, NIfTI, HDF5).
 
 Every reader raises :class:`DatasetError` naming the file when it cannot be read, so a broken file is reported
 before any training starts. Images wider than 8 bits (16-bit microscopy, float TIFFs) are mapped to 8 bits by a
@@ -159,3 +159,59 @@ def read_volume_mask(path: Path) -> np.ndarray:
     if labels.min() < 0:
         raise DatasetError(f"{path}: label volume holds negative values {np.unique(labels[labels < 0])[:10].tolist()}")
     return labels
+
+
+def read_h5_volume_pair(
+    path: Path, image_key: str = "image", label_key: str = "label"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one HDF5 file holding an image volume and its label volume: (image float64, raw labels int64).
+
+    The LA2018 left-atrium files (UA-MT's ``mri_norm2.h5``) hold two 3D datasets of one shape, ``image`` (float32)
+    and ``label`` (uint8), axes as stored. Every problem is a :class:`DatasetError` naming the file and what is
+    wrong: a missing or unreadable file, a missing dataset, a dataset that is not 3D, image and label of different
+    shapes, an image with NaN or infinite values, labels that are not whole non-negative numbers. Which label values
+    are allowed is the dataset's mask rule (:class:`repro.data.registry.ValueMask`), checked by the caller.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as handle:
+            arrays = {}
+            for key in (image_key, label_key):
+                node = handle.get(key)
+                if not isinstance(node, h5py.Dataset):
+                    held = sorted(handle.keys())
+                    what = "no dataset" if node is None else "a group, not a dataset, at"
+                    raise DatasetError(f"{path}: {what} '{key}' (the file holds {held})")
+                arrays[key] = np.asarray(node[()])
+    except DatasetError:
+        raise
+    except Exception as err:  # h5py raises OSError, KeyError or RuntimeError for foreign or truncated files
+        raise DatasetError(f"{path}: unreadable HDF5 file ({type(err).__name__}: {err})") from None
+    image, raw = arrays[image_key], arrays[label_key]
+    for key, array in ((image_key, image), (label_key, raw)):
+        if array.ndim != 3 or 0 in array.shape:
+            raise DatasetError(f"{path}: dataset '{key}': expected a non-empty 3D volume, found shape {array.shape}")
+    if raw.shape != image.shape:
+        raise DatasetError(f"{path}: '{label_key}' shape {raw.shape} differs from '{image_key}' shape {image.shape}")
+    if image.dtype.kind not in "fiub":
+        raise DatasetError(f"{path}: dataset '{image_key}' of type {image.dtype}; expected numbers")
+    image = image.astype(np.float64)
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise DatasetError(f"{path}: dataset '{image_key}' holds {int((~finite).sum())} NaN or infinite value(s)")
+    if raw.dtype.kind == "f":
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        if not whole.all():
+            bad = np.unique(raw[~whole])[:10].tolist()
+            raise DatasetError(f"{path}: dataset '{label_key}' holds values that are not whole numbers, e.g. {bad}")
+    elif raw.dtype.kind not in "iub":
+        raise DatasetError(f"{path}: dataset '{label_key}' of type {raw.dtype}; save labels as integers")
+    labels = raw.astype(np.int64)
+    if labels.min() < 0:
+        negative = np.unique(labels[labels < 0])[:10].tolist()
+        raise DatasetError(f"{path}: dataset '{label_key}' holds negative values {negative}")
+    return image, labels

@@ -169,11 +169,16 @@ class DatasetSpec:
         mask: turns raw mask values into class indices.
         split: how the committed split was drawn.
         large_images: train on random patches and infer by sliding window instead of resizing to a square.
-        ndim: 2 for images, 3 for volumes (NIfTI files, read by :func:`repro.data.readers.read_volume`).
+        ndim: 2 for images, 3 for volumes (NIfTI files, read by :func:`repro.data.readers.read_volume`, or HDF5
+            files holding image and label, read by :func:`repro.data.readers.read_h5_volume_pair`).
         intensity: how image values become 0..255 (see :data:`repro.data.readers.INTENSITY_RULES`); 2D only,
             since volumes are z-scored per case instead (see :mod:`repro.data.prepare`).
         volume_shape: for volumes only, the (D, H, W) every volume is centred in, padded or cropped, at every
-            scale: volumes keep their native voxel size, so a scale's ``image_size`` does not apply to them.
+            scale: volumes keep their native voxel size (or the size ``volume_downsample`` gives them), so a
+            scale's ``image_size`` does not apply to them.
+        volume_downsample: for volumes only, an integer factor per axis (D, H, W) every volume is reduced by
+            before it is centred in ``volume_shape``, at every scale (see :func:`repro.data.prepare.downsample`);
+            None keeps the native voxels.
     """
 
     name: str
@@ -189,6 +194,7 @@ class DatasetSpec:
     ndim: int = 2
     intensity: Intensity = "bit_depth"
     volume_shape: tuple[int, int, int] | None = None
+    volume_downsample: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
@@ -199,6 +205,15 @@ class DatasetSpec:
             len(self.volume_shape) == 3 and all(isinstance(n, int) and n > 0 for n in self.volume_shape)
         ):
             raise ValueError(f"dataset '{self.name}': volume_shape must be 3 positive integers: {self.volume_shape}")
+        if self.volume_downsample is not None and not (
+            self.ndim == 3
+            and len(self.volume_downsample) == 3
+            and all(isinstance(n, int) and n > 0 for n in self.volume_downsample)
+        ):
+            raise ValueError(
+                f"dataset '{self.name}': volume_downsample must be 3 positive integers, for 3D datasets only: "
+                f"{self.volume_downsample}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -319,6 +334,42 @@ def _files_with_suffix(folder: Path, suffix: str, key: str) -> dict[str, Path]:
             + (f"; it holds {held} (check `{key}`)" if others else "; the folder is empty")
         )
     return found
+
+
+def case_folders(cases_dir: str, file_name: str, *, test_list: str, train_list: str) -> Callable[[Path], list[Sample]]:
+    """A ``list_samples`` for one file per case, ``<cases_dir>/<id>/<file_name>``, holding image and label both
+    (HDF5), with the official subsets named by two lists of ids, one a line (UA-MT's ``train.list``/``test.list``).
+
+    A case folder without its file, or a case in neither list, is an error naming it. The lists may name cases
+    that are not on disk (a dataset copied in part keeps the official lists unchanged).
+    """
+
+    def list_samples(folder: Path) -> list[Sample]:
+        cases = folder / cases_dir
+        if not cases.is_dir():
+            raise DatasetError(f"{cases}: folder missing")
+        subsets: dict[str, str] = {}
+        for subset, name in (("train", train_list), ("test", test_list)):
+            path = folder / name
+            if not path.is_file():
+                raise DatasetError(f"{path}: list of the official {subset} cases not found")
+            for line in path.read_text().splitlines():
+                if line.strip() and subsets.setdefault(line.strip(), subset) != subset:
+                    raise DatasetError(f"{path}: case '{line.strip()}' is in both {train_list} and {test_list}")
+        problems, samples = [], []
+        for case in sorted(p for p in cases.iterdir() if p.is_dir()):
+            path = case / file_name
+            if not path.is_file():
+                problems.append(f"{path}: file not found (every case folder holds one {file_name})")
+            elif case.name not in subsets:
+                problems.append(f"{case}: case in neither {train_list} nor {test_list}")
+            else:
+                samples.append(Sample(case.name, path, path, subset=subsets[case.name]))
+        if problems:
+            raise problems_error(f"{cases}: invalid case folder(s)", problems)
+        return samples
+
+    return list_samples
 
 
 def _union(*listers: Callable[[Path], list[Sample]]) -> Callable[[Path], list[Sample]]:
@@ -655,6 +706,30 @@ register(
         # The 260 volumes span 31..43 x 40..59 x 24..47 voxels (median 35 x 50 x 36): 48 x 64 x 48 holds every
         # one without cropping and is divisible by 16, as V-Net's four halvings need.
         volume_shape=(48, 64, 48),
+    )
+)
+
+register(
+    DatasetSpec(
+        name="la2018-atrium-lgemri",
+        title="2018 Atrial Segmentation Challenge left atrium (3D LGE-MRI)",
+        source="2018 Atrial Segmentation Challenge, University of Utah LGE-MRI (Xiong et al., MedIA 2021), as "
+        "cropped and z-scored in the UA-MT repository (Yu et al., MICCAI 2019; github.com/yulequan/UA-MT); 32 of "
+        "its 100 labelled cases: the 20 of test.list and the first 12 of train.list",
+        layout="LA2018/<id>/mri_norm2.h5 (datasets 'image' float32 and 'label' uint8, same shape), train.list, "
+        "test.list (case ids, one a line)",
+        class_names=("background", "left atrium"),
+        in_channels=1,
+        list_samples=case_folders("LA2018", "mri_norm2.h5", test_list="test.list", train_list="train.list"),
+        mask=ValueMask({0: 0, 1: 1}),
+        # Official test (test.list's 20) kept; validation 3 of the 12 training cases (25%), 9 train.
+        split=SplitPolicy(val_fraction=0.25),
+        ndim=3,
+        # Crops of 168..232 x 132..154 x 88 voxels of 0.625 mm, axes as stored (x, y, z): halved on every axis
+        # (1.25 mm, still isotropic) they span 84..116 x 66..77 x 44 (the whole challenge's 100 cases up to
+        # 122 x 80 x 44). 128 x 80 x 48 holds every one without cropping and is divisible by 16.
+        volume_downsample=(2, 2, 2),
+        volume_shape=(128, 80, 48),
     )
 )
 

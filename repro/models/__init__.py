@@ -23,6 +23,7 @@ from repro.models.monai_nets import SegResNet, SegResNetVAE, VNet
 from repro.models.multiresunet import MultiResUNet
 from repro.models.slicewise import SlicewiseUNet
 from repro.models.tinyunet import TinyUNet
+from repro.models.u2net3d import U2Net3D
 from repro.models.unet import UNET3D_FILTERS, WIDE_UNET_FILTERS, UNet
 from repro.models.unetpp import NestedUNet
 from repro.models.unetv2 import UNetV2
@@ -68,6 +69,7 @@ _REGISTRY: dict[str, ModelSpec] = {
     "vnet": ModelSpec(VNet),
     "segresnet": ModelSpec(SegResNet),
     "segresnet_vae": ModelSpec(SegResNetVAE),
+    "u2net3d": ModelSpec(U2Net3D),
 }
 
 

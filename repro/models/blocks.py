@@ -158,6 +158,36 @@ def mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(stacked.log_softmax(dim=2), dim=0) - math.log(len(stacked))
 
 
+class UniformDropout(nn.Module):
+    """Element-wise dropout, as ``nn.Dropout``: in training each element is zeroed with probability ``p`` and the
+    others scaled by ``1 / (1 - p)``; in eval mode the identity. The mask is drawn as ``torch.rand_like(x) >= p``.
+
+    Why not ``nn.Dropout``: on the CPU it draws its mask with ``bernoulli_``, which took 21% of a train step of the
+    UNet++ paper's network (dropout after each of its 30 convolutions; 2.4 s of 11.2 s at width 1.0, batch 16, 96²,
+    one thread). A uniform draw and a float mask make forward and backward 2.4 times faster (87 ms against 212 ms
+    for a 16x32x96x96 batch). Same distribution (to float32's 2^-24), another random stream: not bit-compatible
+    with ``nn.Dropout``, so only the blocks with ``dropout`` use it (the UNet++ paper's 2018 networks, which had no
+    committed runs when it came; Light U-Net's bottleneck keeps ``nn.Dropout``).
+
+    Args:
+        p: probability of zeroing an element, in [0, 1).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class ConvNormAct(nn.Sequential):
     """A convolution, then BatchNorm (unless ``norm=None``), the activation, and dropout (when > 0).
 
@@ -166,7 +196,7 @@ class ConvNormAct(nn.Sequential):
         out_channels: channels ``conv`` produces.
         norm: ``"batch"`` or ``None``.
         activation: activation class, instantiated without arguments.
-        dropout: element-wise dropout probability after the activation.
+        dropout: element-wise dropout probability after the activation (:class:`UniformDropout`).
         spatial_dims: 2 or 3 (picks ``BatchNorm2d`` or ``BatchNorm3d``).
     """
 
@@ -186,7 +216,7 @@ class ConvNormAct(nn.Sequential):
             layers.append(batch_norm_nd(spatial_dims)(out_channels))
         layers.append(activation())
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(UniformDropout(dropout))
         super().__init__(*layers)
 
 

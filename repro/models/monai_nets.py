@@ -28,7 +28,7 @@ between input and reconstruction); MONAI's docstring gives no weight for it. The
 ``L_dice + 0.1 * L_L2 + 0.1 * L_KL``: both terms weighted 0.1 (:data:`VAE_LOSS_WEIGHT`). :class:`SegResNetVAE`
 returns only the logits and keeps the weighted VAE loss of its last forward, ``0.1 * vae_loss``, in
 ``auxiliary_loss`` (a scalar tensor in train mode, None in eval mode, where MONAI skips the VAE branch), which
-``repro.train.Trainer`` adds to the segmentation loss.
+``repro.training.trainer.Trainer`` adds to the segmentation loss.
 """
 
 from __future__ import annotations

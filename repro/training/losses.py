@@ -140,9 +140,7 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         self.base = base
 
-    def forward(
-        self, logits: Tensor | Sequence[Tensor], target: Tensor, valid: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, logits: Tensor | Sequence[Tensor], target: Tensor, valid: Tensor | None = None) -> Tensor:
         """Average the base loss over the heads.
 
         Args:

@@ -1,18 +1,19 @@
 """A training run's identity: everything that decides its result, recorded in its checkpoint and its metrics.
 
 A checkpoint may only be resumed by the run that wrote it. :class:`RunIdentity` names that run by content, not by
-folder: the dataset and its definition, the model variant with its architecture and options, the seed, the scale
-with its full preset, the md5 of every file of the prepared data, and the md5 of every file the ``train`` stage of
-``dvc.yaml`` lists as code. :func:`check_resumable` compares a checkpoint's identity with the run about to start
-and refuses another run's checkpoint before anything is trained, naming every field that differs.
+folder: the dataset, its definition and its training settings, the model variant with its architecture and
+options, the seed, the scale with its full preset, the md5 of every file of the prepared data, and the md5 of every
+file the ``train`` stage of ``dvc.yaml`` lists as code. :func:`check_resumable` compares a checkpoint's identity
+with the run about to start and refuses another run's checkpoint before anything is trained, naming every field
+that differs.
 
 The identity also records where the run comes from: the data root and the git commit, with ``+dirty`` whenever a
 dependency of the run differs from that commit (a code or split file of the ``train`` and ``prepare`` stages,
 edited, staged or untracked, or one of the stages' keys of ``params.yaml``). Which files and keys those are is
 read from ``dvc.yaml``, so the identity follows the pipeline's own definition of the run's dependencies.
 
-``repro.train.Trainer`` stores the identity in every checkpoint and checks it before resuming; ``repro.run``
-writes it into the run's ``metrics.json``.
+``repro.training.trainer.Trainer`` stores the identity in every checkpoint and checks it before resuming;
+``repro.training.record`` writes it into the run's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from repro.config import load_params
 from repro.data.registry import REPO_ROOT, get_dataset, resolve_data_root
 
 if TYPE_CHECKING:
-    from repro.run import RunConfig
+    from repro.training.run import RunConfig
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
@@ -61,6 +61,7 @@ class RunIdentity:
         seed: the run's seed.
         scale: scale preset name.
         scale_settings: the full preset (every key of ``scales.<scale>``).
+        dataset_settings: the dataset's training settings (``training.<dataset>``: its lengths, ``eval_every``).
         data_files: file name -> md5 for every file of the prepared folder (``meta.json`` and the arrays): a
             threshold or split change keeps the arrays' sizes, so only their content tells runs apart.
         code_files: path -> md5 for every file the ``train`` stage of ``dvc.yaml`` lists as code (folders
@@ -77,6 +78,7 @@ class RunIdentity:
     seed: int
     scale: str
     scale_settings: dict[str, Any]
+    dataset_settings: dict[str, Any]
     data_files: dict[str, str]
     code_files: dict[str, str]
     data_root: str
@@ -126,8 +128,8 @@ def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, check
 
     Raises:
         RunMismatchError: naming the checkpoint, every differing field (down to the differing key of a nested
-            field, e.g. ``scale_settings.epochs`` or ``code_files.repro/train.py``) with both values, and how to
-            start the run afresh. A checkpoint without an identity (written before identities were recorded)
+            field, e.g. ``scale_settings.epochs`` or ``code_files.repro/training/trainer.py``) with both values, and
+            how to start the run afresh. A checkpoint without an identity (written before identities were recorded)
             is refused as well: nothing says which run it belongs to.
     """
     restart = (
@@ -166,21 +168,9 @@ def _differences(name: str, saved: Any, current: Any) -> list[str]:
     return [f"{name}: checkpoint {shown(saved)}, this run {shown(current)}"]
 
 
-def normalise_device(device: torch.device | str) -> torch.device:
-    """``device`` with its index: ``cuda`` becomes ``cuda:<current device>`` (``cuda:0`` without CUDA).
-
-    Tensors report an indexed device (``cuda:0``), which never equals a bare ``torch.device("cuda")``: a
-    comparison with it would copy data that is already there, and a checkpoint's CUDA RNG state and the recorded
-    device would not say which GPU they belong to.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    return device
-
-
 def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str = REPO_ROOT) -> RunIdentity:
-    """The identity of the run ``config`` (see :func:`repro.run.resolve`) on the prepared folder ``data_folder``.
+    """The identity of the run ``config`` (see :func:`repro.training.run.resolve`) on the prepared folder
+    ``data_folder``.
 
     Args:
         config: the resolved run.
@@ -199,6 +189,7 @@ def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str =
         seed=config.seed,
         scale=scale.name,
         scale_settings={k: v for k, v in vars(scale).items() if k != "name"},
+        dataset_settings=config.dataset_settings.settings(),
         data_files=data_files(data_folder),
         code_files=code_files(repo_root),
         data_root=str(resolve_data_root(config.data_root)),

@@ -227,3 +227,158 @@ def hausdorff95(pred: Tensor, target: Tensor, class_names: Sequence[str]) -> lis
         row |= {f"hd95_{name}": value for name, value in zip(class_names[1:], case, strict=True)}
         rows.append(row)
     return rows
+
+
+# --- The UNet++ paper's IoU (Zhou et al., DLMIA 2018): the official Keras ``mean_iou`` metric, re-implemented. ---
+
+# ``np.arange(0.5, 1.0, 0.05)`` exactly as the official code builds it (0.5, 0.55, 0.6000000000000001, ..., 0.95...):
+# ten thresholds. They are compared in float32 (see ``keras_mean_iou``).
+KERAS_MEAN_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.arange(0.5, 1.0, 0.05).tolist())
+
+# Images counted at a time when the whole set is one batch, to bound the (images, thresholds, pixels) mask in memory.
+_IMAGES_PER_CHUNK = 256
+
+
+def _tf14_two_class_miou(counts: Tensor) -> Tensor:
+    """TensorFlow 1.4.1's ``tf.metrics.mean_iou(..., num_classes=2)`` value from two-class confusion counts.
+
+    Args:
+        counts: (..., 4) holding tp, fp, fn, tn of the foreground class (tn is the background's tp).
+
+    Returns:
+        float64 (...): the mean of the background and foreground IoU. A class whose union is empty (absent from
+        both truth and prediction) gets IoU 0 and still counts in the mean (TF 1.4.1 sets a zero denominator to 1
+        and takes ``reduce_mean`` over both classes; TF >= 1.5 later dropped such classes from the mean). This is
+        unlike ``scores_from_counts``, which scores an empty class 1.
+    """
+    tp, fp, fn, tn = counts.double().unbind(dim=-1)
+    errors = fp + fn
+    iou_fg = tp / (tp + errors).clamp_min(1)
+    iou_bg = tn / (tn + errors).clamp_min(1)
+    return (iou_fg + iou_bg) / 2
+
+
+def _threshold_counts(probabilities: Tensor, truth: Tensor, thresholds: Tensor) -> Tensor:
+    """Per image and threshold: tp, fp, fn, tn of ``probabilities > threshold`` against ``truth``.
+
+    Args:
+        probabilities: float32 (N, P), pixels flattened.
+        truth: bool (N, P).
+        thresholds: float32 (T,).
+
+    Returns:
+        LongTensor (N, T, 4).
+    """
+    pixels = truth.shape[1]
+    positives = truth.sum(dim=1, keepdim=True)  # (N, 1)
+    chunks = []
+    for start in range(0, truth.shape[0], _IMAGES_PER_CHUNK):
+        prob = probabilities[start : start + _IMAGES_PER_CHUNK]
+        true = truth[start : start + _IMAGES_PER_CHUNK]
+        predicted = prob[:, None, :] > thresholds[None, :, None]  # (n, T, P)
+        tp = (predicted & true[:, None, :]).sum(dim=2)
+        predicted_positive = predicted.sum(dim=2)
+        fp = predicted_positive - tp
+        fn = positives[start : start + _IMAGES_PER_CHUNK] - tp
+        tn = pixels - tp - fp - fn
+        chunks.append(torch.stack((tp, fp, fn, tn), dim=-1))
+    return torch.cat(chunks, dim=0)
+
+
+def keras_mean_iou(
+    probabilities: Tensor | np.ndarray,
+    masks: Tensor | np.ndarray,
+    thresholds: Sequence[float] = KERAS_MEAN_IOU_THRESHOLDS,
+    batch_size: int | None = None,
+) -> float:
+    """The IoU of the UNet++ paper's tables: the official Keras ``mean_iou`` metric, as ``model.evaluate`` reports it.
+
+    Official definition: ``mean_iou(y_true, y_pred)`` in ``keras/helper_functions.py`` of MrGiovanni/UNetPlusPlus
+    (HEAD 2659ddc26976d2e4062722c58013aa2213ba5e29; the same function is in ``model.py`` of the first code commit,
+    3520269, 2018-08-02). The README and ``keras/requirements.txt`` pin Keras 2.2.2 and TensorFlow 1.4.1. For each
+    t in ``np.arange(0.5, 1.0, 0.05)`` it binarises the sigmoid output as ``y_pred > t`` and takes
+    ``tf.metrics.mean_iou(y_true, y_pred > t, 2)``, a streaming two-class (background and foreground) mean IoU. It
+    then returns the mean of the ten values. So it is a mean IoU over both classes averaged over thresholds, not the
+    foreground IoU. The metric function was taken from a public Kaggle DSB2018 starter kernel.
+
+    How the official code accumulates:
+
+    - Each threshold's ``tf.metrics.mean_iou`` sums a 2x2 confusion matrix over every pixel of every image in a
+      batch. Its local variables are zeroed once, when ``model.compile`` calls the metric
+      (``K.get_session().run(tf.local_variables_initializer())``). Keras 2.2.2 never resets them, because a
+      function metric is not stateful. So each batch's value is the mIoU of the counts summed over all batches
+      since compile, with the current batch included.
+    - Keras 2.2.2's ``test_loop`` (``model.evaluate``) averages those per-batch values, each weighted by its
+      batch's image count, over contiguous batches of ``batch_size`` in order.
+    - In TF 1.4.1 a class with an empty union scores IoU 0 and still counts in the two-class mean (see
+      ``_tf14_two_class_miou``).
+    - Labels are cast to int64, so a mask value in (0, 1) would be background. Here masks must be 0/1.
+
+    With ``batch_size=None`` (or a batch of all images) the result is the whole-set value: a freshly compiled model
+    evaluated in one batch. With a smaller ``batch_size`` it is the running-value average that ``model.evaluate``
+    prints right after compile. The official BRATS2013 script evaluates that way (reload the best checkpoint,
+    compile, predict, evaluate). The result depends on the batch size and order. If the metric ran after
+    training batches in the same compiled session (e.g. ``val_mean_iou`` in fit logs), those batches' counts
+    would be in it as well. That case is not modelled here.
+
+    Deviations:
+
+    - ``y_pred > t`` is done in float32, as TF did for a float32 model output. The probabilities and the
+      float64 thresholds are cast to float32, so a probability of 0.7 is not above the threshold 0.7000000000000002.
+    - The IoU arithmetic is float64 here. TF 1.4.1 divides in float32, which differs by about 1e-7.
+    - TF reads the streaming value and applies the batch's update with no enforced order, because the
+      ``tf.identity`` under ``control_dependencies`` only orders the identity op. So the official per-batch value
+      could in principle omit the current batch. The value after the update is used here, which is what the code
+      intends.
+
+    Args:
+        probabilities: (N, H, W) (or (N, ...)) foreground probabilities in [0, 1] (the sigmoid output).
+        masks: binary ground truth of the same shape, values 0 and 1 (bool, int or float).
+        thresholds: binarisation thresholds. The default is the official ten. ``(0.5,)`` gives the plain mIoU
+            (``two_class_miou``).
+        batch_size: the ``batch_size`` given to ``model.evaluate``. None means one batch of all N images.
+
+    Returns:
+        The metric as a Python float in [0, 1] (the paper prints it x100).
+    """
+    probabilities = torch.as_tensor(probabilities)
+    masks = torch.as_tensor(masks)
+    if probabilities.shape != masks.shape or probabilities.ndim < 2:
+        raise ValueError(
+            f"probabilities {tuple(probabilities.shape)} and masks {tuple(masks.shape)} must both be (N, H, W) "
+            "or (N, ...)"
+        )
+    num_images = probabilities.shape[0]
+    if num_images == 0:
+        raise ValueError("cannot score zero images")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    if len(thresholds) == 0:
+        raise ValueError("at least one threshold is needed")
+    if not ((masks == 0) | (masks == 1)).all():
+        raise ValueError("masks must be binary (0 / 1)")
+    probabilities = probabilities.to(torch.float32)
+    if not ((probabilities >= 0) & (probabilities <= 1)).all():
+        raise ValueError("probabilities must lie in [0, 1] (NaN is refused too)")
+
+    truth = masks.reshape(num_images, -1).bool()
+    flat = probabilities.reshape(num_images, -1)
+    cuts = torch.tensor(list(thresholds), dtype=torch.float32, device=flat.device)
+    per_image = _threshold_counts(flat, truth, cuts)  # (N, T, 4)
+
+    batch = num_images if batch_size is None else min(batch_size, num_images)
+    batch_ends = list(range(batch, num_images, batch)) + [num_images]
+    # Streaming state after each batch: counts summed over all images up to the batch's end.
+    running = per_image.cumsum(dim=0)[torch.tensor(batch_ends) - 1]  # (B, T, 4)
+    per_batch = _tf14_two_class_miou(running).mean(dim=1)  # (B,) mean over thresholds
+    sizes = torch.tensor(np.diff([0, *batch_ends]), dtype=torch.float64)
+    return float((per_batch.cpu() * sizes).sum() / num_images)
+
+
+def two_class_miou(probabilities: Tensor | np.ndarray, masks: Tensor | np.ndarray, threshold: float = 0.5) -> float:
+    """Plain two-class mean IoU, i.e. (background IoU + foreground IoU) / 2, pooled over all pixels of all images.
+
+    This is ``tf.metrics.mean_iou(masks, probabilities > threshold, 2)`` on one batch with TF 1.4.1's conventions:
+    ``keras_mean_iou`` with the single threshold given and ``batch_size=None``.
+    """
+    return keras_mean_iou(probabilities, masks, thresholds=(threshold,))

@@ -1,19 +1,16 @@
 """One cell of the study: (dataset, model variant, seed) at a scale, from prepared data to written results.
 
-``notebooks/train.ipynb`` calls these pieces one cell at a time so that the executed notebook reads as a report;
-:func:`run` chains them for scripts and tests.
+``notebooks/train.ipynb`` calls these pieces one cell at a time so that the executed notebook reads as a report.
 
-Outputs in ``out_dir``: ``metrics.json`` (test metrics of the selected epoch, the run's identity: see
-``repro.run_identity``), ``per_image.csv``, ``history.csv``. Checkpoints go to
+Outputs in ``out_dir`` (``repro.training.record``): ``metrics.json`` (test metrics of the selected epoch, the run's
+identity: see ``repro.training.identity``), ``per_image.csv``, ``history.csv``. Checkpoints go to
 ``checkpoints/<dataset>/<model>/seed<k>/<scale>/`` (git-ignored), which no later stage needs.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +19,24 @@ from typing import Any
 import torch
 
 from repro.complexity import count_flops, count_parameters
-from repro.config import ModelVariant, ScalePreset, load_params, model_variant, scale_preset
+from repro.config import (
+    DatasetTraining,
+    ModelVariant,
+    ScalePreset,
+    dataset_training,
+    load_params,
+    model_variant,
+    scale_preset,
+)
+from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT
 from repro.models import create_model
-from repro.run_identity import RunIdentity, identify, normalise_device
-from repro.train import (
-    PreparedData,
-    Trainer,
-    TrainSettings,
-    describe_device,
-    epochs_for_steps,
-    load_prepared,
-    resolve_device,
-    seed_everything,
-    set_threads,
-)
+from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
+from repro.training.identity import RunIdentity, identify
+from repro.training.inference import predict_logits
+from repro.training.metrics import keras_mean_iou, two_class_miou
+from repro.training.trainer import Trainer, TrainSettings, epochs_for_steps
 
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 
@@ -50,6 +49,7 @@ class RunConfig:
     variant: ModelVariant
     seed: int
     scale: ScalePreset
+    dataset_settings: DatasetTraining
     data_root: str | None
     out_dir: Path
     threads: int
@@ -65,6 +65,8 @@ class RunConfig:
     def options(self) -> dict[str, Any]:
         """What the variant sets: the network's options, and its training options where it sets any."""
         training = {"l2_kernels": self.variant.l2_kernels} if self.variant.l2_kernels else {}
+        if self.variant.paper_metric:
+            training["paper_metric"] = self.variant.paper_metric
         return {**self.model_options, **training}
 
     @property
@@ -81,6 +83,7 @@ class RunConfig:
             "seed": self.seed,
             "scale": self.scale.name,
             "scale_settings": {k: v for k, v in vars(self.scale).items() if k != "name"},
+            "dataset_settings": self.dataset_settings.settings(),
             "data_root": self.data_root,
             "out_dir": str(self.out_dir),
             "threads": self.threads,
@@ -103,7 +106,7 @@ def resolve(
     """Resolve notebook parameters against params.yaml (unknown names fail with the valid ones listed).
 
     The checkpoint folder defaults to ``checkpoints/<dataset>/<model>/seed<k>/<scale>/``; the device to
-    :func:`repro.train.resolve_device` of ``device``.
+    :func:`repro.training.device.resolve_device` of ``device``.
     """
     params = load_params()
     scale_settings = scale_preset(scale, params)
@@ -112,6 +115,7 @@ def resolve(
         variant=model_variant(model, params),
         seed=int(seed),
         scale=scale_settings,
+        dataset_settings=dataset_training(dataset, params),
         data_root=data_root or params.get("data_root"),
         out_dir=Path(out_dir),
         threads=set_threads(threads),
@@ -162,8 +166,9 @@ def model_summary(model: torch.nn.Module, data: PreparedData, input_size: int | 
 
 
 def train_epochs(config: RunConfig, data: PreparedData) -> int:
-    """The run's epochs: the scale's ``epochs``, or enough epochs for its ``train_steps`` entry of the dataset."""
-    steps = config.scale.train_steps.get(config.dataset)
+    """The run's epochs: enough for the dataset's length at the scale (``training.<dataset>.train_steps``), else the
+    scale's ``epochs``."""
+    steps = config.dataset_settings.steps(config.scale.name)
     if steps is None:
         return config.scale.epochs
     per_image = config.scale.patches_per_image if data.large_images else 1
@@ -180,6 +185,7 @@ def train_settings(config: RunConfig, data: PreparedData) -> TrainSettings:
         patch_size=scale.patch_size,
         patches_per_image=scale.patches_per_image,
         l2_kernels=config.variant.l2_kernels,
+        eval_every=config.dataset_settings.eval_every,
     )
 
 
@@ -191,20 +197,37 @@ def make_trainer(
     )
 
 
-def print_progress(config: RunConfig, epochs: int) -> Callable[[dict], None]:
-    """An ``on_epoch`` callback printing one line per epoch (papermill's ``--log-output`` streams it to the
-    terminal and the run's log)."""
+def print_progress(config: RunConfig, settings: TrainSettings) -> Callable[[dict], None]:
+    """An ``on_epoch`` callback printing one line per epoch: training and validation seconds, and the time left
+    (papermill's ``--log-output`` streams it to the terminal and the run's log). A first line is printed at once,
+    so a run shows it has started before its first epoch ends."""
     name = f"{config.dataset}/{config.variant.name}/seed{config.seed} [{config.scale.name}]"
+    every = f"every {settings.eval_every} epochs and after the last" if settings.eval_every > 1 else "after every epoch"
+    print(f"{name}: training {settings.epochs} epochs, validating {every}", file=sys.stdout, flush=True)
+    started, first_epoch = time.perf_counter(), None
 
     def on_epoch(row: dict) -> None:
+        nonlocal first_epoch
+        first_epoch = first_epoch or row["epoch"]  # a resumed run starts later
+        done = row["epoch"] - first_epoch + 1
+        left = (time.perf_counter() - started) / done * (settings.epochs - row["epoch"])
+        validation = "not validated" if row["val_dice"] != row["val_dice"] else f"val Dice {row['val_dice']:.4f}"
         print(
-            f"{name} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f} "
-            f"({row['seconds']:.0f} s)",
+            f"{name} epoch {row['epoch']}/{settings.epochs}: loss {row['train_loss']:.4f}, {validation} "
+            f"(train {row['seconds']:.0f} s, eval {row['eval_seconds']:.0f} s; {_duration(left)} left)",
             file=sys.stdout,
             flush=True,
         )
 
     return on_epoch
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min`` or ``2 h 05 min``."""
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def is_deeply_supervised(model: torch.nn.Module) -> bool:
@@ -227,17 +250,27 @@ def evaluate_pruned(trainer: Trainer, data: PreparedData, input_size: int | tupl
     return results
 
 
-def versions() -> dict[str, str]:
-    import numpy
-    import scipy
+def paper_metrics(config: RunConfig, trainer: Trainer, split: Split) -> dict[str, float]:
+    """The test metrics in the paper's own definition that the variant asks for (``paper_metric``); none otherwise.
 
+    ``keras_mean_iou``: the UNet++ paper's IoU (the official Keras ``mean_iou``: two-class mIoU averaged over the
+    thresholds 0.5-0.95, over the whole split as one batch), and beside it the two-class mIoU at 0.5 on the same
+    pixels (``keras_miou_at_05``). Binary tasks only: the metric scores sigmoid probabilities.
+    """
+    if config.variant.paper_metric is None:
+        return {}
+    if trainer.data.num_classes != 2:
+        raise ValueError(f"{config.variant.name}: keras_mean_iou scores binary tasks; {config.dataset} is not one")
+    images = split.images.to(trainer.device).contiguous(memory_format=trainer.memory_format)
+    logits = predict_logits(trainer.model, images, trainer.settings.batch_size, trainer.tile)
+    probabilities = torch.sigmoid(logits[:, 0]).cpu()
+    masks = split.masks.cpu()
+    if split.valid is not None:  # pixels outside the region of interest count as background in both
+        inside = split.valid.cpu()
+        probabilities, masks = torch.where(inside, probabilities, 0.0), torch.where(inside, masks, 0)
     return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "keras_mean_iou": keras_mean_iou(probabilities, masks),
+        "keras_miou_at_05": two_class_miou(probabilities, masks),
     }
 
 
@@ -252,55 +285,3 @@ def describe_resumptions(trainer: Trainer) -> str:
         f"resumed {times} from its checkpoint ({trainer.checkpoint}), after epoch {epochs} of "
         f"{trainer.settings.epochs}; the checkpoint holds every state, so the result is an uninterrupted run's"
     )
-
-
-def write_outputs(
-    config: RunConfig,
-    trainer: Trainer,
-    data: PreparedData,
-    summary: dict[str, float],
-    test: dict,
-    per_image: list[dict],
-    test_pruned: dict[str, dict] | None,
-    run: RunIdentity,
-) -> dict:
-    """Write metrics.json, per_image.csv and history.csv to the run's out_dir; return the metrics.
-
-    ``run`` (the run's identity) is recorded whole: its data and code hashes, data root, dataset definition and
-    git commit (``+dirty`` when a dependency of the run differs from it).
-    """
-    out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    best = trainer.history[trainer.best_epoch - 1]
-    metrics = {
-        **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root", "checkpoint_dir")},
-        **run.to_dict(),
-        "class_names": data.class_names,
-        "test": test,
-        "val": {"dice": best["val_dice"], "iou": best["val_iou"]},
-        "best_epoch": trainer.best_epoch,
-        "epochs": trainer.settings.epochs,
-        "optimizer_steps": trainer.optimizer_steps,
-        "n_images": {split: len(getattr(data, split)) for split in ("train", "val", "test")},
-        "params": summary["params"],
-        "flops": summary["flops"],
-        "image_size": summary["input_size"],
-        "train_seconds": round(trainer.train_seconds, 1),
-        "images_per_second": round(trainer.images_per_second, 2),
-        "resumed_after_epochs": trainer.resumed_after,
-        "versions": versions(),
-    }
-    if test_pruned:
-        metrics["test_pruned"] = test_pruned
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    write_csv(out / "per_image.csv", per_image)
-    write_csv(out / "history.csv", trainer.history)
-    return metrics
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the same keys) as a CSV file with a header."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

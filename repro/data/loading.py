@@ -1,0 +1,122 @@
+"""Prepared datasets (``repro.data.prepare``'s output) loaded as in-memory tensors for training.
+
+Every split is one tensor (no DataLoader, no worker processes): the training hot path indexes it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Split:
+    """One split held in memory.
+
+    Args:
+        images: float32 (N, C, H, W), normalised with the training split's channel statistics; volumes
+            (N, C, D, H, W), z-scored per case by ``repro.data.prepare``.
+        masks: int64 (N, H, W) or (N, D, H, W) class indices.
+        valid: bool, the shape of ``masks``: region of interest, or None where every pixel counts.
+        ids: image ids, in order.
+    """
+
+    images: Tensor
+    masks: Tensor
+    valid: Tensor | None
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device) -> Split:
+        """This split on ``device`` (itself when it is already there)."""
+        if self.images.device == device:
+            return self
+        return Split(
+            images=self.images.to(device),
+            masks=self.masks.to(device),
+            valid=None if self.valid is None else self.valid.to(device),
+            ids=self.ids,
+        )
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset (output of ``repro.data.prepare``) loaded as tensors."""
+
+    name: str
+    class_names: list[str]
+    in_channels: int
+    large_images: bool
+    train: Split
+    val: Split
+    test: Split
+    volumetric: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def out_channels(self) -> int:
+        """Model output channels: one (sigmoid) for binary tasks, one per class (softmax) otherwise."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+def load_prepared(
+    folder: Path | str, max_train_images: int | None = None, max_eval_images: int | None = None
+) -> PreparedData:
+    """Load ``data/processed/<scale>/<dataset>/`` into tensors.
+
+    Args:
+        folder: the prepared dataset folder.
+        max_train_images: keep only the first this-many training images (smoke runs); None keeps all.
+        max_eval_images: likewise for validation and test.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+
+    def arrays(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+        valid_file = folder / f"{split}_valid.npy"
+        valid = np.load(valid_file)[:limit] if valid_file.exists() else None
+        return (
+            np.load(folder / f"{split}_images.npy")[:limit],
+            np.load(folder / f"{split}_masks.npy")[:limit],
+            valid,
+            meta["ids"][split][:limit],
+        )
+
+    raw = {"train": arrays("train", max_train_images)}
+    raw["val"] = arrays("val", max_eval_images)
+    raw["test"] = arrays("test", max_eval_images)
+    volumetric = meta.get("ndim", 2) == 3
+    if volumetric:  # z-scored per case when prepared
+        mean, std = np.zeros(meta["in_channels"]), np.full(meta["in_channels"], 1 / 255.0)
+    else:
+        train_pixels = raw["train"][0].reshape(-1, meta["in_channels"]).astype(np.float64) / 255.0
+        mean, std = train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+
+    def to_split(images: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, ids: list[str]) -> Split:
+        normalised = (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+        channels_first = (0, images.ndim - 1, *range(1, images.ndim - 1))
+        return Split(
+            images=torch.from_numpy(np.ascontiguousarray(normalised.transpose(channels_first))),
+            masks=torch.from_numpy(masks.astype(np.int64)),
+            valid=None if valid is None else torch.from_numpy(valid),
+            ids=list(ids),
+        )
+
+    return PreparedData(
+        name=meta["dataset"],
+        class_names=meta["class_names"],
+        in_channels=meta["in_channels"],
+        large_images=meta["large_images"],
+        **{split: to_split(*raw[split]) for split in ("train", "val", "test")},
+        volumetric=volumetric,
+    )

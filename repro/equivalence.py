@@ -1,0 +1,184 @@
+"""The re-record rule's proof: does a change of training code or train-stage params alter any number of a run?
+
+DVC re-runs a stage whose code or params changed. ``dvc commit`` instead records the change without re-running,
+which is right only when the stage's outputs would be the same. A run is bit-identical on one machine with the
+same code, thread count and seed (``repro.training``'s determinism), but not across machines (oneDNN picks its
+kernels by instruction set), so the proof compares old and new code on one machine, never a re-run against the
+committed files:
+
+    python -m repro.equivalence run --code 3dd9771 --out /tmp/old ph2-dermoscopy unetv2_stride4 0 cpu
+    python -m repro.equivalence run --code WORKTREE --out /tmp/new ph2-dermoscopy unetv2_stride4 0 cpu
+    python -m repro.equivalence compare /tmp/old/ph2-dermoscopy/unetv2_stride4/seed0 /tmp/new/...
+
+``run`` executes the training notebook exactly as the ``train`` stage does (papermill, one thread), from a git
+worktree of the given commit (or from this working tree), into a scratch folder; nothing of the study is touched.
+``compare`` checks every value of ``metrics.json``, ``per_image.csv`` and ``history.csv`` except timings and
+provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero on the first difference. The proof
+of each recorded change is a row of ``results/provenance.csv`` (README, "Recording a change that alters no
+number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it is the current code or a
+code state that row declares number-equivalent to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKTREE = "WORKTREE"
+PROVENANCE_LOG = REPO_ROOT / "results" / "provenance.csv"
+LOG_FIELDS = ("date", "from_code", "to_code", "change", "proof_runs", "machine", "excluded_fields")
+
+# Seconds and throughput differ from run to run on any machine.
+TIMING_FIELDS = frozenset({"train_seconds", "images_per_second", "seconds", "eval_seconds"})
+# Where a run comes from, not what it computed: the code's hashes and commit, library versions, the machine, where
+# its data and outputs lay, and how its settings are written down (a preset key moved to its own parameter is the
+# same setting: the numbers show whether it still acts the same).
+PROVENANCE_FIELDS = frozenset(
+    {
+        "code_files",
+        "git_commit",
+        "versions",
+        "machine",
+        "data_root",
+        "out_dir",
+        "checkpoint_dir",
+        "scale_settings",
+        "dataset_settings",
+        "resumed_after_epochs",
+    }
+)
+EXCLUDED = TIMING_FIELDS | PROVENANCE_FIELDS
+
+
+def read_log(path: Path | str = PROVENANCE_LOG) -> list[dict[str, str]]:
+    """The provenance log's rows (none when there is no log)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        if set(row) != set(LOG_FIELDS) or not all(row.values()):
+            raise ValueError(f"{path}, line {number}: a row needs every one of {LOG_FIELDS} filled")
+    return rows
+
+
+def equivalent_to(current: str, log: list[dict[str, str]]) -> set[str]:
+    """Every training-code version (``repro.run_results.training_code_version``) whose runs are number-equivalent
+    to ``current``'s: ``current`` itself and every version from which a chain of logged changes leads to it."""
+    versions, grown = {current}, True
+    while grown:
+        before = len(versions)
+        versions |= {row["from_code"] for row in log if row["to_code"] in versions}
+        grown = len(versions) > before
+    return versions
+
+
+def differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Every differing leaf of two JSON values, by dotted path, skipping :data:`EXCLUDED` keys at any depth."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        lines = []
+        for key in sorted(set(old) | set(new)):
+            if key in EXCLUDED:
+                continue
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                lines.append(f"{path}: only in {'new' if key not in old else 'old'}")
+            else:
+                lines += differences(old[key], new[key], path)
+        return lines
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [line for k, (a, b) in pairs for line in differences(a, b, f"{where}[{k}]")]
+    # Identical means identical: NaN equals NaN here (an empty class's Dice), nothing else is tolerated.
+    same = old == new or (isinstance(old, float) and isinstance(new, float) and old != old and new != new)
+    return [] if same else [f"{where}: old {json.dumps(old)}, new {json.dumps(new)}"]
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def compare(old_dir: Path | str, new_dir: Path | str) -> list[str]:
+    """The differences between two run folders' outputs (empty: number-equivalent)."""
+    old_dir, new_dir = Path(old_dir), Path(new_dir)
+    lines = differences(
+        json.loads((old_dir / "metrics.json").read_text()), json.loads((new_dir / "metrics.json").read_text()), ""
+    )
+    for name in ("per_image.csv", "history.csv"):
+        lines += differences(_csv_rows(old_dir / name), _csv_rows(new_dir / name), name)
+    return [f"metrics.json {line}" if not line.startswith(("per_image", "history")) else line for line in lines]
+
+
+def _checkout(code: str, scratch: Path) -> Path:
+    """The tree to run: this working tree, or a detached git worktree of commit ``code`` below ``scratch``."""
+    if code == WORKTREE:
+        return REPO_ROOT
+    tree = scratch / f"code-{code}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), code], cwd=REPO_ROOT, check=True)
+    return tree
+
+
+def run(code: str, out: Path, dataset: str, model: str, seed: int, scale: str, data_root: str) -> Path:
+    """Train one run with the code of ``code`` into ``out/<dataset>/<model>/seed<k>`` (one thread, the CPU)."""
+    out = out.resolve()
+    tree = _checkout(code, out)
+    run_dir = out / dataset / model / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "UNET_REPRO_THREADS": "1", "UNET_REPRO_DEVICE": "cpu"}
+    command = [
+        sys.executable, "-m", "papermill", str(tree / "notebooks" / "train.ipynb"), str(run_dir / "train.ipynb"),
+        "--no-progress-bar", "--cwd", str(tree),
+        "-p", "dataset", dataset, "-p", "model", model, "-p", "seed", str(seed), "-p", "scale", scale,
+        "-p", "data_root", data_root, "-p", "out_dir", str(run_dir),
+        "-p", "checkpoint_dir", str(run_dir / "checkpoint"),
+    ]  # fmt: skip
+    subprocess.run(command, cwd=tree, env=env, check=True)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repro.equivalence", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", help="train one run with the code of a commit (or WORKTREE)")
+    runner.add_argument("--code", required=True, help=f"a git commit, or {WORKTREE} for this working tree")
+    runner.add_argument("--out", required=True, type=Path)
+    runner.add_argument("--data-root", default=str((REPO_ROOT / "../shared/datasets").resolve()))
+    for name in ("dataset", "model"):
+        runner.add_argument(name)
+    runner.add_argument("seed", type=int)
+    runner.add_argument("scale")
+    comparer = commands.add_parser("compare", help="compare two run folders' numbers")
+    comparer.add_argument("old", type=Path)
+    comparer.add_argument("new", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        print(run(args.code, args.out, args.dataset, args.model, args.seed, args.scale, args.data_root))
+        return 0
+    lines = compare(args.old, args.new)
+    if lines:
+        print(f"{len(lines)} difference(s) between {args.old} and {args.new}:\n  " + "\n  ".join(lines[:50]))
+        return 1
+    print(f"number-equivalent: {args.old} and {args.new} (timings and provenance aside)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

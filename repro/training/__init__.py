@@ -1,0 +1,11 @@
+"""Training: one cell of the study from settings to its written record.
+
+- ``run``: one cell (config -> data -> model -> train -> evaluate -> record), as ``notebooks/train.ipynb`` runs it.
+- ``trainer``: the recipe's Trainer and its checkpoints; ``inference``: sliding-window prediction and BatchNorm
+  re-estimation; ``losses`` and ``metrics``; ``device``: threads, device, seeds, the machine.
+- ``identity``: what decides a run's result (checked before a checkpoint is resumed); ``record``: the one schema
+  and writer of a run's ``metrics.json``, ``per_image.csv`` and ``history.csv``; ``figures``: a run's figures.
+
+May import ``repro.models``, ``repro.data``, ``repro.config`` and ``repro.complexity``; nothing imports it but the
+notebooks, ``repro.nnunet``, scripts and tests.
+"""

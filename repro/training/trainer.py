@@ -1,0 +1,373 @@
+"""The Trainer: one recipe for every architecture, with its checkpoints.
+
+The recipe (as in nnU-Net Revisited, the same for all networks so that only the architecture differs):
+BCE + soft Dice (binary) or CE + soft Dice (multi-class), each deep-supervision head weighted equally; Adam with
+cosine annealing to zero over the epochs; random flips and 90-degree rotations on the fly
+(``repro.data.augment``); validation every ``eval_every`` epochs after re-estimating BatchNorm statistics
+(``repro.training.inference``); the validated epoch with the best Dice is selected and the test split is evaluated
+once, with those weights.
+
+The hot path stays lean for CPU runs: every split is one in-memory tensor (``repro.data.loading``: no DataLoader, no
+worker processes), augmentation is batched tensor indexing, and the only host sync per step is the loss value that
+the non-finite-loss check needs. On a GPU (``device``, see ``repro.training.device.resolve_device``) the splits are
+moved to it once, so the hot path never copies images between host and device.
+
+CPU arithmetic flushes subnormal floats (below 1.2e-38) to zero while a Trainer trains
+(``torch.set_flush_denormal``, which holds for the whole process). x86 CPUs compute on subnormals many times
+slower than on normal numbers, and training produces them: on DSB2018, whose images are mostly confidently
+predicted background, a fraction of the backward pass's gradients fall below that bound as training converges,
+and the width-1.0 U-Net's train step from its epoch-28 checkpoint took 2.8 times as long as with flushing (9.6 s
+against 3.5 s; UNet++ at its last epoch 1.7 times), so its epochs slowed from 50 s to over 120 s. Values that
+small contribute nothing a float32 sum can keep, and TensorFlow (the framework of the UNet++ reference code)
+flushes them on the CPU by default too. GPU kernels are unaffected.
+
+Determinism (``repro.training.device``): on CPU with a fixed thread count, the same seed gives bit-identical results
+on one machine. A checkpoint written after every epoch holds every state (model, optimizer, scheduler, every RNG,
+best weights, history) and the run's identity (``repro.training.identity``: data, code, variant, full scale preset,
+the dataset's training settings, seed), so a killed run resumes to the same result as an uninterrupted one, and a
+checkpoint of any other run is refused before training.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from repro.data.augment import augment, random_patches
+from repro.data.loading import PreparedData, Split
+from repro.models.blocks import keras_l2_parameters
+from repro.training.device import normalise_device
+from repro.training.identity import RunIdentity, RunMismatchError, check_resumable
+from repro.training.inference import predict_logits, reestimate_batchnorm
+from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
+from repro.training.metrics import confusion_counts, hausdorff95, logits_to_labels, per_image_table, summarize
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read."""
+
+
+def epochs_for_steps(steps: int, samples_per_epoch: int, batch_size: int) -> int:
+    """The epochs that give at least ``steps`` optimizer steps (an epoch drops its last incomplete batch)."""
+    per_epoch = max(samples_per_epoch // min(batch_size, samples_per_epoch), 1)
+    return max(1, -(-steps // per_epoch))
+
+
+@dataclass
+class TrainSettings:
+    """Settings of one training run (from the scale preset).
+
+    Args:
+        epochs: training epochs.
+        batch_size: samples per optimizer step (the last incomplete batch of an epoch is dropped, so no
+            batch-norm layer sees a batch of one).
+        lr: initial Adam learning rate, cosine-annealed to zero.
+        weight_decay: Adam weight decay.
+        patch_size: random-patch side and sliding-window tile for large-image datasets.
+        patches_per_image: patches per large training image and epoch.
+        channels_last: run the network in channels-last memory format.
+        reestimate_bn: re-estimate BatchNorm statistics on the training split before every evaluation (see the
+            module docstring); False only to measure what stale statistics do (``scripts/pilot_curves.py``).
+        l2_kernels: the official UNet++ (2018) code's Keras L2 penalty ``l2 * sum(w**2)`` on the parameters
+            ``repro.models.blocks.keras_l2_parameters`` selects, in place of Adam's weight decay on them; 0 = none.
+        eval_every: validate after every this-many epochs and after the last (only validated epochs can be
+            selected); 1 validates after each epoch.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patch_size: int
+    patches_per_image: int
+    channels_last: bool = True
+    reestimate_bn: bool = True
+    l2_kernels: float = 0.0
+    eval_every: int = 1
+
+    def validates(self, epoch: int) -> bool:
+        """Whether validation follows ``epoch`` (1-based)."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
+
+
+@dataclass
+class EvalResult:
+    """Evaluation of one split: dataset-level summary, per-image rows, and predicted label maps."""
+
+    summary: dict
+    per_image: list[dict]
+    predictions: Tensor
+
+
+def parameter_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
+    """Adam's parameter groups: every parameter with the recipe's weight decay, or with ``l2_kernels`` the
+    official UNet++ code's L2 on its regularised kernels only (Keras adds ``l2 * w**2`` to the loss, whose
+    gradient ``2 * l2 * w`` is Adam's weight decay of ``2 * l2``) and no decay on anything else."""
+    if not settings.l2_kernels:
+        return [{"params": list(model.parameters()), "weight_decay": settings.weight_decay}]
+    kernels = keras_l2_parameters(model)
+    chosen = {id(p) for p in kernels}
+    others = [p for p in model.parameters() if id(p) not in chosen]
+    return [
+        {"params": kernels, "weight_decay": 2 * settings.l2_kernels},
+        {"params": others, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Fit a model to a prepared dataset with the study's single recipe; checkpoint and resume.
+
+    Args:
+        model: network from ``repro.models.create_model``.
+        data: the prepared dataset.
+        settings: training settings.
+        seed: the run's seed (model initialisation must already have used it: see ``seed_everything``).
+        generator: the data/augmentation generator returned by ``seed_everything`` (a CPU generator).
+        checkpoint_dir: where ``last.pt`` is written after every epoch; an existing one is resumed from, if it
+            records ``identity``.
+        device: where the model and the splits live (see :func:`resolve_device`); the CPU by default.
+        identity: the run's identity, required with ``checkpoint_dir`` (no checkpoint is resumed unchecked).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: PreparedData,
+        settings: TrainSettings,
+        seed: int,
+        generator: torch.Generator,
+        checkpoint_dir: Path | str | None = None,
+        device: torch.device | str = "cpu",
+        identity: RunIdentity | None = None,
+    ) -> None:
+        if checkpoint_dir is not None and identity is None:
+            raise ValueError("a Trainer with a checkpoint_dir needs the run's identity, to check what it resumes")
+        self.identity = identity
+        self.device = normalise_device(device)
+        self.data = data
+        # The splits the hot path reads, moved to the device once (the caller's ``data`` stays where it is).
+        self.train_split, self.val_split = data.train.to(self.device), data.val.to(self.device)
+        self.settings = settings
+        self.seed = seed
+        self.generator = generator
+        channels_last = torch.channels_last_3d if data.volumetric else torch.channels_last
+        self.memory_format = channels_last if settings.channels_last else torch.contiguous_format
+        self.model = model.to(device=self.device, memory_format=self.memory_format)
+        self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
+        self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        self.checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+        self.history: list[dict] = []
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_epoch = 0
+        self.best_val_dice = -1.0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0  # validation, BatchNorm re-estimation included
+        self.train_samples = 0
+        self.optimizer_steps = 0
+        # The epochs after which this run was resumed from its checkpoint (kept in the checkpoint, so every
+        # resumption of the run is listed, not only the last).
+        self.resumed_after: list[int] = []
+        self._resume()
+
+    @property
+    def tile(self) -> int | None:
+        return self.settings.patch_size if self.data.large_images else None
+
+    def _epoch_samples(self) -> Split:
+        train = self.train_split
+        if self.data.large_images:
+            return random_patches(train, self.settings.patch_size, self.settings.patches_per_image, self.generator)
+        return train
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the (patched) training split; returns the mean loss."""
+        self.model.train()
+        samples = self._epoch_samples()
+        order = torch.randperm(len(samples), generator=self.generator).to(self.device)
+        batch_size = min(self.settings.batch_size, len(samples))
+        steps = len(samples) // batch_size
+        total = 0.0
+        for step in range(steps):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            valid = None if samples.valid is None else samples.valid[index]
+            images, masks, valid = augment(samples.images[index], samples.masks[index], valid, self.generator)
+            loss = self.loss(self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)  # SegResNet-VAE's VAE term, already weighted
+            if auxiliary is not None:
+                loss = loss + auxiliary
+            value = loss.item()
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({value}) at epoch {epoch}, step {step + 1} of {steps}; "
+                    f"lr {self.scheduler.get_last_lr()[0]:.3g}. Lower the learning rate or check the inputs."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += value
+        self.scheduler.step()
+        self.train_samples += steps * batch_size
+        self.optimizer_steps += steps
+        return total / steps
+
+    def reestimate_bn(self) -> None:
+        """Re-estimate BatchNorm statistics on the unaugmented training split (when the settings say so)."""
+        if self.settings.reestimate_bn:
+            images = self.train_split.images.contiguous(memory_format=self.memory_format)
+            reestimate_batchnorm(self.model, images, self.settings.batch_size, self.tile)
+
+    def evaluate(self, split: Split) -> EvalResult:
+        """Dice/IoU of the current model on ``split`` (per image and summarised), and for volumes the 95th-percentile
+        Hausdorff distance (``hd95``: per case, and its mean over the cases that have one); predictions on the
+        CPU."""
+        split = split.to(self.device)
+        images = split.images.contiguous(memory_format=self.memory_format)
+        logits = predict_logits(self.model, images, self.settings.batch_size, self.tile)
+        predictions = logits_to_labels(logits)
+        counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid).cpu()
+        summary = summarize(counts, self.data.class_names)
+        per_image = per_image_table(counts, split.ids, self.data.class_names)
+        if self.data.volumetric:
+            inside = predictions if split.valid is None else torch.where(split.valid, predictions, 0)
+            distances = hausdorff95(inside.cpu(), split.masks.cpu(), self.data.class_names)
+            per_image = [row | distance for row, distance in zip(per_image, distances, strict=True)]
+            hd95 = np.array([row["hd95"] for row in distances])
+            summary |= {"hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else float("nan")}
+            summary |= {"hd95_cases": int(np.isfinite(hd95).sum())}
+        return EvalResult(summary, per_image, predictions.cpu())
+
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train for the remaining epochs, validating after every ``eval_every``-th and the last, keeping the
+        best-validation weights.
+
+        Args:
+            on_epoch: called with each epoch's history row (e.g. to print a line or advance a progress bar).
+
+        Returns:
+            The history: one row per epoch (train loss, validation Dice and IoU, NaN where the epoch was not
+            validated, learning rate, training seconds, validation seconds).
+        """
+        torch.set_flush_denormal(True)  # subnormals are slow on x86 CPUs (module docstring)
+        for epoch in range(len(self.history) + 1, self.settings.epochs + 1):
+            start = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]
+            train_loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - start
+            self.train_seconds += seconds
+            val = {"dice": float("nan"), "iou": float("nan")}
+            if self.settings.validates(epoch):
+                self.reestimate_bn()
+                val = self.evaluate(self.val_split).summary
+                if val["dice"] > self.best_val_dice:
+                    self.best_val_dice, self.best_epoch = val["dice"], epoch
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+            eval_seconds = time.perf_counter() - start - seconds
+            self.eval_seconds += eval_seconds
+            self.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_dice": val["dice"],
+                    "val_iou": val["iou"],
+                    "lr": lr,
+                    "seconds": seconds,
+                    "eval_seconds": eval_seconds,
+                }
+            )
+            self._save()
+            if on_epoch is not None:
+                on_epoch(self.history[-1])
+        return self.history
+
+    def load_best(self) -> None:
+        """Put the best-validation weights into the model."""
+        if self.best_state is None:
+            raise RuntimeError("no epoch has been trained yet")
+        self.model.load_state_dict(self.best_state)
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "history": self.history,
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_val_dice,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "train_samples": self.train_samples,
+            "optimizer_steps": self.optimizer_steps,
+            "resumed_after": self.resumed_after,
+            "seed": self.seed,
+            "settings": asdict(self.settings),
+            "identity": self.identity.to_dict(),
+        }
+        # Write then rename, so a run killed mid-save leaves the previous checkpoint intact.
+        partial = self.checkpoint.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self.checkpoint)
+
+    def _resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            raise CheckpointError(
+                f"{self.checkpoint} cannot be read ({type(error).__name__}: {error}); the file is damaged (e.g. a "
+                f"full disk, or a copy cut short). Nothing was trained. To train this run from the start, delete it "
+                f"(rm {self.checkpoint}) and run it again."
+            ) from error
+        check_resumable(state.get("identity"), self.identity, self.checkpoint)
+        # The settings follow from the identity, but a caller may set them by hand (the pilot script does).
+        if state["settings"] != asdict(self.settings):
+            raise RunMismatchError(
+                f"{self.checkpoint} belongs to another run: its training settings {state['settings']} differ from "
+                f"{asdict(self.settings)}. Delete it (rm {self.checkpoint}) to train this run from the start."
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        for key in (
+            "history",
+            "best_state",
+            "best_epoch",
+            "best_val_dice",
+            "train_seconds",
+            "eval_seconds",
+            "train_samples",
+            "optimizer_steps",
+            "resumed_after",
+        ):
+            setattr(self, key, state[key])
+        self.resumed_after = [*self.resumed_after, len(self.history)]
+
+    @property
+    def images_per_second(self) -> float:
+        """Training throughput: samples (images or patches) per second of training time."""
+        return self.train_samples / self.train_seconds if self.train_seconds else 0.0

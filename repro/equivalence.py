@@ -13,7 +13,11 @@ committed files:
 ``run`` executes the training notebook exactly as the ``train`` stage does (papermill, one thread), from a git
 worktree of the given commit (or from this working tree), into a scratch folder; nothing of the study is touched.
 ``compare`` checks every value of ``metrics.json``, ``per_image.csv`` and ``history.csv`` except timings and
-provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero on the first difference. The proof
+provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero on the first difference.
+
+``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
+quarter, cheapest first) with the current code on the machine at hand, and reports each test number's drift from
+the committed run in units of its cell's seed-to-seed standard deviation (:func:`reproduce`). The proof
 of each recorded change is a row of ``results/provenance.csv`` (README, "Recording a change that alters no
 number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it is the current code or a
 code state that row declares number-equivalent to it.
@@ -25,11 +29,18 @@ import argparse
 import csv
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from repro.training.device import machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKTREE = "WORKTREE"
@@ -40,7 +51,8 @@ LOG_FIELDS = ("date", "from_code", "to_code", "change", "proof_runs", "machine",
 TIMING_FIELDS = frozenset({"train_seconds", "images_per_second", "seconds", "eval_seconds"})
 # Where a run comes from, not what it computed: the code's hashes and commit, library versions, the machine, where
 # its data and outputs lay, and how its settings are written down (a preset key moved to its own parameter is the
-# same setting: the numbers show whether it still acts the same).
+# same setting: the numbers show whether it still acts the same). The dataset's registry entry is a description
+# too: all it does to the data is in the prepared files' md5s (``data_files``), which are compared.
 PROVENANCE_FIELDS = frozenset(
     {
         "code_files",
@@ -52,6 +64,7 @@ PROVENANCE_FIELDS = frozenset(
         "checkpoint_dir",
         "scale_settings",
         "dataset_settings",
+        "dataset_definition",
         "resumed_after_epochs",
     }
 )
@@ -126,6 +139,71 @@ def compare(old_dir: Path | str, new_dir: Path | str) -> list[str]:
     return [f"metrics.json {line}" if not line.startswith(("per_image", "history")) else line for line in lines]
 
 
+REPRODUCTION_LOG = REPO_ROOT / "results" / "reproduction.csv"
+REPRODUCED_METRICS = ("dice", "iou")
+
+
+def choose_runs(study: Path | str, n: int, seed: int = 0) -> list[Path]:
+    """``n`` committed CPU runs of ``study`` (``results/<scale>``): a seeded sample of the cheapest quarter by
+    ``train_seconds``, cheapest first."""
+    runs = []
+    for path in sorted(Path(study).glob("runs/*/*/seed*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if metrics.get("device") == "cpu" and metrics.get("code_files"):
+            runs.append((metrics["train_seconds"], path.parent))
+    runs.sort()
+    pool = runs[: max(n, len(runs) // 4)]
+    return [run_dir for _, run_dir in sorted(random.Random(seed).sample(pool, min(n, len(pool))))]
+
+
+def reproduce(n: int, out: Path, seed: int = 0, scale: str = "cpu", data_root: str | None = None) -> list[dict]:
+    """Re-train ``n`` committed runs (:func:`choose_runs`) with this working tree's code into ``out`` and return,
+    per run and test metric, the committed and the reproduced value, their difference, the cell's seed-to-seed
+    standard deviation (its committed seeds) and the difference in units of it; each row also says whether every
+    number of the run was reproduced bit for bit (:func:`compare`) and names the machine. The rows are appended to
+    ``results/reproduction.csv``."""
+    study = REPO_ROOT / "results" / scale
+    here = machine(torch.device("cpu"))
+    rows = []
+    for committed in choose_runs(study, n, seed):
+        model_dir = committed.parent
+        dataset, model, run_seed = model_dir.parent.name, model_dir.name, int(committed.name.removeprefix("seed"))
+        mine = run(WORKTREE, out, dataset, model, run_seed, scale, data_root or _default_data_root())
+        identical = not compare(committed, mine)
+        old, new = (json.loads((d / "metrics.json").read_text()) for d in (committed, mine))
+        cell = [json.loads(p.read_text())["test"] for p in model_dir.glob("seed*/metrics.json")]
+        for metric in REPRODUCED_METRICS:
+            sd = statistics.stdev(t[metric] for t in cell) if len(cell) > 1 else float("nan")
+            drift = new["test"][metric] - old["test"][metric]
+            rows.append(
+                {
+                    "date": date.today().isoformat(),
+                    "run": f"{dataset}/{model}/seed{run_seed}",
+                    "metric": f"test {metric}",
+                    "committed": round(old["test"][metric], 6),
+                    "reproduced": round(new["test"][metric], 6),
+                    "drift": round(drift, 6),
+                    "cell_sd": round(sd, 6),
+                    "drift_in_sd": round(drift / sd, 3) if sd > 0 else float("nan"),
+                    "best_epoch": f"{old['best_epoch']} -> {new['best_epoch']}",
+                    "bit_identical": identical,
+                    "committed_machine": (old.get("machine") or {}).get("cpu", "not recorded"),
+                    "machine": f"{here['cpu']} ({here['cpu_capability']})",
+                }
+            )
+    new_log = not REPRODUCTION_LOG.exists()
+    with REPRODUCTION_LOG.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+        if new_log and rows:
+            writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def _default_data_root() -> str:
+    return str((REPO_ROOT / "../shared/datasets").resolve())
+
+
 def _checkout(code: str, scratch: Path) -> Path:
     """The tree to run: this working tree, or a detached git worktree of commit ``code`` below ``scratch``."""
     if code == WORKTREE:
@@ -160,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = commands.add_parser("run", help="train one run with the code of a commit (or WORKTREE)")
     runner.add_argument("--code", required=True, help=f"a git commit, or {WORKTREE} for this working tree")
     runner.add_argument("--out", required=True, type=Path)
-    runner.add_argument("--data-root", default=str((REPO_ROOT / "../shared/datasets").resolve()))
+    runner.add_argument("--data-root", default=_default_data_root())
     for name in ("dataset", "model"):
         runner.add_argument(name)
     runner.add_argument("seed", type=int)
@@ -168,7 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     comparer = commands.add_parser("compare", help="compare two run folders' numbers")
     comparer.add_argument("old", type=Path)
     comparer.add_argument("new", type=Path)
+    again = commands.add_parser("reproduce", help="re-train N committed runs here; report the drift")
+    again.add_argument("n", type=int)
+    again.add_argument("--out", required=True, type=Path, help="scratch folder for the re-trained runs")
+    again.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
+    again.add_argument("--scale", default="cpu")
     args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        rows = reproduce(args.n, args.out, args.seed, args.scale)
+        for row in rows:
+            print(
+                f"{row['run']} {row['metric']}: committed {row['committed']:.4f}, here {row['reproduced']:.4f}, "
+                f"drift {row['drift']:+.4f} = {row['drift_in_sd']:+.2f} cell s.d.; best epoch {row['best_epoch']}; "
+                f"bit-identical: {row['bit_identical']}"
+            )
+        print(f"appended to {REPRODUCTION_LOG}")
+        return 0
     if args.command == "run":
         print(run(args.code, args.out, args.dataset, args.model, args.seed, args.scale, args.data_root))
         return 0

@@ -66,3 +66,20 @@ def test_a_log_row_with_an_empty_field_is_refused_naming_its_line(tmp_path):
     path = _log(tmp_path / "log.csv", [{"from_code": "v1", "to_code": "v2"}, {"from_code": "v2", "to_code": ""}])
     with pytest.raises(ValueError, match=r"log.csv, line 3"):
         read_log(path)
+
+
+def test_reproduce_chooses_a_seeded_sample_of_the_cheapest_cpu_runs_cheapest_first(tmp_path):
+    from repro.equivalence import choose_runs
+
+    for k in range(12):
+        run = tmp_path / "runs" / "d" / f"m{k}" / "seed0"
+        run.mkdir(parents=True)
+        device = "cuda:0 (GPU)" if k == 0 else "cpu"
+        (run / "metrics.json").write_text(
+            json.dumps({"device": device, "train_seconds": 100 - k, "code_files": {"a": "b"}})
+        )
+    chosen = choose_runs(tmp_path, 3, seed=1)
+    assert chosen == choose_runs(tmp_path, 3, seed=1) and len(chosen) == 3
+    seconds = [json.loads((run / "metrics.json").read_text())["train_seconds"] for run in chosen]
+    assert seconds == sorted(seconds) and all(s <= 91 for s in seconds)  # the cheapest quarter of the 11 CPU runs
+    assert all(json.loads((run / "metrics.json").read_text())["device"] == "cpu" for run in chosen)

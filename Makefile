@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # DVC stages call `python` and `papermill`: the environment's, whoever runs make.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env study study-full test lint bench bench-runner clean-env
+.PHONY: env study report study-full test lint bench bench-runner clean-env
 
 env: $(VENV)/.installed
 
@@ -24,10 +24,20 @@ $(VENV)/.installed: pyproject.toml
 # (params.yaml's `cluster:`; by default one worker process per core, one thread each, so the cores are used without
 # being oversubscribed; JOBS=N for N workers), records each in dvc.lock as it finishes, then runs `dvc repro` for
 # the rest (complexity, aggregate), which finds every run up to date.
+# ARGS passes options to it: ARGS=--dry-run lists what would train (new runs, runs replacing committed ones) and for
+# how long, and trains nothing; ARGS="--datasets ph2-dermoscopy --models unet,unetpp --seeds 0" (or
+# --stages 'train@ph2-*') trains only the stale runs matching every filter, leaving the aggregate to `make report`;
+# a start of more than 10 runs or 2 hours asks first, and without a terminal needs ARGS=--yes.
 JOBS ?=
+ARGS ?=
 
 study: env
-	$(BIN)/python -m repro.study $(if $(JOBS),--workers $(JOBS))
+	$(BIN)/python -m repro.study $(if $(JOBS),--workers $(JOBS)) $(ARGS)
+
+# The aggregate and the report from the runs that exist (dvc repro --single-item aggregate report): never trains,
+# even where training runs are stale.
+report: env
+	$(BIN)/python -m repro.study --report-only
 
 # Every variant on every 2D dataset at the papers' scale: meant for a GPU machine.
 study-full: env

@@ -6,9 +6,11 @@ statistics come from ``repro.stats``; the label from ``repro.verdicts`` (the rul
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from repro import verdicts
@@ -23,6 +25,7 @@ from repro.stats import (
     tost_paired,
     wilcoxon_signed_rank,
 )
+from repro.tables import comparison_names
 
 CLAIM_COLUMNS = [
     "claim_id",
@@ -74,8 +77,13 @@ CLAIM_COLUMNS = [
     "better_level",
     "baseline_level",
     "design",
+    # Secondary, outside the rule: the study-wide Benjamini-Hochberg q-value of p_direction (every row that ran,
+    # all claims together). Last, so that every earlier column keeps its place.
+    "q_direction_bh",
 ]
 BOOTSTRAP_RESAMPLES = 10_000
+# The margins of C6's sensitivity table (the declared one, params.yaml's aggregate.tost_margin, is always added).
+C6_MARGINS = (0.005, 0.01, 0.02)
 
 
 def score_column(metric: str, level: str | None) -> str:
@@ -415,7 +423,9 @@ def evaluate_claims(
     one-sided test of H0 mean d <= -margin for non-inferiority (``p_direction`` is then its p), the
     per-image t-test (each image averaged over the matched seeds; conditional on the trained models), a
     two-level bootstrap interval (seeds, then test images; ``1 - alpha``), the devices of the pair's runs, the
-    number of failed runs among them, and the verdict with the failed runs left out of the whole analysis.
+    number of failed runs among them, the verdict with the failed runs left out of the whole analysis, and, as a
+    secondary column outside the rule, the Benjamini-Hochberg q-value of ``p_direction`` over every row of the
+    study that ran (``q_direction_bh``, :func:`study_wide_bh`).
 
     Args:
         runs: the loaded runs.
@@ -437,17 +447,42 @@ def evaluate_claims(
     table["n_failed"] = _count_failed(table, runs, failed)
     without = _evaluate(runs.without(failed), claims, n_resamples=0, bootstrap_seed=bootstrap_seed, **settings)
     table["verdict_without_failed"] = without["verdict"].to_numpy()
+    table["q_direction_bh"] = study_wide_bh(table)
     return table.astype({"n_seeds": "Int64", "n_images": "Int64", "family_size": "Int64"})
 
 
-def claim_verdicts(claims_table: pd.DataFrame) -> pd.DataFrame:
+def _cell_labels(claims_table: pd.DataFrame) -> pd.Series:
+    """The label of each claim × dataset (its weakest row that ran), indexed by (claim_id, dataset) in table order."""
+    grouped = claims_table.groupby(["claim_id", "dataset"], sort=False)["verdict"]
+    return grouped.agg(lambda labels: verdicts.weakest(list(labels)))
+
+
+def _comparison_verdicts(claims_table: pd.DataFrame) -> pd.Series:
+    """Per claim × dataset, ``better - baseline: label`` of each of its comparisons joined by "; " (the steps of an
+    ordering such as C7's); "" for a claim with one comparison, whose row label is the claim's."""
+    names = comparison_names(claims_table)
+    texts = {}
+    for key, rows in claims_table.groupby(["claim_id", "dataset"], sort=False):
+        if len(rows) < 2:
+            texts[key] = ""
+            continue
+        texts[key] = "; ".join(f"{names[index]}: {label}" for index, label in rows["verdict"].items())
+    return pd.Series(texts, dtype=object)
+
+
+def claim_verdicts(claims_table: pd.DataFrame, stability: pd.DataFrame | None = None) -> pd.DataFrame:
     """One verdict per claim × dataset: the label of its weakest row that ran (``verdicts.weakest``).
 
     Args:
         claims_table: output of ``evaluate_claims``.
+        stability: output of ``leave_one_seed_out`` for the same runs and settings (None: not computed, the
+            stability columns stay empty).
 
     Returns:
-        Columns claim_id, title, dataset, n_comparisons, n_failed, verdict, verdict_without_failed.
+        Columns claim_id, title, dataset, n_comparisons, n_failed, verdict, verdict_without_failed, then (added
+        later, last) comparison_verdicts (each comparison's own label where the claim has several: the steps of
+        C7's ordering, C6's three light networks), loo_cases, loo_kept (of the leave-one-seed-out analyses, how
+        many keep a decisive label; empty for a label that is not decisive) and fragile (loo_kept < loo_cases).
     """
     grouped = claims_table.groupby(["claim_id", "title", "dataset"], sort=False)
     combined = grouped.agg(
@@ -456,4 +491,267 @@ def claim_verdicts(claims_table: pd.DataFrame) -> pd.DataFrame:
         verdict=("verdict", lambda labels: verdicts.weakest(list(labels))),
         verdict_without_failed=("verdict_without_failed", lambda labels: verdicts.weakest(list(labels))),
     )
-    return combined.reset_index().astype({"n_failed": "int64"})
+    combined = combined.reset_index().astype({"n_failed": "int64"})
+    steps = _comparison_verdicts(claims_table)
+    keys = zip(combined["claim_id"], combined["dataset"], strict=True)
+    combined["comparison_verdicts"] = [steps[key] for key in keys]
+    stability_columns = ["claim_id", "dataset", "loo_cases", "loo_kept"]
+    kept = pd.DataFrame(columns=stability_columns) if stability is None else stability[stability_columns]
+    combined = combined.merge(kept, on=["claim_id", "dataset"], how="left", validate="one_to_one")
+    combined = combined.astype({"loo_cases": "Int64", "loo_kept": "Int64"})
+    combined["fragile"] = (combined["loo_kept"] < combined["loo_cases"]).astype("boolean")
+    return combined
+
+
+def _claim_seeds(claims_table: pd.DataFrame, runs: RunResults) -> dict[str, list[int]]:
+    """Per claim, the seeds matched in any of its rows that ran (every dataset of the claim together)."""
+    seeds: dict[str, set[int]] = {}
+    for row in claims_table.to_dict("records"):
+        if pd.isna(row["n_seeds"]):
+            continue
+        matched = seed_pairs(runs.per_seed, row).index
+        seeds.setdefault(row["claim_id"], set()).update(int(seed) for seed in matched)
+    return {claim_id: sorted(claim_seeds) for claim_id, claim_seeds in seeds.items()}
+
+
+def leave_one_seed_out(
+    runs: RunResults,
+    claims: Sequence[Claim] = CLAIMS,
+    *,
+    alpha: float = 0.05,
+    tost_margin: float = 0.02,
+    power: float = 0.8,
+    seeds_cap: int = 100,
+) -> pd.DataFrame:
+    """How stable each decisive label of a claim × dataset is when one seed is left out.
+
+    For each seed of a claim (every seed matched in any of its rows, on any of its datasets), that seed's runs are
+    dropped from every variant and dataset, and the whole analysis is redone on what remains exactly as
+    ``evaluate_claims`` does it: each row's tests, the claim's family and Holm over it, the intervals and power at
+    alpha/m, each row's label and the claim's weakest label per dataset. A decisive label (``verdicts.DECISIVE``)
+    is **fragile** when any of these leave-one-out analyses gives its cell another label.
+
+    Args:
+        runs: the loaded runs.
+        claims: the claims.
+        alpha: family-wise significance level.
+        tost_margin: equivalence and non-inferiority margin.
+        power: power for the MDD and the seeds needed.
+        seeds_cap: largest number of seeds ``seeds_needed`` considers.
+
+    Returns:
+        One row per claim × dataset with a decisive label, in the claims table's order: claim_id, dataset,
+        verdict, loo_cases (the claim's seeds: one analysis without each), loo_kept (how many keep the label),
+        fragile, then ``without_seed_<k>``: the cell's label without seed k (empty for a seed the claim has not).
+    """
+    settings = {"alpha": alpha, "tost_margin": tost_margin, "power": power, "seeds_cap": seeds_cap}
+    full = _evaluate(runs, claims, n_resamples=0, bootstrap_seed=0, **settings)
+    labels = _cell_labels(full)
+    decisive = [key for key, label in labels.items() if label in verdicts.DECISIVE]
+    claim_seeds = _claim_seeds(full, runs)
+    tested = [claim for claim in claims if any(claim.id == claim_id for claim_id, _ in decisive)]
+    all_seeds = sorted({seed for claim_id, _ in decisive for seed in claim_seeds[claim_id]})
+    without = {}
+    for seed in all_seeds:
+        dropped = runs.per_seed.loc[runs.per_seed["seed"] == seed, RUN_KEYS]
+        reduced = _evaluate(runs.without(dropped), tested, n_resamples=0, bootstrap_seed=0, **settings)
+        without[seed] = _cell_labels(reduced)
+    columns = ["claim_id", "dataset", "verdict", "loo_cases", "loo_kept", "fragile"]
+    columns += [f"without_seed_{seed}" for seed in all_seeds]
+    rows = []
+    for claim_id, dataset in decisive:
+        label = labels[(claim_id, dataset)]
+        cases = {seed: without[seed][(claim_id, dataset)] for seed in claim_seeds[claim_id]}
+        kept = sum(other == label for other in cases.values())
+        rows.append(
+            {
+                "claim_id": claim_id,
+                "dataset": dataset,
+                "verdict": label,
+                "loo_cases": len(cases),
+                "loo_kept": kept,
+                "fragile": kept < len(cases),
+            }
+            | {f"without_seed_{seed}": other for seed, other in cases.items()}
+        )
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"loo_cases": "int64", "loo_kept": "int64", "fragile": "bool"})
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of independent or positively dependent tests.
+
+    With p sorted ascending, q_(i) = min over j >= i of min(1, m p_(j) / j); a test is significant at false
+    discovery rate alpha iff q < alpha (equivalently <=, up to ties at alpha).
+
+    Args:
+        pvalues: the p-values, each in [0, 1].
+
+    Returns:
+        The q-values in the input order.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"p-values must be a 1-d sequence of numbers in [0, 1], got {pvalues!r}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.empty(m)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+def study_wide_bh(claims_table: pd.DataFrame) -> pd.Series:
+    """The Benjamini-Hochberg q-value of each row's ``p_direction`` over every row of the study that has one (all
+    claims together; NaN for rows that did not run): a secondary, study-wide reading beside the rule's Holm
+    within each claim, which it does not replace.
+
+    Args:
+        claims_table: a claims table with ``p_direction``.
+
+    Returns:
+        The q-values on the table's index.
+    """
+    tested = claims_table["p_direction"].notna()
+    q = pd.Series(np.nan, index=claims_table.index)
+    q[tested] = benjamini_hochberg(claims_table.loc[tested, "p_direction"].to_numpy(dtype=float))
+    return q
+
+
+def multiple_testing_summary(claims_table: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """How many rows' direction tests are significant under the rule's Holm (within each claim) and under the
+    secondary study-wide Benjamini-Hochberg, at ``alpha``.
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+        alpha: the level (family-wise for Holm, false discovery rate for BH).
+
+    Returns:
+        Keys tests (rows with a direction test), holm (p_direction_holm < alpha), bh (q_direction_bh < alpha),
+        both, bh_only and holm_only.
+    """
+    tested = claims_table[claims_table["p_direction"].notna()]
+    holm = tested["p_direction_holm"] < alpha
+    bh = tested["q_direction_bh"] < alpha
+    return {
+        "tests": int(len(tested)),
+        "holm": int(holm.sum()),
+        "bh": int(bh.sum()),
+        "both": int((holm & bh).sum()),
+        "bh_only": int((bh & ~holm).sum()),
+        "holm_only": int((holm & ~bh).sum()),
+    }
+
+
+def _as_non_inferiority(claim: Claim) -> Claim:
+    """The claim read one-sided: each comparison's better side at most the margin below its baseline (no number)."""
+    comparisons = tuple(
+        dataclasses.replace(comparison, claimed_difference=None, claimed_on=None) for comparison in claim.comparisons
+    )
+    return dataclasses.replace(claim, kind="non-inferiority", comparisons=comparisons)
+
+
+MARGIN_COLUMNS = [
+    "claim_id",
+    "dataset",
+    "comparison",
+    "margin",
+    "declared",
+    "n_seeds",
+    "mean_diff",
+    "tost_ci_low",
+    "tost_ci_high",
+    "ci_adj_low",
+    "ci_adj_high",
+    "equivalence_p_holm",
+    "equivalence",
+    "non_inferiority_p_holm",
+    "non_inferiority",
+]
+CLAIM_LINE = "all comparisons (weakest)"
+
+
+def margin_sensitivity(
+    runs: RunResults,
+    claim_id: str = "C6",
+    margins: Sequence[float] = C6_MARGINS,
+    *,
+    declared_margin: float = 0.02,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    seeds_cap: int = 100,
+    claims: Sequence[Claim] = CLAIMS,
+) -> pd.DataFrame:
+    """An equivalence claim's labels at several margins, and its one-sided non-inferiority reading beside.
+
+    At each margin the claim's whole family is evaluated as ``evaluate_claims`` does it (TOST, Holm over the
+    family, the labels), and again read as a non-inferiority claim (H0: mean d <= -margin, Holm over the same
+    rows): a lighter network that is better than its baseline does not count against "matches" there. The
+    declared margin's equivalence labels are the primary ones; everything else is secondary.
+
+    Args:
+        runs: the loaded runs.
+        claim_id: an equivalence claim.
+        margins: the margins (the declared one is added when missing).
+        declared_margin: the study's margin (params.yaml's aggregate.tost_margin).
+        alpha: family-wise level.
+        power: power for the MDD.
+        seeds_cap: largest number of seeds ``seeds_needed`` considers.
+        claims: where to find the claim.
+
+    Returns:
+        ``MARGIN_COLUMNS``: per dataset, each comparison and then the claim's weakest label (``comparison`` is
+        ``CLAIM_LINE``, numbers empty), at each margin ascending; ``declared`` marks the declared margin. The
+        intervals are the unadjusted (1 - 2 alpha) TOST interval and the family's (1 - 2 alpha/m) one.
+    """
+    (claim,) = [claim for claim in claims if claim.id == claim_id]
+    if claim.kind != "equivalence":
+        raise ValueError(f"{claim_id} is a {claim.kind} claim, not an equivalence claim")
+    settings = {"alpha": alpha, "power": power, "seeds_cap": seeds_cap, "n_resamples": 0, "bootstrap_seed": 0}
+    margins = sorted({*margins, declared_margin})
+    evaluated = {
+        margin: (
+            _evaluate(runs, [claim], tost_margin=margin, **settings),
+            _evaluate(runs, [_as_non_inferiority(claim)], tost_margin=margin, **settings),
+        )
+        for margin in margins
+    }
+    first, _ = evaluated[margins[0]]
+    names = comparison_names(first)
+    rows = []
+    for dataset in dict.fromkeys(first["dataset"]):
+        for index in first.index[first["dataset"] == dataset]:
+            for margin, (equivalence, one_sided) in evaluated.items():
+                row = equivalence.loc[index]
+                rows.append(
+                    {
+                        "claim_id": claim_id,
+                        "dataset": dataset,
+                        "comparison": names[index],
+                        "margin": margin,
+                        "declared": margin == declared_margin,
+                        "n_seeds": row["n_seeds"],
+                        "mean_diff": row["mean_diff"],
+                        "tost_ci_low": row["tost_ci_low"],
+                        "tost_ci_high": row["tost_ci_high"],
+                        "ci_adj_low": row["ci_adj_low"],
+                        "ci_adj_high": row["ci_adj_high"],
+                        "equivalence_p_holm": row["p_direction_holm"],
+                        "equivalence": row["verdict"],
+                        "non_inferiority_p_holm": one_sided.loc[index, "p_direction_holm"],
+                        "non_inferiority": one_sided.loc[index, "verdict"],
+                    }
+                )
+        for margin, (equivalence, one_sided) in evaluated.items():
+            rows.append(
+                {
+                    "claim_id": claim_id,
+                    "dataset": dataset,
+                    "comparison": CLAIM_LINE,
+                    "margin": margin,
+                    "declared": margin == declared_margin,
+                    "equivalence": _cell_labels(equivalence)[(claim_id, dataset)],
+                    "non_inferiority": _cell_labels(one_sided)[(claim_id, dataset)],
+                }
+            )
+    return pd.DataFrame(rows, columns=MARGIN_COLUMNS).astype({"n_seeds": "Int64"})

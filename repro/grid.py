@@ -11,11 +11,15 @@ Three blocks share the seeds, each a DVC stage over its own datasets x variants:
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
 after other runs have used the machine. :func:`check_grid` finds every such problem at once, so one message lists
 them all.
+
+A :class:`RunFilter` aims a call of the runner at part of the grid (``--datasets``, ``--models``, ``--seeds``,
+``--stages``): a run is selected when it matches every filter given.
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +91,118 @@ class Grid:
             for stage, datasets, models in self.blocks
         )
         return f"{text} = {self.size} runs at scale {self.scale}"
+
+
+def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
+    """The DVC stage name of one run, e.g. ``train@ph2-dermoscopy-unet-0``."""
+    return f"{stage}@{dataset}-{model}-{seed}"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs of the grid one call trains: those matching every filter given (an empty filter matches all).
+
+    ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``, ``train_extra@*``,
+    ``*-unetpp-*``); a run is selected when any of them matches its name.
+    """
+
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    stages: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.datasets or self.models or self.seeds or self.stages)
+
+    @classmethod
+    def parse(
+        cls,
+        datasets: str | None = None,
+        models: str | None = None,
+        seeds: str | None = None,
+        stages: str | None = None,
+        problems: list[str] | None = None,
+    ) -> RunFilter:
+        """The filter of the command line's comma-separated lists (``--datasets a,b --seeds 0,1``).
+
+        Raises:
+            GridError: a seed that is not a whole number; with a list ``problems``, added there instead (that seed
+                left out), so that one message lists it with the others.
+        """
+        found = []
+        seed_values = []
+        for text in _items(seeds):
+            try:
+                seed_values.append(int(text))
+            except ValueError:
+                found.append(f"--seeds: '{text}' is not a whole number")
+        if found and problems is None:
+            raise GridError(found)
+        if problems is not None:
+            problems += found
+        return cls(_items(datasets), _items(models), tuple(seed_values), _items(stages))
+
+    def matches(self, stage: str, dataset: str, model: str, seed: int) -> bool:
+        return (
+            (not self.datasets or dataset in self.datasets)
+            and (not self.models or model in self.models)
+            and (not self.seeds or seed in self.seeds)
+            and (
+                not self.stages
+                or any(fnmatch.fnmatchcase(run_name(stage, dataset, model, seed), glob) for glob in self.stages)
+            )
+        )
+
+    def select(self, grid: Grid) -> list[tuple[str, str, str, int]]:
+        """The runs of ``grid`` (as :meth:`Grid.runs` gives them, in its order) that this filter selects."""
+        return [run for run in grid.runs() if self.matches(*run)]
+
+    def problems(self, grid: Grid) -> list[str]:
+        """Every filter that names something outside ``grid`` (a typo would otherwise select nothing, silently),
+        and filters that together select no run."""
+        runs = grid.runs()
+        problems = []
+        for flag, values, known in (
+            ("--datasets", self.datasets, {dataset for _, dataset, _, _ in runs}),
+            ("--models", self.models, {model for _, _, model, _ in runs}),
+            ("--seeds", self.seeds, {seed for *_, seed in runs}),
+        ):
+            listed = [str(value) for value in sorted(known, key=str)]
+            for value in values:
+                if value not in known:
+                    problems.append(
+                        f"{flag}: '{value}' is not in the study grid of params.yaml; "
+                        f"{_suggest(str(value), listed)}it has: {', '.join(listed)}"
+                    )
+        names = [run_name(*run) for run in runs]
+        for glob in self.stages:
+            if not fnmatch.filter(names, glob):
+                problems.append(
+                    f"--stages: '{glob}' matches no run of the study grid (names like {names[0]})"
+                    if names
+                    else f"--stages: '{glob}' matches no run: the grid has none"
+                )
+        if not problems and self and not self.select(grid):
+            problems.append(f"{self.describe()} together select no run of the study grid")
+        return problems
+
+    def describe(self) -> str:
+        """The filter as the command line gives it, e.g. ``--datasets ph2-dermoscopy --seeds 0``."""
+        parts = [
+            f"{flag} {','.join(map(str, values))}"
+            for flag, values in (
+                ("--datasets", self.datasets),
+                ("--models", self.models),
+                ("--seeds", self.seeds),
+                ("--stages", self.stages),
+            )
+            if values
+        ]
+        return " ".join(parts)
+
+
+def _items(text: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (text or "").split(",") if item.strip())
 
 
 def _suggest(name: str, choices: list[str]) -> str:

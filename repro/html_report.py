@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 from nbconvert import HTMLExporter
 
-from repro import run_results
+from repro import run_results, tables
 from repro.config import PARAMS_FILE
 from repro.run_results import RUN_KEYS
 
@@ -64,6 +64,7 @@ td.verdict-reversed, td.verdict-not-equivalent, td.verdict-inferior { background
 td.verdict-inconclusive { background: #fff1c7; }
 td.verdict-inconclusive-underpowered { background: #f4f0e0; }
 td.verdict-not-run, td.not-tested { color: #888; }
+td div.steps { font-size: 0.85em; color: #555; }
 """
 
 
@@ -129,9 +130,16 @@ def _notebook(folder: Path, run_dir: Path) -> Path:
     return notebook
 
 
+# What a stats.json written since the leave-one-seed-out analysis adds per claim × dataset (absent from older ones).
+_OPTIONAL_CLAIM_FIELDS = ("comparison_verdicts", "loo_kept", "loo_cases")
+
+
 def _claims(stats: dict, stats_path: Path) -> pd.DataFrame:
     try:
-        claims = pd.DataFrame(stats["claims"])[["claim_id", "title", "dataset", "verdict"]]
+        claims = pd.DataFrame(stats["claims"])
+        claims = claims[["claim_id", "title", "dataset", "verdict"]].join(
+            claims.reindex(columns=list(_OPTIONAL_CLAIM_FIELDS))
+        )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{stats_path}: no 'claims' list with claim_id, title, dataset, verdict ({error})") from None
     return claims
@@ -187,17 +195,25 @@ def _slug(label: str) -> str:
 def _verdict_table(claims: pd.DataFrame) -> str:
     datasets = sorted(claims["dataset"].unique())
     titles = claims.drop_duplicates("claim_id").set_index("claim_id")["title"]
-    verdicts = claims.set_index(["claim_id", "dataset"])["verdict"]
+    by_cell = claims.set_index(["claim_id", "dataset"])
     head = "".join(f"<th>{html.escape(d)}</th>" for d in datasets)
     rows = []
     for claim_id, title in titles.items():
         cells = []
         for dataset in datasets:
-            verdict = verdicts.get((claim_id, dataset))
-            if verdict is None:  # a claim restricted to other datasets (e.g. a sensitivity analysis on DSB2018)
+            if (claim_id, dataset) not in by_cell.index:
+                # a claim restricted to other datasets (e.g. a sensitivity analysis on DSB2018)
                 cells.append('<td class="not-tested" title="not a dataset of this claim">&mdash;</td>')
                 continue
-            cells.append(f'<td class="verdict-{_slug(verdict)}">{html.escape(verdict)}</td>')
+            cell = by_cell.loc[(claim_id, dataset)]
+            verdict = cell["verdict"]
+            # Where stats.json has them: "(fragile: k/n)" when leaving one seed out changes the label, and each
+            # comparison's own label for a claim with several (C7's steps).
+            text = html.escape(tables.marked_verdict(verdict, cell["loo_kept"], cell["loo_cases"]))
+            steps = cell["comparison_verdicts"]
+            if isinstance(steps, str) and steps:
+                text += f'<div class="steps">{html.escape(steps)}</div>'
+            cells.append(f'<td class="verdict-{_slug(verdict)}">{text}</td>')
         rows.append(
             f'<tr data-claim="{html.escape(claim_id)}"><td>{html.escape(claim_id)}</td>'
             f"<td>{html.escape(title)}</td>{''.join(cells)}</tr>"

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from repro import verdicts
-from repro.evaluation import claim_verdicts, seed_pairs
+from repro.evaluation import claim_verdicts, multiple_testing_summary, seed_pairs
 from repro.run_results import RunResults
-from repro.tables import comparison_names, format_p
+from repro.tables import comparison_names, format_p, kept_text
 
 
 def _counts(values: pd.Series) -> str:
@@ -189,16 +189,17 @@ def _claim_notes(claim_table: pd.DataFrame, sensitivity_analyses: list[str]) -> 
     return "".join(notes)
 
 
-def conclusions(claims_table: pd.DataFrame) -> str:
+def conclusions(claims_table: pd.DataFrame, stability: pd.DataFrame | None = None) -> str:
     """One paragraph per claim, in words, following from the verdict table (Markdown).
 
     Args:
         claims_table: output of ``evaluate_claims``.
+        stability: output of ``leave_one_seed_out`` (None: not computed): a fragile label says so.
 
     Returns:
         The conclusions.
     """
-    per_claim = claim_verdicts(claims_table)
+    per_claim = claim_verdicts(claims_table, stability)
     paragraphs = []
     for (claim_id, title), claim_rows in per_claim.groupby(["claim_id", "title"], sort=False):
         claim_table = claims_table[claims_table["claim_id"] == claim_id]
@@ -213,13 +214,20 @@ def conclusions(claims_table: pd.DataFrame) -> str:
         parts = []
         for verdict_row in ran.itertuples(index=False):
             rows = claim_table[claim_table["dataset"] == verdict_row.dataset]
+            several = len(rows) > 1  # each step's own label beside its number (C7's ordering, C6's networks)
             numbers = "; ".join(
                 f"{name} {_signed(r.mean_diff)} {r.metric}"
                 + (f" (claimed {_signed(r.claimed_difference)})" if pd.notna(r.claimed_difference) else "")
+                + (f": {r.verdict}" if several else "")
                 for name, r in zip(comparison_names(rows), rows.itertuples(index=False), strict=True)
                 if pd.notna(r.mean_diff)
             )
             text = f"on `{verdict_row.dataset}` **{verdict_row.verdict}**" + (f" ({numbers})" if numbers else "")
+            if pd.notna(verdict_row.fragile) and bool(verdict_row.fragile):
+                text += (
+                    f", fragile: {kept_text(verdict_row.loo_kept, verdict_row.loo_cases)} of the analyses leaving "
+                    "one seed out keep it"
+                )
             if verdict_row.verdict_without_failed != verdict_row.verdict:
                 text += f", **{verdict_row.verdict_without_failed}** without its {verdict_row.n_failed} failed run(s)"
             parts.append(text)
@@ -227,6 +235,60 @@ def conclusions(claims_table: pd.DataFrame) -> str:
         meaning = "; ".join(f"*{label}*: {verdicts.MEANINGS[label]}" for label in labels)
         paragraphs.append(f"- **{claim_id}** ({title}): " + "; ".join(parts) + f". ({meaning}.){notes}")
     return "\n".join(paragraphs) + "\n"
+
+
+def stability_text(stability: pd.DataFrame) -> str:
+    """The leave-one-seed-out result in words (Markdown): how many decisive labels there are, and each fragile one
+    with the labels it takes without each seed.
+
+    Args:
+        stability: output of ``leave_one_seed_out``.
+
+    Returns:
+        The text.
+    """
+    if stability.empty:
+        return "No claim has a decisive label on any dataset: nothing to test for stability.\n"
+    fragile = stability[stability["fragile"]]
+    head = (
+        f"{len(stability)} decisive label(s); {len(fragile)} fragile (leaving out one seed, with the claim's whole "
+        "family recomputed, changes the label in at least one case)"
+    )
+    if fragile.empty:
+        return head + ".\n"
+    seeds = [column for column in stability.columns if column.startswith("without_seed_")]
+    lines = [head + ":"]
+    for row in fragile.to_dict("records"):
+        changes = "; ".join(
+            f"without seed {column.removeprefix('without_seed_')}: {row[column]}"
+            for column in seeds
+            if pd.notna(row[column]) and row[column] != row["verdict"]
+        )
+        lines.append(
+            f"- **{row['claim_id']}** on `{row['dataset']}` **{row['verdict']}**: kept in "
+            f"{kept_text(row['loo_kept'], row['loo_cases'])} ({changes})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def multiple_testing_text(claims_table: pd.DataFrame, alpha: float) -> str:
+    """The secondary study-wide Benjamini-Hochberg reading against the rule's Holm within each claim, in words.
+
+    Args:
+        claims_table: output of ``evaluate_claims``.
+        alpha: the level.
+
+    Returns:
+        The text (Markdown).
+    """
+    counts = multiple_testing_summary(claims_table, alpha)
+    return (
+        f"Of the {counts['tests']} rows with a direction test (`p_direction`: the t-test, the TOST or the "
+        f"non-inferiority test of the row's claim), {counts['holm']} are significant under the rule's Holm within "
+        f"each claim (`p_direction_holm` < {alpha:g}) and {counts['bh']} under Benjamini-Hochberg over all of them "
+        f"together (`q_direction_bh` < {alpha:g}, false discovery rate; secondary, it labels nothing): "
+        f"{counts['both']} under both, {counts['bh_only']} under BH only, {counts['holm_only']} under Holm only.\n"
+    )
 
 
 def _json_value(value: object) -> object:
@@ -266,6 +328,8 @@ def stats_summary(
     tost_margin: float = 0.02,
     power: float = 0.8,
     n_resamples: int,
+    stability: pd.DataFrame | None = None,
+    margins: pd.DataFrame | None = None,
 ) -> dict:
     """Everything the report concludes, as a JSON-ready dict for ``results/<scale>/stats.json``.
 
@@ -277,13 +341,29 @@ def stats_summary(
         tost_margin: equivalence margin used.
         power: power used for the MDD and the seeds needed.
         n_resamples: bootstrap resamples per row.
+        stability: output of ``leave_one_seed_out`` (None: not computed).
+        margins: output of ``margin_sensitivity`` (None: not computed).
 
     Returns:
         Keys ``settings``, ``verdict_rule``, ``labels`` (label -> meaning), ``results`` (per dataset × model),
-        ``comparisons`` (per claim comparison × dataset), ``claims`` (per claim × dataset), ``failed_runs``
-        and ``verdict_counts``.
+        ``comparisons`` (per claim comparison × dataset), ``claims`` (per claim × dataset, with each decisive
+        label's leave-one-seed-out counts), ``failed_runs``, ``verdict_counts``, then (added later)
+        ``multiple_testing`` (rows significant under Holm within each claim and under the secondary study-wide
+        Benjamini-Hochberg), and, where computed, ``claim_stability`` and ``margin_sensitivity``.
     """
-    per_claim = claim_verdicts(claims_table)
+    per_claim = claim_verdicts(claims_table, stability)
+    secondary = {
+        "multiple_testing": {
+            "primary": "Holm within each claim (p_direction_holm)",
+            "secondary": "Benjamini-Hochberg over every row's p_direction, all claims together (q_direction_bh)",
+            "alpha": alpha,
+        }
+        | multiple_testing_summary(claims_table, alpha)
+    }
+    if stability is not None:
+        secondary["claim_stability"] = records(stability)
+    if margins is not None:
+        secondary["margin_sensitivity"] = records(margins)
     return {
         "settings": {"alpha": alpha, "tost_margin": tost_margin, "power": power, "bootstrap_resamples": n_resamples},
         "verdict_rule": verdicts.verdict_rule(alpha, tost_margin),
@@ -293,7 +373,7 @@ def stats_summary(
         "claims": records(per_claim),
         "failed_runs": records(failed),
         "verdict_counts": {label: int((per_claim["verdict"] == label).sum()) for label in verdicts.LABELS},
-    }
+    } | secondary
 
 
 def write_stats_json(summary: dict, path: str | Path) -> Path:

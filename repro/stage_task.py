@@ -7,12 +7,19 @@ no clean-up code of the worker can run) or when the task gives up the run (cance
 a killed worker would leave its papermill process training, orphaned, while the scheduler hands the same run to
 another worker, and two processes would write one run's checkpoint and outputs.
 
+The guard also keeps the run's log readable: papermill's "Executing Cell N" / "Ending Cell N" markers and the
+kernel's "running over TCP without encryption" warning (one line per cell, each run) are dropped on the way to the
+log; every other line (the run's settings, its epoch lines, any error) is kept. dvc.yaml's command stays as it is,
+so no recorded run goes stale for it. :func:`failure_cause` picks the line of a failed command's output that says
+why it failed, which the runner prints last.
+
 This module imports nothing heavy: it is imported by every worker and started once per run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +32,64 @@ TOPIC = "unet-repro-stage"
 THREADS_ENV = "UNET_REPRO_THREADS"
 # The task states in which a worker still wants the task's result; anything else means the client let go.
 _WANTED = ("executing", "long-running")
+
+
+# Lines of a stage's (or DVC's) output that say nothing about the run: papermill's cell markers, the Jupyter kernel's
+# transport warning, DVC's progress bars and lock messages (drawn only on a terminal, but dropped wherever they come).
+NOISE = re.compile(
+    r"^\s*(?:(?:Executing|Ending) Cell \d+-*"
+    r"|.*Kernel is running over TCP without encryption.*"
+    r"|.*Waiting to acquire lock.*"
+    r"|.*Collecting files and computing hashes.*"
+    r"|\d{1,3}%\s*\|.*\|.*)\s*$"
+)
+# Terminal colours and cursor movements (IPython colours its tracebacks, tqdm moves the cursor).
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+# A line that states an error: a Python exception (``ValueError: ...``, ``dvc.exceptions.DvcException: ...``), the
+# one-line ``error: ...`` of this project's command lines, DVC's ``ERROR: ...``.
+_ERROR = re.compile(
+    r"^(?:(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?|error: .+|ERROR: .+)$"
+)
+# DVC's line after a command that failed: it names the command, not the reason, which the command printed before.
+_DVC_WRAPPER = re.compile(r"^ERROR: failed to reproduce .*: failed to run: .*, exited with -?\d+$")
+
+
+def is_noise(line: str) -> bool:
+    """Whether an output line is one of :data:`NOISE`'s."""
+    return bool(NOISE.match(_ESCAPES.sub("", line)))
+
+
+def copy_output(source, sink) -> None:
+    """Copy the lines of the binary stream ``source`` to ``sink`` (binary) as they come, without :data:`NOISE`;
+    stops quietly when ``sink`` is closed (its owner gave up waiting for the rest)."""
+    try:
+        for line in iter(source.readline, b""):
+            if not is_noise(line.decode(errors="replace")):
+                sink.write(line)
+                sink.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def meaningful_lines(text: str) -> list[str]:
+    """The non-blank lines of a command's output, less :data:`NOISE`, colours and trailing blanks removed."""
+    lines = (_ESCAPES.sub("", line).rstrip() for line in text.splitlines())
+    return [line for line in lines if line.strip() and not NOISE.match(line)]
+
+
+def failure_cause(text: str) -> str | None:
+    """Why a command failed, from its output: the last line that states an error (a Python exception, an
+    ``error: ...`` line), DVC's own "failed to run ..." only where the command said nothing, else the last line;
+    None for an empty output."""
+    lines = meaningful_lines(text)
+    wrapper = None
+    for line in reversed(lines):
+        stripped = line.strip()
+        if _DVC_WRAPPER.match(stripped):
+            wrapper = wrapper or stripped
+        elif _ERROR.match(stripped) and not stripped.endswith(("Error:", "Exception:")):
+            return stripped
+    return wrapper or (lines[-1].strip() if lines else None)
 
 
 class StageFailed(RuntimeError):
@@ -113,8 +178,13 @@ def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: 
 
 
 def _guard(cmd: str) -> int:
-    """Run ``cmd`` in a new process group; end the group when stdin closes or on SIGINT/SIGTERM."""
-    process = subprocess.Popen(cmd, shell=True, start_new_session=True)
+    """Run ``cmd`` in a new process group, its output (less :data:`NOISE`) to this process's; end the group when
+    stdin closes or on SIGINT/SIGTERM."""
+    process = subprocess.Popen(
+        cmd, shell=True, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output = threading.Thread(target=copy_output, args=(process.stdout, sys.stdout.buffer), daemon=True)
+    output.start()
 
     def end(*_) -> None:
         if process.poll() is None:
@@ -129,7 +199,10 @@ def _guard(cmd: str) -> int:
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGINT, end)
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), end()), daemon=True).start()
-    return process.wait()
+    returncode = process.wait()
+    # The rest of its output; a notebook kernel that outlives papermill by a moment holds the pipe open that long.
+    output.join(timeout=10)
+    return returncode
 
 
 if __name__ == "__main__":

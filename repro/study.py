@@ -4,6 +4,9 @@
     python -m repro.study --workers 4           # four at a time (`make study JOBS=4`)
     python -m repro.study --scheduler-address tcp://10.0.0.5:8786
     python -m repro.study --kind slurm --set queue=gpu --set jobs=4
+    python -m repro.study --datasets ph2-dermoscopy --models unet,unetpp --seeds 0   # part of the grid
+    python -m repro.study --stages 'train@ph2-*' --dry-run   # what would train, and for how long; trains nothing
+    python -m repro.study --report-only         # the aggregate and the report from the runs that exist (`make report`)
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
 ``cluster:`` settings of params.yaml first (one message lists every problem), prepares the data (`dvc repro
@@ -17,6 +20,22 @@ runs exactly the stages still stale. Finally `dvc repro` runs complexity and agg
 Before it trains, it prints the scale, how many runs it trains (new, or replacing stale runs of that scale) and
 where the results go: dvc.yaml writes every output of the study below results/<scale>/, so a study at another
 scale writes beside the committed one, never over it.
+
+Aiming it: ``--datasets``, ``--models``, ``--seeds`` (comma-separated) and ``--stages`` (globs over the stage names)
+train only the stale runs that match every filter given; the rest of the pipeline (aggregate, report) then waits
+for a call without filters, or ``--report-only``, which rebuilds the aggregate and the report from the runs that
+exist (``dvc repro --single-item aggregate report``: the stages themselves, none of the training stages they
+follow). ``--dry-run`` lists the runs a call would train, new ones apart from those replacing a committed run,
+with a time estimate, and stops. A call that would train more than ten runs or for more than two hours asks first
+(on a terminal; elsewhere it refuses unless given ``--yes``). The estimate is each run's dataset x variant's
+median ``train_seconds`` (+ ``eval_seconds``) over the committed runs of the scale, else its dataset's median,
+spread over the cluster's slots; benchmarks/grid_cost.py's step model would time every variant first (minutes),
+too long for a question asked before a start.
+
+The runs' logs (checkpoints/logs/<stage>.log) and DVC's (prepare.log, repro.log, report.log) keep the runs'
+settings, epoch lines and errors, not papermill's cell markers, the kernel's transport warning or DVC's progress
+bars (:data:`repro.stage_task.NOISE`), and the runner's screen shows none of them. A command that fails ends the
+runner's output with its cause: the last line of its log that states an error.
 
 A worker killed mid-run loses only its current epoch: the scheduler gives the run to another worker, which
 resumes from the run's checkpoint. A run that fails is retried (``cluster.retries``), then reported with its
@@ -35,6 +54,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -47,13 +67,17 @@ import yaml
 from repro.cluster import ClusterError, ClusterSettings, cluster_settings, start_cluster
 from repro.config import load_params
 from repro.data.registry import REPO_ROOT
-from repro.grid import Grid, GridError, check_grid
-from repro.stage_task import TOPIC, StageFailed, run_stage
+from repro.grid import Grid, GridError, RunFilter, check_grid, run_name
+from repro.stage_task import TOPIC, StageFailed, copy_output, failure_cause, meaningful_lines, run_stage
 
 # The programs the training stages' commands in dvc.yaml call by name.
 STAGE_PROGRAMS = ("papermill",)
 
 DEBUG_ENV = "UNET_REPRO_DEBUG"
+
+# A start that trains more runs than this, or longer (estimated wall time), asks first.
+CONFIRM_RUNS = 10
+CONFIRM_SECONDS = 2 * 3600
 
 
 class StudyError(RuntimeError):
@@ -74,6 +98,9 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)  # each trained run's wall time on its worker
     failed: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    selected: int | None = None  # the runs the filters selected (None: no filter, the whole grid)
+    only: str = ""  # the filters, as the command line gave them
+    stopped: str = ""  # why it trained nothing: "dry run", "declined"
 
 
 # --- DVC ---------------------------------------------------------------------------------------------------------
@@ -85,30 +112,59 @@ def _repo(root: Path):
 
     # Importing dvc sets up its console logging at INFO: its in-process commit would announce every lock-file update.
     logging.getLogger("dvc").setLevel(logging.WARNING)
+    # DVC's progress bars ("Collecting files and computing hashes", "Waiting to acquire lock") draw on a terminal
+    # unless their logger is above ERROR: inside the runner's own bar they are noise.
+    logging.getLogger("dvc.progress").setLevel(logging.CRITICAL)
     return Repo(str(root))
 
 
-def stale_train_stages(root: Path, grid: Grid) -> list:
+def stale_train_stages(root: Path, grid: Grid, only: RunFilter | None = None) -> list:
     """The `train@...`, `train_extra@...` and `train_volumes@...` stages `dvc repro` would run (DVC's own status), in
     the grid's order (:meth:`repro.grid.Grid.runs`): seed by seed, then each variant in the order ``study.models``
     (then ``study.extra.models``, ``study.volumes.models``) lists it, then each dataset. The study lists its variants
     in the order their claims matter, so a study cut short has every variant at the same number of seeds, the first
-    ones at one more."""
+    ones at one more. With ``only``, the stale stages it selects."""
     targets = [stage for stage, _, _ in grid.blocks]
     with _repo(root) as repo:
         stale = set(repo.status(targets=targets))
         stages = [stage for stage in repo.index.stages if stage.addressing in stale]
     rank = {name: i for i, (name, _, _) in enumerate(_grid_runs(grid))}
+    if only:
+        selected = {run_name(*run) for run in only.select(grid)}
+        stages = [stage for stage in stages if stage.addressing in selected]
     return sorted(stages, key=lambda stage: rank[stage.addressing])
 
 
-def replacing(root: Path, stages: list) -> int:
-    """How many of the stale ``stages`` already hold a finished run (its metrics.json), which training replaces.
+def committed_runs(root: Path, stages: list) -> set[str]:
+    """The stale ``stages`` that already hold a run, which training replaces: an entry in dvc.lock, or a finished
+    run's metrics.json in its results folder.
 
     Outputs lie below results/<scale>/, so these are runs of the same scale whose code, data or settings changed
     since; the others are new. A study at another scale never writes over them.
     """
-    return sum(bool(_files(root, stage, "metrics.json")) for stage in stages)
+    try:
+        locked = set((yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        locked = set()
+    return {stage.addressing for stage in stages if stage.addressing in locked or _files(root, stage, "metrics.json")}
+
+
+def replacing(root: Path, stages: list) -> int:
+    """How many of the stale ``stages`` replace a committed run (:func:`committed_runs`)."""
+    return len(committed_runs(root, stages))
+
+
+def missing_splits(params: dict, root: Path = REPO_ROOT) -> list[str]:
+    """The datasets the prepare stages prepare that have no split file (data/splits/<name>.json), as problems to
+    report: DVC would stop on the missing dependency with "No such file or directory" and no word of the fix."""
+    prepare = params.get("prepare") or {}
+    names = list(prepare.get("datasets") or []) + list(prepare.get("custom_datasets") or {})
+    return [
+        f"prepare: '{name}' has no split file (data/splits/{name}.json), which its prepare stage reads; draw one "
+        f"with `python -m repro.data.prepare --draw-split {name}` and commit it"
+        for name in names
+        if not (root / "data" / "splits" / f"{name}.json").is_file()
+    ]
 
 
 def missing_programs(settings: ClusterSettings, programs: tuple[str, ...] = STAGE_PROGRAMS) -> list[str]:
@@ -129,14 +185,132 @@ def missing_programs(settings: ClusterSettings, programs: tuple[str, ...] = STAG
     ]
 
 
-def plan(grid: Grid, to_train: int, replaced: int) -> str:
+def plan(grid: Grid, to_train: int, replaced: int, only: RunFilter | None = None) -> str:
     """The line the runner prints before it starts: the scale, the runs it trains (new, replacing stale runs of
-    this scale), and where the results go."""
+    this scale), and where the results go; with ``only``, out of the runs it selects."""
+    selected = len(only.select(grid)) if only else grid.size
+    aimed = f"selected by {only.describe()} of {grid.size}; " if only else ""
     return (
-        f"scale {grid.scale}: {to_train} of {grid.size} training runs to run ({to_train - replaced} new, "
-        f"{replaced} replacing stale runs of scale {grid.scale}; {grid.size - to_train} up to date); "
+        f"scale {grid.scale}: {to_train} of {selected} training runs to run ({aimed}{to_train - replaced} new, "
+        f"{replaced} replacing stale runs of scale {grid.scale}; {selected - to_train} up to date); "
         f"results go to {grid.results_dir}/"
     )
+
+
+@dataclass
+class Estimate:
+    """How long runs take, from the committed runs of the same scale: each run its cell's (dataset x variant)
+    median of ``train_seconds + eval_seconds``, else its dataset's median over every variant, else unknown.
+
+    Notebook start-up and data loading (seconds) are left out. benchmarks/grid_cost.py's step model would also
+    cover cells without a run, but it times every variant's training steps first: minutes before a question.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)  # each run with an estimate -> expected seconds
+    from_dataset: set[str] = field(default_factory=set)  # those from their dataset's median
+    unknown: list[str] = field(default_factory=list)  # runs of a dataset without any committed run
+
+    @classmethod
+    def of_runs(cls, root: Path, grid: Grid, names: list[str]) -> Estimate:
+        by_cell: dict[tuple[str, str], list[float]] = {}
+        for path in (root / grid.results_dir / "runs").glob("*/*/seed*/metrics.json"):
+            metrics = _read_json(path) or {}
+            seconds = metrics.get("train_seconds")
+            if metrics.get("resumed_after_epochs") or not isinstance(seconds, int | float):
+                continue  # a resumed run's record timed its last part only
+            extra = metrics.get("eval_seconds")
+            seconds += extra if isinstance(extra, int | float) else 0.0
+            by_cell.setdefault((path.parent.parent.parent.name, path.parent.parent.name), []).append(float(seconds))
+        by_dataset: dict[str, list[float]] = {}
+        for (dataset, _), times in by_cell.items():
+            by_dataset.setdefault(dataset, []).extend(times)
+        cells = {name: cell for name, cell, _ in _grid_runs(grid)}
+        estimate = cls()
+        for name in names:
+            dataset, _ = cells[name]
+            if cells[name] in by_cell:
+                estimate.seconds[name] = statistics.median(by_cell[cells[name]])
+            elif dataset in by_dataset:
+                estimate.seconds[name] = statistics.median(by_dataset[dataset])
+                estimate.from_dataset.add(name)
+            else:
+                estimate.unknown.append(name)
+        return estimate
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def wall(self, slots: int | None) -> float:
+        """The wall time of the runs with an estimate on ``slots`` runs at a time (one when unknown)."""
+        return self.total / max(1, slots or 1)
+
+    def hours(self, slots: int | None) -> str:
+        """``~H h`` of wall time, for the question; with the runs left out when some have no estimate."""
+        wall = self.wall(slots)
+        text = f"~{wall / 3600:.1f} h" if wall >= 360 else f"~{max(1, round(wall / 60))} min"
+        return text + (f", {len(self.unknown)} of them without an estimate" if self.unknown else "")
+
+    def describe(self, slots: int | None) -> str:
+        """The estimate and where it comes from."""
+        known = len(self.seconds)
+        if not known:
+            return "no time estimate: no committed run of their datasets at this scale"
+        where = f"on {slots} run(s) at a time" if slots else "one at a time (the cluster's size is unknown)"
+        source = "from the committed runs' train_seconds + eval_seconds: the median of each run's own dataset x variant"
+        if self.from_dataset:
+            source += f", for {len(self.from_dataset)} run(s) without one the median of their dataset"
+        if self.unknown:
+            source += f"; {len(self.unknown)} run(s) of datasets without any committed run have no estimate"
+        return f"~{_duration(self.wall(slots))} {where} ({_duration(self.total)} of training), {source}"
+
+
+def dry_run_listing(stages: list, committed: set[str], estimate: Estimate, slots: int | None) -> str:
+    """What ``--dry-run`` prints: the runs that would train, new ones apart from those replacing a committed run,
+    each with its estimate, and the total."""
+    names = [stage.addressing for stage in stages]
+    if not names:
+        return "dry run: nothing would train; nothing was run"
+    width = max(map(len, names))
+    lines = [f"dry run: {len(names)} run(s) would train, {estimate.describe(slots)}"]
+    for title, group in (
+        ("new runs ({}):", [name for name in names if name not in committed]),
+        (
+            "runs replacing committed ones ({}; their code, data or settings changed):",
+            [n for n in names if n in committed],
+        ),
+    ):
+        if not group:
+            continue
+        lines.append("  " + title.format(len(group)))
+        for name in group:
+            seconds = estimate.seconds.get(name)
+            guess = "?" if seconds is None else f"~{_duration(seconds)}"
+            lines.append(f"    {name:<{width}}  {guess}{' (dataset median)' if name in estimate.from_dataset else ''}")
+    lines.append("nothing was run (--dry-run)")
+    return "\n".join(lines)
+
+
+def confirm_start(runs: int, estimate: Estimate, slots: int | None, yes: bool, stdin=None) -> bool:
+    """Whether a start that trains ``runs`` may go: yes when it is small (at most :data:`CONFIRM_RUNS` runs and
+    :data:`CONFIRM_SECONDS` of estimated wall time) or ``yes``; else the answer to "Train N runs (~H h)? [y/N]" on a
+    terminal.
+
+    Raises:
+        StudyError: a large start without a terminal to ask on (standard input is not one) and without ``yes``.
+    """
+    if yes or (runs <= CONFIRM_RUNS and estimate.wall(slots) <= CONFIRM_SECONDS):
+        return True
+    stdin = stdin or sys.stdin
+    question = f"Train {runs} runs ({estimate.hours(slots)})? [y/N] "
+    if not (stdin and stdin.isatty()):
+        raise StudyError(
+            f"this would train {runs} runs ({estimate.hours(slots)}) and no terminal is there to confirm: add --yes "
+            "to start it (--dry-run lists them; --datasets, --models, --seeds, --stages train part of them)"
+        )
+    print(question, end="", flush=True)
+    answer = stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _files(root: Path, stage, pattern: str) -> list[Path]:
@@ -365,8 +539,20 @@ class RunQueue:
 class Runner:
     """One call of the study: signals are turned into a flag that is only acted on between two DVC writes."""
 
-    def __init__(self, root: Path, logs: Path, settings: ClusterSettings, rest: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        logs: Path,
+        settings: ClusterSettings,
+        rest: bool = True,
+        only: RunFilter | None = None,
+        dry_run: bool = False,
+        yes: bool = True,
+    ) -> None:
+        """``rest``: run `dvc repro` for the rest of the pipeline after training (never with a filter ``only``);
+        ``dry_run``: list what would train and stop; ``yes``: start a large study without asking."""
         self.root, self.logs, self.settings, self.rest = root, logs, settings, rest
+        self.only, self.dry_run, self.yes = only or RunFilter(), dry_run, yes
         self.stop: int | None = None
 
     def _signal(self, signum, _frame) -> None:
@@ -377,23 +563,35 @@ class Runner:
             raise Interrupted
 
     def _dvc(self, args: list[str], log_name: str) -> str:
-        """A DVC command, its output in a log (returned); a failure shows the log's end and where it is."""
+        """A DVC command, its output (less :data:`repro.stage_task.NOISE`) in a log, returned; a failure shows the
+        log's end and, last, its cause."""
         log = self.logs / log_name
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as output:
+        # No analytics notice; the stages' own programs (papermill for complexity and aggregate) come through the
+        # filter with DVC's output.
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dvc", *args], cwd=self.root, stdout=output, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "dvc", *args],
+                cwd=self.root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
-            while process.poll() is None:
-                if self.stop is not None:
-                    process.terminate()
-                    process.wait()
-                    raise Interrupted
-                time.sleep(0.2)
-        text = log.read_text()
+            copier = threading.Thread(target=copy_output, args=(process.stdout, output), daemon=True)
+            copier.start()
+            try:
+                while process.poll() is None:
+                    if self.stop is not None:
+                        process.terminate()
+                        process.wait()
+                        raise Interrupted
+                    time.sleep(0.2)
+            finally:
+                copier.join(timeout=10)  # a stage's kernel may hold the pipe a moment after DVC exits
+        text = log.read_text(errors="replace")
         if process.returncode != 0:
-            tail = "\n".join(text.strip().splitlines()[-15:])
-            raise StudyError(f"`dvc {' '.join(args)}` failed; the end of {_rel(log)}:\n{tail}")
+            raise StudyError(command_failed(f"dvc {' '.join(args)}", process.returncode, text, log))
         return text
 
     def run(self, grid: Grid) -> Outcome:
@@ -403,19 +601,35 @@ class Runner:
         # A running scheduler is reached first, so an unreachable one is reported before anything else happens;
         # a cluster of our own starts only when there are runs for it.
         self.cluster = self.client = None
-        if self.settings.scheduler_address:
+        if self.settings.scheduler_address and not self.dry_run:
             self.cluster, self.client = start_cluster(self.settings, self.logs / "dask")
         try:
-            print("preparing the data (dvc repro prepare) ...", flush=True)
-            # prepare@<dataset> and prepare_custom@<name> (params.yaml's custom_datasets)
-            self._dvc(["repro", "--quiet", "--glob", "prepare*"], "prepare.log")
+            if self.dry_run:
+                print("dry run: nothing is prepared, trained or recorded (the stale runs as DVC sees them now)")
+            else:
+                print("preparing the data (dvc repro prepare) ...", flush=True)
+                # prepare@<dataset> and prepare_custom@<name> (params.yaml's custom_datasets). Not quiet: DVC's
+                # --quiet also hides the error that says why a stage could not run.
+                self._dvc(["repro", "--glob", "prepare*"], "prepare.log")
             self._check_stop()
-            stages = stale_train_stages(self.root, grid)
-            outcome.up_to_date = grid.size - len(stages)
-            print(plan(grid, len(stages), replacing(self.root, stages)), flush=True)
+            stages = stale_train_stages(self.root, grid, self.only)
+            outcome.selected = len(self.only.select(grid)) if self.only else None
+            outcome.only = self.only.describe()
+            outcome.up_to_date = (grid.size if outcome.selected is None else outcome.selected) - len(stages)
+            committed = committed_runs(self.root, stages)
+            print(plan(grid, len(stages), len(committed), self.only), flush=True)
+            estimate = Estimate.of_runs(self.root, grid, [stage.addressing for stage in stages])
+            slots = self._expected_slots()
+            if self.dry_run:
+                print(dry_run_listing(stages, committed, estimate, slots), flush=True)
+                outcome.stopped = "dry run"
+                return outcome
+            if stages and not self._confirm(len(stages), estimate, slots):
+                outcome.stopped = "declined"
+                return outcome
             if stages:
                 self._train(grid, stages, outcome)
-            if outcome.failed or not self.rest:
+            if outcome.failed or not self.rest or self.only:
                 return outcome
             print("the rest of the pipeline (dvc repro) ...", flush=True)
             # Not quiet: its log names the stages it ran, which are all this screen shows of it.
@@ -429,6 +643,61 @@ class Runner:
             if self.cluster is not None:
                 self.cluster.close()
         return outcome
+
+    def report(self, grid: Grid) -> Outcome:
+        """``--report-only``: the aggregate and the report from the runs that exist; no training stage runs, stale or
+        not. ``dvc repro --single-item`` runs the stages named and none they follow (without it, DVC would first
+        train every stale run whose outputs lie in the aggregate's dependency, results/<scale>/runs)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._signal)
+        outcome = Outcome(total=grid.size, stopped="report only")
+        print(
+            f"the aggregate and the report from the runs in {grid.results_dir}/runs "
+            "(dvc repro --single-item aggregate report; nothing trains) ...",
+            flush=True,
+        )
+        try:
+            text = self._dvc(["repro", "--single-item", "aggregate", "report"], "report.log")
+        except Interrupted:
+            outcome.interrupted = True
+            return outcome
+        ran = re.findall(r"^Running stage '([^']+)'", text, flags=re.MULTILINE)
+        print(f"  ran {', '.join(ran)}" if ran else "  up to date", flush=True)
+        stale = stale_train_stages(self.root, grid)
+        outcome.up_to_date = grid.size - len(stale)
+        if stale:
+            print(
+                f"  {len(stale)} training run(s) of the grid are stale or missing and were left so (`make study` "
+                f"trains them): the aggregate covers the runs in {grid.results_dir}/runs",
+                flush=True,
+            )
+        return outcome
+
+    def _confirm(self, runs: int, estimate: Estimate, slots: int | None) -> bool:
+        """:func:`confirm_start`, where Ctrl-C at the question answers no (elsewhere the runner only notes it)."""
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return confirm_start(runs, estimate, slots, self.yes)
+        except KeyboardInterrupt:
+            print(flush=True)
+            return False
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _expected_slots(self) -> int | None:
+        """Runs the cluster will run at once, for the time estimate: a running scheduler's now, else what the
+        settings start; None when unknown."""
+        if self.client is not None:
+            return self._slots(self.client) or None
+        settings = self.settings
+        if settings.scheduler_address:
+            return None
+        if settings.kind == "local":
+            return settings.gpus * (settings.runs_per_gpu or 1) if settings.gpus else settings.local_workers
+        threads = settings.jobs * settings.cores
+        if settings.runs_per_gpu:
+            return min(threads, settings.jobs * settings.gpus_per_job * settings.runs_per_gpu) or None
+        return threads
 
     def _train(self, grid: Grid, stages: list, outcome: Outcome) -> None:
         """Train the stale ``stages`` of ``grid`` on the cluster, recording each finished one in dvc.lock."""
@@ -508,7 +777,13 @@ class Runner:
         if self.stop is not None:
             return  # stopped by the interrupt, not failed: the run stays stale and runs again next time
         notebooks = _files(self.root, stage, "*.ipynb")
-        reason = (cell_error(notebooks[0]) if notebooks else None) or f"{type(error).__name__}: {error}"
+        logged = None
+        if isinstance(error, StageFailed):
+            try:
+                logged = failure_cause(Path(error.log).read_text(errors="replace"))
+            except OSError:
+                pass
+        reason = (cell_error(notebooks[0]) if notebooks else None) or logged or f"{type(error).__name__}: {error}"
         attempts = self.settings.retries + 1
         lines = [f"FAILED   {name} (after up to {attempts} attempt(s)): {reason}"]
         if notebooks:
@@ -530,6 +805,16 @@ def _test_dice(root: Path, stage) -> tuple[str, dict]:
     return "", {}
 
 
+def command_failed(command: str, returncode: int, text: str, log: Path, lines: int = 8) -> str:
+    """The message of a failed command: its log's last lines (without noise), then its cause on the last line."""
+    cause = failure_cause(text) or f"(its log is empty; it exited with status {returncode})"
+    tail = [line for line in meaningful_lines(text)[-lines:] if line.strip() != cause]
+    return "\n".join(
+        [f"`{command}` failed (exit status {returncode}); the end of {_rel(log)}:", *(f"    {t}" for t in tail)]
+        + [f"cause: {cause}"]
+    )
+
+
 def _rel(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
@@ -544,16 +829,18 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
     """The closing screen: what ran, what it stands for, where the results are."""
     scale = params["scales"][grid.scale]
     paper = params["scales"].get("paper", scale)
+    selected = "" if outcome.selected is None else f", not selected {grid.size - outcome.selected}"
     lines = [
         "",
-        f"study: {grid.describe()}",
-        f"  trained now {len(outcome.done)}, up to date (skipped) {outcome.up_to_date}, "
+        f"study: {grid.describe()}" + (f", aimed by {outcome.only}" if outcome.only else ""),
+        f"  trained now {len(outcome.done)}, up to date (skipped) {outcome.up_to_date}{selected}, "
         f"failed {len(outcome.failed)}, in {_duration(seconds)}",
     ]
     if grid.scale != "paper":
         training = params.get("training") or {}
         lengths = ", ".join(
-            f"{name} {steps} steps" if (steps := (training.get(name) or {}).get("train_steps", {}).get(grid.scale))
+            f"{name} {steps} steps"
+            if (steps := (training.get(name) or {}).get("train_steps", {}).get(grid.scale))
             else f"{name} {scale['epochs']} epochs"
             for name in dict.fromkeys(dataset for _, datasets, _ in grid.blocks for dataset in datasets)
         )
@@ -575,10 +862,21 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
         )
     if outcome.interrupted:
         lines.append("  interrupted: the finished runs are recorded; run again to do the rest (runs resume).")
+    elif not outcome.failed and outcome.only:
+        lines.append(
+            "  the selected runs are recorded; the aggregate and the report were not rebuilt: `make report` "
+            "(python -m repro.study --report-only) rebuilds them from the runs that exist, a call without filters "
+            "finishes the study"
+        )
     elif not outcome.failed and not rest:
         lines.append("  every training run is recorded; `dvc repro` runs the rest (complexity, aggregate)")
     elif not outcome.failed:
         lines.append("  everything is up to date (`dvc status` is clean)")
+    if outcome.failed:
+        # The cause last, where the eye lands: the first failed run's (each one's is above).
+        name, reason = next(iter(outcome.failed.items()))
+        more = len(outcome.failed) - 1
+        lines.append(f"{name} failed" + (f" (and {more} more, above)" if more else "") + f": {reason}")
     return "\n".join(lines)
 
 
@@ -598,13 +896,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m repro.study",
         description=__doc__.split("\n\n")[0],
-        epilog="Any setting of params.yaml's `cluster:` section can be given with --set KEY=VALUE.",
+        epilog="Any setting of params.yaml's `cluster:` section can be given with --set KEY=VALUE. The filters train "
+        "only the stale runs that match every filter given, and leave the aggregate and the report to a call without "
+        "filters or --report-only.",
     )
     parser.add_argument("-j", "--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--scheduler-address", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--kind", help="local, slurm, pbs, sge or lsf")
     parser.add_argument("--retries", type=int, help="attempts after a run's first failure")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a cluster setting")
+    aim = parser.add_argument_group("aiming the study")
+    aim.add_argument("--datasets", metavar="A,B", help="train only these datasets' runs")
+    aim.add_argument("--models", metavar="X,Y", help="train only these model variants' runs")
+    aim.add_argument("--seeds", metavar="0,1", help="train only these seeds' runs")
+    aim.add_argument(
+        "--stages", metavar="GLOB", help="train only the runs whose stage name matches, e.g. 'train@ph2-*'"
+    )
+    aim.add_argument(
+        "--dry-run", action="store_true", help="list what would train, with a time estimate; train nothing"
+    )
+    aim.add_argument(
+        "-y", "--yes", action="store_true", help=f"start without asking (asked above {CONFIRM_RUNS} runs or 2 h)"
+    )
+    aim.add_argument(
+        "--report-only", action="store_true", help="the aggregate and the report from the runs that exist; no training"
+    )
     parser.add_argument("--train-only", action="store_true", help="skip `dvc repro` for the rest of the pipeline")
     parser.add_argument("--logs", type=Path, default=REPO_ROOT / "checkpoints" / "logs", help="per-run logs")
     parser.add_argument("--debug", action="store_true", help=f"tracebacks for every error (or ${DEBUG_ENV}=1)")
@@ -616,28 +932,68 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(REPO_ROOT / "params.yaml")
         problems = []
+        only = RunFilter.parse(args.datasets, args.models, args.seeds, args.stages, problems=problems)
+        if args.report_only and (only or args.dry_run or args.train_only):
+            problems.append(
+                "--report-only trains nothing: it takes no --datasets, --models, --seeds, --stages, "
+                "--dry-run or --train-only"
+            )
         try:
             grid = check_grid(params)
+            problems += only.problems(grid)
         except GridError as error:
             problems += error.problems
+        if not args.report_only:
+            problems += missing_splits(params)
         try:
             settings = cluster_settings(params.get("cluster"), _overrides(args))
-            problems += missing_programs(settings)
+            problems += missing_programs(settings) if not args.report_only else []
         except ClusterError as error:
-            problems += error.problems
+            if not args.report_only:  # the report runs here, on no cluster
+                problems += error.problems
+            settings = ClusterSettings()
+        if args.report_only:
+            problems += missing_programs(ClusterSettings())
         if problems:
             raise StudyError(
                 f"params.yaml and the command line: {len(problems)} problem(s), nothing was run:\n"
                 + "\n".join(f"  - {problem}" for problem in problems)
             )
-        print(f"study: {grid.describe()}, on {settings.describe()}", flush=True)
-        outcome = Runner(REPO_ROOT, args.logs.resolve(), settings, rest=not args.train_only).run(grid)
+        runner = Runner(
+            REPO_ROOT,
+            args.logs.resolve(),
+            settings,
+            rest=not args.train_only,
+            only=only,
+            dry_run=args.dry_run,
+            yes=args.yes,
+        )
+        if args.report_only:
+            print(f"study: {grid.describe()}, report only", flush=True)
+            outcome = runner.report(grid)
+            if not outcome.interrupted:
+                print(f"report: {grid.results_dir}/report/index.html", flush=True)
+            return 130 if outcome.interrupted else 0
+        aimed = f", aimed by {only.describe()}" if only else ""
+        print(f"study: {grid.describe()}{aimed}, on {settings.describe()}", flush=True)
+        outcome = runner.run(grid)
     except (StudyError, ClusterError, GridError, OSError, ValueError, yaml.YAMLError) as error:
         if debug:
             raise
-        message = str(error) if not isinstance(error, ClusterError | GridError) else f"cluster:\n{error}"
-        print(f"error: {message}\n(--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        if isinstance(error, ClusterError | GridError):
+            message = f"cluster:\n{error}"
+        else:
+            message = str(error)
+        if not isinstance(error, StudyError | ClusterError | GridError):  # unforeseen: the traceback may help
+            print(f"(--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        # The message last: a problem list, or a failed command's cause on its last line.
+        print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
+    if outcome.stopped == "dry run":
+        return 0
+    if outcome.stopped == "declined":
+        print("not started: nothing was trained", flush=True)
+        return 1
     print(summary(grid, params, outcome, time.perf_counter() - start, rest=not args.train_only), flush=True)
     if outcome.interrupted:
         return 130

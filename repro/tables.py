@@ -219,8 +219,9 @@ def format_claims_table(claims_table: pd.DataFrame, digits: int = 4) -> pd.DataF
         Columns claim, dataset, comparison (``@L3``: scored at pruned depth L3), metric, claimed (with the
         dataset it was claimed on), seeds, diff, the three intervals, the four p-values of the rule, m, MDD and
         seeds needed at alpha/m, the Wilcoxon p, the per-image p (conditional on the trained models), devices,
-        failed runs, verdict, the verdict without failed runs, and the design note where the comparison is the
-        study's own construction rather than the paper's.
+        failed runs, verdict, the verdict without failed runs, the design note where the comparison is the
+        study's own construction rather than the paper's, and the secondary study-wide Benjamini-Hochberg q-value
+        of the direction test.
     """
     numbers = claims_table.select_dtypes("number").round(digits)
 
@@ -258,8 +259,96 @@ def format_claims_table(claims_table: pd.DataFrame, digits: int = 4) -> pd.DataF
             "verdict": claims_table["verdict"],
             "verdict without failed runs": claims_table["verdict_without_failed"],
             "design": claims_table["design"].fillna(""),
+            # Secondary, outside the rule (which is Holm within each claim); last, so earlier columns keep their place.
+            "q direction (BH, study-wide; secondary)": p_values("q_direction_bh"),
         }
     )
+
+
+def kept_text(kept: object, cases: object) -> str:
+    """``"3/5"``: of ``cases`` leave-one-seed-out analyses, ``kept`` keep the label; "" when not computed."""
+    return "" if pd.isna(kept) or pd.isna(cases) else f"{int(kept)}/{int(cases)}"
+
+
+def marked_verdict(verdict: str, kept: object, cases: object) -> str:
+    """A verdict with its fragility: ``"reversed (fragile: 3/5)"`` when fewer than all of the leave-one-seed-out
+    analyses keep it, the label alone otherwise (or when its stability was not computed)."""
+    if pd.isna(kept) or pd.isna(cases) or int(kept) >= int(cases):
+        return verdict
+    return f"{verdict} (fragile: {kept_text(kept, cases)})"
+
+
+def format_claim_verdicts(per_claim: pd.DataFrame) -> pd.DataFrame:
+    """The verdict table for people: the columns of ``repro.evaluation.claim_verdicts`` in place, the verdict
+    marked ``(fragile: k/n)`` where leaving one seed out changes it, each comparison's label where the claim has
+    several (C7's two steps), and how many leave-one-seed-out analyses keep the label.
+
+    Args:
+        per_claim: output of ``claim_verdicts`` (with its stability columns).
+
+    Returns:
+        Columns claim_id, title, dataset, n_comparisons, n_failed, verdict (marked), verdict_without_failed,
+        comparison verdicts, leave-one-seed-out kept.
+    """
+    shown = per_claim[
+        ["claim_id", "title", "dataset", "n_comparisons", "n_failed", "verdict", "verdict_without_failed"]
+    ].copy()
+    marks = zip(per_claim["verdict"], per_claim["loo_kept"], per_claim["loo_cases"], strict=True)
+    shown["verdict"] = [marked_verdict(verdict, kept, cases) for verdict, kept, cases in marks]
+    shown["comparison verdicts"] = per_claim["comparison_verdicts"].fillna("")
+    counts = zip(per_claim["loo_kept"], per_claim["loo_cases"], strict=True)
+    shown["leave-one-seed-out kept"] = [kept_text(kept, cases) for kept, cases in counts]
+    return shown
+
+
+def format_stability_table(stability: pd.DataFrame) -> pd.DataFrame:
+    """``repro.evaluation.leave_one_seed_out`` for people: per decisive claim × dataset, its label, how many of the
+    leave-one-seed-out analyses keep it (``3/5``), "fragile" where not all do, and its label without each seed.
+
+    Args:
+        stability: output of ``leave_one_seed_out``.
+
+    Returns:
+        Columns claim, dataset, verdict, kept, fragile, then ``without seed <k>`` per seed.
+    """
+    shown = pd.DataFrame(
+        {
+            "claim": stability["claim_id"],
+            "dataset": stability["dataset"],
+            "verdict": stability["verdict"],
+            "kept": [kept_text(k, n) for k, n in zip(stability["loo_kept"], stability["loo_cases"], strict=True)],
+            "fragile": ["fragile" if fragile else "" for fragile in stability["fragile"]],
+        }
+    )
+    for column in [c for c in stability.columns if c.startswith("without_seed_")]:
+        shown[column.replace("_", " ")] = stability[column].fillna("")
+    return shown
+
+
+def format_margin_table(margins: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """``repro.evaluation.margin_sensitivity`` for people: one line per dataset × comparison (then the claim's
+    weakest), the mean difference, and per margin the equivalence label and the one-sided non-inferiority label
+    (secondary), the declared margin's equivalence column marked primary.
+
+    Args:
+        margins: output of ``margin_sensitivity``.
+        digits: decimals of the mean difference.
+
+    Returns:
+        Columns dataset, comparison, diff, ``equivalence ±<margin>`` per margin, ``non-inferiority <margin>``
+        per margin.
+    """
+    keys = ["dataset", "comparison"]
+    lines = margins.drop_duplicates(keys)[keys].reset_index(drop=True)
+    diffs = margins.drop_duplicates(keys)["mean_diff"].to_numpy()
+    shown = lines.assign(diff=[f"{d:+.{digits}f}" if pd.notna(d) else "" for d in diffs])
+    steps = margins.drop_duplicates("margin").sort_values("margin")[["margin", "declared"]]
+    for reading, title in (("equivalence", "equivalence ±{:g}"), ("non_inferiority", "non-inferiority {:g}")):
+        for margin, declared in steps.itertuples(index=False):
+            at = margins[margins["margin"] == margin].set_index(keys)[reading]
+            name = title.format(margin) + (" (primary)" if declared and reading == "equivalence" else "")
+            shown[name] = [at[(dataset, comparison)] for dataset, comparison in lines.itertuples(index=False)]
+    return shown
 
 
 def _cell_text(value: object, float_digits: int) -> str:

@@ -37,6 +37,18 @@ STRENGTH = (
     EQUIVALENT,
 )
 LABELS = (*STRENGTH, NOT_RUN)
+# The labels that conclude something (a confirmation or a refutation), whose stability leaving one seed out
+# (``repro.evaluation.leave_one_seed_out``) is reported; the inconclusive ones and "not run" conclude nothing.
+DECISIVE = (
+    REPRODUCED,
+    REPRODUCED_SMALLER,
+    REVERSED,
+    SMALLER,
+    EQUIVALENT,
+    NOT_EQUIVALENT,
+    NON_INFERIOR,
+    INFERIOR,
+)
 # With no claimed number, "underpowered" asks whether the test could have found a gain of one point.
 DEFAULT_DIFFERENCE = 0.01
 
@@ -94,7 +106,8 @@ def equivalence_label(tost_p_holm: float, ci_low: float, ci_high: float, margin:
 
     Args:
         tost_p_holm: Holm-adjusted TOST p over the claim's family.
-        ci_low: lower bound of the (1 - 2 alpha) interval of the mean difference.
+        ci_low: lower bound of the unadjusted (1 - 2 alpha) interval of the mean difference (the TOST's own,
+            ``tost_ci_low``; not the family's (1 - 2 alpha/m) interval).
         ci_high: upper bound of that interval.
         margin: equivalence margin.
         alpha: family-wise level.
@@ -170,7 +183,9 @@ def verdict_rule(alpha: float = 0.05, tost_margin: float = 0.02) -> str:
         "  p_magnitude: where the paper gives a number D, one-sided paired t-test of H0 mean d >= D "
         "against mean d < D.",
         "Family = every row of the claim run with >= 2 matched seeds; Holm-Bonferroni over all its p_direction "
-        "and p_magnitude values together; m = their number. Intervals and power at level alpha/m match it.",
+        "and p_magnitude values together; m = their number. Intervals and power at level alpha/m match it: the "
+        "printed family interval (ci_adj) is the two-sided (1 - alpha/m) t-interval for a superiority row and the "
+        "(1 - 2 alpha/m) t-interval for an equivalence or non-inferiority row.",
         "Superiority labels:",
         f"  {REPRODUCED}: p_direction_holm < {level}, mean d > 0, magnitude not ruled out (or no D);",
         f"  {REPRODUCED_SMALLER}: p_direction_holm < {level}, mean d > 0, p_magnitude_holm < {level};",
@@ -180,18 +195,27 @@ def verdict_rule(alpha: float = 0.05, tost_margin: float = 0.02) -> str:
         f"(or {DEFAULT_DIFFERENCE:g} without D);",
         f"  {INCONCLUSIVE}: none of the above, or fewer than 2 matched seeds (such a row stays out of its family);",
         f"  {NOT_RUN}: a variant has no runs on the dataset.",
-        f"Equivalence labels (TOST at margin +/-{tost_margin:g}, Holm over the claim's family):",
-        f"  {EQUIVALENT}: Holm-adjusted TOST p < {level};",
-        f"  {NOT_EQUIVALENT}: the {100 * (1 - 2 * alpha):g}% CI lies entirely (strictly) outside the margin;",
+        f"Equivalence labels (TOST at margin +/-{tost_margin:g}, p_direction = the TOST p, Holm over the claim's "
+        "family):",
+        f"  {EQUIVALENT}: Holm-adjusted TOST p < {level}; in intervals, Holm's step-down: the row with the smallest "
+        "TOST p needs its (1 - 2 alpha/m) interval strictly inside the margin, the k-th smallest its "
+        "(1 - 2 alpha/(m - k + 1)) interval as well as the k - 1 rows before it theirs;",
+        f"  {NOT_EQUIVALENT}: the unadjusted {100 * (1 - 2 * alpha):g}% CI (1 - 2 alpha, the TOST's own interval: "
+        "tost_ci_low, tost_ci_high), not the family's (1 - 2 alpha/m) one, lies entirely (strictly) outside the "
+        "margin;",
         f"  {INCONCLUSIVE}: otherwise.",
         f"Non-inferiority labels (margin {tost_margin:g}, d = better - baseline; p_direction is the one-sided "
         "paired t-test of H0 mean d <= -margin, Holm over the claim's family):",
         f"  {NON_INFERIOR}: Holm-adjusted p < {level};",
-        f"  {INFERIOR}: the one-sided (1 - alpha/m) upper bound of mean d is strictly below -{tost_margin:g};",
+        f"  {INFERIOR}: the one-sided (1 - alpha/m) upper bound of mean d (the upper end of the (1 - 2 alpha/m) "
+        f"interval) is strictly below -{tost_margin:g};",
         f"  {UNDERPOWERED}: neither, and the MDD at alpha/m exceeds the margin;",
         f"  {INCONCLUSIVE}: otherwise.",
         "A claim on a dataset takes the label of its weakest row that ran: " + " < ".join(STRENGTH) + ".",
         "Reported beside, outside the rule: the Wilcoxon p, the per-image t-test (conditional on the trained "
-        "models), the two-level bootstrap interval and the verdict without failed runs.",
+        "models), the two-level bootstrap interval, the verdict without failed runs, each decisive label's "
+        "leave-one-seed-out stability (fragile when leaving out any one seed, with the whole family recomputed, "
+        "changes it), and the study-wide Benjamini-Hochberg q-value of p_direction over every row that ran "
+        "(q_direction_bh; secondary: the rule's error control is Holm within each claim).",
     ]
     return "\n".join(lines)

@@ -27,6 +27,10 @@ from repro.run_results import naming_the_metrics_file  # noqa: E402
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
 STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
+# Tables of the secondary analyses, copied only into a README that has their markers: each decisive verdict's
+# leave-one-seed-out stability, and C6's labels at other margins. (The claims-table block, claim_verdicts.md,
+# already marks a fragile verdict "(fragile: k/n)" and gives each comparison's own label.)
+OPTIONAL_TABLES = {"stability-table": "claim_stability.md", "c6-margins-table": "c6_margins.md"}
 ARCHIVE = ROOT / "results" / "v1"
 # Variants whose training counts to issue 14's budget, not to issue 13's (README, "What the CPU budget covers").
 ISSUE_14_VARIANTS = ("fcn", "multiresunet")
@@ -120,6 +124,21 @@ def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     return {name: (tables / source).read_text() for name, source in names.items()}
 
 
+def optional_blocks(readme: str, tables: Path) -> dict[str, str]:
+    """The ``OPTIONAL_TABLES`` blocks ``readme`` has markers for, as :func:`table_blocks` gives them; a table the
+    folder lacks (a study aggregated before the table existed) is one line saying where it will come from."""
+    names = {name: source for name, source in OPTIONAL_TABLES.items() if block_pattern(name).search(readme)}
+    if not tables.is_dir():
+        return table_blocks(tables, names)
+    where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+    return {
+        name: (tables / source).read_text()
+        if (tables / source).is_file()
+        else f"*Not yet written: `{where}/{source}` comes from the aggregate stage (`dvc repro aggregate`).*\n"
+        for name, source in names.items()
+    }
+
+
 def substitute(text: str, blocks: dict[str, str]) -> str:
     """``text`` with each marker block's content replaced; a block that is missing or repeated is an error."""
     for name, content in blocks.items():
@@ -133,7 +152,7 @@ def render(readme: str, tables: Path | None = None) -> str:
     """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
     tables = tables or current_tables()
     progress = progress_line(tables, params()["study"]) + "\n" + training_time_line(tables.parent / "runs")
-    blocks = table_blocks(tables, STUDY_TABLES) | {"progress": progress}
+    blocks = table_blocks(tables, STUDY_TABLES) | optional_blocks(readme, tables) | {"progress": progress}
     return substitute(readme, blocks | {"verdict-labels": label_lines()})
 
 

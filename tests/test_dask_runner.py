@@ -126,6 +126,7 @@ def test_failed_run_is_reported_with_its_cell_error_and_others_go_on(faulty_grid
     assert "trained now 2, up to date (skipped) 0, failed 1" in output
     assert "the aggregate was not updated" in output
     assert not (copy / "results/smoke/aggregate.ipynb").exists()
+    assert output.strip().endswith(f"{BROKEN} failed: {error}")  # the cause last, where the eye lands
 
 
 def _history(run_dir) -> list[dict]:
@@ -229,6 +230,7 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
             "threshold": 127,
         }
     }
+    params["training"]["my-polyps"] = {"train_steps": {}, "eval_every": 1}  # a dataset that trains needs its entry
     params["study"]["datasets"] = ["kvasir-seg", "my-polyps"]
     params["study"]["extra"]["models"] = []
     path = tmp_path / "params.yaml"

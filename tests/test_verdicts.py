@@ -92,3 +92,26 @@ def test_a_claim_takes_its_weakest_row_that_ran():
 def test_every_label_has_a_one_line_meaning():
     assert set(verdicts.MEANINGS) == set(verdicts.LABELS)
     assert all("\n" not in meaning for meaning in verdicts.MEANINGS.values())
+
+
+def test_the_rule_text_states_the_intervals_each_equivalence_label_reads():
+    """``equivalent`` is Holm over the TOST p-values, whose first step is the (1 - 2 alpha/m) interval inside the
+    margin; ``not equivalent`` reads the TOST's own, unadjusted (1 - 2 alpha) interval, as the evaluation passes it
+    (``tost_ci_low``, ``tost_ci_high``); the printed family interval of such a row is the (1 - 2 alpha/m) one."""
+    rule = verdicts.verdict_rule(alpha=0.01, tost_margin=0.03)
+    section = rule[rule.index("Equivalence labels") : rule.index("Non-inferiority labels")]
+    equivalent = next(line for line in section.splitlines() if line.startswith(f"  {verdicts.EQUIVALENT}:"))
+    assert "Holm-adjusted TOST p < 0.01" in equivalent and "(1 - 2 alpha/m) interval" in equivalent
+    assert "(1 - 2 alpha/(m - k + 1))" in equivalent
+    not_equivalent = next(line for line in section.splitlines() if line.startswith(f"  {verdicts.NOT_EQUIVALENT}:"))
+    assert "unadjusted 98% CI (1 - 2 alpha" in not_equivalent and "tost_ci_low" in not_equivalent
+    assert "(1 - 2 alpha/m) t-interval for an equivalence or non-inferiority row" in rule
+    assert "Benjamini-Hochberg" in rule and "leave-one-seed-out" in rule
+
+
+def test_decisive_labels_are_the_confirmations_and_refutations():
+    assert set(verdicts.DECISIVE) == set(verdicts.LABELS) - {
+        verdicts.UNDERPOWERED,
+        verdicts.INCONCLUSIVE,
+        verdicts.NOT_RUN,
+    }

@@ -1,0 +1,445 @@
+"""Aiming the study runner (`python -m repro.study`): filters (--datasets, --models, --seeds, --stages), --dry-run,
+the question before a large start (--yes), --report-only, the runs' logs without noise, and a failure's cause as
+the runner's last line.
+
+The plan functions are tested on their own; the end-to-end tests run the runner in a copy of the repository at the
+smoke scale (one real training run, about 20 s on one core).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from study_copy import _env, copy_repository, run_python, stale
+
+from repro.grid import Grid, GridError, RunFilter
+from repro.stage_task import copy_output, failure_cause, is_noise
+from repro.study import (
+    CONFIRM_RUNS,
+    Estimate,
+    StudyError,
+    _repo,
+    committed_runs,
+    confirm_start,
+    dry_run_listing,
+    missing_splits,
+    plan,
+)
+
+GRID = Grid(
+    "smoke",
+    ("ph2-dermoscopy", "kvasir-seg"),
+    ("unet", "unetpp"),
+    (0, 1),
+    volume_datasets=("msd-task04-hippocampus",),
+    volume_models=("unet3d",),
+)
+
+
+def _names(grid: Grid, only: RunFilter) -> list[str]:
+    return [f"{stage}@{dataset}-{model}-{seed}" for stage, dataset, model, seed in only.select(grid)]
+
+
+# --- filters -----------------------------------------------------------------------------------------------------
+
+
+def test_filters_select_the_runs_matching_every_filter_given_in_the_grids_order():
+    assert _names(GRID, RunFilter()) == [f"{s}@{d}-{m}-{k}" for s, d, m, k in GRID.runs()]
+    assert _names(GRID, RunFilter.parse(datasets="ph2-dermoscopy", models="unetpp,unet", seeds="1")) == [
+        "train@ph2-dermoscopy-unet-1",
+        "train@ph2-dermoscopy-unetpp-1",
+    ]
+    assert _names(GRID, RunFilter.parse(stages="train@kvasir-*")) == [
+        f"train@kvasir-seg-{model}-{seed}" for seed in (0, 1) for model in ("unet", "unetpp")
+    ]
+    # A glob over stage names reaches the other blocks too; with another filter, both must match.
+    assert _names(GRID, RunFilter.parse(stages="train_volumes@*", seeds="0")) == [
+        "train_volumes@msd-task04-hippocampus-unet3d-0"
+    ]
+    assert _names(GRID, RunFilter.parse(stages="*-unetpp-0,*-unet3d-0")) == [
+        "train@ph2-dermoscopy-unetpp-0",
+        "train@kvasir-seg-unetpp-0",
+        "train_volumes@msd-task04-hippocampus-unet3d-0",
+    ]
+    assert not RunFilter.parse() and RunFilter.parse(seeds="0")
+    assert RunFilter.parse(datasets="a, b", seeds="0,1").describe() == "--datasets a,b --seeds 0,1"
+
+
+def test_a_filter_naming_nothing_of_the_grid_is_a_problem_not_an_empty_study():
+    problems = []
+    only = RunFilter.parse(datasets="ph2-dermoscopi", models="unet", seeds="x,7", stages="val@*", problems=problems)
+    problems += only.problems(GRID)
+    assert problems == [
+        "--seeds: 'x' is not a whole number",
+        "--datasets: 'ph2-dermoscopi' is not in the study grid of params.yaml; did you mean 'ph2-dermoscopy'? it has: "
+        "kvasir-seg, msd-task04-hippocampus, ph2-dermoscopy",
+        "--seeds: '7' is not in the study grid of params.yaml; it has: 0, 1",
+        "--stages: 'val@*' matches no run of the study grid (names like train@ph2-dermoscopy-unet-0)",
+    ]
+    with pytest.raises(GridError, match="'x' is not a whole number"):
+        RunFilter.parse(seeds="x")
+    # Each filter names something of the grid, yet together they select nothing.
+    assert RunFilter.parse(datasets="msd-task04-hippocampus", models="unet").problems(GRID) == [
+        "--datasets msd-task04-hippocampus --models unet together select no run of the study grid"
+    ]
+
+
+def test_the_plan_line_says_what_the_filters_selected():
+    only = RunFilter.parse(datasets="ph2-dermoscopy", seeds="0")
+    assert plan(GRID, 1, 1, only) == (
+        "scale smoke: 1 of 2 training runs to run (selected by --datasets ph2-dermoscopy --seeds 0 of 10; 0 new, "
+        "1 replacing stale runs of scale smoke; 1 up to date); results go to results/smoke/"
+    )
+    assert plan(GRID, 10, 0) == (
+        "scale smoke: 10 of 10 training runs to run (10 new, 0 replacing stale runs of scale smoke; 0 up to date); "
+        "results go to results/smoke/"
+    )
+
+
+# --- the estimate, the dry run's listing, the question -----------------------------------------------------------
+
+
+def _committed(root: Path, dataset: str, model: str, seed: int, **metrics) -> None:
+    run = root / "results/smoke/runs" / dataset / model / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_estimate_is_the_cells_median_else_the_datasets(tmp_path):
+    _committed(tmp_path, "ph2-dermoscopy", "unet", 0, train_seconds=100.0, eval_seconds=20.0)
+    _committed(tmp_path, "ph2-dermoscopy", "unet", 1, train_seconds=200.0)  # an older record: no eval_seconds
+    _committed(tmp_path, "ph2-dermoscopy", "unet", 2, train_seconds=10.0, resumed_after_epochs=[3])  # left out
+    _committed(tmp_path, "ph2-dermoscopy", "fcn", 0, train_seconds=1000.0)  # not in the grid: its dataset's median
+    names = [f"train@ph2-dermoscopy-{model}-{seed}" for model in ("unet", "unetpp") for seed in (0, 1)]
+    names.append("train@kvasir-seg-unet-0")
+    estimate = Estimate.of_runs(tmp_path, GRID, names)
+    assert estimate.seconds == {
+        "train@ph2-dermoscopy-unet-0": 160.0,
+        "train@ph2-dermoscopy-unet-1": 160.0,
+        "train@ph2-dermoscopy-unetpp-0": 200.0,  # the median of 120, 200, 1000
+        "train@ph2-dermoscopy-unetpp-1": 200.0,
+    }
+    assert estimate.from_dataset == {"train@ph2-dermoscopy-unetpp-0", "train@ph2-dermoscopy-unetpp-1"}
+    assert estimate.unknown == ["train@kvasir-seg-unet-0"]
+    assert estimate.wall(2) == 360.0 and estimate.wall(None) == 720.0
+    assert estimate.hours(2) == "~0.1 h, 1 of them without an estimate"
+    assert estimate.describe(2).startswith(
+        "~6 min 0 s on 2 run(s) at a time (12 min 0 s of training), from the committed runs' train_seconds + "
+        "eval_seconds: the median of each run's own dataset x variant, for 2 run(s) without one the median of their "
+        "dataset; 1 run(s) of datasets without any committed run have no estimate"
+    )
+
+
+def test_dry_run_lists_new_runs_apart_from_those_replacing_committed_ones(tmp_path):
+    _committed(tmp_path, "ph2-dermoscopy", "unet", 0, train_seconds=90.0)
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"train@ph2-dermoscopy-unetpp-0": {"cmd": "x"}}}))
+    names = ["train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-unetpp-0", "train@ph2-dermoscopy-unet-1"]
+    stages = [
+        types.SimpleNamespace(
+            addressing=name,
+            outs=[
+                types.SimpleNamespace(
+                    def_path=f"results/smoke/runs/ph2-dermoscopy/{name.split('-')[-2]}/seed{name[-1]}"
+                )
+            ],
+        )
+        for name in names
+    ]
+    committed = committed_runs(tmp_path, stages)
+    assert committed == {"train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-unetpp-0"}  # metrics.json; lock entry
+    listing = dry_run_listing(stages, committed, Estimate.of_runs(tmp_path, GRID, names), 1).splitlines()
+    assert listing[0].startswith("dry run: 3 run(s) would train, ~4 min 30 s on 1 run(s) at a time")
+    assert listing[1:] == [
+        "  new runs (1):",
+        "    train@ph2-dermoscopy-unet-1    ~1 min 30 s",
+        "  runs replacing committed ones (2; their code, data or settings changed):",
+        "    train@ph2-dermoscopy-unet-0    ~1 min 30 s",
+        "    train@ph2-dermoscopy-unetpp-0  ~1 min 30 s (dataset median)",
+        "nothing was run (--dry-run)",
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_large_start_asks_on_a_terminal_and_refuses_without_one(capsys):
+    hour = Estimate(seconds={f"run{i}": 3600.0 for i in range(3)})
+    small = Estimate(seconds={f"run{i}": 60.0 for i in range(CONFIRM_RUNS)})
+    assert confirm_start(CONFIRM_RUNS, small, 1, yes=False, stdin=io.StringIO())  # small: no question
+    assert confirm_start(3, hour, 1, yes=True, stdin=io.StringIO())  # --yes
+    assert capsys.readouterr().out == ""
+    assert confirm_start(3, hour, 1, yes=False, stdin=_Terminal("y\n"))
+    assert capsys.readouterr().out == "Train 3 runs (~3.0 h)? [y/N] "
+    assert not confirm_start(3, hour, 1, yes=False, stdin=_Terminal("\n"))  # the default is no
+    capsys.readouterr()
+    # More runs than CONFIRM_RUNS, however short: 10 x 60 s on 4 slots.
+    assert not confirm_start(CONFIRM_RUNS + 1, small, 4, yes=False, stdin=_Terminal("n\n"))
+    assert capsys.readouterr().out == f"Train {CONFIRM_RUNS + 1} runs (~2 min)? [y/N] "
+    with pytest.raises(StudyError, match="this would train 3 runs \\(~3.0 h\\) and no terminal .* add --yes"):
+        confirm_start(3, hour, 1, yes=False, stdin=io.StringIO("y\n"))
+
+
+# --- noise and failures ------------------------------------------------------------------------------------------
+
+PAPERMILL_FAILURE = """\
+Executing Cell 3---------------------------------------
+[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All communication is sent in plain text.
+Traceback (most recent call last):
+  File ".venv/bin/papermill", line 8, in <module>
+papermill.exceptions.PapermillExecutionError:
+---------------------------------------------------------------------------
+Exception encountered at "In [3]":
+ValueError                                Traceback (most recent call last)
+Cell In[3], line 15
+---> 15 config = run.resolve(dataset, model)
+\x1b[0;31mValueError\x1b[0m: unknown model variant 'nope'; params.yaml defines: unet
+
+"""
+
+
+def test_the_cause_is_the_last_line_that_states_an_error():
+    assert failure_cause(PAPERMILL_FAILURE) == "ValueError: unknown model variant 'nope'; params.yaml defines: unet"
+    # DVC's own "failed to run" names the command; the command's own error line says why.
+    prepare = (
+        "Running stage 'prepare_custom@polyps':\n> python -m repro.data.prepare polyps --scale smoke\n"
+        "error: data/polyps/masks: no .png files; the folder is empty\n"
+        "ERROR: failed to reproduce 'prepare_custom@polyps': failed to run: python -m repro.data.prepare polyps "
+        "--scale smoke, exited with 1\n"
+    )
+    assert failure_cause(prepare) == "error: data/polyps/masks: no .png files; the folder is empty"
+    missing = "ERROR: failed to reproduce 'prepare@x': [Errno 2] No such file or directory: 'data/splits/x.json'\n"
+    assert failure_cause(missing) == missing.strip()
+    assert failure_cause("sh: 1: papermill: not found\n\n") == "sh: 1: papermill: not found"
+    assert failure_cause("\n") is None
+
+
+def test_noise_lines_are_dropped_from_the_logs_and_the_rest_kept():
+    for line in (
+        "Executing Cell 12--------------------------------------",
+        "Ending Cell 12------------------------------------------",
+        "[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All communication ...",
+        "Waiting to acquire lock. If DVC froze, see `hardlink_lock` in <https://man.dvc.org/config#core>.",
+        " 40%|████      | 2/5 [00:01<00:02, 1.20file/s]",
+        "\r\x1b[2KCollecting files and computing hashes in results/smoke/runs |0.00 [00:00, ?file/s]",
+    ):
+        assert is_noise(line), line
+    kept = [
+        "Executing notebook with kernel: python3",
+        "ph2-dermoscopy/unet/seed0 [smoke] epoch 1/2: loss 1.3450, val Dice 0.5031 (train 2 s, eval 1 s; 3 s left)",
+        "ValueError: bad",
+    ]
+    assert not any(map(is_noise, kept))
+    sink = io.BytesIO()
+    copy_output(io.BytesIO(("\n".join([PAPERMILL_FAILURE.splitlines()[0], *kept]) + "\n").encode()), sink)
+    assert sink.getvalue().decode() == "\n".join(kept) + "\n"
+
+
+def test_a_stage_guard_writes_its_commands_output_without_noise(tmp_path):
+    script = tmp_path / "noisy.sh"
+    script.write_text(
+        "echo 'Executing Cell 1---------'\necho 'epoch 1/2: loss 1.0'\n"
+        "echo '[IPKernelApp] WARNING | Kernel is running over TCP without encryption. x' >&2\n"
+        "echo 'Ending Cell 1---------'\necho 'ValueError: the end' >&2\nexit 3\n"
+    )
+    # Its stdin stays open, as a worker holds it: closed, the guard would end the command.
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "repro.stage_task", f"sh {script}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    output = guard.stdout.read()
+    assert guard.wait(timeout=30) == 3
+    guard.stdin.close()
+    assert output.decode() == "epoch 1/2: loss 1.0\nValueError: the end\n"
+
+
+def test_dvcs_progress_bars_are_off_in_the_runner(tmp_path):
+    """In the runner's process DVC hashes (status, commit) and may wait for its lock: on a terminal, its bars
+    ("Collecting files and computing hashes", "Waiting to acquire lock") would draw inside the runner's own."""
+    from dvc.progress import Tqdm
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    with _repo(tmp_path):
+        bar = Tqdm(total=3, file=_Terminal(), desc="Collecting files and computing hashes")
+        assert bar.disable
+        bar.close()
+
+
+def test_a_missing_split_file_is_named_with_its_fix(tmp_path):
+    (tmp_path / "data/splits").mkdir(parents=True)
+    (tmp_path / "data/splits/kvasir-seg.json").write_text("{}")
+    params = {"prepare": {"datasets": ["kvasir-seg"], "custom_datasets": {"my-polyps": {}}}}
+    assert missing_splits(params, tmp_path) == [
+        "prepare: 'my-polyps' has no split file (data/splits/my-polyps.json), which its prepare stage reads; draw "
+        "one with `python -m repro.data.prepare --draw-split my-polyps` and commit it"
+    ]
+
+
+# --- end to end, in a copy ---------------------------------------------------------------------------------------
+
+STUDY = {"datasets": ["ph2-dermoscopy"], "models": ["tinyunet", "unet"], "seeds": [0]}
+TINY, UNET = "train@ph2-dermoscopy-tinyunet-0", "train@ph2-dermoscopy-unet-0"
+
+
+@pytest.fixture(scope="module")
+def aimed(tmp_path_factory):
+    """A study of two runs of which a call aimed by --models trains one: it trains that one only, then neither
+    the complexity nor the aggregate stage runs."""
+    copy = copy_repository(tmp_path_factory.mktemp("aimed"), STUDY)
+    result = run_python(copy, "-m", "repro.study", "--models", "tinyunet", "--workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return copy, result.stdout + result.stderr
+
+
+def test_a_filtered_call_trains_only_the_selected_runs(aimed):
+    copy, output = aimed
+    assert "1 of 1 training runs to run (selected by --models tinyunet of 2; 1 new" in output
+    assert f"done     {TINY} " in output and "trained now 1, up to date (skipped) 0, not selected 1" in output
+    assert {name for name in stale(copy) if name.startswith("train")} == {UNET}
+    assert "the rest of the pipeline" not in output and not (copy / "results/smoke/aggregate.ipynb").exists()
+    assert "make report" in output.strip().splitlines()[-1]
+
+
+def test_runner_output_and_run_logs_are_without_noise(aimed):
+    copy, output = aimed
+    log = (copy / f"checkpoints/logs/{TINY}.log").read_text()
+    assert "epoch 2/2: loss" in log and "Executing notebook" in log  # the run's own lines stay
+    for text in (output, log, (copy / "checkpoints/logs/prepare.log").read_text()):
+        for noise in ("Executing Cell", "Ending Cell", "without encryption", "Collecting files", "acquire lock"):
+            assert noise not in text, (noise, text)
+
+
+def test_dry_run_lists_what_would_train_and_changes_nothing(aimed):
+    copy, _ = aimed
+    params_file = copy / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["models"]["tinyunet"]["n_dwconv"] = 4  # the trained run goes stale: it would be replaced
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    lock = (copy / "dvc.lock").read_text()
+    try:
+        result = run_python(copy, "-m", "repro.study", "--dry-run")
+    finally:
+        params_file.write_text(original)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("  new runs (1):")
+    assert re.fullmatch(rf"    {UNET} +~\d+ s \(dataset median\)", lines[start + 1]), lines
+    assert lines[start + 2] == "  runs replacing committed ones (1; their code, data or settings changed):"
+    assert re.fullmatch(rf"    {TINY} +~\d+ s", lines[start + 3]), lines
+    assert "the median of each run's own dataset x variant, for 1 run(s) without one the median of their dataset" in (
+        result.stdout
+    )
+    assert lines[-1] == "nothing was run (--dry-run)"
+    assert (copy / "dvc.lock").read_text() == lock
+    assert not (copy / "results/smoke/runs/ph2-dermoscopy/unet").exists()
+    assert "starting a local Dask cluster" not in result.stdout
+
+
+def test_a_large_start_without_a_terminal_refuses_in_one_line(aimed):
+    copy, _ = aimed
+    params_file = copy / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["study"]["seeds"] = list(range(6))  # 12 runs, 11 of them stale
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    lock = (copy / "dvc.lock").read_text()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "repro.study"],
+            cwd=copy,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        params_file.write_text(original)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: this would train 11 runs (~1 min) and no terminal is there to confirm: add --yes to start it "
+        "(--dry-run lists them; --datasets, --models, --seeds, --stages train part of them)"
+    ]
+    assert "starting a local Dask cluster" not in result.stdout
+    assert (copy / "dvc.lock").read_text() == lock
+    assert not (copy / "results/smoke/runs/ph2-dermoscopy/unet").exists()
+
+
+def test_report_only_rebuilds_the_aggregate_and_trains_nothing(aimed):
+    copy, _ = aimed
+    result = run_python(copy, "-m", "repro.study", "--report-only")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  ran aggregate, report" in result.stdout
+    assert "1 training run(s) of the grid are stale or missing and were left so" in result.stdout
+    assert (copy / "results/smoke/aggregate.ipynb").is_file() and (copy / "results/smoke/report/index.html").is_file()
+    # The stale training stage stays stale and untrained, although the aggregate's dependency holds its outputs.
+    assert {name for name in stale(copy) if name.startswith("train")} == {UNET}
+    assert not (copy / "results/smoke/runs/ph2-dermoscopy/unet").exists()
+    assert not (copy / f"checkpoints/logs/{UNET}.log").exists()
+    refused = run_python(copy, "-m", "repro.study", "--report-only", "--models", "unet")
+    assert refused.returncode == 2 and "--report-only trains nothing" in refused.stderr
+
+
+def _custom_copy(tmp_path: Path) -> Path:
+    data_root = tmp_path / "data"
+    for i in range(12):
+        mask = np.zeros((48, 56), dtype=np.uint8)
+        mask[10:38, 12:44] = 255
+        for folder, array in (("images", np.stack([mask // 2] * 3, -1)), ("masks", mask)):
+            (data_root / "polyps" / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(data_root / f"polyps/{folder}/p{i:02d}.png")
+    definition = {
+        "images": "images",
+        "masks": "masks",
+        "image_suffix": ".png",
+        "mask_suffix": ".png",
+        "in_channels": 3,
+        "class_names": ["background", "polyp"],
+        "threshold": 127,
+    }
+    return copy_repository(
+        tmp_path / "copy",
+        {"datasets": ["polyps"], "models": ["tinyunet"], "seeds": [0]},
+        data_root=str(data_root),
+        prepare={"datasets": [], "custom_datasets": {"polyps": definition}},
+        training={"polyps": {"train_steps": {}, "eval_every": 1}},
+    )
+
+
+def test_a_failure_ends_the_runners_output_with_its_cause(tmp_path):
+    """The issue's case: a custom dataset without its split file once ended with "the end of prepare.log:" and
+    nothing (DVC's --quiet hid its own error). It is now a problem named before anything runs; and a stage that
+    fails for a reason of its own (here an empty masks folder) ends the output with the stage's error line."""
+    copy = _custom_copy(tmp_path)
+    result = run_python(copy, "-m", "repro.study")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "  - prepare: 'polyps' has no split file (data/splits/polyps.json), which its prepare stage reads; draw one "
+        "with `python -m repro.data.prepare --draw-split polyps` and commit it"
+    )
+
+    drawn = run_python(copy, "-m", "repro.data.prepare", "--draw-split", "polyps")
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    for mask in (tmp_path / "data/polyps/masks").iterdir():
+        mask.unlink()
+    result = run_python(copy, "-m", "repro.study")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert (
+        lines[0]
+        == "error: `dvc repro --glob prepare*` failed (exit status 255); the end of checkpoints/logs/prepare.log:"
+    )
+    assert lines[-1] == f"cause: error: {tmp_path}/data/polyps/masks: no .png files; the folder is empty"
+    assert "Traceback" not in result.stderr

@@ -1,10 +1,12 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
-Three blocks share the seeds, each a DVC stage over its own datasets x variants:
+Four blocks share the seeds, each a DVC stage over its own datasets x variants:
 
 - the image study, ``study.datasets`` x ``study.models`` (stage ``train``);
 - its extra rows, ``study.extra.datasets`` x ``study.extra.models`` (stage ``train_extra``): variants the study
   trains on some of its datasets only, where a budget does not cover every dataset;
+- its ablations, ``study.ablations.datasets`` x ``study.ablations.models`` (stage ``train_ablations``): a paper's
+  ablation run on the kind of data the paper ran it on (TinyU-Net's N on CT);
 - the volumetric rows, ``study.volumes.datasets`` x ``study.volumes.models`` (stage ``train_volumes``), since a 2D
   network cannot train on a volume nor a 3D one on an image.
 
@@ -27,7 +29,7 @@ from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
-TRAIN_STAGES = ("train", "train_extra", "train_volumes")
+TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes")
 
 
 class GridError(ValueError):
@@ -50,6 +52,8 @@ class Grid:
     volume_models: tuple[str, ...] = ()
     extra_datasets: tuple[str, ...] = ()
     extra_models: tuple[str, ...] = ()
+    ablation_datasets: tuple[str, ...] = ()
+    ablation_models: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -60,16 +64,16 @@ class Grid:
         """(stage, datasets, models) of each block that has runs, in the order a seed trains them."""
         blocks = zip(
             TRAIN_STAGES,
-            (self.datasets, self.extra_datasets, self.volume_datasets),
-            (self.models, self.extra_models, self.volume_models),
+            (self.datasets, self.extra_datasets, self.ablation_datasets, self.volume_datasets),
+            (self.models, self.extra_models, self.ablation_models, self.volume_models),
             strict=True,
         )
         return [block for block in blocks if block[1] and block[2]]
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed; within a
-        seed the image study, its extra rows, then the volumes, each variant in the order its list gives, then each
-        dataset."""
+        seed the image study, its extra rows, its ablations, then the volumes, each variant in the order its list
+        gives, then each dataset."""
         return [
             (stage, dataset, model, seed)
             for seed in self.seeds
@@ -240,6 +244,7 @@ def check_grid(params: dict[str, Any]) -> Grid:
     datasets = _names(study, "datasets", problems)
     models = _names(study, "models", problems)
     extra_datasets, extra_models = _sub_block(study, "extra", "extra rows", problems)
+    ablation_datasets, ablation_models = _sub_block(study, "ablations", "ablations", problems)
     volume_datasets, volume_models = _sub_block(study, "volumes", "volumetric rows", problems)
     prepare = params.get("prepare") or {}
     listed = prepare.get("datasets") or []
@@ -253,14 +258,24 @@ def check_grid(params: dict[str, Any]) -> Grid:
     problems += _block_problems("study", datasets, models, 2, params, width)
     if extra_models:
         problems += _block_problems("study.extra", extra_datasets, extra_models, 2, params, width)
-        # The same run in two blocks would be two stages writing one output folder, which DVC refuses.
-        problems += [
-            f"study.extra: '{model}' on '{dataset}' is already a run of study.models x study.datasets; list it once"
-            for model in extra_models
-            if model in models
-            for dataset in extra_datasets
-            if dataset in datasets
-        ]
+    if ablation_models:
+        problems += _block_problems("study.ablations", ablation_datasets, ablation_models, 2, params, width)
+    # The same run in two blocks would be two stages writing one output folder, which DVC refuses.
+    image_blocks = {
+        "study": (datasets, models),
+        "study.extra": (extra_datasets, extra_models),
+        "study.ablations": (ablation_datasets, ablation_models),
+    }
+    names = list(image_blocks)
+    problems += [
+        f"{later}: '{model}' on '{dataset}' is already a run of {earlier}; list it once"
+        for k, later in enumerate(names)
+        for earlier in names[:k]
+        for model in image_blocks[later][1]
+        if model in image_blocks[earlier][1]
+        for dataset in image_blocks[later][0]
+        if dataset in image_blocks[earlier][0]
+    ]
     if volume_models:
         problems += _block_problems("study.volumes", volume_datasets, volume_models, 3, params, width)
 
@@ -279,6 +294,8 @@ def check_grid(params: dict[str, Any]) -> Grid:
         tuple(volume_models),
         tuple(extra_datasets),
         tuple(extra_models),
+        tuple(ablation_datasets),
+        tuple(ablation_models),
     )
 
 

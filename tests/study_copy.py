@@ -46,7 +46,8 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     params = yaml.safe_load((destination / "params.yaml").read_text())
     params["data_root"] = str(resolve_data_root(params["data_root"]))
     params["scale"] = "smoke"
-    params["study"] = {"volumes": {"datasets": [], "models": []}, "extra": {"datasets": [], "models": []}, **study}
+    empty = {"datasets": [], "models": []}
+    params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study}
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
     for key, value in params_overrides.items():

@@ -36,7 +36,7 @@ def _blocks(grid: dict) -> list[tuple[list, list]]:
     """A grid's (datasets, models) blocks: the image study, its extra rows and its volumetric rows, where it has
     them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
-    for rows in ("extra", "volumes"):
+    for rows in ("extra", "ablations", "volumes"):
         if "datasets" in grid.get(rows, {}):
             blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
     return blocks
@@ -76,9 +76,9 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
         for name in (comparison.better, comparison.baseline)
     } - {"nnunet"}
     claims, volumes = PARAMS["grids"]["claims"], PARAMS["grids"]["volumes"]["volumes"]
-    assert set(claims["models"]) | set(volumes["models"]) >= needed
+    assert set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"]) >= needed
     assert volumes["datasets"] == ["msd-task04-hippocampus"]
     study = PARAMS["study"]
     assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]
-    assert PARAMS["scale"] == "cpu" and study["volumes"]["datasets"] == volumes["datasets"]
+    assert study["volumes"]["datasets"] == volumes["datasets"] and study["ablations"] == claims["ablations"]

@@ -10,7 +10,7 @@ Three ways, chosen by the settings:
 
 Every problem with the settings is reported at once by :func:`cluster_settings`, before anything starts.
 Everything started here listens on 127.0.0.1 unless ``scheduler_host`` says otherwise (a batch cluster's compute
-nodes must reach the scheduler; see README, "Parallel runs", for TLS).
+nodes must reach the scheduler; see docs/running.md, "Security", for TLS).
 """
 
 from __future__ import annotations
@@ -327,5 +327,5 @@ def _slurm_test_only(cluster) -> None:
 def _security(settings: ClusterSettings) -> dict:
     """``tls: true``: Dask's temporary self-signed credentials, made afresh for this cluster (dask-jobqueue hands
     them to the jobs through files beside the job logs). A running cluster's own credentials come from Dask's
-    configuration instead; see README."""
+    configuration instead; see docs/running.md, "Security"."""
     return {"security": True} if settings.tls and not settings.scheduler_address else {}

@@ -18,7 +18,7 @@ provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero
 ``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
 quarter, cheapest first) with the current code on the machine at hand, and reports each test number's drift from
 the committed run in units of its cell's seed-to-seed standard deviation (:func:`reproduce`). The proof
-of each recorded change is a row of ``results/provenance.csv`` (README, "Recording a change that alters no
+of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md, "Recording a change that alters no
 number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it is the current code or a
 code state that row declares number-equivalent to it.
 """

@@ -1,8 +1,10 @@
-"""Copy the generated headline tables, a line on how much of the grid they cover and how long its runs trained,
-and the meaning of each verdict label into README.md between their markers, so the README never drifts from
-`results/` and `repro/verdicts.py` (tests/test_readme.py checks that it has not). README.md gets the tables of the
-current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying that it has not been run at this
-version yet; results/v1/README.md gets the archived first version's tables from `results/v1/tables/`.
+"""Copy the generated tables, a line on how much of the grid they cover and how long its runs trained, the
+verdicts with their effects, and the meaning of each verdict label into README.md and the docs/ pages between their
+markers (``<!-- name:start -->`` ... ``<!-- name:end -->``), so the pages never drift from `results/` and
+`repro/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which blocks.
+They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying that
+it has not been run at this version yet; results/v1/README.md gets the archived first version's tables from
+`results/v1/tables/`.
 
     python scripts/update_readme.py
 """
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from repro import verdicts  # noqa: E402 - the repository root must be importable first
 from repro.run_results import naming_the_metrics_file  # noqa: E402
+from repro.tables import comparison_names, markdown_table  # noqa: E402
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
@@ -32,8 +35,16 @@ STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
 # already marks a fragile verdict "(fragile: k/n)" and gives each comparison's own label.)
 OPTIONAL_TABLES = {"stability-table": "claim_stability.md", "c6-margins-table": "c6_margins.md"}
 ARCHIVE = ROOT / "results" / "v1"
-# Variants whose training counts to issue 14's budget, not to issue 13's (README, "What the CPU budget covers").
-ISSUE_14_VARIANTS = ("fcn", "multiresunet")
+# Each page (relative to the repository root) -> the generated blocks it holds, each exactly once. A block may sit on
+# several pages (the labels are on two); results/v1/README.md is rendered by :func:`render_archive`.
+PAGES = {
+    "README.md": ("progress", "claims-table", "verdict-labels", "effects-table"),
+    "docs/results.md": ("results-table", "pruning-table"),
+    "docs/claims-and-statistics.md": ("verdict-labels", "stability-table", "c6-margins-table"),
+}
+# Variants whose training counts to the budget of the claims added with them (C10-C14: the volumetric networks, FCN
+# and MultiResUNet), not to the 2D claims' (docs/recipe.md, "What the CPU budget covers").
+OWN_BUDGET_VARIANTS = ("fcn", "multiresunet")
 
 
 def block_pattern(name: str) -> re.Pattern:
@@ -81,17 +92,18 @@ def progress_line(tables: Path, study: dict) -> str:
 def training_time_line(runs_dir: Path) -> str:
     """The training time of the runs under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), the figure
     the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
-    runs (one thread per run) with issue 14's variants' share, and in hours for runs on a GPU. A ``metrics.json``
-    that is not JSON or lacks a field raises ``ValueError`` naming it."""
-    cpu, issue_14, gpu = [], [], []
+    runs (one thread per run) with the share of ``OWN_BUDGET_VARIANTS`` (FCN and MultiResUNet, which count to the
+    budget of C10-C14), and in hours for runs on a GPU. A ``metrics.json`` that is not JSON or lacks a field raises
+    ``ValueError`` naming it."""
+    cpu, own_budget, gpu = [], [], []
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
         with naming_the_metrics_file(path):
             metrics = json.loads(path.read_text())
             hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
         if device.startswith("cpu"):
             cpu.append(hours)
-            if model in ISSUE_14_VARIANTS:
-                issue_14.append(hours)
+            if model in OWN_BUDGET_VARIANTS:
+                own_budget.append(hours)
         else:
             gpu.append(hours)
     if not cpu and not gpu:
@@ -100,14 +112,60 @@ def training_time_line(runs_dir: Path) -> str:
     def runs(count: int) -> str:
         return f"{count} run{'s' if count != 1 else ''}"
 
-    names = " and ".join(f"`{name}`" for name in ISSUE_14_VARIANTS)
+    names = " and ".join(f"`{name}`" for name in OWN_BUDGET_VARIANTS)
     parts = [
-        f"{sum(cpu):.1f} core-hours for {runs(len(cpu))} on the CPU, one thread each ({sum(issue_14):.1f} of them "
-        f"for {names}, issue 14's rows)"
+        f"{sum(cpu):.1f} core-hours for {runs(len(cpu))} on the CPU, one thread each ({sum(own_budget):.1f} of them "
+        f"for {names}, which count to the budget of C10-C14)"
     ]
     if gpu:
         parts.append(f"{sum(gpu):.2f} hours for {runs(len(gpu))} on a GPU")
     return f"*Training time (the sum of the runs' `train_seconds`, which the budget counts): {'; '.join(parts)}.*\n"
+
+
+def effects_table(tables: Path) -> str:
+    """The verdicts with their effects, from ``claims.csv`` in ``tables``: one row per comparison that ran on some
+    dataset, one column per dataset with the mean paired difference (better - baseline, in the claim's metric), its
+    interval (the family's, at alpha/m; for an equivalence claim the TOST's own 1 - 2 alpha one, from which "not
+    equivalent" is read) and the comparison's label, beside what is claimed (the paper's difference, or "> 0" where
+    it gives none; the margin for equivalence and non-inferiority); then one line naming the claims not run
+    anywhere. While the folder or the file does not exist, one line saying so."""
+    where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+    if not tables.is_dir():
+        return table_blocks(tables, {"effects-table": "claims.csv"})["effects-table"]
+    if not (tables / "claims.csv").is_file():
+        return f"*Not yet written: `{where}/claims.csv` comes from the aggregate stage (`dvc repro aggregate`).*\n"
+    claims = pd.read_csv(tables / "claims.csv")
+    claims["comparison"] = comparison_names(claims)
+    ran = claims[claims["verdict"] != "not run"]
+    datasets = list(dict.fromkeys(ran["dataset"]))
+    margin = float(params()["aggregate"]["tost_margin"])
+    rows = []
+    for (claim, comparison), group in ran.groupby(["claim_id", "comparison"], sort=False):
+        first = group.iloc[0]
+        paper = None if pd.isna(first["claimed_difference"]) else f"{first['claimed_difference']:+.4f}"
+        if first["kind"] == "equivalence":  # tested against the margin; the paper's own difference beside it
+            claimed = f"within ±{margin:g}" + (f" (paper: {paper})" if paper else "")
+        elif first["kind"] == "non-inferiority":
+            claimed = f"> -{margin:g}"
+        else:
+            claimed = paper or "> 0"
+        # The interval each label is read from: the family's (1 - alpha/m) one, or for equivalence the TOST's own.
+        low, high = ("tost_ci_low", "tost_ci_high") if first["kind"] == "equivalence" else ("ci_adj_low", "ci_adj_high")
+        cells = {
+            row["dataset"]: f"{row['mean_diff']:+.4f} [{row[low]:+.4f}, {row[high]:+.4f}]: {row['verdict']}"
+            for _, row in group.iterrows()
+        }
+        rows.append(
+            {"claim": claim, "comparison": comparison, "metric": first["metric"], "claimed": claimed}
+            | {dataset: cells.get(dataset, "") for dataset in datasets}
+        )
+    table = markdown_table(pd.DataFrame(rows, columns=["claim", "comparison", "metric", "claimed", *datasets]))
+    not_run = [
+        claim for claim, group in claims.groupby("claim_id", sort=False) if (group["verdict"] == "not run").all()
+    ]
+    if not_run:
+        table += f"\n*Not run (a variant without runs): {', '.join(not_run)}.*\n"
+    return table
 
 
 def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
@@ -148,12 +206,36 @@ def substitute(text: str, blocks: dict[str, str]) -> str:
     return text
 
 
-def render(readme: str, tables: Path | None = None) -> str:
-    """README.md with the current study's tables (from ``tables``; default :func:`current_tables`) and the labels."""
+def has_block(text: str, name: str) -> bool:
+    return bool(block_pattern(name).search(text))
+
+
+def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()) -> str:
+    """``text`` (README.md or a docs/ page) with every generated block it has markers for filled from the current
+    study's tables (``tables``; default :func:`current_tables`) and the labels; a block in ``required`` that the
+    text lacks, or any block it has twice, is an error."""
     tables = tables or current_tables()
-    progress = progress_line(tables, params()["study"]) + "\n" + training_time_line(tables.parent / "runs")
-    blocks = table_blocks(tables, STUDY_TABLES) | optional_blocks(readme, tables) | {"progress": progress}
-    return substitute(readme, blocks | {"verdict-labels": label_lines()})
+    names = {name for name in (*STUDY_TABLES, "progress", "effects-table", "verdict-labels") if has_block(text, name)}
+    names |= set(required) - set(OPTIONAL_TABLES)
+    blocks = table_blocks(tables, {name: STUDY_TABLES[name] for name in STUDY_TABLES if name in names})
+    blocks |= optional_blocks(text, tables)
+    if "progress" in names:
+        blocks["progress"] = (
+            progress_line(tables, params()["study"]) + "\n" + training_time_line(tables.parent / "runs")
+        )
+    if "effects-table" in names:
+        blocks["effects-table"] = effects_table(tables)
+    if "verdict-labels" in names:
+        blocks["verdict-labels"] = label_lines()
+    missing = [name for name in required if name in OPTIONAL_TABLES and name not in blocks]
+    if missing:
+        raise SystemExit(f"needs exactly one <!-- {missing[0]}:start --> ... <!-- {missing[0]}:end --> block")
+    return substitute(text, blocks)
+
+
+def render_page(page: str, text: str, tables: Path | None = None) -> str:
+    """``text``, the page ``page`` of :data:`PAGES`, with its generated blocks, every one it must hold included."""
+    return render(text, tables, required=PAGES[page])
 
 
 def render_archive(readme: str) -> str:
@@ -162,5 +244,7 @@ def render_archive(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    for path, rendered in ((ROOT / "README.md", render), (ARCHIVE / "README.md", render_archive)):
-        path.write_text(rendered(path.read_text()))
+    for page in PAGES:
+        path = ROOT / page
+        path.write_text(render_page(page, path.read_text()))
+    (ARCHIVE / "README.md").write_text(render_archive((ARCHIVE / "README.md").read_text()))

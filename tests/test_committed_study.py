@@ -1,5 +1,5 @@
 """Checks of the study as committed: dvc.lock and results/<scale>/ agree, and every committed run comes from the
-current training code or from code that is number-equivalent to it (README, "Recording a change that alters no
+current training code or from code that is number-equivalent to it (docs/versions.md, "Recording a change that alters no
 number"): no comparison mixes code versions that compute different numbers. A change of the training code either
 removes the runs it makes stale, in the same commit, until they are trained again, or is proven to change no number
 and logged in results/provenance.csv, which these tests read."""

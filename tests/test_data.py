@@ -6,15 +6,12 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from repro.config import scale_preset
@@ -407,7 +404,8 @@ def test_large_images_of_several_sizes_are_refused_clearly(tmp_path):
 
 
 def _video_frames(tmp_path, name, videos=29, frames=612):
-    """612 frames cut from 29 videos (as in the colonoscopy example of README), ids video<v>_frame<k>."""
+    """612 frames cut from 29 videos (as in the colonoscopy example of docs/datasets.md, "Grouped splits"), ids
+    video<v>_frame<k>."""
     per_video = np.array_split(np.arange(frames), videos)
     ids = [f"video{v:02d}_frame{k:03d}" for v, ks in enumerate(per_video) for k in ks]
     for folder in ("img", "gt"):
@@ -494,13 +492,3 @@ def test_command_line_errors_end_in_one_line_without_traceback():
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "DatasetError: unknown dataset" in debug.stderr
     env[DEBUG_ENV] = "1"
     assert "Traceback" in subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT).stderr
-
-
-def test_readme_example_entry_is_valid():
-    """The entry README's "Adding a dataset" tells a user to paste into params.yaml registers as documented."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"replace the line `custom_datasets: \{\}`.*?```yaml\n(.*?)```", readme, re.DOTALL).group(1)
-    entries = yaml.safe_load(textwrap.dedent(block))["custom_datasets"]
-    assert list(entries) == ["my-polyps"]
-    spec = register_folder_dataset(next(_names), entries["my-polyps"])
-    assert spec.mask == ThresholdMask(127) and spec.in_channels == 3 and not spec.large_images

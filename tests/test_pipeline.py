@@ -106,7 +106,7 @@ def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["models"]["tinyunet"]["n_dwconv"] = 4
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # The finished runs' checkpoints must go first: they are matched on seed and settings only (README,
+    # The finished runs' checkpoints must go first: they are matched on seed and settings only (docs/running.md,
     # "Checkpoints"), and resuming them would load the 8-convolution weights into the 4-convolution network.
     shutil.rmtree(copy / "checkpoints/ph2-dermoscopy/tinyunet")
     unet_metrics = copy / "results/smoke/runs/ph2-dermoscopy/unet/seed0/metrics.json"

@@ -1,10 +1,12 @@
-"""README.md: its two commands exist, and its headline tables are the generated ones (those of the current study,
-or a line saying it has not been run at this version yet); results/v1/README.md holds the archived study's."""
+"""README.md: its two commands exist; README.md and the docs/ pages hold the generated blocks scripts/update_readme.py
+says they hold (PAGES), and each is the generated one (the current study's tables, or a line saying it has not been
+run at this version yet); results/v1/README.md holds the archived study's."""
 
 import importlib.util
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +21,33 @@ def _update_readme():
     return module
 
 
-def test_readme_tables_match_the_generated_ones():
-    assert _update_readme().render(README) == README, "run `python scripts/update_readme.py`"
-    assert _update_readme().render_archive(V1_README) == V1_README, "run `python scripts/update_readme.py`"
+def _pages() -> dict[str, str]:
+    """Each page of update_readme's PAGES -> its text."""
+    return {page: (ROOT / page).read_text() for page in _update_readme().PAGES}
+
+
+def test_every_page_holds_its_generated_blocks_once_and_they_match_the_generated_ones():
+    update_readme = _update_readme()
+    for page, text in _pages().items():
+        for name in update_readme.PAGES[page]:
+            assert text.count(f"<!-- {name}:start -->") == 1 and text.count(f"<!-- {name}:end -->") == 1, (page, name)
+        assert update_readme.render_page(page, text) == text, f"{page}: run `python scripts/update_readme.py`"
+    assert update_readme.render_archive(V1_README) == V1_README, "run `python scripts/update_readme.py`"
+
+
+def test_every_generated_table_has_a_page_and_a_page_lacking_a_block_it_must_hold_is_an_error():
+    update_readme = _update_readme()
+    placed = {name for names in update_readme.PAGES.values() for name in names}
+    assert {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "progress", "effects-table"} <= placed
+    assert "verdict-labels" in update_readme.PAGES["README.md"]
+    for name in ("claims-table", "verdict-labels"):  # a page that lost a block's markers
+        without = re.sub(rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->", "", README, flags=re.DOTALL)
+        with pytest.raises(SystemExit, match=name):
+            update_readme.render_page("README.md", without)
+    stats = (ROOT / "docs" / "claims-and-statistics.md").read_text()
+    without = re.sub(r"<!-- stability-table:start -->\n.*?<!-- stability-table:end -->", "", stats, flags=re.DOTALL)
+    with pytest.raises(SystemExit, match="stability-table"):
+        update_readme.render_page("docs/claims-and-statistics.md", without)
 
 
 def _block(text: str, name: str) -> str:
@@ -29,21 +55,66 @@ def _block(text: str, name: str) -> str:
 
 
 def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_path):
-    """Without results/<scale>/tables/ (the grid not re-run yet), each table's block says so in one line; with the
-    folder, the blocks hold its tables."""
+    """Without results/<scale>/tables/ (the grid not re-run yet), each table's block says so in one line, on
+    whichever page it lies; with the folder, the blocks hold its tables, and a table it lacks is one line saying
+    where it will come from."""
     update_readme = _update_readme()
     missing = tmp_path / "results" / "cpu" / "tables"
-    rendered = update_readme.render(README, tables=missing)
-    for name in update_readme.STUDY_TABLES:
-        (line,) = _block(rendered, name).splitlines()
-        assert line.startswith("*Not yet run at this version of the training code: ") and f"`{missing}/`" in line
+    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table"}
+    for page, text in _pages().items():
+        rendered = update_readme.render_page(page, text, tables=missing)
+        for name in tables & set(update_readme.PAGES[page]):
+            (line,) = _block(rendered, name).splitlines()
+            assert line.startswith("*Not yet run at this version of the training code: ") and f"`{missing}/`" in line
     written = tmp_path / "tables"
     written.mkdir()
     for name, source in update_readme.STUDY_TABLES.items():
         (written / source).write_text(f"| the {name} |\n")
-    rendered = update_readme.render(README, tables=written)
-    for name, source in update_readme.STUDY_TABLES.items():
-        assert _block(rendered, name) == (written / source).read_text()
+    for page, text in _pages().items():
+        rendered = update_readme.render_page(page, text, tables=written)
+        for name in update_readme.PAGES[page]:
+            if name in update_readme.STUDY_TABLES:
+                assert _block(rendered, name) == (written / update_readme.STUDY_TABLES[name]).read_text()
+            elif name in {*update_readme.OPTIONAL_TABLES, "effects-table"}:
+                (line,) = _block(rendered, name).splitlines()
+                assert line.startswith("*Not yet written: ") and "(`dvc repro aggregate`)" in line
+
+
+def _claims_rows() -> pd.DataFrame:
+    """A claims.csv of three claims: a superiority claim with a claimed difference on two datasets, an equivalence
+    claim of two comparisons (one scored at a pruned depth), and a claim not run anywhere."""
+    columns = ["claim_id", "dataset", "better", "baseline", "better_level", "baseline_level", "metric",
+               "claimed_difference", "kind", "mean_diff", "ci_adj_low", "ci_adj_high", "tost_ci_low", "tost_ci_high",
+               "verdict"]  # fmt: skip
+    rows = [
+        ("C1", "a", "unetpp", "unet", None, None, "iou", 0.0186, "superiority", -0.0019, -0.0082, 0.0044, None, None,
+         "smaller than claimed"),
+        ("C1", "b", "unetpp", "unet", None, None, "iou", 0.0186, "superiority", 0.03, 0.01, 0.05, None, None,
+         "reproduced"),
+        ("C6", "a", "light", "bilinear", None, None, "dice", -0.002, "equivalence", 0.006, -0.0001, 0.0121, 0.0031,
+         0.0089, "equivalent"),
+        ("C6", "a", "lighter", "bilinear", "L3", None, "dice", None, "equivalence", -0.11, -0.24, 0.01, -0.17, -0.06,
+         "not equivalent"),
+        ("C4a", "a", "tinyunet", "tinyunet_plain", None, None, "miou_bg", None, "superiority", None, None, None, None,
+         None, "not run"),
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_the_effects_table_gives_each_comparison_s_difference_interval_and_label_per_dataset(tmp_path):
+    update_readme = _update_readme()
+    _claims_rows().to_csv(tmp_path / "claims.csv", index=False)
+    margin = update_readme.params()["aggregate"]["tost_margin"]
+    assert update_readme.effects_table(tmp_path) == (
+        "| claim | comparison | metric | claimed | a | b |\n"
+        "| :--- | :--- | :--- | :--- | :--- | :--- |\n"
+        "| C1 | unetpp - unet | iou | +0.0186 | -0.0019 [-0.0082, +0.0044]: smaller than claimed "
+        "| +0.0300 [+0.0100, +0.0500]: reproduced |\n"
+        f"| C6 | light - bilinear | dice | within ±{margin:g} (paper: -0.0020) "
+        "| +0.0060 [+0.0031, +0.0089]: equivalent |  |\n"
+        f"| C6 | lighter@L3 - bilinear | dice | within ±{margin:g} | -0.1100 [-0.1700, -0.0600]: not equivalent |  |\n"
+        "\n*Not run (a variant without runs): C4a.*\n"
+    )
 
 
 def test_readme_two_commands_are_make_targets_and_ci_runs_the_test_one():
@@ -57,21 +128,25 @@ def test_readme_two_commands_are_make_targets_and_ci_runs_the_test_one():
 def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_labels():
     from repro import verdicts
 
-    block = re.search(r"<!-- verdict-labels:start -->\n(.*?)<!-- verdict-labels:end -->", README, re.DOTALL)
-    lines = block.group(1).splitlines()
+    lines = _block(README, "verdict-labels").splitlines()
     assert [line.split("`")[1] for line in lines] == list(verdicts.MEANINGS)
-    claims = re.search(r"<!-- claims-table:start -->\n(.*?)<!-- claims-table:end -->", README, re.DOTALL).group(1)
-    rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in claims.splitlines()]
+    rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in _block(README, "claims-table").splitlines()]
     verdict = rows[0].index("verdict")
     # A decisive label that dropping one seed can change is marked "(fragile: kept/cases)".
     used = {re.sub(r" \(fragile: \d+/\d+\)$", "", row[verdict]) for row in rows[2:]}
     assert used <= set(verdicts.LABELS), used - set(verdicts.LABELS)
+    effects = [line for line in _block(README, "effects-table").splitlines()[2:] if line.startswith("|")]
+    used = {label for line in effects for label in re.findall(r"\]: ([^|]+?) \|", line)}
+    assert used <= set(verdicts.LABELS), used - set(verdicts.LABELS)
 
 
-def test_readme_tables_name_the_script_that_copies_them():
-    for text in (README, V1_README):
-        results = text.index("<!-- results-table:start -->")
-        assert "scripts/update_readme.py" in text[results - 600 : results]
+def test_the_generated_tables_name_the_script_that_copies_them():
+    update_readme = _update_readme()
+    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table"}
+    for page, text in [*_pages().items(), ("results/v1/README.md", V1_README)]:
+        names = tables & set(update_readme.PAGES.get(page, update_readme.TABLES))
+        first = min(text.index(f"<!-- {name}:start -->") for name in names)
+        assert "scripts/update_readme.py" in text[max(0, first - 600) : first], page
     assert re.search(r"\| 0\.124 \| 0\.115 \|", V1_README), "parameters in millions at 3 significant figures"
 
 
@@ -93,7 +168,7 @@ def test_the_progress_line_counts_the_grid_s_runs_in_the_tables_by_cell(tmp_path
     assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", study)
 
 
-def test_the_training_time_line_sums_train_seconds_by_device_and_names_issue_14_s_share(tmp_path):
+def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_multiresunet_s_share(tmp_path):
     import json
 
     update_readme = _update_readme()
@@ -106,8 +181,8 @@ def test_the_training_time_line_sums_train_seconds_by_device_and_names_issue_14_
         (run / "metrics.json").write_text(json.dumps(metrics))
     assert update_readme.training_time_line(tmp_path) == (
         "*Training time (the sum of the runs' `train_seconds`, which the budget counts): 2.0 core-hours for 2 runs "
-        "on the CPU, one thread each (0.5 of them for `fcn` and `multiresunet`, issue 14's rows); 0.25 hours for 1 "
-        "run on a GPU.*\n"
+        "on the CPU, one thread each (0.5 of them for `fcn` and `multiresunet`, which count to the budget of C10-C14); "
+        "0.25 hours for 1 run on a GPU.*\n"
     )
 
 

@@ -1,6 +1,6 @@
 """One :class:`DatasetSpec` per dataset: where its files lie, how to read them, how masks become classes.
 
-A new dataset is one :func:`register` call (see README, "Adding a dataset"), or, for a plain folder of images
+A new dataset is one :func:`register` call (see docs/datasets.md, "Adding a dataset"), or, for a plain folder of images
 and a folder of masks, an entry under ``prepare.custom_datasets`` in ``params.yaml``.
 """
 
@@ -405,7 +405,7 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# The keys of a `prepare.custom_datasets` entry; README "Adding a dataset" documents each.
+# The keys of a `prepare.custom_datasets` entry; docs/datasets.md, "The keys of an entry", documents each.
 REQUIRED_KEYS = ("images", "masks", "image_suffix", "mask_suffix", "in_channels", "class_names")
 OPTIONAL_KEYS = (
     "threshold",
@@ -494,8 +494,8 @@ def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
     """Register a user's dataset laid out as ``<root>/<name>/<images>/*`` beside ``<root>/<name>/<masks>/*``.
 
     ``config`` is one ``prepare.custom_datasets`` entry of params.yaml; its keys (:data:`REQUIRED_KEYS`,
-    :data:`OPTIONAL_KEYS`) are documented in README, "Adding a dataset". Every problem of the entry is reported
-    at once, unknown keys with the known ones.
+    :data:`OPTIONAL_KEYS`) are documented in docs/datasets.md, "The keys of an entry". Every problem of the entry
+    is reported at once, unknown keys with the known ones.
     """
     problems = []
     if not (isinstance(name, str) and _NAME.fullmatch(name)):

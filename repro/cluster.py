@@ -45,11 +45,16 @@ def quiet_dask_exports() -> list[str]:
     ]
 
 
-class ClusterError(ValueError):
-    """The ``cluster:`` settings cannot work; ``problems`` lists every reason."""
+class ParamsError(ValueError):
+    """A part of params.yaml (with the command line's overrides) cannot work; ``problems`` lists every reason and
+    ``section`` names the part. One class for the ``cluster:`` settings (here) and the study grid
+    (:func:`repro.grid.check_grid`), so a caller catches one thing; it lives here because this module imports nothing
+    of the project.
+    """
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], section: str) -> None:
         self.problems = problems
+        self.section = section
         super().__init__("\n".join(f"  - {problem}" for problem in problems))
 
 
@@ -122,7 +127,7 @@ def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] |
     """Check params.yaml's ``cluster:`` section with ``overrides`` (from the command line) applied on top.
 
     Raises:
-        ClusterError: listing every unknown key, wrong type, unknown kind, a batch kind without a queue, and
+        ParamsError: listing every unknown key, wrong type, unknown kind, a batch kind without a queue, and
             GPU settings that no worker could satisfy.
     """
     values = {**(section or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
@@ -180,7 +185,7 @@ def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] |
     elif settings.gpus or settings.gpus_per_job:
         problems.append("cluster: gpus / gpus_per_job are set but runs_per_gpu is not: say how many runs share one")
     if problems:
-        raise ClusterError(problems)
+        raise ParamsError(problems, "cluster")
     return settings
 
 
@@ -188,7 +193,7 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
     """The Dask cluster of ``settings`` (None for an existing scheduler) and a ``Client`` connected to it.
 
     Raises:
-        ClusterError: the scheduler cannot be reached, or the cluster cannot start.
+        ParamsError: the scheduler cannot be reached, or the cluster cannot start.
     """
     import dask
     from distributed import Client
@@ -198,16 +203,19 @@ def start_cluster(settings: ClusterSettings, log_directory: Path):
         try:
             client = Client(settings.scheduler_address, timeout="10s", **security)
         except (OSError, TimeoutError) as error:
-            raise ClusterError([f"cannot reach the Dask scheduler at {settings.scheduler_address}: {error}"]) from None
+            raise ParamsError(
+                [f"cannot reach the Dask scheduler at {settings.scheduler_address}: {error}"], "cluster"
+            ) from None
         if settings.run_resources and not any(
             "GPU" in worker.get("resources", {}) for worker in client.scheduler_info()["workers"].values()
         ):
             client.close()
-            raise ClusterError(
+            raise ParamsError(
                 [
                     f"runs ask for a GPU (cluster.runs_per_gpu) but no worker of {settings.scheduler_address} "
                     "advertises one: start the workers with `dask worker ... --resources GPU=1`"
-                ]
+                ],
+                "cluster",
             )
         return None, client
     # Servers read their config when they are made: the scheduler here and a local cluster's nannies (their workers
@@ -243,7 +251,7 @@ def _local_cluster(settings: ClusterSettings, security: dict):
                 **security,
             )
         except (OSError, RuntimeError) as error:
-            raise ClusterError([f"cannot start the local Dask cluster: {error}"]) from None
+            raise ParamsError([f"cannot start the local Dask cluster: {error}"], "cluster") from None
     return cluster, Client(cluster)
 
 
@@ -300,13 +308,15 @@ def _jobqueue_cluster(settings: ClusterSettings, log_directory: Path, security: 
         # Submit the jobs now (scale() only schedules it), so that a refused submission is reported here instead of
         # leaving the runner waiting for workers that will never come.
         cluster.sync(cluster._correct_state)
-    except ClusterError:
+    except ParamsError:
         raise
     except (OSError, RuntimeError, ValueError) as error:
-        raise ClusterError([f"cannot start the {settings.kind} cluster: {error}"]) from None
+        raise ParamsError([f"cannot start the {settings.kind} cluster: {error}"], "cluster") from None
     if any(getattr(job, "job_id", None) is None for job in cluster.workers.values()):
         cluster.close()
-        raise ClusterError([f"`{SUBMIT_COMMANDS[settings.kind]}` refused the worker jobs (its message is above)"])
+        raise ParamsError(
+            [f"`{SUBMIT_COMMANDS[settings.kind]}` refused the worker jobs (its message is above)"], "cluster"
+        )
     # Keep `jobs` jobs: one that ends (its walltime, a failed node) is replaced, and its runs resume elsewhere.
     cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
     return cluster, Client(cluster)
@@ -321,7 +331,7 @@ def _slurm_test_only(cluster) -> None:
     if check.returncode != 0:
         cluster.close()
         reason = " ".join(line.strip() for line in check.stderr.splitlines() if line.strip())
-        raise ClusterError([f"SLURM would not accept the worker job: {reason}"])
+        raise ParamsError([f"SLURM would not accept the worker job: {reason}"], "cluster")
 
 
 def _security(settings: ClusterSettings) -> dict:

@@ -25,19 +25,12 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from repro.cluster import ParamsError
 from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
 TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes")
-
-
-class GridError(ValueError):
-    """The study grid in params.yaml cannot run; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(f"  - {problem}" for problem in problems))
 
 
 @dataclass(frozen=True)
@@ -130,7 +123,7 @@ class RunFilter:
         """The filter of the command line's comma-separated lists (``--datasets a,b --seeds 0,1``).
 
         Raises:
-            GridError: a seed that is not a whole number; with a list ``problems``, added there instead (that seed
+            ParamsError: a seed that is not a whole number; with a list ``problems``, added there instead (that seed
                 left out), so that one message lists it with the others.
         """
         found = []
@@ -141,7 +134,7 @@ class RunFilter:
             except ValueError:
                 found.append(f"--seeds: '{text}' is not a whole number")
         if found and problems is None:
-            raise GridError(found)
+            raise ParamsError(found, "the command line")
         if problems is not None:
             problems += found
         return cls(_items(datasets), _items(models), tuple(seed_values), _items(stages))
@@ -226,10 +219,11 @@ def _names(study: dict, key: str, problems: list[str], empty: bool = False, wher
 
 
 def check_grid(params: dict[str, Any]) -> Grid:
-    """The grid of ``params`` (as returned by :func:`repro.config.load_params`), or :class:`GridError` listing
-    every problem: unknown scale or invalid preset, datasets that are not registered or not prepared, a volume
-    dataset among the images or the reverse, unknown model variants, variants whose arch or options
-    ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and invalid seeds."""
+    """The grid of ``params`` (as returned by :func:`repro.config.load_params`), or
+    :class:`~repro.cluster.ParamsError` listing every problem: unknown scale or invalid preset, datasets that are not
+    registered or not prepared, a volume dataset among the images or the reverse, unknown model variants, variants
+    whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and
+    invalid seeds."""
     problems: list[str] = []
     try:
         preset = scale_preset(params.get("scale"), params)
@@ -239,7 +233,9 @@ def check_grid(params: dict[str, Any]) -> Grid:
 
     study = params.get("study")
     if not isinstance(study, dict):
-        raise GridError([f"params.yaml has no 'study' section with datasets, models and seeds; got {study!r}"])
+        raise ParamsError(
+            [f"params.yaml has no 'study' section with datasets, models and seeds; got {study!r}"], "params.yaml"
+        )
     seeds = _names(study, "seeds", problems)
     datasets = _names(study, "datasets", problems)
     models = _names(study, "models", problems)
@@ -284,7 +280,7 @@ def check_grid(params: dict[str, Any]) -> Grid:
             problems.append(f"study.seeds: {seed!r} is not a whole number from 0 to 2**32 - 1")
 
     if problems:
-        raise GridError(problems)
+        raise ParamsError(problems, "params.yaml")
     return Grid(
         preset.name,
         tuple(datasets),

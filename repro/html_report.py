@@ -103,9 +103,10 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
-def load_runs(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
-    """One row per finished run (read by :func:`repro.run_results.load_runs`): its keys, test scores, device,
-    commit, training code version and the paths of its notebook and history.
+def runs_with_notebooks(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
+    """The report's table of runs: one row per finished run, read by :func:`repro.run_results.load_runs` (the one
+    reader of runs) and narrowed to its keys, test scores, device, commit and training code version, with the paths
+    of its executed notebook and history added.
 
     Args:
         runs_dir: ``results/<scale>/runs``, holding ``<dataset>/<model>/seed<k>/metrics.json``.
@@ -293,7 +294,7 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
     """Write the report, the metrics summaries and the learning curves into ``out_dir``; return index.html."""
     stats = _read_json(stats_path)
     claims = _claims(stats, stats_path)
-    runs = load_runs(runs_dir, notebooks_dir)
+    runs = runs_with_notebooks(runs_dir, notebooks_dir)
     aggregate_html = export_notebook_html(aggregate)
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 # The Dask topic on which tasks announce their start and failures (the client's progress display listens).
 TOPIC = "unet-repro-stage"
+# The variable repro.training.device reads its thread count from: named again here, since importing it from there
+# would import torch into every worker (tests/test_dask_runner.py keeps the two equal).
 THREADS_ENV = "UNET_REPRO_THREADS"
 # The task states in which a worker still wants the task's result; anything else means the client let go.
 _WANTED = ("executing", "long-running")

@@ -117,6 +117,17 @@ class SeedsNeeded:
         return f"> {self.cap}" if self.n is None else str(self.n)
 
 
+def mean_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float, float]:
+    """The mean of ``values`` (e.g. one variant's seeds) and its two-sided (1 - alpha) Student-t interval; the
+    interval is (nan, nan) for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
 def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     """Validate two paired samples and return ``a - b`` as a float array.
 

@@ -6,6 +6,7 @@
     python -m repro.study --kind slurm --set queue=gpu --set jobs=4
     python -m repro.study --datasets ph2-dermoscopy --models unet,unetpp --seeds 0   # part of the grid
     python -m repro.study --stages 'train@ph2-*' --dry-run   # what would train, and for how long; trains nothing
+    python -m repro.study --retrain --trained-on cuda        # train the committed GPU runs again (here, afresh)
     python -m repro.study --report-only         # the aggregate and the report from the runs that exist (`make report`)
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
@@ -25,12 +26,17 @@ Aiming it: ``--datasets``, ``--models``, ``--seeds`` (comma-separated) and ``--s
 train only the stale runs that match every filter given; the rest of the pipeline (aggregate, report) then waits
 for a call without filters, or ``--report-only``, which rebuilds the aggregate and the report from the runs that
 exist (``dvc repro --single-item aggregate report``: the stages themselves, none of the training stages they
-follow). ``--dry-run`` lists the runs a call would train, new ones apart from those replacing a committed run,
-with a time estimate, and stops. A call that would train more than ten runs or for more than two hours asks first
-(on a terminal; elsewhere it refuses unless given ``--yes``). The estimate is each run's dataset x variant's
-median ``train_seconds`` (+ ``eval_seconds``) over the committed runs of the scale, else its dataset's median,
-spread over the cluster's slots; benchmarks/grid_cost.py's step model would time every variant first (minutes),
-too long for a question asked before a start.
+follow). ``--trained-on DEVICE`` selects the committed runs whose metrics.json ``device`` starts with DEVICE
+(``cuda``, ``cpu``). ``--retrain`` (refused without a filter) also trains the selected runs that are up to date:
+each moves its checkpoint aside (``last.pt.replaced``) just before it starts, so it trains from its first epoch
+whatever device or software stack wrote that checkpoint; its committed outputs stay until the new run overwrites
+them, and it is recorded in dvc.lock as any finished run. ``--dry-run`` lists the runs a call would train, new ones
+apart from those replacing a committed run, with a time estimate, and stops. A call that would train more than ten
+runs or for more than two hours asks first (on a terminal; elsewhere it refuses unless given ``--yes``). The
+estimate is each run's dataset x variant's median ``train_seconds`` (+ ``eval_seconds``) over the committed runs of
+the scale (less those ``--trained-on`` selects: another device's times), else its dataset's median, spread over the
+cluster's slots; benchmarks/grid_cost.py's step model would time every variant first (minutes), too long for a
+question asked before a start.
 
 The runs' logs (checkpoints/logs/<stage>.log) and DVC's (prepare.log, repro.log, report.log) keep the runs'
 settings, epoch lines and errors, not papermill's cell markers, the kernel's transport warning or DVC's progress
@@ -64,10 +70,10 @@ from pathlib import Path
 
 import yaml
 
-from repro.cluster import ClusterError, ClusterSettings, cluster_settings, start_cluster
+from repro.cluster import ClusterSettings, ParamsError, cluster_settings, start_cluster
 from repro.config import load_params
 from repro.data.registry import REPO_ROOT
-from repro.grid import Grid, GridError, RunFilter, check_grid, run_name
+from repro.grid import Grid, RunFilter, check_grid, run_name
 from repro.stage_task import TOPIC, StageFailed, copy_output, failure_cause, meaningful_lines, run_stage
 
 # The programs the training stages' commands in dvc.yaml call by name.
@@ -100,6 +106,7 @@ class Outcome:
     interrupted: bool = False
     selected: int | None = None  # the runs the filters selected (None: no filter, the whole grid)
     only: str = ""  # the filters, as the command line gave them
+    replacing: dict[str, list[str]] = field(default_factory=dict)  # each re-trained run started -> its outputs
     stopped: str = ""  # why it trained nothing: "dry run", "declined"
 
 
@@ -124,15 +131,73 @@ def stale_train_stages(root: Path, grid: Grid, only: RunFilter | None = None) ->
     (then ``study.extra.models``, ``study.volumes.models``) lists it, then each dataset. The study lists its variants
     in the order their claims matter, so a study cut short has every variant at the same number of seeds, the first
     ones at one more. With ``only``, the stale stages it selects."""
+    return train_stages(root, grid, only)[0]
+
+
+def train_stages(
+    root: Path, grid: Grid, only: RunFilter | None = None, trained_on: str | None = None, retrain: bool = False
+) -> tuple[list, set[str]]:
+    """The training stages one call trains, in the grid's order (:func:`stale_train_stages`), and which of them are
+    up to date: the stale runs among those selected (:func:`selected_runs`), and with ``retrain`` the selected runs
+    that are up to date too (``--retrain``: committed runs to train again, e.g. those of another device)."""
     targets = [stage for stage, _, _ in grid.blocks]
+    selected = set(selected_runs(root, grid, only, trained_on))
     with _repo(root) as repo:
         stale = set(repo.status(targets=targets))
-        stages = [stage for stage in repo.index.stages if stage.addressing in stale]
+        wanted = selected if retrain else stale & selected
+        stages = [stage for stage in repo.index.stages if stage.addressing in wanted]
     rank = {name: i for i, (name, _, _) in enumerate(_grid_runs(grid))}
-    if only:
-        selected = {run_name(*run) for run in only.select(grid)}
-        stages = [stage for stage in stages if stage.addressing in selected]
-    return sorted(stages, key=lambda stage: rank[stage.addressing])
+    return (
+        sorted(stages, key=lambda stage: rank[stage.addressing]),
+        {stage.addressing for stage in stages if stage.addressing not in stale},
+    )
+
+
+def run_folder(grid: Grid, dataset: str, model: str, seed: int) -> str:
+    """A run's results folder, repo-relative: ``results/<scale>/runs/<dataset>/<model>/seed<k>``."""
+    return f"{grid.results_dir}/runs/{dataset}/{model}/seed{seed}"
+
+
+def trained_on_device(root: Path, grid: Grid) -> dict[str, str]:
+    """Each run of ``grid`` that holds a finished run (its metrics.json) -> the device its metrics.json records."""
+    devices = {}
+    for stage, dataset, model, seed in grid.runs():
+        metrics = _read_json(root / run_folder(grid, dataset, model, seed) / "metrics.json")
+        if metrics is not None:
+            devices[run_name(stage, dataset, model, seed)] = str(metrics.get("device", "(none recorded)"))
+    return devices
+
+
+def selected_runs(root: Path, grid: Grid, only: RunFilter | None = None, trained_on: str | None = None) -> list[str]:
+    """The runs of ``grid`` (their stage names, in its order) that the filters select: ``only``'s, and with
+    ``trained_on`` (``--trained-on``) the committed runs whose metrics.json ``device`` starts with it."""
+    names = [run_name(*run) for run in (only.select(grid) if only else grid.runs())]
+    if trained_on is None:
+        return names
+    devices = trained_on_device(root, grid)
+    return [name for name in names if devices.get(name, "").startswith(trained_on)]
+
+
+def trained_on_problems(root: Path, grid: Grid, only: RunFilter | None, trained_on: str | None) -> list[str]:
+    """``--trained-on`` given as nothing, or selecting no run (with the devices the selected runs record)."""
+    if trained_on is None:
+        return []
+    if not trained_on.strip():
+        return ["--trained-on: give the start of a device as metrics.json records it, e.g. cuda or cpu"]
+    if selected_runs(root, grid, only, trained_on):
+        return []
+    devices = trained_on_device(root, grid)
+    names = [run_name(*run) for run in (only.select(grid) if only else grid.runs())]
+    counts: dict[str, int] = {}
+    for name in names:
+        if name in devices:
+            counts[devices[name]] = counts.get(devices[name], 0) + 1
+    found = "; ".join(f"{device} ({n})" for device, n in sorted(counts.items())) or "none: no run has a metrics.json"
+    aimed = f" among those of {only.describe()}" if only else ""
+    return [
+        f"--trained-on {trained_on}: no committed run{aimed} was trained on a device starting with '{trained_on}'; "
+        f"their metrics.json record: {found}"
+    ]
 
 
 def committed_runs(root: Path, stages: list) -> set[str]:
@@ -185,14 +250,44 @@ def missing_programs(settings: ClusterSettings, programs: tuple[str, ...] = STAG
     ]
 
 
-def plan(grid: Grid, to_train: int, replaced: int, only: RunFilter | None = None) -> str:
+def aim_text(only: RunFilter | None = None, trained_on: str | None = None, retrain: bool = False) -> str:
+    """The filters and --retrain as the command line gives them, e.g. ``--seeds 4 --trained-on cuda --retrain``;
+    empty when none is given."""
+    parts = [only.describe() if only else ""]
+    parts += [f"--trained-on {trained_on}" if trained_on is not None else "", "--retrain" if retrain else ""]
+    return " ".join(part for part in parts if part)
+
+
+def move_checkpoint_aside(root: Path, grid: Grid, dataset: str, model: str, seed: int) -> Path | None:
+    """Rename a run's checkpoint (``checkpoints/<dataset>/<model>/seed<k>/<scale>/last.pt``) to ``last.pt.replaced``
+    (over an older one), so that the run trains from its first epoch; its new path, or None when it has none."""
+    checkpoint = root / "checkpoints" / dataset / model / f"seed{seed}" / grid.scale / "last.pt"
+    if not checkpoint.is_file():
+        return None
+    aside = checkpoint.with_name("last.pt.replaced")
+    os.replace(checkpoint, aside)
+    return aside
+
+
+def plan(
+    grid: Grid,
+    to_train: int,
+    replaced: int,
+    only: RunFilter | None = None,
+    retrained: int = 0,
+    selected: int | None = None,
+    aim: str | None = None,
+) -> str:
     """The line the runner prints before it starts: the scale, the runs it trains (new, replacing stale runs of
-    this scale), and where the results go; with ``only``, out of the runs it selects."""
-    selected = len(only.select(grid)) if only else grid.size
-    aimed = f"selected by {only.describe()} of {grid.size}; " if only else ""
+    this scale, and ``retrained``: replacing committed runs that are up to date, ``--retrain``), and where the
+    results go; with ``only`` (or ``selected`` runs, selected by ``aim``), out of the runs it selects."""
+    aim = aim if aim is not None else (only.describe() if only else "")
+    selected = selected if selected is not None else (len(only.select(grid)) if only else grid.size)
+    aimed = f"selected by {aim} of {grid.size}; " if aim else ""
+    again = f", {retrained} replacing committed runs that are up to date (--retrain)" if retrained else ""
     return (
-        f"scale {grid.scale}: {to_train} of {selected} training runs to run ({aimed}{to_train - replaced} new, "
-        f"{replaced} replacing stale runs of scale {grid.scale}; {selected - to_train} up to date); "
+        f"scale {grid.scale}: {to_train} of {selected} training runs to run ({aimed}{to_train - replaced - retrained} "
+        f"new, {replaced} replacing stale runs of scale {grid.scale}{again}; {selected - to_train} up to date); "
         f"results go to {grid.results_dir}/"
     )
 
@@ -209,11 +304,23 @@ class Estimate:
     seconds: dict[str, float] = field(default_factory=dict)  # each run with an estimate -> expected seconds
     from_dataset: set[str] = field(default_factory=set)  # those from their dataset's median
     unknown: list[str] = field(default_factory=list)  # runs of a dataset without any committed run
+    left_out: int = 0  # committed runs whose times were left out (those --trained-on replaces)
 
     @classmethod
-    def of_runs(cls, root: Path, grid: Grid, names: list[str]) -> Estimate:
+    def of_runs(cls, root: Path, grid: Grid, names: list[str], leave_out: set[str] = frozenset()) -> Estimate:
+        """The estimate of the runs ``names``; the committed runs ``leave_out`` (stage names) do not count: the
+        runs ``--trained-on`` selects were timed on the device they are re-trained to leave."""
+        skip = {
+            root / run_folder(grid, dataset, model, seed) / "metrics.json"
+            for stage, dataset, model, seed in grid.runs()
+            if run_name(stage, dataset, model, seed) in leave_out
+        }
         by_cell: dict[tuple[str, str], list[float]] = {}
+        left_out = 0
         for path in (root / grid.results_dir / "runs").glob("*/*/seed*/metrics.json"):
+            if path in skip:
+                left_out += 1
+                continue
             metrics = _read_json(path) or {}
             seconds = metrics.get("train_seconds")
             if metrics.get("resumed_after_epochs") or not isinstance(seconds, int | float):
@@ -225,7 +332,7 @@ class Estimate:
         for (dataset, _), times in by_cell.items():
             by_dataset.setdefault(dataset, []).extend(times)
         cells = {name: cell for name, cell, _ in _grid_runs(grid)}
-        estimate = cls()
+        estimate = cls(left_out=left_out)
         for name in names:
             dataset, _ = cells[name]
             if cells[name] in by_cell:
@@ -262,22 +369,31 @@ class Estimate:
             source += f", for {len(self.from_dataset)} run(s) without one the median of their dataset"
         if self.unknown:
             source += f"; {len(self.unknown)} run(s) of datasets without any committed run have no estimate"
+        if self.left_out:
+            source += f"; the times of the {self.left_out} committed run(s) they replace left out (another device)"
         return f"~{_duration(self.wall(slots))} {where} ({_duration(self.total)} of training), {source}"
 
 
-def dry_run_listing(stages: list, committed: set[str], estimate: Estimate, slots: int | None) -> str:
-    """What ``--dry-run`` prints: the runs that would train, new ones apart from those replacing a committed run,
-    each with its estimate, and the total."""
+def dry_run_listing(
+    stages: list, committed: set[str], estimate: Estimate, slots: int | None, retrained: set[str] = frozenset()
+) -> str:
+    """What ``--dry-run`` prints: the runs that would train, new ones apart from those replacing a committed run
+    (stale ones, then the ``retrained`` ones that are up to date, ``--retrain``), each with its estimate, and the
+    total."""
     names = [stage.addressing for stage in stages]
     if not names:
         return "dry run: nothing would train; nothing was run"
     width = max(map(len, names))
     lines = [f"dry run: {len(names)} run(s) would train, {estimate.describe(slots)}"]
     for title, group in (
-        ("new runs ({}):", [name for name in names if name not in committed]),
+        ("new runs ({}):", [name for name in names if name not in committed and name not in retrained]),
         (
             "runs replacing committed ones ({}; their code, data or settings changed):",
-            [n for n in names if n in committed],
+            [n for n in names if n in committed and n not in retrained],
+        ),
+        (
+            "runs replacing committed ones that are up to date ({}; --retrain trains them afresh):",
+            [n for n in names if n in retrained],
         ),
     ):
         if not group:
@@ -548,11 +664,19 @@ class Runner:
         only: RunFilter | None = None,
         dry_run: bool = False,
         yes: bool = True,
+        trained_on: str | None = None,
+        retrain: bool = False,
     ) -> None:
-        """``rest``: run `dvc repro` for the rest of the pipeline after training (never with a filter ``only``);
-        ``dry_run``: list what would train and stop; ``yes``: start a large study without asking."""
+        """``rest``: run `dvc repro` for the rest of the pipeline after training (never with a filter ``only`` or
+        ``trained_on``); ``dry_run``: list what would train and stop; ``yes``: start a large study without asking;
+        ``trained_on``: select only the committed runs whose metrics.json device starts with it; ``retrain``: train
+        the selected runs that are up to date too, each from its first epoch (:func:`move_checkpoint_aside`)."""
         self.root, self.logs, self.settings, self.rest = root, logs, settings, rest
         self.only, self.dry_run, self.yes = only or RunFilter(), dry_run, yes
+        self.trained_on, self.retrain = trained_on, retrain
+        self.filters = aim_text(self.only, trained_on)  # what selects the runs
+        self.aim = aim_text(self.only, trained_on, retrain)
+        self.retrained: set[str] = set()
         self.stop: int | None = None
 
     def _signal(self, signum, _frame) -> None:
@@ -612,16 +736,23 @@ class Runner:
                 # --quiet also hides the error that says why a stage could not run.
                 self._dvc(["repro", "--glob", "prepare*"], "prepare.log")
             self._check_stop()
-            stages = stale_train_stages(self.root, grid, self.only)
-            outcome.selected = len(self.only.select(grid)) if self.only else None
-            outcome.only = self.only.describe()
+            stages, self.retrained = train_stages(self.root, grid, self.only, self.trained_on, self.retrain)
+            selected = selected_runs(self.root, grid, self.only, self.trained_on)
+            aimed = bool(self.only) or self.trained_on is not None
+            outcome.selected = len(selected) if aimed else None
+            outcome.only = self.aim
             outcome.up_to_date = (grid.size if outcome.selected is None else outcome.selected) - len(stages)
-            committed = committed_runs(self.root, stages)
-            print(plan(grid, len(stages), len(committed), self.only), flush=True)
-            estimate = Estimate.of_runs(self.root, grid, [stage.addressing for stage in stages])
+            committed = committed_runs(self.root, [stage for stage in stages if stage.addressing not in self.retrained])
+            print(
+                plan(grid, len(stages), len(committed), self.only, len(self.retrained), outcome.selected, self.filters),
+                flush=True,
+            )
+            # The runs --trained-on selects were timed on the device they leave: their times say little of the new.
+            leave_out = set(selected) if self.trained_on is not None else set()
+            estimate = Estimate.of_runs(self.root, grid, [stage.addressing for stage in stages], leave_out)
             slots = self._expected_slots()
             if self.dry_run:
-                print(dry_run_listing(stages, committed, estimate, slots), flush=True)
+                print(dry_run_listing(stages, committed, estimate, slots, self.retrained), flush=True)
                 outcome.stopped = "dry run"
                 return outcome
             if stages and not self._confirm(len(stages), estimate, slots):
@@ -629,7 +760,7 @@ class Runner:
                 return outcome
             if stages:
                 self._train(grid, stages, outcome)
-            if outcome.failed or not self.rest or self.only:
+            if outcome.failed or not self.rest or self.filters:
                 return outcome
             print("the rest of the pipeline (dvc repro) ...", flush=True)
             # Not quiet: its log names the stages it ran, which are all this screen shows of it.
@@ -716,9 +847,21 @@ class Runner:
             progress = Progress(cells, RunTimes.of_recorded_runs(self.root, grid, names))
             client.subscribe_topic(TOPIC, progress.on_event)
             by_name = {stage.addressing: stage for stage in stages}
-            queue = RunQueue(
-                list(by_name),
-                lambda name: client.submit(
+            runs = {name: (*cell, seed) for name, cell, seed in _grid_runs(grid) if name in names}
+
+            def submit(name: str):
+                if name in self.retrained:
+                    # Just before it starts (once: Dask's retries and a lost worker's rerun resume the new run):
+                    # the new run must not resume the replaced run's checkpoint, which the run identity accepts
+                    # when code, data and settings match, whatever device or software stack wrote it.
+                    outcome.replacing[name] = [out.def_path for out in by_name[name].outs]
+                    aside = move_checkpoint_aside(self.root, grid, *runs[name])
+                    if aside is not None:
+                        progress.write(
+                            f"afresh   {name}: its checkpoint moved aside to {_rel(aside)}; it trains from its first "
+                            "epoch (--retrain)"
+                        )
+                return client.submit(
                     run_stage,
                     name,
                     by_name[name].cmd,
@@ -729,8 +872,9 @@ class Runner:
                     key=name,
                     retries=self.settings.retries,
                     resources=self.settings.run_resources,
-                ),
-            )
+                )
+
+            queue = RunQueue(list(by_name), submit)
             while queue:
                 slots = self._slots(client)
                 # Commit every run that has finished, even when asked to stop: each commit is whole.
@@ -872,6 +1016,13 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
         lines.append("  every training run is recorded; `dvc repro` runs the rest (complexity, aggregate)")
     elif not outcome.failed:
         lines.append("  everything is up to date (`dvc status` is clean)")
+    unfinished = [name for name in outcome.replacing if name not in outcome.done]
+    if unfinished:
+        folders = " ".join(folder for name in unfinished for folder in outcome.replacing[name])
+        lines.append(
+            f"  {len(unfinished)} re-trained run(s) did not finish (--retrain); their committed outputs may be partly "
+            f"overwritten. Run the call again to train them, or restore the committed ones: git checkout -- {folders}"
+        )
     if outcome.failed:
         # The cause last, where the eye lands: the first failed run's (each one's is above).
         name, reason = next(iter(outcome.failed.items()))
@@ -898,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog="Any setting of params.yaml's `cluster:` section can be given with --set KEY=VALUE. The filters train "
         "only the stale runs that match every filter given, and leave the aggregate and the report to a call without "
-        "filters or --report-only.",
+        "filters or --report-only; --retrain trains the selected runs that are up to date too.",
     )
     parser.add_argument("-j", "--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--scheduler-address", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
@@ -911,6 +1062,16 @@ def main(argv: list[str] | None = None) -> int:
     aim.add_argument("--seeds", metavar="0,1", help="train only these seeds' runs")
     aim.add_argument(
         "--stages", metavar="GLOB", help="train only the runs whose stage name matches, e.g. 'train@ph2-*'"
+    )
+    aim.add_argument(
+        "--trained-on",
+        metavar="DEVICE",
+        help="only the committed runs whose metrics.json device starts with this, e.g. cuda (see --retrain)",
+    )
+    aim.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the selected runs again even when up to date, each from its first epoch (needs a filter)",
     )
     aim.add_argument(
         "--dry-run", action="store_true", help="list what would train, with a time estimate; train nothing"
@@ -930,25 +1091,35 @@ def main(argv: list[str] | None = None) -> int:
     # DVC's API resolves the stages' paths against the working directory, as its command line does.
     os.chdir(REPO_ROOT)
     try:
+        filtered = any(
+            value is not None for value in (args.datasets, args.models, args.seeds, args.stages, args.trained_on)
+        )
+        if args.retrain and not filtered and not args.report_only:
+            raise StudyError(
+                "--retrain re-trains committed runs that are up to date: say which, with at least one of --datasets, "
+                "--models, --seeds, --stages or --trained-on (e.g. --retrain --trained-on cuda)"
+            )
         params = load_params(REPO_ROOT / "params.yaml")
         problems = []
         only = RunFilter.parse(args.datasets, args.models, args.seeds, args.stages, problems=problems)
-        if args.report_only and (only or args.dry_run or args.train_only):
+        if args.report_only and (only or args.dry_run or args.train_only or args.retrain or args.trained_on):
             problems.append(
-                "--report-only trains nothing: it takes no --datasets, --models, --seeds, --stages, "
-                "--dry-run or --train-only"
+                "--report-only trains nothing: it takes no --datasets, --models, --seeds, --stages, --trained-on, "
+                "--retrain, --dry-run or --train-only"
             )
         try:
             grid = check_grid(params)
             problems += only.problems(grid)
-        except GridError as error:
+            if not args.report_only and not only.problems(grid):
+                problems += trained_on_problems(REPO_ROOT, grid, only, args.trained_on)
+        except ParamsError as error:
             problems += error.problems
         if not args.report_only:
             problems += missing_splits(params)
         try:
             settings = cluster_settings(params.get("cluster"), _overrides(args))
             problems += missing_programs(settings) if not args.report_only else []
-        except ClusterError as error:
+        except ParamsError as error:
             if not args.report_only:  # the report runs here, on no cluster
                 problems += error.problems
             settings = ClusterSettings()
@@ -967,6 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
             only=only,
             dry_run=args.dry_run,
             yes=args.yes,
+            trained_on=args.trained_on,
+            retrain=args.retrain,
         )
         if args.report_only:
             print(f"study: {grid.describe()}, report only", flush=True)
@@ -974,17 +1147,15 @@ def main(argv: list[str] | None = None) -> int:
             if not outcome.interrupted:
                 print(f"report: {grid.results_dir}/report/index.html", flush=True)
             return 130 if outcome.interrupted else 0
-        aimed = f", aimed by {only.describe()}" if only else ""
+        aim = aim_text(only, args.trained_on, args.retrain)
+        aimed = f", aimed by {aim}" if aim else ""
         print(f"study: {grid.describe()}{aimed}, on {settings.describe()}", flush=True)
         outcome = runner.run(grid)
-    except (StudyError, ClusterError, GridError, OSError, ValueError, yaml.YAMLError) as error:
+    except (StudyError, ParamsError, OSError, ValueError, yaml.YAMLError) as error:
         if debug:
             raise
-        if isinstance(error, ClusterError | GridError):
-            message = f"cluster:\n{error}"
-        else:
-            message = str(error)
-        if not isinstance(error, StudyError | ClusterError | GridError):  # unforeseen: the traceback may help
+        message = f"{error.section}:\n{error}" if isinstance(error, ParamsError) else str(error)
+        if not isinstance(error, StudyError | ParamsError):  # unforeseen: the traceback may help
             print(f"(--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
         # The message last: a problem list, or a failed command's cause on its last line.
         print(f"error: {message}", file=sys.stderr, flush=True)

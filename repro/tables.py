@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from repro.stats import mean_interval
+
 TABLE_METRICS = ("dice", "iou", "miou_bg")
 P_DIGITS = 4
 
@@ -99,14 +101,15 @@ def _depth_order(depth: str) -> tuple[int, str]:
     return (int(depth[1:]), "") if re.fullmatch(r"L\d+", depth) else (10**6, depth)
 
 
-def pruning_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+def pruning_accuracy_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Deep-supervision runs scored at every depth they can be pruned to at inference, per dataset × model.
 
     The accuracy side of the UNet++ paper's pruning table (claim C9), from the same runs at each depth: each seed's
     score at a depth is paired with that seed's score at full depth (the deepest ``L<k>``), so ``iou_vs_full`` is the
     mean over seeds of the same networks' loss from pruning. FLOPs are those the runs recorded at the study's input
-    size; ``results/pruning.md`` has each depth's CPU latency at the papers' size. Depth ``average`` is every head's
-    output averaged, the network's own output (its test scores).
+    size. The cost side, each depth's FLOPs and CPU latency at the papers' size, is :func:`repro.pruning.pruning_table`
+    (``results/pruning.md``). Depth ``average`` is every head's output averaged, the network's own output (its test
+    scores).
 
     Args:
         runs_df: ``RunResults.per_seed``; runs without ``pruned_<depth>_<metric>`` columns are left out.
@@ -149,11 +152,11 @@ def pruning_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def format_pruning_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Human-readable version of ``pruning_table``: ``mean ± s.d.`` strings, the loss against full depth signed.
+def format_pruning_accuracy_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Human-readable version of ``pruning_accuracy_table``: ``mean ± s.d.`` strings, the loss from pruning signed.
 
     Args:
-        table: output of ``pruning_table``.
+        table: output of ``pruning_accuracy_table``.
         digits: decimals for the metrics.
 
     Returns:
@@ -168,6 +171,81 @@ def format_pruning_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     formatted["GFLOPs"] = [significant_figures(gflops) for gflops in table["gflops"]]
     formatted["GFLOPs vs full depth"] = [significant_figures(ratio) for ratio in table["gflops_vs_full"]]
     return formatted
+
+
+# The UNet++ paper's DSB2018 IoU (Zhou et al., DLMIA 2018, Table 2), in its own metric: the official Keras
+# ``mean_iou`` (two-class mIoU averaged over the thresholds 0.5-0.95; repro.training.metrics.keras_mean_iou).
+UNETPP_PAPER_DSB2018 = {"unet": 90.77, "wide_unet": 90.92, "unetpp": 92.63}
+# The study's networks behind each paper row: its own recipe (default grid) and the paper's 2018 configuration.
+_PAPER_ROWS = {
+    "unet": ("unet", "unet_2018"),
+    "wide_unet": ("wide_unet", "wide_unet_2018"),
+    "unetpp": ("unetpp", "unetpp_2018"),
+}
+
+
+def paper_metric_table(runs_df: pd.DataFrame, dataset: str = "dsb2018-nuclei-96", alpha: float = 0.05) -> pd.DataFrame:
+    """The UNet++ paper's DSB2018 row beside the study's, in percent with (1 - alpha) intervals over seeds.
+
+    Per paper network, two study rows: the paper's own 2018 configuration (``<name>_2018``) in the paper's metric
+    (``keras_mean_iou``), and the study's default-grid network, which records no such metric, in the nearest one it
+    records, the two-class mIoU at the arg-max (``miou_bg``: background and nuclei IoU averaged per image). Both
+    rows also give the study's foreground IoU. A row whose variant has no runs says so (n_seeds 0).
+    """
+    rows = []
+    on_dataset = runs_df[runs_df["dataset"] == dataset]
+    for network, paper in UNETPP_PAPER_DSB2018.items():
+        for variant in _PAPER_ROWS[network][::-1]:
+            seeds = on_dataset[on_dataset["model"] == variant]
+            metric = "keras_mean_iou" if variant.endswith("_2018") else "miou_bg"
+            values = seeds[metric].dropna() if metric in seeds else pd.Series(dtype=float)
+            mean, low, high = mean_interval(values * 100, alpha) if len(values) else (np.nan, np.nan, np.nan)
+            iou = mean_interval(seeds["iou"] * 100, alpha) if len(seeds) else (np.nan, np.nan, np.nan)
+            rows.append(
+                {
+                    "network": network,
+                    "paper_iou": paper,
+                    "study_variant": variant,
+                    "configuration": "the paper's (2018)" if variant.endswith("_2018") else "the study's recipe",
+                    "metric": metric,
+                    "n_seeds": len(values),
+                    "mean": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "gap_to_paper": mean - paper,
+                    "foreground_iou": iou[0],
+                    "foreground_iou_ci_low": iou[1],
+                    "foreground_iou_ci_high": iou[2],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def format_paper_metric_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The paper-metric table for reading: percent with intervals; variants without runs say so."""
+
+    def cell(mean: float, low: float, high: float) -> str:
+        if mean != mean:
+            return "no runs yet"
+        return f"{mean:.{digits}f}" if low != low else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    return pd.DataFrame(
+        {
+            "network": table["network"],
+            "paper (Keras mean_iou)": table["paper_iou"].map(lambda v: f"{v:.2f}"),
+            "study variant": table["study_variant"],
+            "metric": table["metric"],
+            "seeds": table["n_seeds"],
+            "study": [cell(*r) for r in table[["mean", "ci_low", "ci_high"]].itertuples(index=False)],
+            "study - paper": table["gap_to_paper"].map(lambda v: "" if v != v else f"{v:+.{digits}f}"),
+            "foreground IoU": [
+                cell(*r)
+                for r in table[["foreground_iou", "foreground_iou_ci_low", "foreground_iou_ci_high"]].itertuples(
+                    index=False
+                )
+            ],
+        }
+    )
 
 
 def format_p(p: float, digits: int = P_DIGITS) -> str:

@@ -33,14 +33,18 @@ STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
 # Tables of the secondary analyses, copied only into a README that has their markers: each decisive verdict's
 # leave-one-seed-out stability, and C6's labels at other margins. (The claims-table block, claim_verdicts.md,
 # already marks a fragile verdict "(fragile: k/n)" and gives each comparison's own label.)
-OPTIONAL_TABLES = {"stability-table": "claim_stability.md", "c6-margins-table": "c6_margins.md"}
+OPTIONAL_TABLES = {
+    "stability-table": "claim_stability.md",
+    "c6-margins-table": "c6_margins.md",
+    "unetpp-paper-table": "unetpp_paper_dsb2018.md",
+}
 ARCHIVE = ROOT / "results" / "v1"
 # Each page (relative to the repository root) -> the generated blocks it holds, each exactly once. A block may sit on
 # several pages (the labels are on two); results/v1/README.md is rendered by :func:`render_archive`.
 PAGES = {
     "README.md": ("progress", "claims-table", "verdict-labels", "effects-table"),
     "docs/results.md": ("results-table", "pruning-table"),
-    "docs/claims-and-statistics.md": ("verdict-labels", "stability-table", "c6-margins-table"),
+    "docs/claims-and-statistics.md": ("verdict-labels", "stability-table", "c6-margins-table", "unetpp-paper-table"),
 }
 # Variants whose training counts to the budget of the claims added with them (C10-C14: the volumetric networks, FCN
 # and MultiResUNet), not to the 2D claims' (docs/recipe.md, "What the CPU budget covers").

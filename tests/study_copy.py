@@ -50,6 +50,8 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study}
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
+    # A study running in the repository itself holds 8787; a copy's dashboard takes any free port.
+    params["cluster"]["dashboard_address"] = "127.0.0.1:0"
     for key, value in params_overrides.items():
         section, _, name = key.partition("__")
         if name:

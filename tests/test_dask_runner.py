@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,8 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.cluster import ClusterError, ClusterSettings, cluster_settings, job_script, start_cluster
+from repro import stage_task
+from repro.cluster import ClusterSettings, ParamsError, cluster_settings, job_script, start_cluster
 from repro.grid import TRAIN_STAGES, Grid
 from repro.stage_task import run_environment
 from repro.study import (
@@ -173,6 +175,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "seeds": [0, -1],
         "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
         "extra": {"datasets": ["ph2-dermoscopi", "msd-task04-hippocampus"], "models": ["unet"]},
+        "ablations": {"datasets": [], "models": []},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
     params["cluster"] = {"kind": "slurmm", "retries": -1, "threds": 2}
@@ -194,7 +197,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "study.volumes.models: 'unet' (unet) is a 2D network, not for volumes; list it in study.models",
         "study.extra.datasets: unknown dataset 'ph2-dermoscopi'",
         "study.extra.datasets: 'msd-task04-hippocampus' holds 3D data, not images; list it in study.volumes.datasets",
-        "study.extra: 'unet' on 'ph2-dermoscopi' is already a run of study.models x study.datasets; list it once",
+        "study.extra: 'unet' on 'ph2-dermoscopi' is already a run of study; list it once",
         "cluster.threds: unknown setting",
         "cluster.retries: -1 is not a whole number >= 0",
         "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
@@ -233,13 +236,15 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     params["training"]["my-polyps"] = {"train_steps": {}, "eval_every": 1}  # a dataset that trains needs its entry
     params["study"]["datasets"] = ["kvasir-seg", "my-polyps"]
     params["study"]["extra"]["models"] = []
+    params["study"]["ablations"]["models"] = []
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     code = (
-        "import sys; from repro.config import load_params; from repro.grid import check_grid, GridError\n"
+        "import sys; from repro.cluster import ParamsError; from repro.config import load_params\n"
+        "from repro.grid import check_grid\n"
         f"params = load_params({str(path)!r}); print(check_grid(params).describe())\n"
         "params['prepare']['datasets'].append('my-polyps')\n"
-        "try: check_grid(params)\nexcept GridError as error: print(error)"
+        "try: check_grid(params)\nexcept ParamsError as error: print(error)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -430,6 +435,17 @@ def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
     assert run_environment(3, gpu="1")["CUDA_VISIBLE_DEVICES"] == "1"
 
 
+def test_the_guard_sets_the_threads_variable_the_training_reads_and_imports_no_torch():
+    """repro.stage_task names UNET_REPRO_THREADS itself instead of importing it from repro.training.device, which
+    imports torch: every Dask worker imports the guard's module. The two names must stay one."""
+    from repro.training.device import THREADS_ENV
+
+    assert stage_task.THREADS_ENV == THREADS_ENV and run_environment(2)[THREADS_ENV] == "2"
+    code = "import sys, repro.stage_task; assert 'torch' not in sys.modules, 'repro.stage_task imports torch'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_runner_whose_environment_is_not_activated_still_finds_papermill(tmp_path, monkeypatch):
     """`.venv/bin/python -m repro.study` with a PATH that lacks .venv/bin: every run once failed at its start with
     status 127. Each run now gets its worker's scripts folder first on PATH, and a program found nowhere is a
@@ -472,8 +488,9 @@ def test_unreachable_scheduler_is_one_clear_error(bare_copy):
     ],
 )
 def test_bad_cluster_settings(section, expected):
-    with pytest.raises(ClusterError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+    with pytest.raises(ParamsError, match=re.escape(expected)) as caught:
         cluster_settings(section)
+    assert caught.value.section == "cluster"
 
 
 def test_gpu_share_fits_exactly():

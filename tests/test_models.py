@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repro.complexity import count_flops, count_parameters
@@ -428,6 +429,64 @@ def test_sdi_output_shape_per_level(size):
     sdi = SDI(channels)
     for level, feature in enumerate(features):
         assert sdi(features, level).shape == feature.shape
+
+
+def _bilinear_align_corners(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resizing with the corners aligned, from its definition: output pixel i samples the input at
+    i * (n_in - 1) / (n_out - 1) along each axis and blends its two neighbours linearly."""
+    for axis, n_out in ((2, size[0]), (3, size[1])):
+        n_in = x.shape[axis]
+        src = torch.arange(n_out, dtype=x.dtype) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        low = src.floor().long().clamp(max=n_in - 1)
+        high = (low + 1).clamp(max=n_in - 1)
+        shape = [1, 1, 1, 1]
+        shape[axis] = n_out
+        weight = (src - low).reshape(shape)
+        x = x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
+    return x
+
+
+def _sdi_reference(sdi: SDI, features: list[torch.Tensor], target: int) -> torch.Tensor:
+    """SDI from the paper's equations, in plain torch: every level i resized to level ``target`` (a finer level by
+    average pooling over its 2^(target - i) x 2^(target - i) blocks, a coarser one by bilinear interpolation), then
+    theta_i = its own 3x3 convolution with bias, then the Hadamard product of all theta_i."""
+    size = tuple(features[target].shape[-2:])
+    fused = torch.ones(features[target].shape)
+    for level, feature in enumerate(features):
+        if level < target:
+            feature = F.avg_pool2d(feature, 2 ** (target - level))
+        elif level > target:
+            feature = _bilinear_align_corners(feature, size)
+        conv = sdi.smooth[level]
+        fused = fused * F.conv2d(feature, conv.weight, conv.bias, padding=1)
+    return fused
+
+
+@pytest.mark.parametrize("size", [(16, 16), (16, 24)])
+def test_sdi_equals_the_papers_equations(size):
+    torch.manual_seed(0)
+    height, width = size
+    features = [torch.randn(2, 3, height // 2**k, width // 2**k) for k in range(4)]
+    sdi = SDI(3)
+    with torch.no_grad():
+        for level in range(4):
+            assert torch.allclose(sdi(features, level), _sdi_reference(sdi, features, level), atol=1e-5)
+
+
+def test_sdi_multiplies_the_smoothed_levels_by_hand():
+    """Constant levels 2, 3, 5, 7 stay constant when resized; with 3x3 kernels that pass the centre pixel only,
+    scaled by 1, 2, 1, 1, and biases 0, 1, 0, -1, every output pixel is 2 x (2*3 + 1) x 5 x (7 - 1) = 420 (a sum of the
+    levels would give 26, a mean 6.5)."""
+    sdi = SDI(1)
+    with torch.no_grad():
+        for conv, scale, bias in zip(sdi.smooth, (1.0, 2.0, 1.0, 1.0), (0.0, 1.0, 0.0, -1.0), strict=True):
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = scale
+            conv.bias.fill_(bias)
+        features = [torch.full((1, 1, 8 // 2**k, 8 // 2**k), value) for k, value in enumerate((2.0, 3.0, 5.0, 7.0))]
+        for level in range(4):
+            out = sdi(features, level)
+            assert out.shape == features[level].shape and torch.allclose(out, torch.full_like(out, 420.0))
 
 
 def test_skip_projection_attention_is_optional():

@@ -563,7 +563,7 @@ def test_design_notes_are_shown_in_the_claims_table_and_the_conclusions(claims_t
     assert "on `kvasir-seg` **" in c3 and f"Design of tinyunet - unet_w1: {designs[('tinyunet', 'unet_w1')]}." in c3
 
 
-def test_pruning_table_pairs_each_depth_with_the_same_runs_at_full_depth(tmp_path):
+def test_pruning_accuracy_table_pairs_each_depth_with_the_same_runs_at_full_depth(tmp_path):
     """Each seed's score at a depth against the same seed's at full depth (the deepest L level); variants without
     pruned depths (U-Net v2 scores its last head alone, `final`) and depths a variant was not scored at stay out."""
     l1, l4 = [0.60, 0.66, 0.57], [0.70, 0.72, 0.71]
@@ -572,7 +572,7 @@ def test_pruning_table_pairs_each_depth_with_the_same_runs_at_full_depth(tmp_pat
         write_run(tmp_path, "kvasir-seg", "unetpp_ds", seed, 0.8, pruned_iou=depths)
         write_run(tmp_path, "kvasir-seg", "unetv2", seed, 0.8, pruned_iou={"final": 0.7})
     write_run(tmp_path, "kvasir-seg", "unet", 0, 0.8)
-    table = tables.pruning_table(load_runs(tmp_path).per_seed)
+    table = tables.pruning_accuracy_table(load_runs(tmp_path).per_seed)
     assert list(zip(table["model"], table["depth"], strict=True)) == [
         ("unetpp_ds", "L1"),
         ("unetpp_ds", "L4"),
@@ -585,9 +585,9 @@ def test_pruning_table_pairs_each_depth_with_the_same_runs_at_full_depth(tmp_pat
     assert by_depth.loc["L1", "iou_vs_full"] == pytest.approx(np.mean(np.subtract(l1, l4)))
     assert by_depth.loc["average", "iou_vs_full"] == pytest.approx(0.01)
     assert list(by_depth["gflops"]) == [1.0, 2.0, 3.0] and by_depth.loc["L1", "gflops_vs_full"] == 0.5
-    shown = tables.format_pruning_table(table).iloc[0]
+    shown = tables.format_pruning_accuracy_table(table).iloc[0]
     assert (shown["IoU vs full depth"], shown["GFLOPs vs full depth"]) == ("-0.100", "0.500")
-    unpruned = tables.pruning_table(load_runs(tmp_path).per_seed.query("model != 'unetpp_ds'"))
+    unpruned = tables.pruning_accuracy_table(load_runs(tmp_path).per_seed.query("model != 'unetpp_ds'"))
     assert unpruned.empty and list(unpruned.columns) == list(table.columns)
 
 
@@ -622,15 +622,27 @@ def test_verdict_rule_states_the_thresholds():
 
 
 def test_figures_are_written(runs, claims_table, tmp_path):
+    """Each figure has a panel per dataset with its data drawn, and the PNG written is that figure: its tight box at
+    150 dpi, far from blank (data in colour, not only black text on white)."""
     table = tables.results_table(runs.per_seed)
+    tested = sorted(claims_table.loc[claims_table["mean_diff"].notna(), "dataset"].unique())
     drawn = {
-        "seed_dice.png": figures.plot_seed_scores(runs.per_seed),
-        "forest.png": figures.plot_forest(claims_table),
-        "efficiency.png": figures.plot_efficiency(table),
+        "seed_dice.png": (figures.plot_seed_scores(runs.per_seed), ["isic2018", "kvasir-seg"]),
+        "forest.png": (figures.plot_forest(claims_table), tested),
+        "efficiency.png": (figures.plot_efficiency(table), ["isic2018", "kvasir-seg"]),
     }
-    for name, fig in drawn.items():
+    for name, (fig, datasets) in drawn.items():
+        assert [ax.get_title() for ax in fig.axes] == datasets, name
+        assert all(ax.lines or ax.collections for ax in fig.axes), f"{name}: a panel without data"
+        fig.set_dpi(150)
+        box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
         path = figures.save_figure(fig, tmp_path / "figures" / name)
-        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+        image = plt.imread(path)
+        assert image.shape[:2] == pytest.approx((box.height * 150, box.width * 150), abs=2), name
+        background = image[0, 0]
+        assert (np.abs(image - background).sum(axis=-1) > 0.1).mean() > 0.02, f"{name} is almost blank"
+        colours = image[..., :3].reshape(-1, 3)
+        assert (colours.max(axis=1) - colours.min(axis=1) > 0.2).any(), f"{name} has no colour"
         plt.close(fig)
 
 
@@ -741,3 +753,24 @@ def test_claims_are_well_formed():
         Claim("Cx", "t", "non-inferiority", "iou", (Comparison("a", "b", 0.01, "s", claimed_on="d"),))
     with pytest.raises(ValueError, match="two different scores"):
         Comparison("a", "a", None, "s", better_level="L4", baseline_level="L4")
+
+
+def test_the_paper_metric_table_puts_the_unetpp_papers_row_beside_the_studys():
+    """The paper's networks in the paper's Keras mean_iou; the default grid's in two-class mIoU; intervals over seeds;
+    a variant without runs says so."""
+    seeds = {"unet": [0.90, 0.92], "unet_2018": [0.91, 0.93], "unetpp": [0.90, 0.90]}
+    rows = [
+        {"dataset": "dsb2018-nuclei-96", "model": model, "seed": k, "miou_bg": value, "iou": value - 0.07}
+        | ({"keras_mean_iou": value - 0.01} if model.endswith("_2018") else {})
+        for model, values in seeds.items()
+        for k, value in enumerate(values)
+    ]
+    table = tables.paper_metric_table(pd.DataFrame(rows)).set_index("study_variant")
+    assert table.loc["unet_2018", "metric"] == "keras_mean_iou" and table.loc["unet", "metric"] == "miou_bg"
+    assert table.loc["unet_2018", "mean"] == pytest.approx(91.0) and table.loc["unet", "mean"] == pytest.approx(91.0)
+    # Two seeds 2 points apart: a 95% t interval of +-12.706 * 1.414 / sqrt(2) = +-12.706 points.
+    assert table.loc["unet", "ci_high"] - table.loc["unet", "mean"] == pytest.approx(12.706, abs=1e-3)
+    assert table.loc["unet", "gap_to_paper"] == pytest.approx(91.0 - 90.77)
+    assert table.loc["unetpp_2018", "n_seeds"] == 0 and math.isnan(table.loc["unetpp_2018", "mean"])
+    shown = tables.format_paper_metric_table(table.reset_index()).set_index("study variant")
+    assert shown.loc["unetpp_2018", "study"] == "no runs yet" and shown.loc["unetpp", "study"].startswith("90.00 [")

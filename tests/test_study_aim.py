@@ -1,6 +1,6 @@
-"""Aiming the study runner (`python -m repro.study`): filters (--datasets, --models, --seeds, --stages), --dry-run,
-the question before a large start (--yes), --report-only, the runs' logs without noise, and a failure's cause as
-the runner's last line.
+"""Aiming the study runner (`python -m repro.study`): filters (--datasets, --models, --seeds, --stages,
+--trained-on), --retrain, --dry-run, the question before a large start (--yes), --report-only, the runs' logs without
+noise, and a failure's cause as the runner's last line.
 
 The plan functions are tested on their own; the end-to-end tests run the runner in a copy of the repository at the
 smoke scale (one real training run, about 20 s on one core).
@@ -20,20 +20,26 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from study_copy import _env, copy_repository, run_python, stale
+from study_copy import _env, copy_repository, dvc, run_python, stale
 
-from repro.grid import Grid, GridError, RunFilter
+from repro.cluster import ParamsError
+from repro.grid import Grid, RunFilter
 from repro.stage_task import copy_output, failure_cause, is_noise
 from repro.study import (
     CONFIRM_RUNS,
     Estimate,
+    Outcome,
     StudyError,
     _repo,
+    aim_text,
     committed_runs,
     confirm_start,
     dry_run_listing,
+    main,
     missing_splits,
+    move_checkpoint_aside,
     plan,
+    summary,
 )
 
 GRID = Grid(
@@ -86,8 +92,9 @@ def test_a_filter_naming_nothing_of_the_grid_is_a_problem_not_an_empty_study():
         "--seeds: '7' is not in the study grid of params.yaml; it has: 0, 1",
         "--stages: 'val@*' matches no run of the study grid (names like train@ph2-dermoscopy-unet-0)",
     ]
-    with pytest.raises(GridError, match="'x' is not a whole number"):
+    with pytest.raises(ParamsError, match="'x' is not a whole number") as caught:
         RunFilter.parse(seeds="x")
+    assert caught.value.section == "the command line"
     # Each filter names something of the grid, yet together they select nothing.
     assert RunFilter.parse(datasets="msd-task04-hippocampus", models="unet").problems(GRID) == [
         "--datasets msd-task04-hippocampus --models unet together select no run of the study grid"
@@ -104,6 +111,13 @@ def test_the_plan_line_says_what_the_filters_selected():
         "scale smoke: 10 of 10 training runs to run (10 new, 0 replacing stale runs of scale smoke; 0 up to date); "
         "results go to results/smoke/"
     )
+    # --retrain: runs that are up to date, replaced on request, apart from the stale ones.
+    assert plan(GRID, 3, 1, only, retrained=2, selected=3, aim=aim_text(only, "cuda")) == (
+        "scale smoke: 3 of 3 training runs to run (selected by --datasets ph2-dermoscopy --seeds 0 --trained-on cuda "
+        "of 10; 0 new, 1 replacing stale runs of scale smoke, 2 replacing committed runs that are up to date "
+        "(--retrain); 0 up to date); results go to results/smoke/"
+    )
+    assert aim_text(RunFilter(), "cuda", retrain=True) == "--trained-on cuda --retrain" and aim_text() == ""
 
 
 # --- the estimate, the dry run's listing, the question -----------------------------------------------------------
@@ -167,6 +181,20 @@ def test_dry_run_lists_new_runs_apart_from_those_replacing_committed_ones(tmp_pa
         "    train@ph2-dermoscopy-unetpp-0  ~1 min 30 s (dataset median)",
         "nothing was run (--dry-run)",
     ]
+    # With --retrain, an up-to-date run (a committed one) is listed apart from the stale ones it joins.
+    estimate = Estimate.of_runs(tmp_path, GRID, names)
+    listing = dry_run_listing(stages, committed, estimate, 1, retrained={"train@ph2-dermoscopy-unet-0"}).splitlines()
+    assert listing[2:] == [
+        "    train@ph2-dermoscopy-unet-1    ~1 min 30 s",
+        "  runs replacing committed ones (1; their code, data or settings changed):",
+        "    train@ph2-dermoscopy-unetpp-0  ~1 min 30 s (dataset median)",
+        "  runs replacing committed ones that are up to date (1; --retrain trains them afresh):",
+        "    train@ph2-dermoscopy-unet-0    ~1 min 30 s",
+        "nothing was run (--dry-run)",
+    ]
+    # The runs --trained-on replaces do not time their own replacements: here no run of the dataset is left.
+    left = Estimate.of_runs(tmp_path, GRID, names, leave_out={"train@ph2-dermoscopy-unet-0"})
+    assert left.left_out == 1 and left.unknown == names
 
 
 class _Terminal(io.StringIO):
@@ -443,3 +471,119 @@ def test_a_failure_ends_the_runners_output_with_its_cause(tmp_path):
     )
     assert lines[-1] == f"cause: error: {tmp_path}/data/polyps/masks: no .png files; the folder is empty"
     assert "Traceback" not in result.stderr
+
+
+# --- re-training committed runs (--retrain, --trained-on) ---------------------------------------------------------
+
+
+def test_retrain_without_a_filter_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository; the test's working directory comes back after
+    assert main(["--retrain", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "error: --retrain re-trains committed runs that are up to date: say which, with at least one of --datasets, "
+        "--models, --seeds, --stages or --trained-on (e.g. --retrain --trained-on cuda)"
+    ]
+
+
+def test_a_replaced_runs_checkpoint_is_moved_aside(tmp_path):
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0,))
+    assert move_checkpoint_aside(tmp_path, grid, "ph2-dermoscopy", "unet", 0) is None  # none: nothing to do
+    folder = tmp_path / "checkpoints/ph2-dermoscopy/unet/seed0/smoke"
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_text("new")
+    (folder / "last.pt.replaced").write_text("older")
+    assert move_checkpoint_aside(tmp_path, grid, "ph2-dermoscopy", "unet", 0) == folder / "last.pt.replaced"
+    assert not (folder / "last.pt").exists() and (folder / "last.pt.replaced").read_text() == "new"
+
+
+def test_the_summary_says_how_to_restore_a_replaced_run_that_did_not_finish():
+    params = {"scales": {"smoke": {"image_size": 64, "width_mult": 0.25, "epochs": 2}}}
+    outcome = Outcome(total=10, selected=2, only="--trained-on cuda --retrain", interrupted=True)
+    outcome.replacing = {
+        name: [
+            f"results/smoke/runs/ph2-dermoscopy/{model}/seed0",
+            f"results/smoke/notebooks/ph2-dermoscopy/{model}/seed0",
+        ]
+        for name, model in (("train@ph2-dermoscopy-unet-0", "unet"), ("train@ph2-dermoscopy-unetpp-0", "unetpp"))
+    }
+    outcome.done = ["train@ph2-dermoscopy-unet-0"]
+    lines = summary(GRID, params, outcome, 60.0).splitlines()
+    assert lines[-1] == (
+        "  1 re-trained run(s) did not finish (--retrain); their committed outputs may be partly overwritten. Run the "
+        "call again to train them, or restore the committed ones: git checkout -- "
+        "results/smoke/runs/ph2-dermoscopy/unetpp/seed0 results/smoke/notebooks/ph2-dermoscopy/unetpp/seed0"
+    )
+    outcome.done.append("train@ph2-dermoscopy-unetpp-0")
+    assert "git checkout" not in summary(GRID, params, outcome, 60.0)
+
+
+GPU = "cuda:0 (NVIDIA H200)"
+
+
+@pytest.fixture(scope="module")
+def retrain_copy(tmp_path_factory):
+    """A study of two trained runs, one of which says it was trained on a GPU: its metrics.json's device is faked
+    after the first training and recorded again (`dvc commit`), so that it is up to date, as the study's GPU runs
+    of seed 4 are."""
+    copy = copy_repository(tmp_path_factory.mktemp("retrain"), STUDY)
+    result = run_python(copy, "-m", "repro.study", "--train-only", "--workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = copy / "results/smoke/runs/ph2-dermoscopy/tinyunet/seed0/metrics.json"
+    metrics = json.loads(path.read_text())
+    assert metrics["device"] == "cpu"
+    path.write_text(json.dumps({**metrics, "device": GPU}, indent=1))
+    dvc(copy, "commit", "--force", "--quiet", TINY)
+    assert not {name for name in stale(copy) if name.startswith("train")}
+    return copy
+
+
+def test_trained_on_with_retrain_lists_exactly_the_gpu_runs_as_replacing(retrain_copy):
+    copy = retrain_copy
+    lock = (copy / "dvc.lock").read_text()
+    result = run_python(copy, "-m", "repro.study", "--trained-on", "cuda", "--retrain", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        "scale smoke: 1 of 1 training runs to run (selected by --trained-on cuda of 2; 0 new, 0 replacing stale runs "
+        "of scale smoke, 1 replacing committed runs that are up to date (--retrain); 0 up to date)"
+    ) in result.stdout
+    start = lines.index("  runs replacing committed ones that are up to date (1; --retrain trains them afresh):")
+    assert re.fullmatch(rf"    {TINY} +~\d+ s \(dataset median\)", lines[start + 1]), lines
+    assert lines[start + 2 :] == ["nothing was run (--dry-run)"]
+    assert UNET not in result.stdout  # trained on the CPU: not selected
+    assert "the times of the 1 committed run(s) they replace left out" in result.stdout
+    # Without --retrain, --trained-on selects the same run, which is up to date: nothing trains.
+    plain = run_python(copy, "-m", "repro.study", "--trained-on", "cuda", "--dry-run")
+    assert plain.returncode == 0 and "dry run: nothing would train" in plain.stdout
+    # A device no committed run records is a problem named with the devices there are.
+    none = run_python(copy, "-m", "repro.study", "--trained-on", "tpu", "--retrain", "--dry-run")
+    assert none.returncode == 2
+    assert none.stderr.strip().splitlines()[-1] == (
+        f"  - --trained-on tpu: no committed run was trained on a device starting with 'tpu'; their metrics.json "
+        f"record: cpu (1); {GPU} (1)"
+    )
+    assert (copy / "dvc.lock").read_text() == lock
+
+
+def test_retrain_trains_the_gpu_run_afresh_and_records_it(retrain_copy):
+    copy = retrain_copy
+    checkpoint = copy / "checkpoints/ph2-dermoscopy/tinyunet/seed0/smoke/last.pt"
+    assert checkpoint.is_file()  # the first training's, which a resumed run would end with straight away
+    old = checkpoint.read_bytes()
+    result = run_python(copy, "-m", "repro.study", "--trained-on", "cuda", "--retrain", "--workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"afresh   {TINY}: its checkpoint moved aside to checkpoints/ph2-dermoscopy/tinyunet/seed0/smoke/"
+        "last.pt.replaced; it trains from its first epoch (--retrain)"
+    ) in result.stdout
+    assert f"done     {TINY} " in result.stdout and UNET not in result.stdout
+    assert "trained now 1, up to date (skipped) 0, not selected 1, failed 0" in result.stdout
+    assert checkpoint.with_name("last.pt.replaced").read_bytes() == old and checkpoint.is_file()
+    metrics = json.loads((copy / "results/smoke/runs/ph2-dermoscopy/tinyunet/seed0/metrics.json").read_text())
+    assert metrics["device"] == "cpu" and not metrics.get("resumed_after_epochs")
+    assert not {name for name in stale(copy) if name.startswith("train")}  # recorded: dvc status is clean
+    # Re-trained, it is no GPU run any more: the same call now has nothing to select.
+    again = run_python(copy, "-m", "repro.study", "--trained-on", "cuda", "--retrain", "--dry-run")
+    assert again.returncode == 2 and "no committed run was trained on a device starting with 'cuda'" in again.stderr

@@ -287,9 +287,11 @@ def test_device_resolution(monkeypatch):
             resolve_device()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="on the CPU the data never moves: needs a CUDA GPU")
 def test_trainer_leaves_the_callers_data_on_the_cpu():
+    """Trained on the GPU, the caller's data stays where it was and the predictions come back to the CPU."""
     data = synthetic_data()
-    trainer = make_trainer(data=data)
+    trainer = make_trainer(data=data, device="cuda")
     trainer.fit()
     result = trainer.evaluate(data.test)
     assert data.train.images.device.type == "cpu"

@@ -252,17 +252,26 @@ def _what_was_run(runs: pd.DataFrame) -> str:
     def listed(column: str) -> str:
         return ", ".join(html.escape(str(value)) for value in sorted(runs[column].unique()))
 
-    seeds = sorted(runs["seed"].unique())
+    # Runs per dataset, each with its own variants and seeds: a dataset that trains part of the grid (a user's
+    # own, or rows added to some datasets only) is counted as it is, not as a product of the whole grid.
+    per_dataset = [
+        f"{html.escape(dataset)} {len(group)} ({group['model'].nunique()} variants x seeds "
+        f"{', '.join(map(str, sorted(group['seed'].unique())))})"
+        for dataset, group in runs.groupby("dataset")
+    ]
+    commits = runs["git_commit"].value_counts()
     items = [
-        f"{len(runs)} runs: {runs['dataset'].nunique()} datasets ({listed('dataset')}) x "
-        f"{runs['model'].nunique()} model variants ({listed('model')}) x seeds {', '.join(map(str, seeds))}",
+        f"{len(runs)} runs: " + "; ".join(per_dataset),
+        f"variants: {listed('model')}",
         f"scale {listed('scale')}; {listed('epochs')} epochs; images {listed('image_size')} px",
         f"devices: {listed('device')}",
-        "git commits recorded by the runs: "
+        # Commits move on while a grid trains (one per committed batch of runs): folded, the line below says what
+        # makes runs comparable.
+        f"<details><summary>git commits recorded by the runs: {len(commits)}</summary>"
         + ", ".join(
-            f"{html.escape(_short_commit(commit))} ({count})"
-            for commit, count in sorted(runs["git_commit"].value_counts().items())
-        ),
+            f"{html.escape(_short_commit(commit))} ({count})" for commit, count in sorted(commits.items())
+        )
+        + "</details>",
         # Commits move on while a grid trains; what makes runs comparable is the training code they ran.
         "training code versions (md5 of the train stage's code files, repro.run_results.training_code_version): "
         + ", ".join(f"{html.escape(code)} ({n})" for code, n in sorted(runs["training_code"].value_counts().items())),

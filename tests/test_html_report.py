@@ -364,3 +364,38 @@ def test_report_of_the_archived_study_in_headless_chromium(tmp_path):
     with Image.open(screenshot) as image:
         # A blank page is one colour; the verdict table's coloured cells are several.
         assert image.size == (1100, 700) and len(image.convert("RGB").getcolors(maxcolors=1100 * 700)) > 3
+
+
+def test_what_was_run_counts_each_dataset_as_it_ran_and_folds_the_commits():
+    """A dataset that trained part of the grid (a user's own: one run) is counted as it ran, not as a product of the
+    whole grid; the commits, one per committed batch of runs, are folded away."""
+    rows = [
+        {
+            "dataset": "a",
+            "model": model,
+            "seed": seed,
+            "scale": "cpu",
+            "epochs": 35,
+            "image_size": 96,
+            "device": "cpu",
+            "git_commit": f"{seed}" * 40,
+            "training_code": "v1",
+        }
+        for model in ("unet", "unetpp")
+        for seed in (0, 1, 2)
+    ] + [
+        {
+            "dataset": "mine",
+            "model": "unet",
+            "seed": 0,
+            "scale": "cpu",
+            "epochs": 35,
+            "image_size": 96,
+            "device": "cpu",
+            "git_commit": "9" * 40,
+            "training_code": "v1",
+        }
+    ]
+    text = html_report._what_was_run(pd.DataFrame(rows))
+    assert "7 runs: a 6 (2 variants x seeds 0, 1, 2); mine 1 (1 variants x seeds 0)" in text
+    assert "<details><summary>git commits recorded by the runs: 4</summary>" in text

@@ -78,12 +78,12 @@ from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrain
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from repro.analysis.run_results import load_runs
 from repro.complexity import count_flops, count_parameters
 from repro.config import load_params
 from repro.data.readers import read_volume_mask
 from repro.data.registry import REPO_ROOT, Sample, get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.run_results import load_runs
 from repro.training.device import describe_device, seed_everything
 from repro.training.metrics import confusion_counts, hausdorff95, per_image_table, summarize
 from repro.training.record import versions, write_record
@@ -648,8 +648,8 @@ def run(
 
 def beside_study_runs(metrics: Mapping[str, Any], runs_dir: Path | str) -> pd.DataFrame:
     """Mean test scores per model over the seeds of every run on Hippocampus under ``runs_dir`` (as
-    ``repro.run_results`` reads them for the aggregate), with this run's ``metrics`` in place of a stored run of
-    the same model and seed; only this run's row when ``runs_dir`` holds none."""
+    ``repro.analysis.run_results`` reads them for the aggregate), with this run's ``metrics`` in place of a stored run
+    of the same model and seed; only this run's row when ``runs_dir`` holds none."""
     columns = ["dice", "iou", "hd95", "dice_anterior", "dice_posterior", "params"]
     test = metrics["test"]
     row = {key: test[key] for key in ("dice", "iou", "hd95")} | {"params": metrics["params"]}

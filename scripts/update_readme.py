@@ -1,9 +1,9 @@
 """Copy the generated tables, a line on how much of the grid they cover and how long its runs trained, the
 verdicts with their effects, and the meaning of each verdict label into README.md and the docs/ pages between their
 markers (``<!-- name:start -->`` ... ``<!-- name:end -->``), so the pages never drift from `results/` and
-`repro/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which blocks.
-They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying that
-it has not been run at this version yet; results/v1/README.md gets the archived first version's tables from
+`repro/analysis/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which
+blocks. They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying
+that it has not been run at this version yet; results/v1/README.md gets the archived first version's tables from
 `results/v1/tables/`.
 
     python scripts/update_readme.py
@@ -23,9 +23,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repro import verdicts  # noqa: E402 - the repository root must be importable first
-from repro.run_results import naming_the_metrics_file  # noqa: E402
-from repro.tables import comparison_names, markdown_table  # noqa: E402
+from repro.analysis import verdicts  # noqa: E402 - the repository root must be importable first
+from repro.analysis.run_results import naming_the_metrics_file  # noqa: E402
+from repro.analysis.tables import comparison_names, markdown_table  # noqa: E402
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}

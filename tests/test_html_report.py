@@ -1,5 +1,5 @@
-"""Tests of repro.html_report: on small runs written here with known numbers, through DVC's metrics and plots on
-the archived first version of the study (results/v1) laid out where the pipeline writes, and in headless Chromium
+"""Tests of repro.analysis.html_report: on small runs written here with known numbers, through DVC's metrics and plots
+on the archived first version of the study (results/v1) laid out where the pipeline writes, and in headless Chromium
 on a report built from that archived study."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from repro import html_report
-from repro.run_results import training_code_version
-from repro.verdicts import LABELS
+from repro.analysis import html_report
+from repro.analysis.run_results import training_code_version
+from repro.analysis.verdicts import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The study's first version, archived with its report: a real study to read back, whatever the current scale holds.
@@ -335,7 +335,7 @@ def test_report_of_the_archived_study_in_headless_chromium(tmp_path):
     claims = json.loads((results / "stats.json").read_text())["claims"]
     datasets = sorted({claim["dataset"] for claim in claims})
     assert page.verdict_rows[0] == ["claim", "statement", *datasets]
-    # A claim restricted to some datasets (repro.claims: C1s, C2s) shows a dash elsewhere.
+    # A claim restricted to some datasets (repro.analysis.claims: C1s, C2s) shows a dash elsewhere.
     verdicts = {
         (row[0], dataset): verdict
         for row in page.verdict_rows[1:]

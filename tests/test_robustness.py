@@ -1,4 +1,5 @@
-"""The secondary analyses beside the verdict rule (repro.evaluation, repro.tables, repro.report): leave-one-seed-out
+"""The secondary analyses beside the verdict rule (repro.analysis.evaluation, repro.analysis.tables,
+repro.analysis.report): leave-one-seed-out
 stability of the decisive labels, each comparison's own label (C7's steps), C6 at other margins with its one-sided
 non-inferiority reading, and the study-wide Benjamini-Hochberg q-values; on hand-built runs, checked against
 computations made here from scipy."""
@@ -13,10 +14,10 @@ import pytest
 from scipy import stats
 from test_report import write_run
 
-from repro import evaluation, html_report, report, tables, verdicts
-from repro.claims import Claim, Comparison
-from repro.run_results import load_runs
-from repro.stats import holm_bonferroni, paired_ttest
+from repro.analysis import evaluation, html_report, report, tables, verdicts
+from repro.analysis.claims import Claim, Comparison
+from repro.analysis.run_results import load_runs
+from repro.analysis.stats import holm_bonferroni, paired_ttest
 
 ALPHA = 0.05
 # A toy superiority claim without a number, so that its family is the direction tests alone (m = its datasets).

@@ -22,25 +22,24 @@ import yaml
 from PIL import Image
 from study_copy import _env, copy_repository, dvc, run_python, stale
 
-from repro.cluster import ParamsError
-from repro.grid import Grid, RunFilter
-from repro.stage_task import copy_output, failure_cause, is_noise
-from repro.study import (
+from repro.runner.cluster import ParamsError
+from repro.runner.grid import Grid, RunFilter
+from repro.runner.plan import (
     CONFIRM_RUNS,
     Estimate,
     Outcome,
     StudyError,
-    _repo,
     aim_text,
     committed_runs,
     confirm_start,
     dry_run_listing,
-    main,
+    dvc_repo,
     missing_splits,
     move_checkpoint_aside,
     plan,
-    summary,
 )
+from repro.runner.stage_task import copy_output, failure_cause, is_noise
+from repro.study import main, summary
 
 GRID = Grid(
     "smoke",
@@ -283,7 +282,7 @@ def test_a_stage_guard_writes_its_commands_output_without_noise(tmp_path):
     )
     # Its stdin stays open, as a worker holds it: closed, the guard would end the command.
     guard = subprocess.Popen(
-        [sys.executable, "-m", "repro.stage_task", f"sh {script}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-m", "repro.runner.stage_task", f"sh {script}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     output = guard.stdout.read()
     assert guard.wait(timeout=30) == 3
@@ -298,7 +297,7 @@ def test_dvcs_progress_bars_are_off_in_the_runner(tmp_path):
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    with _repo(tmp_path):
+    with dvc_repo(tmp_path):
         bar = Tqdm(total=3, file=_Terminal(), desc="Collecting files and computing hashes")
         assert bar.disable
         bar.close()

@@ -14,7 +14,7 @@ Writes into one folder (``results/<scale>/report/`` in the pipeline):
   variant: dvc.yaml then names no variant, so the plots draw a partial study, and a dataset whose variants differ
   from the grid's (Hippocampus' volumetric networks); ``.dvc/plots/curves_by_model.json`` colours by model.
 
-``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
+``python -m repro.analysis.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
 scale (``results/<scale>/``), or below ``--study`` (e.g. ``--study results/v1`` for the archived first version).
 """
 
@@ -34,9 +34,9 @@ import pandas as pd
 import yaml
 from nbconvert import HTMLExporter
 
-from repro import run_results, tables
+from repro.analysis import run_results, tables
+from repro.analysis.run_results import RUN_KEYS
 from repro.config import PARAMS_FILE
-from repro.run_results import RUN_KEYS
 
 # nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
 # notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
@@ -104,8 +104,8 @@ def _read_json(path: Path) -> dict:
 
 
 def runs_with_notebooks(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
-    """The report's table of runs: one row per finished run, read by :func:`repro.run_results.load_runs` (the one
-    reader of runs) and narrowed to its keys, test scores, device, commit and training code version, with the paths
+    """The report's table of runs: one row per finished run, read by :func:`repro.analysis.run_results.load_runs` (the
+    one reader of runs) and narrowed to its keys, test scores, device, commit and training code version, with the paths
     of its executed notebook and history added.
 
     Args:
@@ -268,12 +268,11 @@ def _what_was_run(runs: pd.DataFrame) -> str:
         # Commits move on while a grid trains (one per committed batch of runs): folded, the line below says what
         # makes runs comparable.
         f"<details><summary>git commits recorded by the runs: {len(commits)}</summary>"
-        + ", ".join(
-            f"{html.escape(_short_commit(commit))} ({count})" for commit, count in sorted(commits.items())
-        )
+        + ", ".join(f"{html.escape(_short_commit(commit))} ({count})" for commit, count in sorted(commits.items()))
         + "</details>",
         # Commits move on while a grid trains; what makes runs comparable is the training code they ran.
-        "training code versions (md5 of the train stage's code files, repro.run_results.training_code_version): "
+        "training code versions (md5 of the train stage's code files, "
+        "repro.analysis.run_results.training_code_version): "
         + ", ".join(f"{html.escape(code)} ({n})" for code, n in sorted(runs["training_code"].value_counts().items())),
     ]
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
@@ -326,7 +325,7 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.html_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m repro.analysis.html_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, help="the study's folder (default: results/<scale of params.yaml>)")
     # Each input's name below the study's folder, then the output's, in build_report's order.
     names = {

@@ -12,8 +12,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from repro import verdicts
-from repro.tables import comparison_names
+from repro.analysis import verdicts
+from repro.analysis.tables import comparison_names
 
 _PALETTE = sns.color_palette("colorblind")
 # One colour per label that can have a difference to plot ("not run" has none).

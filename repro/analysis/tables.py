@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repro.stats import mean_interval
+from repro.analysis.stats import mean_interval
 
 TABLE_METRICS = ("dice", "iou", "miou_bg")
 P_DIGITS = 4
@@ -107,7 +107,8 @@ def pruning_accuracy_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     The accuracy side of the UNet++ paper's pruning table (claim C9), from the same runs at each depth: each seed's
     score at a depth is paired with that seed's score at full depth (the deepest ``L<k>``), so ``iou_vs_full`` is the
     mean over seeds of the same networks' loss from pruning. FLOPs are those the runs recorded at the study's input
-    size. The cost side, each depth's FLOPs and CPU latency at the papers' size, is :func:`repro.pruning.pruning_table`
+    size. The cost side, each depth's FLOPs and CPU latency at the papers' size, is
+    :func:`repro.pruning.pruning_table`
     (``results/pruning.md``). Depth ``average`` is every head's output averaged, the network's own output (its test
     scores).
 
@@ -357,7 +358,7 @@ def marked_verdict(verdict: str, kept: object, cases: object) -> str:
 
 
 def format_claim_verdicts(per_claim: pd.DataFrame) -> pd.DataFrame:
-    """The verdict table for people: the columns of ``repro.evaluation.claim_verdicts`` in place, the verdict
+    """The verdict table for people: the columns of ``repro.analysis.evaluation.claim_verdicts`` in place, the verdict
     marked ``(fragile: k/n)`` where leaving one seed out changes it, each comparison's label where the claim has
     several (C7's two steps), and how many leave-one-seed-out analyses keep the label.
 
@@ -380,8 +381,8 @@ def format_claim_verdicts(per_claim: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_stability_table(stability: pd.DataFrame) -> pd.DataFrame:
-    """``repro.evaluation.leave_one_seed_out`` for people: per decisive claim × dataset, its label, how many of the
-    leave-one-seed-out analyses keep it (``3/5``), "fragile" where not all do, and its label without each seed.
+    """``repro.analysis.evaluation.leave_one_seed_out`` for people: per decisive claim × dataset, its label, how many
+    of the leave-one-seed-out analyses keep it (``3/5``), "fragile" where not all do, and its label without each seed.
 
     Args:
         stability: output of ``leave_one_seed_out``.
@@ -404,7 +405,7 @@ def format_stability_table(stability: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_margin_table(margins: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """``repro.evaluation.margin_sensitivity`` for people: one line per dataset × comparison (then the claim's
+    """``repro.analysis.evaluation.margin_sensitivity`` for people: one line per dataset × comparison (then the claim's
     weakest), the mean difference, and per margin the equivalence label and the one-sided non-inferiority label
     (secondary), the declared margin's equivalence column marked primary.
 

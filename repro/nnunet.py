@@ -51,7 +51,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -85,10 +84,12 @@ from repro.data.readers import read_volume_mask
 from repro.data.registry import REPO_ROOT, Sample, get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
 from repro.training.device import describe_device, seed_everything
+from repro.training.identity import code_files, stages_commit
 from repro.training.metrics import confusion_counts, hausdorff95, per_image_table, summarize
 from repro.training.record import versions, write_record
 
 DATASET = "msd-task04-hippocampus"
+STAGE = "nnunet"  # its stage in dvc.yaml
 DATASET_ID = 4
 DATASET_NAME = "Dataset004_Hippocampus"
 # nnU-Net's raw format names an image channel by a 4-digit suffix; Hippocampus has one channel, the MRI.
@@ -481,23 +482,6 @@ def network_summary(predictor: nnUNetPredictor, patch_size: Sequence[int]) -> di
     }
 
 
-def git_commit(paths: Sequence[Path | str], repo_root: Path = REPO_ROOT) -> str:
-    """HEAD, with ``+dirty`` when one of ``paths`` (the stage's code and settings) differs from it; ``unknown``
-    outside git."""
-
-    def git(*args: str) -> str:
-        # No optional locks: a status check must not take the index lock that a concurrent commit needs.
-        command = ["git", "--no-optional-locks", *args]
-        return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--", *map(str, paths))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if changed else "")
-
-
 def run_versions() -> dict[str, str]:
     """The study's versions (``repro.training.record.versions``) plus nnU-Net's and its network library's."""
     packages = ("nnunetv2", "dynamic_network_architectures", "batchgeneratorsv2")
@@ -520,9 +504,6 @@ class NnunetRun:
     per_image: list[dict]
     history: list[dict]
     device: torch.device | str
-
-
-CODE_FILES = ("repro/nnunet.py", "repro/training/metrics.py", "notebooks/nnunet.ipynb", f"data/splits/{DATASET}.json")
 
 
 def schedule(trainer: nnUNetTrainer) -> dict[str, Any]:
@@ -602,7 +583,9 @@ def write_outputs(run: NnunetRun, out_dir: Path | str) -> dict:
         "scale_settings": {k: v for k, v in vars(run.settings).items() if k != "scale"},
         "threads": torch.get_num_threads(),
         "device": describe_device(torch.device(run.device)),
-        "git_commit": git_commit([*CODE_FILES, "params.yaml"]),
+        # The stage's own deps (dvc.yaml's nnunet stage), read as a training run's are.
+        "code_files": code_files(REPO_ROOT, STAGE),
+        "git_commit": stages_commit(REPO_ROOT, [(STAGE, {"item": str(run.seed), "scale": run.settings.scale})]),
         "class_names": list(get_dataset(DATASET).class_names),
         "test": run.test,
         "val": {"dice": run.val["dice"], "iou": run.val["iou"]},

@@ -23,9 +23,8 @@ from repro.training.identity import (
     data_files,
     dataset_definition,
     git_commit,
-    identify,
 )
-from repro.training.run import RunConfig
+from repro.training.run import RunConfig, identify
 
 SMOKE = {
     "image_size": 32,

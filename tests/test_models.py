@@ -131,7 +131,8 @@ def test_the_contract_adds_no_weights():
 
 def test_a_wrong_input_size_is_refused_once_by_the_contract():
     model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125)
-    with pytest.raises(ValueError, match=r"UNet takes inputs whose height and width are multiples of 16 and at least 16; got 40x48"):
+    refused = r"UNet takes inputs whose height and width are multiples of 16 and at least 16; got 40x48"
+    with pytest.raises(ValueError, match=refused):
         model(torch.zeros(1, 1, 40, 48))
     volumes = create_model("unet3d", in_channels=1, num_classes=2, width_mult=0.125)
     with pytest.raises(ValueError, match=r"depth, height and width are multiples of 8"):

@@ -81,7 +81,7 @@ ALLOWED = {
     "repro.models": set(),
     "repro.data": {"repro.config"},
     "repro.analysis": {"repro.config"},
-    "repro.runner": {"repro.config", "repro.data.registry", "repro.models"},
+    "repro.runner": {"repro.config", "repro.data.registry", "repro.models", "repro.complexity"},
 }
 # The one module of the runner that reads the training code: it names the machine a proof ran on.
 RUNNER_TRAINING = {"repro.runner.equivalence": {"repro.training.device"}}

@@ -6,7 +6,8 @@ one ``dvc commit`` at a time); ``progress`` its progress line; ``cluster`` the c
 SGE, LSF); ``stage_task`` what a worker runs for one stage; ``equivalence`` the re-record rule's proof (old and new
 training code on the same runs). ``repro.study`` is the command line.
 
-It may import ``repro.config``, ``repro.data.registry`` and ``repro.models`` (to check a grid); the training code
-only in ``equivalence`` (which names the machine a proof ran on). A run is the stage's own command from dvc.yaml, in
-its own process, so the runner's processes never load torch for it.
+It may import ``repro.config``, ``repro.data.registry``, ``repro.models`` (to check a grid) and ``repro.complexity``
+(the FLOPs of a variant without committed runs, for an estimate); the training code only in ``equivalence`` (which
+names the machine a proof ran on). A run is the stage's own command from dvc.yaml, in its own process, so the
+runner's processes never load torch for it.
 """

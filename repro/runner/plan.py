@@ -4,13 +4,16 @@ before a long start. Nothing here trains."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -236,51 +239,118 @@ def plan(
     )
 
 
+def run_seconds(run_dir: Path) -> float | None:
+    """A committed run's training + evaluation seconds: the sums of its history's ``seconds`` and ``eval_seconds``
+    (every epoch's, across resumptions: the checkpoint keeps the history), else its record's ``train_seconds`` +
+    ``eval_seconds`` when it was never resumed; None when neither tells."""
+    history = run_dir / "history.csv"
+    if history.is_file():
+        with history.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and "seconds" in rows[0]:
+            return sum(float(row["seconds"]) + float(row.get("eval_seconds") or 0.0) for row in rows)
+    metrics = read_json(run_dir / "metrics.json") or {}
+    seconds = metrics.get("train_seconds")
+    if metrics.get("resumed_after_epochs") or not isinstance(seconds, int | float):
+        return None  # a resumed run's record without its history timed its last part only
+    extra = metrics.get("eval_seconds")
+    return float(seconds) + (extra if isinstance(extra, int | float) else 0.0)
+
+
+def variant_flops(root: Path, grid: Grid, dataset: str, model: str, image_size: Any) -> float | None:
+    """FLOPs of one forward pass of variant ``model`` as the study builds it for ``dataset`` at the grid's scale (the
+    scale's width, the prepared data's channels and classes) on an input of ``image_size``; None when the dataset is
+    not prepared or the network cannot be built. Imports torch: called only for cells without a committed run."""
+    meta = read_json(root / "data" / "processed" / grid.scale / dataset / "meta.json")
+    if not meta:
+        return None
+    from repro.complexity import count_flops
+    from repro.config import load_params, model_variant, scale_preset
+    from repro.models import create_model
+
+    params = load_params(root / "params.yaml")
+    variant = model_variant(model, params)
+    options = {"width_mult": scale_preset(grid.scale, params).width_mult, **variant.options}
+    classes = len(meta["class_names"])
+    try:
+        network = create_model(
+            variant.arch, in_channels=meta["in_channels"], num_classes=1 if classes == 2 else classes, **options
+        )
+        return float(
+            count_flops(network, tuple(image_size) if isinstance(image_size, list) else image_size, meta["in_channels"])
+        )
+    except (ValueError, RuntimeError):
+        return None
+
+
 @dataclass
 class Estimate:
-    """How long runs take, from the committed runs of the same scale: each run its cell's (dataset x variant)
-    median of ``train_seconds + eval_seconds``, else its dataset's median over every variant, else unknown.
+    """How long runs take, from the committed runs of the same scale (:func:`run_seconds`): each run its cell's
+    (dataset x variant) median; for a cell without a committed run, its dataset's median seconds per FLOP times the
+    variant's FLOPs (:func:`variant_flops`: a dataset's runs share its length and input size, so their time follows
+    their FLOPs), else its dataset's median over every variant, else unknown.
 
-    Notebook start-up and data loading (seconds) are left out. benchmarks/grid_cost.py's step model would also
-    cover cells without a run, but it times every variant's training steps first: minutes before a question.
+    Notebook start-up and data loading (seconds) are left out. benchmarks/grid_cost.py's step model would time every
+    variant's training steps first: minutes before a question.
     """
 
     seconds: dict[str, float] = field(default_factory=dict)  # each run with an estimate -> expected seconds
+    from_flops: set[str] = field(default_factory=set)  # those scaled from their dataset's seconds per FLOP
     from_dataset: set[str] = field(default_factory=set)  # those from their dataset's median
     unknown: list[str] = field(default_factory=list)  # runs of a dataset without any committed run
     left_out: int = 0  # committed runs whose times were left out (those --trained-on replaces)
 
     @classmethod
-    def of_runs(cls, root: Path, grid: Grid, names: list[str], leave_out: set[str] = frozenset()) -> Estimate:
+    def of_runs(
+        cls,
+        root: Path,
+        grid: Grid,
+        names: list[str],
+        leave_out: set[str] = frozenset(),
+        flops_of: Callable[[str, str, Any], float | None] | None = None,
+    ) -> Estimate:
         """The estimate of the runs ``names``; the committed runs ``leave_out`` (stage names) do not count: the
-        runs ``--trained-on`` selects were timed on the device they are re-trained to leave."""
+        runs ``--trained-on`` selects were timed on the device they are re-trained to leave. ``flops_of(dataset,
+        model, image_size)`` gives a variant's FLOPs (default :func:`variant_flops`)."""
+        flops_of = flops_of or (lambda dataset, model, size: variant_flops(root, grid, dataset, model, size))
         skip = {
-            root / run_folder(grid, dataset, model, seed) / "metrics.json"
+            root / run_folder(grid, dataset, model, seed)
             for stage, dataset, model, seed in grid.runs()
             if run_name(stage, dataset, model, seed) in leave_out
         }
         by_cell: dict[tuple[str, str], list[float]] = {}
+        per_flop: dict[str, list[float]] = {}  # dataset -> seconds per FLOP of its timed runs
+        sizes: dict[str, Any] = {}  # dataset -> the input size its runs' FLOPs were counted at
         left_out = 0
         for path in (root / grid.results_dir / "runs").glob("*/*/seed*/metrics.json"):
-            if path in skip:
+            if path.parent in skip:
                 left_out += 1
                 continue
+            seconds = run_seconds(path.parent)
+            if seconds is None:
+                continue
+            dataset, model = path.parent.parent.parent.name, path.parent.parent.name
+            by_cell.setdefault((dataset, model), []).append(seconds)
             metrics = read_json(path) or {}
-            seconds = metrics.get("train_seconds")
-            if metrics.get("resumed_after_epochs") or not isinstance(seconds, int | float):
-                continue  # a resumed run's record timed its last part only
-            extra = metrics.get("eval_seconds")
-            seconds += extra if isinstance(extra, int | float) else 0.0
-            by_cell.setdefault((path.parent.parent.parent.name, path.parent.parent.name), []).append(float(seconds))
+            if isinstance(metrics.get("flops"), int | float) and metrics["flops"] > 0 and "image_size" in metrics:
+                per_flop.setdefault(dataset, []).append(seconds / metrics["flops"])
+                sizes[dataset] = metrics["image_size"]
         by_dataset: dict[str, list[float]] = {}
         for (dataset, _), times in by_cell.items():
             by_dataset.setdefault(dataset, []).extend(times)
         cells = {name: cell for name, cell, _ in grid_runs(grid)}
+        flops: dict[tuple[str, str], float | None] = {}
         estimate = cls(left_out=left_out)
         for name in names:
-            dataset, _ = cells[name]
-            if cells[name] in by_cell:
-                estimate.seconds[name] = statistics.median(by_cell[cells[name]])
+            dataset, model = cells[name]
+            if (dataset, model) in by_cell:
+                estimate.seconds[name] = statistics.median(by_cell[dataset, model])
+                continue
+            if dataset in per_flop and (dataset, model) not in flops:
+                flops[dataset, model] = flops_of(dataset, model, sizes[dataset])
+            if flops.get((dataset, model)):
+                estimate.seconds[name] = statistics.median(per_flop[dataset]) * flops[dataset, model]
+                estimate.from_flops.add(name)
             elif dataset in by_dataset:
                 estimate.seconds[name] = statistics.median(by_dataset[dataset])
                 estimate.from_dataset.add(name)
@@ -309,6 +379,8 @@ class Estimate:
             return "no time estimate: no committed run of their datasets at this scale"
         where = f"on {slots} run(s) at a time" if slots else "one at a time (the cluster's size is unknown)"
         source = "from the committed runs' train_seconds + eval_seconds: the median of each run's own dataset x variant"
+        if self.from_flops:
+            source += f", for {len(self.from_flops)} run(s) without one their dataset's seconds per FLOP x their FLOPs"
         if self.from_dataset:
             source += f", for {len(self.from_dataset)} run(s) without one the median of their dataset"
         if self.unknown:
@@ -346,7 +418,9 @@ def dry_run_listing(
         for name in group:
             seconds = estimate.seconds.get(name)
             guess = "?" if seconds is None else f"~{duration(seconds)}"
-            lines.append(f"    {name:<{width}}  {guess}{' (dataset median)' if name in estimate.from_dataset else ''}")
+            source = " (dataset median)" if name in estimate.from_dataset else ""
+            source = " (scaled by FLOPs)" if name in estimate.from_flops else source
+            lines.append(f"    {name:<{width}}  {guess}{source}")
     lines.append("nothing was run (--dry-run)")
     return "\n".join(lines)
 

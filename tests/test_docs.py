@@ -142,3 +142,15 @@ def test_every_section_the_code_cites_is_a_heading_of_its_page():
         and not (page == "README" and _indexed_in_readme(name))
     ]
     assert not missing, missing
+
+
+def test_the_cluster_file_example_of_running_md_is_valid_settings():
+    """docs/running.md's SLURM example is a cluster.yaml a user copies: the runner must accept it as written."""
+    import yaml
+
+    from repro.runner.cluster import cluster_settings
+
+    text = (ROOT / "docs" / "running.md").read_text()
+    block = text.split("```yaml\n# cluster.yaml\n", 1)[1].split("```", 1)[0]
+    settings = cluster_settings(yaml.safe_load(block))
+    assert (settings.kind, settings.queue, settings.jobs, settings.runs_per_gpu) == ("slurm", "gpu", 4, 14)

@@ -545,7 +545,7 @@ def differences_from_default(trainer: nnUNetTrainer, settings: NnunetSettings) -
     return [{"setting": name, "nnU-Net default": default, "this run": value} for name, default, value in rows]
 
 
-def learning_curves(rows: Sequence[Mapping[str, float]]) -> Figure:
+def training_curves(rows: Sequence[Mapping[str, float]]) -> Figure:
     """nnU-Net's training curve: training and validation loss, and its pseudo Dice with the moving average it
     keeps its best checkpoint by."""
     epochs = [row["epoch"] for row in rows]

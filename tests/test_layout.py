@@ -81,6 +81,7 @@ ALLOWED = {
     "repro.models": set(),
     "repro.data": {"repro.config"},
     "repro.analysis": {"repro.config"},
+    "repro.training": {"repro.config", "repro.data", "repro.models", "repro.complexity"},
     "repro.runner": {"repro.config", "repro.data.registry", "repro.models", "repro.complexity"},
 }
 # The one module of the runner that reads the training code: it names the machine a proof ran on.
@@ -104,3 +105,14 @@ def test_each_package_imports_only_what_its_docstring_allows(package):
         if outside:
             wrong[module] = sorted(outside)
     assert wrong == {}
+
+
+def test_only_the_named_modules_import_the_training_code():
+    """The training code is imported by the notebooks, scripts and tests, and of the package's own modules only by
+    those ``repro.training``'s docstring names."""
+    importers = {
+        module
+        for module, targets in import_graph().items()
+        if not module.startswith("repro.training") and any(t.startswith("repro.training") for t in targets)
+    }
+    assert importers == {"repro.nnunet", "repro.predict", "repro.runner.equivalence"}

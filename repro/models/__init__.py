@@ -7,6 +7,8 @@ models (:func:`model_spatial_dims` 3) map ``(N, in_channels, D, H, W)`` to ``(N,
 model is a :class:`~repro.models.contract.SegmentationNetwork`: it states its paper, official code, input multiple
 (``size_divisor``) and dimensions next to its code, and its module docstring states every deviation from the
 official code. Adding an architecture: one module, one line in ``_REGISTRY`` below, one variant in params.yaml.
+
+Imports nothing of the project outside ``repro.models``: every other part may build a network.
 """
 
 from __future__ import annotations

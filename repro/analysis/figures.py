@@ -75,105 +75,139 @@ def plot_seed_scores(runs_df: pd.DataFrame, metric: str = "dice") -> Figure:
     return fig
 
 
-def plot_forest(claims_table: pd.DataFrame) -> Figure:
-    """Forest plot of the paired differences, one panel per dataset, coloured by each row's label.
+# Panels per row of the forest plot: four fit a page's width with every comparison's name in its title.
+FOREST_COLUMNS = 4
 
-    Each tested comparison shows its mean difference, the family-adjusted (1 - alpha/m) interval as a thin
-    line with end ticks, the unadjusted (1 - alpha) interval as a thick bar over it, and the paper's claimed
-    difference as a cross. Each panel's axis spans its unadjusted intervals, differences, claims and zero (see
-    :func:`forest_limits`); a family-wise bound beyond it ends in a triangle at the axis' edge. With 2 or 3 seeds
-    the family-wise t quantile is large (25.5 for 2 seeds at alpha/m = 0.025), and unclipped, one such interval
-    would squeeze every other row of its panel into a few pixels.
+
+def plot_forest(claims_table: pd.DataFrame, margin: float) -> Figure:
+    """Forest plot of the paired differences, one small panel per comparison (a claim of several, C6's or C7's, has
+    one per comparison), each on its own x-scale, datasets as rows, every row coloured by its label.
+
+    One x-axis for all would be set by the largest effect (U-Net against FCN, +0.35) and squeeze every other interval
+    into a sliver. Each tested row shows its mean difference, the family-adjusted interval as a thin line with end
+    ticks and the unadjusted (1 - alpha) interval as a thick bar over it. Each panel marks zero, the paper's claimed
+    difference (dashed) and the margin of an equivalence or non-inferiority claim (dotted); its axis spans those and
+    its rows' unadjusted intervals and differences (see :func:`forest_limits`). A family-wise bound beyond it ends in
+    a triangle at the axis' edge: with 2 or 3 seeds the family-wise t quantile is large (25.5 for 2 seeds at
+    alpha/m = 0.025), and unclipped, one such interval would squeeze the panel's other rows into a few pixels.
 
     Args:
         claims_table: output of ``evaluate_claims``.
+        margin: the study's equivalence and non-inferiority margin.
 
     Returns:
         The figure.
     """
     tested = claims_table[claims_table["mean_diff"].notna()]
-    tested = tested.assign(label=tested["claim_id"] + " " + comparison_names(tested) + " (" + tested["metric"] + ")")
-    datasets = sorted(tested["dataset"].unique()) or ["(no comparison run)"]
-    labels = list(dict.fromkeys(tested["label"]))
-    position = {label: index for index, label in enumerate(labels)}
-    shown = [label for label in LABEL_COLORS if label in set(tested["verdict"])]
+    tested = tested.assign(comparison=comparison_names(tested))
+    panels = list(tested.groupby(["claim_id", "comparison", "metric"], sort=False))
+    datasets = sorted(tested["dataset"].unique())
+    position = {dataset: index for index, dataset in enumerate(datasets)}
+    columns = max(min(len(panels), FOREST_COLUMNS), 1)
+    rows_of_panels = max(-(-len(panels) // columns), 1)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(
-            1, len(datasets), figsize=(4.5 * len(datasets) + 3, 1.8 + 0.45 * len(labels)), sharey=True, squeeze=False
+            rows_of_panels,
+            columns,
+            figsize=(3.4 * columns + 1.6, (1.0 + 0.3 * len(datasets)) * rows_of_panels + 0.4),
+            sharey=True,
+            squeeze=False,
         )
         any_clipped = False
-        for ax, dataset in zip(axes[0], datasets, strict=True):
-            rows = tested[tested["dataset"] == dataset]
-            y = rows["label"].map(position).to_numpy()
-            colors = [LABEL_COLORS[label] for label in rows["verdict"]]
-            low, high = forest_limits(rows)
-            ax.set_xlim(low, high)
-            ax.axvline(0, color="0.3", linewidth=1)
-            for column, edge in (("ci_adj_low", "<"), ("ci_adj_high", ">")):
-                bound = rows[column].to_numpy(dtype=float)
-                beyond = (bound < low) | (bound > high)
-                any_clipped |= bool(beyond.any())
-                for drawn, marker, size in ((~beyond, "|", 60), (beyond, edge, 30)):
-                    ax.scatter(
-                        bound.clip(low, high)[drawn],
-                        y[drawn],
-                        marker=marker,
-                        s=size,
-                        color=_take(colors, drawn),
-                        zorder=2,
-                        clip_on=False,  # a triangle at the edge shows whole
-                    )
-            ax.hlines(
-                y,
-                rows["ci_adj_low"].clip(low, high),
-                rows["ci_adj_high"].clip(low, high),
-                colors=colors,
-                linewidth=1,
-                zorder=2,
-            )
-            ax.hlines(
-                y,
-                rows["ci_low"].clip(low, high),
-                rows["ci_high"].clip(low, high),
-                colors=colors,
-                linewidth=4,
-                alpha=0.9,
-                zorder=3,
-            )
-            ax.scatter(rows["mean_diff"], y, color=colors, edgecolor="white", s=45, zorder=4)
-            ax.scatter(rows["claimed_difference"], y, marker="x", color="0.1", zorder=5)
-            ax.set_title(dataset)
-            ax.set_xlabel("better - baseline")
-        axes[0, 0].set_yticks(range(len(labels)), labels)
-        axes[0, 0].set_ylim(max(len(labels), 1) - 0.5, -0.5)
-        handles = [Line2D([], [], marker="o", linestyle="", color=LABEL_COLORS[label], label=label) for label in shown]
-        handles += [
-            Line2D([], [], color="0.4", linewidth=4, label="(1 - alpha) CI"),
-            Line2D([], [], color="0.4", linewidth=1, marker="|", markersize=8, label="(1 - alpha/m) CI, family-wise"),
-            Line2D([], [], marker="x", linestyle="", color="0.1", label="paper's claim"),
-        ]
-        if any_clipped:
-            handles.append(
-                Line2D([], [], marker=">", linestyle="", color="0.4", label="family-wise CI goes on beyond the axis")
-            )
+        # The grid may have places beyond the last panel: they are removed below.
+        for ax, ((claim_id, comparison, metric), rows) in zip(axes.flat, panels, strict=False):
+            any_clipped |= _forest_panel(ax, rows, position, _margins(rows["kind"].iloc[0], margin))
+            ax.set_title(f"{claim_id} ({metric})\n{comparison}", fontsize=9)
+        if not panels:  # one empty panel says so
+            axes[0, 0].set_title("(no comparison run)")
+        for ax in axes.flat[max(len(panels), 1) :]:
+            fig.delaxes(ax)
+        axes[0, 0].set_yticks(range(len(datasets)), datasets)
+        axes[0, 0].set_ylim(max(len(datasets), 1) - 0.5, -0.5)
+        fig.supxlabel("better - baseline, in the claim's metric", fontsize=10)
         fig.tight_layout()
+        shown = [label for label in LABEL_COLORS if label in set(tested["verdict"])]
+        has_margin = any(_margins(kind, margin) for kind in tested["kind"])
         # Above the panels, outside the figure's box: saving with bbox_inches="tight" takes it in.
+        handles = _forest_legend(shown, has_margin, any_clipped)
         fig.legend(
             handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 5), frameon=False
         )
     return fig
 
 
-def forest_limits(rows: pd.DataFrame, pad: float = 0.25) -> tuple[float, float]:
-    """The x-range of one forest-plot panel: its rows' unadjusted (1 - alpha) intervals, mean differences and
-    claimed differences, and zero, widened by ``pad`` of that span on each side, and no wider than [-1, 1] (a
-    difference of two scores in [0, 1]). Family-wise intervals do not widen it: they are drawn clipped to it.
+def _margins(kind: str, margin: float) -> tuple[float, ...]:
+    """The bounds a claim of ``kind`` is tested against besides zero: ±margin for equivalence, -margin for
+    non-inferiority, none for superiority."""
+    return {"equivalence": (-margin, margin), "non-inferiority": (-margin,)}.get(kind, ())
+
+
+def _forest_panel(ax, rows: pd.DataFrame, position: dict[str, int], margins: tuple[float, ...]) -> bool:
+    """Draw one comparison's rows (one per dataset at ``position``) with its marks; return whether a family-wise
+    bound was clipped at the axis."""
+    y = rows["dataset"].map(position).to_numpy()
+    colors = [LABEL_COLORS[label] for label in rows["verdict"]]
+    claimed = rows["claimed_difference"].dropna().unique()
+    low, high = forest_limits(rows, [*claimed, *margins])
+    ax.set_xlim(low, high)
+    ax.locator_params(axis="x", nbins=4)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.axvline(0, color="0.3", linewidth=1)
+    for value in claimed:
+        ax.axvline(value, color="0.1", linestyle="--", linewidth=1)
+    for value in margins:
+        ax.axvline(value, color="0.45", linestyle=":", linewidth=1.5)
+    clipped = False
+    for column, edge in (("ci_adj_low", "<"), ("ci_adj_high", ">")):
+        bound = rows[column].to_numpy(dtype=float)
+        beyond = (bound < low) | (bound > high)
+        clipped |= bool(beyond.any())
+        for drawn, marker, size in ((~beyond, "|", 60), (beyond, edge, 30)):
+            ax.scatter(
+                bound.clip(low, high)[drawn],
+                y[drawn],
+                marker=marker,
+                s=size,
+                color=_take(colors, drawn),
+                zorder=2,
+                clip_on=False,  # a triangle at the edge shows whole
+            )
+    ax.hlines(y, rows["ci_adj_low"].clip(low, high), rows["ci_adj_high"].clip(low, high), colors=colors, linewidth=1)
+    ax.hlines(y, rows["ci_low"].clip(low, high), rows["ci_high"].clip(low, high), colors=colors, linewidth=4, alpha=0.9)
+    ax.scatter(rows["mean_diff"], y, color=colors, edgecolor="white", s=45, zorder=4)
+    return clipped
+
+
+def _forest_legend(shown: list[str], has_margin: bool, any_clipped: bool) -> list[Line2D]:
+    """The forest plot's key: the labels drawn, the two intervals, the claim's marks, and the clipping triangle
+    where a panel has one."""
+    handles = [Line2D([], [], marker="o", linestyle="", color=LABEL_COLORS[label], label=label) for label in shown]
+    handles += [
+        Line2D([], [], color="0.4", linewidth=4, label="(1 - alpha) CI"),
+        Line2D([], [], color="0.4", linewidth=1, marker="|", markersize=8, label="(1 - alpha/m) CI, family-wise"),
+        Line2D([], [], color="0.1", linestyle="--", linewidth=1, label="paper's claimed difference"),
+    ]
+    if has_margin:
+        handles.append(Line2D([], [], color="0.45", linestyle=":", linewidth=1.5, label="margin"))
+    if any_clipped:
+        handles.append(
+            Line2D([], [], marker=">", linestyle="", color="0.4", label="family-wise CI goes on beyond the axis")
+        )
+    return handles
+
+
+def forest_limits(rows: pd.DataFrame, marks: list[float], pad: float = 0.25) -> tuple[float, float]:
+    """The x-range of one forest-plot panel: its rows' unadjusted (1 - alpha) intervals and mean differences, the
+    ``marks`` drawn on it (claimed difference, margins) and zero, widened by ``pad`` of that span on each side, and no
+    wider than [-1, 1] (a difference of two scores in [0, 1]). Family-wise intervals do not widen it: they are drawn
+    clipped to it.
 
     Args:
         rows: rows of ``evaluate_claims`` with a mean difference.
+        marks: the vertical lines drawn on the panel.
     """
-    values = rows[["ci_low", "ci_high", "mean_diff", "claimed_difference"]].to_numpy(dtype=float).ravel()
-    values = np.append(values[np.isfinite(values)], 0.0)
+    values = rows[["ci_low", "ci_high", "mean_diff"]].to_numpy(dtype=float).ravel()
+    values = np.append(values[np.isfinite(values)], [*marks, 0.0])
     span = max(values.max() - values.min(), 1e-3)
     return max(values.min() - pad * span, -1.0), min(values.max() + pad * span, 1.0)
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 from scipy import stats
 
@@ -733,33 +734,66 @@ def test_forest_clips_a_wide_family_wise_interval_at_the_axis_and_says_so(claims
     plt.close(unclipped)
 
 
-def _label_boxes(fig):
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+def _efficiency_table(dataset: str, models: list[str], dice: list[float], params: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"dataset": dataset, "model": models, "n_seeds": 5, "dice_mean": dice, "dice_sd": 0.01, "params": params}
+    ).assign(gflops=1.0)
+
+
+# Seven variants in a tight cluster (the PH2 panel's problem) and one far below.
+_PH2 = _efficiency_table(
+    "ph2",
+    ["unet", "wide_unet", "unetpp", "tinyunet_plain", "unetv2", "unetv2_nosdi", "tinyunet"],
+    [0.890, 0.891, 0.889, 0.892, 0.890, 0.893, 0.60],
+    [1_944_000, 2_326_000, 2_266_000, 3_721_000, 1_428_000, 1_378_000, 124_000],
+)
+# Twenty variants, most of them near the top and the largest at the right, one far below (the DSB2018 panel's problem,
+# whose names ran below the axes), beside a dataset of one variant.
+_CROWDED = pd.concat(
+    [
+        _efficiency_table(
+            "dsb",
+            [f"variant_{k}_with_a_long_name" if k % 5 == 0 else f"v{k}" for k in range(19)] + ["fcn"],
+            [0.90 + 0.0005 * k for k in range(18)] + [0.78, 0.63],
+            [480_000 + 490_000 * k for k in range(20)],
+        ),
+        _efficiency_table("one", ["tinyunet"], [0.51], [481_000]),
+    ]
+)
+
+
+def _rendered_names(fig):
+    """Per axes, its box and its names' boxes, drawn by the Agg canvas."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     # Text's own extent: an Annotation's would include its leader line, which may cross other labels' rows.
-    return [[Text.get_window_extent(text, renderer) for text in ax.texts if text.get_text()] for ax in fig.axes]
+    return [
+        (ax.get_window_extent(renderer), [Text.get_window_extent(text, renderer) for text in ax.texts])
+        for ax in fig.axes
+    ]
 
 
-def test_efficiency_labels_never_overlap():
-    # Seven variants in a tight cluster (the PH2 panel's problem) and one far below.
-    models = ["unet", "wide_unet", "unetpp", "tinyunet_plain", "unetv2", "unetv2_nosdi", "tinyunet"]
-    table = pd.DataFrame(
-        {
-            "dataset": "ph2",
-            "model": models,
-            "n_seeds": 5,
-            "dice_mean": [0.890, 0.891, 0.889, 0.892, 0.890, 0.893, 0.60],
-            "dice_sd": 0.01,
-            "params": [1_944_000, 2_326_000, 2_266_000, 3_721_000, 1_428_000, 1_378_000, 124_000],
-            "gflops": 1.0,
-        }
-    )
+@pytest.mark.parametrize("table", [_PH2, _CROWDED], ids=["ph2", "crowded"])
+def test_efficiency_labels_never_overlap(table):
     fig = figures.plot_efficiency(table)
-    (boxes,) = _label_boxes(fig)
-    assert len(boxes) == len(models)
-    for i, first in enumerate(boxes):
-        for second in boxes[i + 1 :]:
-            assert not first.overlaps(second)
+    for (_, boxes), (_, variants) in zip(_rendered_names(fig), table.groupby("dataset"), strict=True):
+        assert len(boxes) == len(variants)
+        for i, first in enumerate(boxes):
+            for second in boxes[i + 1 :]:
+                assert not first.overlaps(second)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("table", [_PH2, _CROWDED], ids=["ph2", "crowded"])
+def test_efficiency_labels_lie_inside_their_axes_right_of_every_point(table):
+    fig = figures.plot_efficiency(table)
+    for ax, (box, names) in zip(fig.axes, _rendered_names(fig), strict=True):
+        for name in names:
+            assert box.x0 <= name.x0 and name.x1 <= box.x1 and box.y0 <= name.y0 and name.y1 <= box.y1, name
+        rows = table[table["dataset"] == ax.get_title()]
+        points = ax.transData.transform(np.column_stack([rows["params"], rows["dice_mean"]]))
+        assert points[:, 0].max() < min(name.x0 for name in names)  # no point under the column of names
     plt.close(fig)
 
 

@@ -11,6 +11,7 @@ import seaborn as sns
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
 from repro.analysis import verdicts
 from repro.analysis.tables import comparison_names
@@ -219,9 +220,9 @@ def _take(colors: list, mask: np.ndarray) -> list:
 def _spread_labels(targets: np.ndarray, gap: float, low: float, high: float) -> np.ndarray:
     """Positions as close as possible to ``targets`` (any order), at least ``gap`` apart, within [low, high].
 
-    Sorted, each label is pushed up past its predecessor; the stack is then shifted down as a whole if it
-    overflows ``high``, and clipped at ``low`` (with too many labels to fit, they run past ``low``, never into
-    each other).
+    Sorted, each label is pushed up past its predecessor; then, from ``high`` down, each is pushed down below its
+    successor, so only the labels in the way move (shifting the whole stack would drag a lone label at the bottom
+    out of range). With too many labels to fit, they run past ``low``, never into each other.
 
     Args:
         targets: preferred positions.
@@ -236,21 +237,26 @@ def _spread_labels(targets: np.ndarray, gap: float, low: float, high: float) -> 
     placed = np.clip(targets[order].astype(float), low, high)
     for k in range(1, placed.size):
         placed[k] = max(placed[k], placed[k - 1] + gap)
-    overflow = placed[-1] - high if placed.size else 0.0
-    if overflow > 0:
-        placed -= overflow
-        for k in range(placed.size - 2, -1, -1):
-            placed[k] = min(placed[k], placed[k + 1] - gap)
+    for k in range(placed.size - 1, -1, -1):
+        placed[k] = min(placed[k], high if k == placed.size - 1 else placed[k + 1] - gap)
     positions = np.empty_like(placed)
     positions[order] = placed
     return positions
 
 
+# The efficiency figure's axes as fractions of the figure (left, right, bottom, top), and its names' font size.
+_EFFICIENCY_BOX = (0.05, 0.98, 0.12, 0.9)
+_LABEL_FONTSIZE = 8
+# A name's line height as a multiple of the font size: neighbouring names never touch.
+_LINE_SPACING = 1.35
+
+
 def plot_efficiency(table: pd.DataFrame, metric: str = "dice") -> Figure:
     """Mean test score against parameter count (log scale), one panel per dataset.
 
-    The variants are named in a column right of each panel, spread vertically so that no two names overlap,
-    each joined to its point by a thin leader line.
+    The variants are named in a column at the right of each panel, inside its axes: the x-axis runs on past the
+    largest network to make room for the column, the names are spread vertically so that no two overlap, and each
+    is joined to its point by a thin leader line. The figure is tall enough for the longest column.
 
     Args:
         table: output of ``results_table``.
@@ -260,43 +266,77 @@ def plot_efficiency(table: pd.DataFrame, metric: str = "dice") -> Figure:
         The figure.
     """
     datasets = sorted(table["dataset"].unique())
-    fontsize = 8
+    left, right, bottom, top = _EFFICIENCY_BOX
+    most = int(table.groupby("dataset")["model"].nunique().max())
+    # Height in inches for ``most`` names and a line to spare, at the axes' share of the figure.
+    needed = (most + 1) * _LINE_SPACING * _LABEL_FONTSIZE / 72 / (top - bottom)
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.2), squeeze=False)
-        fig.subplots_adjust(left=0.06, right=0.9, bottom=0.13, top=0.9, wspace=0.55)
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), max(4.2, needed)), squeeze=False)
+        fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=0.25)
         for ax, dataset in zip(axes[0], datasets, strict=True):
             sized = table[(table["dataset"] == dataset) & table["params"].notna()].astype({"params": float})
             ax.errorbar(sized["params"], sized[f"{metric}_mean"], yerr=sized[f"{metric}_sd"], fmt="none", ecolor="0.6")
             sns.scatterplot(data=sized, x="params", y=f"{metric}_mean", hue="model", legend=False, ax=ax, zorder=3)
-            ax.set_xscale("log")
-            # Ticks at 1, 2, 5 × 10^k parameters, labelled in millions; the default minor labels collide.
-            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / 1e6:g}"))
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_title(dataset)
             ax.set_xlabel("parameters (millions, log scale)")
             ax.set_ylabel(f"test {metric} (mean ± s.d. over seeds)")
-            # Labels in axes coordinates: a text line is fontsize points high, the axes a known number of points.
-            height_points = ax.get_window_extent().height * 72 / fig.dpi
-            gap = 1.35 * fontsize / height_points
-            bottom, top = ax.get_ylim()  # the y axis is linear: data to axes fraction is affine
-            y_data = ((sized[f"{metric}_mean"] - bottom) / (top - bottom)).to_numpy()
-            y_label = _spread_labels(y_data, gap, 0.5 * gap, 1 - 0.5 * gap)
-            for model, params, score, y in zip(
-                sized["model"], sized["params"], sized[f"{metric}_mean"], y_label, strict=True
-            ):
-                ax.annotate(
-                    model,
-                    xy=(params, score),
-                    xycoords="data",
-                    xytext=(1.03, y),
-                    textcoords="axes fraction",
-                    fontsize=fontsize,
-                    va="center",
-                    arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3},
-                    annotation_clip=False,
-                )
+            if not sized.empty:  # a dataset whose runs recorded no parameter count has nothing to name
+                _name_points(ax, sized, f"{metric}_mean")
     return fig
+
+
+def _name_points(ax, sized: pd.DataFrame, score: str) -> None:
+    """Name each variant of ``sized`` in a column at the right of ``ax``, inside it, and set the log x-axis so that
+    the points lie left of the column."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    # Positions in axes fractions: a line is a known number of points high, the axes a known number of points.
+    gap = _LINE_SPACING * _LABEL_FONTSIZE / (box.height * 72 / fig.dpi)
+    bottom, top = ax.get_ylim()  # the y axis is linear: data to axes fraction is affine
+    y_label = _spread_labels(((sized[score] - bottom) / (top - bottom)).to_numpy(), gap, 0.5 * gap, 1 - 0.5 * gap)
+    names = [
+        ax.annotate(
+            model,
+            xy=(params, value),
+            xycoords="data",
+            xytext=(0, y),
+            textcoords="axes fraction",
+            fontsize=_LABEL_FONTSIZE,
+            va="center",
+            # From the name's left end (not its centre, which would cut up through the names above it).
+            arrowprops={
+                "arrowstyle": "-",
+                "color": "0.55",
+                "linewidth": 0.6,
+                "relpos": (0, 0.5),
+                "shrinkA": 2,
+                "shrinkB": 3,
+            },
+        )
+        for model, params, value, y in zip(sized["model"], sized["params"], sized[score], y_label, strict=True)
+    ]
+    # The column ends just inside the axes' right edge; the points end a little left of the widest name's start.
+    widest = max(Text.get_window_extent(name, renderer).width for name in names) / box.width
+    column = 1 - 0.02 - widest
+    for name in names:
+        name.set_position((column, name.get_position()[1]))
+    _log_axis_left_of(ax, sized["params"].to_numpy(), column - 0.06)
+
+
+def _log_axis_left_of(ax, params: np.ndarray, end: float) -> None:
+    """A log x-axis on which ``params`` lie between 5% of its width and ``end`` (an axes fraction), with ticks at
+    1, 2, 5 x 10^k parameters, labelled in millions, only over the points (none under the names' column)."""
+    ax.set_xscale("log")
+    low, high = np.log10(params.min()), np.log10(params.max())
+    widen = max(0.5 - (high - low), 0.0) / 2  # one network, or several of one size: half a decade around them
+    low, high = low - widen, high + widen
+    width = (high - low) / (end - 0.05)  # the axis' width in decades
+    ax.set_xlim(10 ** (low - 0.05 * width), 10 ** (low - 0.05 * width + width))
+    ticks = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(10**low, 10**high)
+    ax.xaxis.set_major_locator(ticker.FixedLocator([tick for tick in ticks if 10**low <= tick <= 10**high]))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / 1e6:g}"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

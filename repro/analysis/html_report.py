@@ -4,9 +4,9 @@ Writes into one folder (``results/<scale>/report/`` in the pipeline):
 
 - ``aggregate.html``: the executed aggregate notebook as HTML, code hidden, figures embedded as data URIs and
   no script loaded from the network, so it reads the same offline;
-- ``index.html``: what was run, the verdict of every claim on every dataset, and a table of every run that links
-  its executed notebook (kept as ``.ipynb``: converting hundreds of notebooks that embed their figures would
-  double the repository's size for what Jupyter or GitHub already render);
+- ``index.html``: what was run, the verdict of every claim on every dataset with the effect it is read from, and a
+  table of every run that links its executed notebook (kept as ``.ipynb``: converting hundreds of notebooks that
+  embed their figures would double the repository's size for what Jupyter or GitHub already render);
 - ``metrics/<dataset>.json``: a few headline numbers (runs, variants, the best mean test Dice and its variant, the
   claims confirmed, refuted, inconclusive and not run), one flat file per dataset so that ``dvc metrics show`` is one
   row per dataset, narrow enough for a terminal;

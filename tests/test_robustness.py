@@ -4,8 +4,10 @@ stability of the decisive labels, each comparison's own label (C7's steps), C6 a
 non-inferiority reading, and the study-wide Benjamini-Hochberg q-values; on hand-built runs, checked against
 computations made here from scipy."""
 
+import html
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,12 +153,17 @@ def test_c7_shows_each_steps_label_beside_the_weakest(tmp_path):
     assert per_claim.loc["C1", "comparison_verdicts"] == ""  # one comparison: its label is the claim's
     c7_line = next(line for line in report.conclusions(claims_table).splitlines() if line.startswith("- **C7**"))
     assert f"iou: {first}" in c7_line and f"iou: {second}" in c7_line
-    # The HTML report's verdict table, from stats.json, shows the steps under the claim's label.
-    summary = report.stats_summary(
+    # The HTML report's verdict table, from stats.json, shows each step's label and effect under the claim's label.
+    summary = json.loads(json.dumps(report.stats_summary(
         tables.results_table(runs.per_seed), claims_table, pd.DataFrame(), n_resamples=0, stability=stability
+    )))  # fmt: skip
+    path = Path("stats.json")
+    cells = html_report._verdict_table(
+        html_report._claims(summary, path), html_report._comparisons(summary, path), html_report._margin(summary, path)
     )
-    cells = html_report._verdict_table(html_report._claims(json.loads(json.dumps(summary)), Path("stats.json")))
-    assert f"unet_plus - unet: {first}; unetpp - unet_plus: {second}" in cells
+    text = html.unescape(re.sub(r"<[^>]+>", "", cells))
+    for (_, row), label in zip(c7.reset_index().iterrows(), (first, second), strict=True):
+        assert f"{row['better']} - {row['baseline']}: {label}, iou {tables.effect_text(row)} vs claimed > 0" in text
 
 
 # C6 on one dataset: U-Net (bilinear) and three light networks, each at a constant offset with a small spread.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +285,45 @@ def comparison_names(claims_table: pd.DataFrame) -> pd.Series:
         return claims_table[role] + ("@" + levels.astype("string")).fillna("")
 
     return side("better") + " - " + side("baseline")
+
+
+def effect_text(row: Mapping, digits: int = 4) -> str:
+    """A comparison's mean paired difference (better - baseline, in its metric) with the interval its label is read
+    from, as the README's effects table and the HTML report's verdict cells print it: ``"-0.0019 [-0.0082, +0.0044]"``.
+
+    The interval is the family's (``ci_adj``, at level alpha/m), or for an equivalence row the TOST's own
+    (1 - 2 alpha), from which "not equivalent" is read. A row with fewer than 2 matched seeds has a mean but no
+    interval: the mean alone; a comparison that did not run: "".
+
+    Args:
+        row: one row of ``evaluate_claims`` (a Series, or a dict of stats.json's ``comparisons``).
+        digits: decimals kept.
+    """
+    if pd.isna(row["mean_diff"]):
+        return ""
+    low, high = ("tost_ci_low", "tost_ci_high") if row["kind"] == "equivalence" else ("ci_adj_low", "ci_adj_high")
+    mean = f"{row['mean_diff']:+.{digits}f}"
+    if pd.isna(row[low]):
+        return mean
+    return f"{mean} [{row[low]:+.{digits}f}, {row[high]:+.{digits}f}]"
+
+
+def claimed_text(row: Mapping, margin: float, digits: int = 4) -> str:
+    """What a comparison is tested against, as the README's effects table and the HTML report print it: the paper's
+    difference (``"+0.0186"``), or ``"> 0"`` where the paper gives none; for an equivalence claim the margin with the
+    paper's difference beside (``"within ±0.02 (paper: -0.0020)"``), for non-inferiority ``"> -0.02"``.
+
+    Args:
+        row: one row of ``evaluate_claims`` (a Series, or a dict of stats.json's ``comparisons``).
+        margin: the study's equivalence and non-inferiority margin.
+        digits: decimals of the paper's difference.
+    """
+    paper = None if pd.isna(row["claimed_difference"]) else f"{row['claimed_difference']:+.{digits}f}"
+    if row["kind"] == "equivalence":
+        return f"within ±{margin:g}" + (f" (paper: {paper})" if paper else "")
+    if row["kind"] == "non-inferiority":
+        return f"> -{margin:g}"
+    return paper or "> 0"
 
 
 def format_claims_table(claims_table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

@@ -49,6 +49,15 @@ DECISIVE = (
     NON_INFERIOR,
     INFERIOR,
 )
+# Every label by what it says of the claim, as the report's one-line summary of a dataset (`dvc metrics show`) counts
+# them: a significant gain (even if smaller than claimed), equivalence or non-inferiority confirms; a significant loss,
+# a ruled-out claimed size, non-equivalence or inferiority refutes.
+OUTCOMES = {
+    "confirmed": (REPRODUCED, REPRODUCED_SMALLER, NON_INFERIOR, EQUIVALENT),
+    "refuted": (REVERSED, SMALLER, NOT_EQUIVALENT, INFERIOR),
+    "inconclusive": (UNDERPOWERED, INCONCLUSIVE),
+    "not_run": (NOT_RUN,),
+}
 # With no claimed number, "underpowered" asks whether the test could have found a gain of one point.
 DEFAULT_DIFFERENCE = 0.01
 

@@ -213,7 +213,7 @@ def metrics_summaries(runs: pd.DataFrame, claims: pd.DataFrame, cells: pd.DataFr
     return summaries
 
 
-def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
+def mean_learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
     """Per dataset: ``quantity`` per epoch and model variant, averaged over its seeds; columns ``epoch, model,
     <quantity>``, sorted by model, then epoch."""
     histories = []
@@ -394,7 +394,7 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
     for quantity in CURVES:
-        for dataset, table in learning_curves(runs, quantity).items():
+        for dataset, table in mean_learning_curves(runs, quantity).items():
             path = out_dir / "curves" / quantity / f"{dataset}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False, float_format="%.5f")

@@ -120,7 +120,7 @@ def test_every_network_keeps_the_contract(arch):
     model = create_model(arch, in_channels=1, num_classes=2)
     assert model.spatial_dims == model_spatial_dims(arch)
     assert isinstance(model.size_divisor, int) and model.size_divisor >= 1
-    assert isinstance(model.deep_supervision, bool)
+    assert isinstance(model.deep_supervision, bool) and isinstance(model.channels_last, bool)
     assert model.auxiliary_loss is None  # before any forward
 
 

@@ -10,7 +10,9 @@ variant in params.yaml. The subclass states the facts a reader needs next to its
   its input once with :meth:`SegmentationNetwork.check_input`;
 - ``deep_supervision``: True when train mode returns a list of logits (deepest decoder output last);
 - ``auxiliary_loss``: after a train-mode forward, a scalar the training adds to its loss (SegResNet-VAE's VAE
-  term, already weighted); None for every other network.
+  term, already weighted); None for every other network;
+- ``channels_last``: whether the network may run in channels-last memory format (the trainer's default, faster on
+  a CPU); False where its code needs the standard layout.
 
 The training code reads these attributes directly; tests/test_models.py holds every registered network to them.
 """
@@ -39,6 +41,7 @@ class SegmentationNetwork(nn.Module):
     min_input_size: int | None = None
     deep_supervision: bool = False
     auxiliary_loss: Tensor | None = None
+    channels_last: bool = True
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError naming the network and the sizes it takes when ``x`` cannot pass through unchanged."""

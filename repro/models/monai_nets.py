@@ -146,6 +146,8 @@ class SegResNetVAE(_MonaiNet):
     official_code = "MONAI 1.6.1, monai/networks/nets/segresnet.py (used as is)"
 
     size_divisor = 16  # three stride-2 stages, then the VAE's own stride-2 convolution
+    # MONAI's VAE branch flattens its features with .view, which a channels-last tensor cannot give.
+    channels_last = False
 
     def __init__(
         self,

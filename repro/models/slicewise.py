@@ -37,6 +37,8 @@ class SlicewiseUNet(SegmentationNetwork):
     official_code = "none: the study's 2D U-Net (repro.models.unet) applied to each slice"
 
     spatial_dims = 3
+    # Its layers are 2D: the channels-last format of volumes (channels_last_3d) does not apply to their weights.
+    channels_last = False
 
     def __init__(
         self,

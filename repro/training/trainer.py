@@ -165,7 +165,8 @@ class Trainer:
         self.seed = seed
         self.generator = generator
         channels_last = torch.channels_last_3d if data.volumetric else torch.channels_last
-        self.memory_format = channels_last if settings.channels_last else torch.contiguous_format
+        use_channels_last = settings.channels_last and model.channels_last
+        self.memory_format = channels_last if use_channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
         self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
         self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)

@@ -227,6 +227,7 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"]["custom_datasets"] = {
         "my-polyps": {
+            "path": "../shared/datasets/my-polyps",
             "images": "images",
             "masks": "masks",
             "image_suffix": ".jpg",

@@ -55,7 +55,7 @@ stages:
     foreach: ${prepare.custom_datasets}
     do:
       cmd: python -m repro.data.prepare ${key} --scale ${scale}
-      deps: ["${data_root}/${key}", "data/splits/${key}.json", code/prepare.py]
+      deps: ["${item.path}", "data/splits/${key}.json", code/prepare.py]
       params: [scale, "scales.${scale}.image_size", "prepare.custom_datasets.${key}"]
       outs: ["data/processed/${scale}/${key}"]
   train:
@@ -284,6 +284,7 @@ def test_commit_is_dirty_when_a_param_of_the_run_differs(repo):
 
 def test_custom_dataset_definition_and_dependencies(repo):
     entry = {
+        "path": "../datasets/mine",
         "images": "images",
         "masks": "masks",
         "image_suffix": ".png",

@@ -477,6 +477,7 @@ def _custom_copy(tmp_path: Path) -> Path:
             (data_root / "polyps" / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(data_root / f"polyps/{folder}/p{i:02d}.png")
     definition = {
+        "path": str(data_root / "polyps"),
         "images": "images",
         "masks": "masks",
         "image_suffix": ".png",

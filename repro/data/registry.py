@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from repro.data.readers import INTENSITY_RULES, DatasetError, Intensity, problems_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT_ENV = "UNET_REPRO_DATA_ROOT"
-DEFAULT_DATA_ROOT = "../shared/datasets"
 
 
 @dataclass(frozen=True)
@@ -276,11 +276,16 @@ class FolderDatasetSpec(DatasetSpec):
 
 
 def resolve_data_root(data_root: Path | str | None = None) -> Path:
-    """The data root: the argument, else ``$UNET_REPRO_DATA_ROOT``, else ``../shared/datasets``.
+    """The data root: the argument, else ``$UNET_REPRO_DATA_ROOT``, else params.yaml's ``data_root`` (one place
+    sets the default: the pipeline's stages read it there too).
 
     Relative paths are taken from the repository root, so notebooks and DVC stages agree wherever they run.
     """
-    chosen = data_root or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
+    chosen = (
+        data_root
+        or os.environ.get(DATA_ROOT_ENV)
+        or yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["data_root"]
+    )
     root = Path(chosen).expanduser()
     return root if root.is_absolute() else (REPO_ROOT / root).resolve()
 

@@ -183,6 +183,9 @@ class SegResNetVAE(_MonaiNet):
                 f"{type(self).__name__} was built for inputs of {'x'.join(map(str, self.input_image_size))} "
                 f"(input_image_size); got {'x'.join(map(str, x.shape[2:]))}"
             )
-        logits, vae_loss = self.net(x)
+        # MONAI's VAE branch flattens with .view, which needs standard strides all the way down. A one-channel
+        # volume stored channels-last (as the prepared arrays are) counts as contiguous, yet convolutions carry its
+        # strides on: copy it to the standard layout first.
+        logits, vae_loss = self.net(x.clone(memory_format=torch.contiguous_format))
         self.auxiliary_loss = None if vae_loss is None else VAE_LOSS_WEIGHT * vae_loss
         return logits

@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # `dvc repro` alone would train one run at a time. repro.study runs the stale training stages on a Dask cluster
-# (params.yaml's `cluster:`; by default one worker process per core, one thread each, so the cores are used without
+# (cluster.yaml; by default one worker process per core, one thread each, so the cores are used without
 # being oversubscribed; JOBS=N for N workers), records each in dvc.lock as it finishes, then runs `dvc repro` for
 # the rest (complexity, aggregate), which finds every run up to date.
 # ARGS passes options to it: ARGS=--dry-run lists what would train (new runs, runs replacing committed ones) and for

@@ -2,10 +2,11 @@
 
 A run is a subprocess that lasts minutes to hours; meanwhile the runner process (scheduler, nannies, client, the
 runner's wait loop) and the worker processes keep working on their own account. This starts the local cluster as
-`repro.cluster.start_cluster` does, gives each worker one run (`sleep`, which takes no CPU itself), waits on them with
-the runner's own queue (`repro.study.RunQueue`), and counts the CPU time (user + system) of the runner's and the
-workers' processes over a window; then the same with Dask's defaults (`repro.cluster.QUIET_DASK` emptied). Rounds
-alternate between the two, so that other work on the machine weighs on both alike.
+`repro.runner.cluster.start_cluster` does, gives each worker one run (`sleep`, which takes no CPU itself), waits on
+them with the runner's own queue (`repro.runner.execute.RunQueue`), and counts the CPU time (user + system) of the
+runner's and the workers' processes over a window; then the same with Dask's defaults
+(`repro.runner.cluster.QUIET_DASK` emptied). Rounds alternate between the two, so that other work on the machine
+weighs on both alike.
 
     python benchmarks/runner_idle_cpu.py [--workers 2] [--seconds 45] [--rounds 3]
 """
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import psutil
 
-import repro.cluster
-from repro.cluster import cluster_settings, start_cluster
-from repro.study import RunQueue
+import repro.runner.cluster
+from repro.runner.cluster import cluster_settings, start_cluster
+from repro.runner.execute import RunQueue
 
 
 def one_run(seconds: float) -> None:
@@ -40,7 +41,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 def idle_share(workers: int, seconds: float, quiet: dict) -> float:
     """CPU time of the runner's and the workers' processes per second of a window while each worker waits on one
     run, as a fraction of one core."""
-    repro.cluster.QUIET_DASK = quiet
+    repro.runner.cluster.QUIET_DASK = quiet
     with tempfile.TemporaryDirectory(prefix="unet-repro-idle-") as logs:
         settings = cluster_settings({}, {"workers": workers, "dashboard_address": "127.0.0.1:0"})
         cluster, client = start_cluster(settings, Path(logs))
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=45.0, help="length of each measured window")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    quiet = dict(repro.cluster.QUIET_DASK)
+    quiet = dict(repro.runner.cluster.QUIET_DASK)
     shares: dict[str, list[float]] = {"the study's settings": [], "Dask's defaults": []}
     for _ in range(args.rounds):
         shares["the study's settings"].append(idle_share(args.workers, args.seconds, quiet))

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from study_copy import copy_repository  # noqa: E402
 
-from repro.cluster import cluster_settings, start_cluster  # noqa: E402
-from repro.grid import Grid  # noqa: E402
-from repro.study import Outcome, Runner, stale_train_stages  # noqa: E402
+from repro.runner.cluster import cluster_settings, start_cluster  # noqa: E402
+from repro.runner.execute import Runner  # noqa: E402
+from repro.runner.grid import Grid  # noqa: E402
+from repro.runner.plan import Outcome, stale_train_stages  # noqa: E402
 
 
 def _reset(copy: Path) -> None:

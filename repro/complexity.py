@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from repro.data.registry import REPO_ROOT
 from repro.models import create_model
 from repro.models.upsample import BicubicUpsample2x
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Rounding granularity of a figure given in millions with two decimals.
 TWO_DECIMALS_M = 10_000
 # The prepared MSD Hippocampus volume (the volume_shape of its registry entry).

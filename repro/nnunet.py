@@ -51,7 +51,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,17 +77,19 @@ from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrain
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from repro.analysis.run_results import load_runs
 from repro.complexity import count_flops, count_parameters
 from repro.config import load_params
 from repro.data.readers import read_volume_mask
 from repro.data.registry import REPO_ROOT, Sample, get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.run_results import load_runs
 from repro.training.device import describe_device, seed_everything
+from repro.training.identity import code_files, stages_commit
 from repro.training.metrics import confusion_counts, hausdorff95, per_image_table, summarize
 from repro.training.record import versions, write_record
 
 DATASET = "msd-task04-hippocampus"
+STAGE = "nnunet"  # its stage in dvc.yaml
 DATASET_ID = 4
 DATASET_NAME = "Dataset004_Hippocampus"
 # nnU-Net's raw format names an image channel by a 4-digit suffix; Hippocampus has one channel, the MRI.
@@ -481,23 +482,6 @@ def network_summary(predictor: nnUNetPredictor, patch_size: Sequence[int]) -> di
     }
 
 
-def git_commit(paths: Sequence[Path | str], repo_root: Path = REPO_ROOT) -> str:
-    """HEAD, with ``+dirty`` when one of ``paths`` (the stage's code and settings) differs from it; ``unknown``
-    outside git."""
-
-    def git(*args: str) -> str:
-        # No optional locks: a status check must not take the index lock that a concurrent commit needs.
-        command = ["git", "--no-optional-locks", *args]
-        return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--", *map(str, paths))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if changed else "")
-
-
 def run_versions() -> dict[str, str]:
     """The study's versions (``repro.training.record.versions``) plus nnU-Net's and its network library's."""
     packages = ("nnunetv2", "dynamic_network_architectures", "batchgeneratorsv2")
@@ -520,9 +504,6 @@ class NnunetRun:
     per_image: list[dict]
     history: list[dict]
     device: torch.device | str
-
-
-CODE_FILES = ("repro/nnunet.py", "repro/training/metrics.py", "notebooks/nnunet.ipynb", f"data/splits/{DATASET}.json")
 
 
 def schedule(trainer: nnUNetTrainer) -> dict[str, Any]:
@@ -564,7 +545,7 @@ def differences_from_default(trainer: nnUNetTrainer, settings: NnunetSettings) -
     return [{"setting": name, "nnU-Net default": default, "this run": value} for name, default, value in rows]
 
 
-def learning_curves(rows: Sequence[Mapping[str, float]]) -> Figure:
+def training_curves(rows: Sequence[Mapping[str, float]]) -> Figure:
     """nnU-Net's training curve: training and validation loss, and its pseudo Dice with the moving average it
     keeps its best checkpoint by."""
     epochs = [row["epoch"] for row in rows]
@@ -602,7 +583,9 @@ def write_outputs(run: NnunetRun, out_dir: Path | str) -> dict:
         "scale_settings": {k: v for k, v in vars(run.settings).items() if k != "scale"},
         "threads": torch.get_num_threads(),
         "device": describe_device(torch.device(run.device)),
-        "git_commit": git_commit([*CODE_FILES, "params.yaml"]),
+        # The stage's own deps (dvc.yaml's nnunet stage), read as a training run's are.
+        "code_files": code_files(REPO_ROOT, STAGE),
+        "git_commit": stages_commit(REPO_ROOT, [(STAGE, {"item": str(run.seed), "scale": run.settings.scale})]),
         "class_names": list(get_dataset(DATASET).class_names),
         "test": run.test,
         "val": {"dice": run.val["dice"], "iou": run.val["iou"]},
@@ -648,8 +631,8 @@ def run(
 
 def beside_study_runs(metrics: Mapping[str, Any], runs_dir: Path | str) -> pd.DataFrame:
     """Mean test scores per model over the seeds of every run on Hippocampus under ``runs_dir`` (as
-    ``repro.run_results`` reads them for the aggregate), with this run's ``metrics`` in place of a stored run of
-    the same model and seed; only this run's row when ``runs_dir`` holds none."""
+    ``repro.analysis.run_results`` reads them for the aggregate), with this run's ``metrics`` in place of a stored run
+    of the same model and seed; only this run's row when ``runs_dir`` holds none."""
     columns = ["dice", "iou", "hd95", "dice_anterior", "dice_posterior", "params"]
     test = metrics["test"]
     row = {key: test[key] for key in ("dice", "iou", "hd95")} | {"params": metrics["params"]}

@@ -66,6 +66,7 @@ import torch
 from PIL import Image
 
 from repro.config import TRAINING_OPTIONS, load_params
+from repro.data.loading import channel_statistics, normalise
 from repro.data.prepare import PROCESSED_DIR, _resize_image, target_size
 from repro.data.readers import DatasetError, read_image
 from repro.data.registry import get_dataset
@@ -352,8 +353,7 @@ def normalisation(run: Run, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
         if meta.get(key) != expected:
             raise PredictError(f"{shown(prepared)}: meta.json {key} {meta.get(key)!r}, the run's {expected!r}")
     images = np.load(prepared / "train_images.npy")[: run.scale_settings.get("max_train_images")]
-    train_pixels = images.reshape(-1, run.in_channels).astype(np.float64) / 255.0
-    return train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+    return channel_statistics(images, run.in_channels)
 
 
 def build_model(run: Run, weights: Mapping[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
@@ -374,10 +374,9 @@ def preprocess(run: Run, image: np.ndarray) -> np.ndarray:
     return _resize_image(image, target_size(spec, image.shape[:2], scale))
 
 
-def normalise(prepared_image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """(1, C, H, W) float32, as ``repro.data.loading.load_prepared`` normalises a prepared image."""
-    normalised = (prepared_image.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)[None]))
+def to_input(prepared_image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """(1, C, H, W) float32, normalised as ``repro.data.loading.load_prepared`` normalises a prepared image."""
+    return torch.from_numpy(np.ascontiguousarray(normalise(prepared_image, mean, std).transpose(2, 0, 1)[None]))
 
 
 def predict_image(
@@ -385,7 +384,7 @@ def predict_image(
 ) -> np.ndarray:
     """Class indices (uint8, the input's H x W) for the image file ``path``."""
     image = read_image(path, run.in_channels, run.intensity)
-    inputs = normalise(preprocess(run, image), mean, std).to(device)
+    inputs = to_input(preprocess(run, image), mean, std).to(device)
     try:
         logits = predict_logits(model, inputs, 1, run.tile)
     except RuntimeError as err:

@@ -2,8 +2,8 @@
 
 A UNet++ trained with deep supervision can answer from the head of depth k alone, computing only the nodes
 X(i, j) with i + j <= k (``ds_mode="L1"``..``"L4"``; ``"average"`` averages the four heads). Claim C9
-(``repro.claims``) tests whether accuracy survives pruning to L3; this table gives the other side of that trade:
-FLOPs and CPU latency of one image at each depth, for the official configuration (``OFFICIAL_CONFIGS``'
+(``repro.analysis.claims``) tests whether accuracy survives pruning to L3; this table gives the other side of that
+trade: FLOPs and CPU latency of one image at each depth, for the official configuration (``OFFICIAL_CONFIGS``'
 ``unetpp_ds``), measured with the same counters as the complexity table.
 """
 

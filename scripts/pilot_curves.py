@@ -37,6 +37,24 @@ from repro.training.trainer import Trainer, epochs_for_steps  # noqa: E402
 PILOTS_DIR = run.REPO_ROOT / "results" / "pilots"
 # Val Dice gained over the last five epochs: a run still learning at its end was cut short.
 TAIL_EPOCHS = 5
+# The recipe's rule for a length: validation changes by less than this over the last TAIL_EPOCHS epochs.
+SETTLED = 0.005
+
+
+def meets_rule(val_dice: list[float]) -> bool:
+    """The recipe's rule for a length, on a run's validation curve: its best epoch is not the last, and validation
+    changed by less than :data:`SETTLED` over the last :data:`TAIL_EPOCHS` epochs."""
+    if len(val_dice) <= TAIL_EPOCHS:
+        return False
+    best_is_last = max(range(len(val_dice)), key=val_dice.__getitem__) == len(val_dice) - 1
+    return not best_is_last and abs(val_dice[-1] - val_dice[-1 - TAIL_EPOCHS]) < SETTLED
+
+
+def suggest_length(val_dice: list[float], steps_per_epoch: int) -> int | None:
+    """The pilot's own length in optimizer steps when its curve meets the rule (:func:`meets_rule`), as the study's
+    lengths were chosen; None when it does not: pilot a longer run. A shorter cut of the curve is no evidence: a run
+    of that length would anneal its learning rate on another schedule."""
+    return len(val_dice) * steps_per_epoch if meets_rule(val_dice) else None
 
 
 def pilot(dataset: str, model: str, seed: int, scale: str, threads: int, steps: int | None = None) -> dict:
@@ -84,6 +102,9 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int, steps: 
         "best_epoch": int(history["epoch"][best]),
         "best_val_dice": float(history["val_dice"][best]),
         "gain_last_5_epochs": float(history["val_dice"].iloc[-1] - history["val_dice"].iloc[-1 - TAIL_EPOCHS]),
+        "suggested_train_steps": suggest_length(
+            history["val_dice"].tolist(), trainer.train_samples // settings.batch_size // settings.epochs
+        ),
         "train_seconds": round(trainer.train_seconds, 1),
         "git_commit": identity.git_commit,
         "versions": record.versions(),
@@ -91,6 +112,20 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int, steps: 
     }
     (out / "pilot.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def suggestion_text(summary: dict) -> str:
+    """The params.yaml line a pilot suggests, or what to do when its curve never settles."""
+    steps, dataset, scale = summary["suggested_train_steps"], summary["dataset"], summary["scale"]
+    if steps is None:
+        return (
+            f"no length suggested: the curve has not settled (its best epoch must not be the last, and validation "
+            f"must change by less than {SETTLED} over the last {TAIL_EPOCHS} epochs); pilot a longer run (--steps)"
+        )
+    return (
+        f"suggested length (this pilot's: its curve meets the recipe's rule); in params.yaml:\n"
+        f"  training:\n    {dataset}: {{train_steps: {{{scale}: {steps}}}, eval_every: 1}}\n"
+    )
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -174,7 +209,9 @@ def main() -> None:
     table.add_argument("--scale", default="cpu")
     args = parser.parse_args()
     if args.command == "run":
-        print(json.dumps(pilot(args.dataset, args.model, args.seed, args.scale, args.threads, args.steps), indent=1))
+        summary = pilot(args.dataset, args.model, args.seed, args.scale, args.threads, args.steps)
+        print(json.dumps(summary, indent=1))
+        print(suggestion_text(summary))
     else:
         summarize(args.scale)
 

@@ -1,9 +1,9 @@
 """Copy the generated tables, a line on how much of the grid they cover and how long its runs trained, the
 verdicts with their effects, and the meaning of each verdict label into README.md and the docs/ pages between their
 markers (``<!-- name:start -->`` ... ``<!-- name:end -->``), so the pages never drift from `results/` and
-`repro/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which blocks.
-They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying that
-it has not been run at this version yet; results/v1/README.md gets the archived first version's tables from
+`repro/analysis/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which
+blocks. They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying
+that it has not been run at this version yet; results/v1/README.md gets the archived first version's tables from
 `results/v1/tables/`.
 
     python scripts/update_readme.py
@@ -23,9 +23,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repro import verdicts  # noqa: E402 - the repository root must be importable first
-from repro.run_results import naming_the_metrics_file  # noqa: E402
-from repro.tables import comparison_names, markdown_table  # noqa: E402
+from repro.analysis import verdicts  # noqa: E402 - the repository root must be importable first
+from repro.analysis.run_results import naming_the_metrics_file  # noqa: E402
+from repro.analysis.tables import claimed_text, comparison_names, effect_text, markdown_table  # noqa: E402
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
@@ -146,19 +146,8 @@ def effects_table(tables: Path) -> str:
     rows = []
     for (claim, comparison), group in ran.groupby(["claim_id", "comparison"], sort=False):
         first = group.iloc[0]
-        paper = None if pd.isna(first["claimed_difference"]) else f"{first['claimed_difference']:+.4f}"
-        if first["kind"] == "equivalence":  # tested against the margin; the paper's own difference beside it
-            claimed = f"within ±{margin:g}" + (f" (paper: {paper})" if paper else "")
-        elif first["kind"] == "non-inferiority":
-            claimed = f"> -{margin:g}"
-        else:
-            claimed = paper or "> 0"
-        # The interval each label is read from: the family's (1 - alpha/m) one, or for equivalence the TOST's own.
-        low, high = ("tost_ci_low", "tost_ci_high") if first["kind"] == "equivalence" else ("ci_adj_low", "ci_adj_high")
-        cells = {
-            row["dataset"]: f"{row['mean_diff']:+.4f} [{row[low]:+.4f}, {row[high]:+.4f}]: {row['verdict']}"
-            for _, row in group.iterrows()
-        }
+        cells = {row["dataset"]: f"{effect_text(row)}: {row['verdict']}" for _, row in group.iterrows()}
+        claimed = claimed_text(first, margin)
         rows.append(
             {"claim": claim, "comparison": comparison, "metric": first["metric"], "claimed": claimed}
             | {dataset: cells.get(dataset, "") for dataset in datasets}

@@ -50,8 +50,6 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study}
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
-    # A study running in the repository itself holds 8787; a copy's dashboard takes any free port.
-    params["cluster"]["dashboard_address"] = "127.0.0.1:0"
     for key, value in params_overrides.items():
         section, _, name = key.partition("__")
         if name:
@@ -59,6 +57,10 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
         else:
             params[section] = value
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A study running in the repository itself holds 8787; a copy's dashboard takes any free port.
+    cluster = yaml.safe_load((destination / "cluster.yaml").read_text())
+    cluster["dashboard_address"] = "127.0.0.1:0"
+    (destination / "cluster.yaml").write_text(yaml.safe_dump(cluster, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
     return destination
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repro.analysis.run_results import training_code_version
 from repro.config import load_params
-from repro.equivalence import PROVENANCE_LOG, equivalent_to, read_log
-from repro.grid import TRAIN_STAGES
-from repro.run_results import training_code_version
+from repro.runner.equivalence import PROVENANCE_LOG, equivalent_to, read_log
+from repro.runner.grid import TRAIN_STAGES
 from repro.training.identity import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +38,7 @@ def test_every_locked_run_is_committed_and_every_committed_run_is_locked():
     missing = sorted(path for path in locked if not (ROOT / path).is_dir())
     assert not missing, f"dvc.lock records runs whose outputs are not in the repository: {missing}"
     committed = {
-        path.relative_to(ROOT).as_posix()
-        for path in STUDY.glob("runs/*/*/seed*")
-        if (path / "metrics.json").is_file()
+        path.relative_to(ROOT).as_posix() for path in STUDY.glob("runs/*/*/seed*") if (path / "metrics.json").is_file()
     }
     assert not committed - locked, f"runs without a dvc.lock entry: {sorted(committed - locked)}"
 

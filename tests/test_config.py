@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from repro.claims import CLAIMS
+from repro.analysis.claims import CLAIMS
 from repro.config import load_params, model_variant, scale_preset
 from repro.data.registry import list_datasets
 from repro.models import create_model, list_models, model_options, model_spatial_dims

@@ -79,7 +79,7 @@ def pipeline(tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("custom-pipeline"),
         {"datasets": ["polyps", "fundus"], "models": ["tinyunet"], "seeds": [0]},
         data_root=str(data_root),
-        prepare={"datasets": [], "custom_datasets": CUSTOM},
+        prepare={"datasets": [], "custom_datasets": {n: {**e, "path": str(data_root / n)} for n, e in CUSTOM.items()}},
         training={name: {"train_steps": {}, "eval_every": 1} for name in CUSTOM},
     )
     for name in CUSTOM:

@@ -29,20 +29,20 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro import stage_task
-from repro.cluster import ClusterSettings, ParamsError, cluster_settings, job_script, start_cluster
-from repro.grid import TRAIN_STAGES, Grid
-from repro.stage_task import run_environment
-from repro.study import (
-    Progress,
-    RunQueue,
-    RunTimes,
-    cell_error,
-    missing_programs,
-    plan,
-    replacing,
-    stale_train_stages,
+from repro.runner import stage_task
+from repro.runner.cluster import (
+    ClusterSettings,
+    ParamsError,
+    cluster_settings,
+    job_script,
+    read_cluster_file,
+    start_cluster,
 )
+from repro.runner.execute import RunQueue, cell_error
+from repro.runner.grid import TRAIN_STAGES, Grid
+from repro.runner.plan import missing_programs, plan, replacing, stale_train_stages
+from repro.runner.progress import Progress, RunTimes
+from repro.runner.stage_task import run_environment
 
 GRID = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1, 2]}
 KILLED, GOOD, BROKEN = (f"train@ph2-dermoscopy-unet-{seed}" for seed in GRID["seeds"])
@@ -66,14 +66,14 @@ def _run_dir(copy, seed: int):
 
 
 def _guard_of(copy, seed: int) -> psutil.Process | None:
-    """The guard process (python -m repro.stage_task) of the copy's run with this seed, once it runs. Only the
+    """The guard process (python -m repro.runner.stage_task) of the copy's run with this seed, once it runs. Only the
     copy's: a study training on the same machine has guards of its own, and killing one's worker would cost it."""
     for process in psutil.process_iter():
         try:
             command, cwd = process.cmdline(), process.cwd()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if "repro.stage_task" in command and cwd == str(copy.resolve()) and f"seed{seed} " in command[-1] + " ":
+        if "repro.runner.stage_task" in command and cwd == str(copy.resolve()) and f"seed{seed} " in command[-1] + " ":
             return process
     return None
 
@@ -178,12 +178,15 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "ablations": {"datasets": [], "models": []},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
-    params["cluster"] = {"kind": "slurmm", "retries": -1, "threds": 2}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    cluster_file = bare_copy / "cluster.yaml"
+    original_cluster = cluster_file.read_text()
+    cluster_file.write_text(yaml.safe_dump({"kind": "slurmm", "retries": -1, "threds": 2}))
     try:
         result = run_python(bare_copy, "-m", "repro.study")
     finally:
         params_file.write_text(original)
+        cluster_file.write_text(original_cluster)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     message = result.stderr
@@ -203,7 +206,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "cluster.kind: unknown kind 'slurmm'; choose one of local, slurm, pbs, sge, lsf",
     ):
         assert expected in message, (expected, message)
-    assert "params.yaml and the command line: 15 problem(s), nothing was run" in message
+    assert "params.yaml, cluster.yaml and the command line: 15 problem(s), nothing was run" in message
     assert not (bare_copy / "data/processed").exists() and not (bare_copy / "dvc.lock").exists()
 
     debug = run_python(bare_copy, "-m", "repro.study", "--debug", "--kind", "pbs")
@@ -224,6 +227,7 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"]["custom_datasets"] = {
         "my-polyps": {
+            "path": "../shared/datasets/my-polyps",
             "images": "images",
             "masks": "masks",
             "image_suffix": ".jpg",
@@ -240,8 +244,8 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     code = (
-        "import sys; from repro.cluster import ParamsError; from repro.config import load_params\n"
-        "from repro.grid import check_grid\n"
+        "import sys; from repro.runner.cluster import ParamsError; from repro.config import load_params\n"
+        "from repro.runner.grid import check_grid\n"
         f"params = load_params({str(path)!r}); print(check_grid(params).describe())\n"
         "params['prepare']['datasets'].append('my-polyps')\n"
         "try: check_grid(params)\nexcept ParamsError as error: print(error)"
@@ -436,12 +440,12 @@ def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
 
 
 def test_the_guard_sets_the_threads_variable_the_training_reads_and_imports_no_torch():
-    """repro.stage_task names UNET_REPRO_THREADS itself instead of importing it from repro.training.device, which
+    """repro.runner.stage_task names UNET_REPRO_THREADS itself instead of importing it from repro.training.device, which
     imports torch: every Dask worker imports the guard's module. The two names must stay one."""
     from repro.training.device import THREADS_ENV
 
     assert stage_task.THREADS_ENV == THREADS_ENV and run_environment(2)[THREADS_ENV] == "2"
-    code = "import sys, repro.stage_task; assert 'torch' not in sys.modules, 'repro.stage_task imports torch'"
+    code = "import sys, repro.runner.stage_task as m; assert 'torch' not in sys.modules, m.__name__ + ' imports torch'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -491,6 +495,23 @@ def test_bad_cluster_settings(section, expected):
     with pytest.raises(ParamsError, match=re.escape(expected)) as caught:
         cluster_settings(section)
     assert caught.value.section == "cluster"
+
+
+def test_the_committed_cluster_file_holds_valid_settings_and_no_stage_reads_it():
+    settings = read_cluster_file(ROOT)
+    assert settings and cluster_settings(settings) == ClusterSettings(**settings)
+    assert "cluster" not in yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "cluster.yaml" not in (ROOT / "dvc.yaml").read_text()
+
+
+def test_a_cluster_file_that_is_not_a_mapping_is_named(tmp_path):
+    assert read_cluster_file(tmp_path) == {}  # no file: every default holds
+    (tmp_path / "cluster.yaml").write_text("- kind: slurm\n")
+    with pytest.raises(ParamsError, match=r"cluster.yaml: expected a mapping of settings \(key: value\), got list"):
+        read_cluster_file(tmp_path)
+    (tmp_path / "cluster.yaml").write_text("kind: [local\n")
+    with pytest.raises(ParamsError, match="cluster.yaml: not valid YAML"):
+        read_cluster_file(tmp_path)
 
 
 def test_gpu_share_fits_exactly():
@@ -547,7 +568,7 @@ def test_guard_ends_the_command_when_its_worker_goes(tmp_path):
     whole command, here a shell and its sleeping child."""
     marker = tmp_path / "child.pid"
     guard = subprocess.Popen(
-        [sys.executable, "-m", "repro.stage_task", f"sh -c 'echo $$ > {marker}; exec sleep 300'"],
+        [sys.executable, "-m", "repro.runner.stage_task", f"sh -c 'echo $$ > {marker}; exec sleep 300'"],
         stdin=subprocess.PIPE,
         cwd=ROOT,
     )

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ from repro.data.registry import (
     register_folder_dataset,
     resolve_data_root,
 )
-from repro.data.splits import SPLIT_NAMES, draw_split, load_split, write_split
+from repro.data.splits import SPLIT_NAMES, draw_split, load_split, small_split_warnings, write_split
+from repro.training.identity import dataset_definition
 
 # Pairs per dataset, from each MANIFEST.txt.
 EXPECTED_PAIRS = {
@@ -120,6 +122,7 @@ def _custom_dataset(tmp_path, n=6, size=(20, 24)):
         _write_png(folder / "img" / f"{i}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
         _write_png(folder / "gt" / f"{i}.png", (rng.random(size) > 0.5).astype(np.uint8) * 255)
     config = {
+        "path": str(folder),
         "images": "img",
         "masks": "gt",
         "image_suffix": ".png",
@@ -131,12 +134,12 @@ def _custom_dataset(tmp_path, n=6, size=(20, 24)):
         "val_fraction": 0.17,
     }
     spec = register_folder_dataset(name, config)
-    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    write_split(spec, draw_split(spec, spec.samples()), 0, tmp_path / "splits")
     return spec, tmp_path
 
 
 def _prepare(spec, root, out):
-    return prepare_dataset(spec.name, SMOKE, out, data_root=root, splits_dir=root / "splits")
+    return prepare_dataset(spec.name, SMOKE, out, splits_dir=root / "splits")
 
 
 def test_prepare_is_byte_deterministic(tmp_path):
@@ -182,7 +185,7 @@ def test_size_mismatch_is_named(tmp_path):
 
 def test_split_validation(tmp_path):
     spec, root = _custom_dataset(tmp_path)
-    samples = spec.samples(root)
+    samples = spec.samples()
     path = root / "splits" / f"{spec.name}.json"
     document = json.loads(path.read_text())
     document["val"].append(document["train"][0])
@@ -206,9 +209,10 @@ def test_resize_labels_keeps_class_indices():
     np.testing.assert_array_equal(small[5:15, 10:15], 2)
 
 
-def _config(**overrides):
-    """A valid custom dataset entry (PNG images in img/, masks in gt/), with ``overrides``."""
+def _config(folder=REPO_ROOT / "elsewhere", **overrides):
+    """A valid custom dataset entry (PNG images in ``folder``/img/, masks in gt/), with ``overrides``."""
     config = {
+        "path": str(folder),
         "images": "img",
         "masks": "gt",
         "image_suffix": ".png",
@@ -224,7 +228,7 @@ def test_unknown_key_is_named_with_the_known_keys():
         register_folder_dataset(next(_names), _config(thresold=200))
     message = str(err.value)
     assert "unknown key 'thresold' (did you mean 'threshold'?)" in message
-    assert "optional: threshold, mask_values" in message and "large_images" in message
+    assert "optional: mask_suffix, mask_pattern, threshold, mask_values" in message and "large_images" in message
 
 
 def test_bad_values_are_all_reported_at_once():
@@ -255,11 +259,11 @@ def test_empty_images_folder_is_one_clear_error(tmp_path):
     for image in (root / spec.name / "img").iterdir():
         image.unlink()
     with pytest.raises(DatasetError) as err:
-        spec.samples(root)
+        spec.samples()
     assert str(err.value) == f"{root / spec.name / 'img'}: no .png files; the folder is empty"
     (root / spec.name / "img" / "0.jpg").write_bytes(b"")
     with pytest.raises(DatasetError, match=r"img: no \.png files; it holds 1 x \.jpg \(check `image_suffix`\)"):
-        spec.samples(root)
+        spec.samples()
 
 
 # --- 16-bit and float images ---------------------------------------------------------------------------------
@@ -325,8 +329,8 @@ def test_16bit_dataset_prepares_faithfully(tmp_path):
         mask = np.zeros((64, 64), dtype=np.uint16)
         mask[16:48, 16:48] = 65535
         _write_png(tmp_path / name / "gt" / f"{i}.png", mask)
-    spec = register_folder_dataset(name, _config(mask_values={0: 0, 65535: 1}))
-    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    spec = register_folder_dataset(name, _config(tmp_path / name, mask_values={0: 0, 65535: 1}))
+    write_split(spec, draw_split(spec, spec.samples()), 0, tmp_path / "splits")
     out = _prepare(spec, tmp_path, tmp_path / "out")
     images, masks = np.load(out / "train_images.npy"), np.load(out / "train_masks.npy")
     assert images.dtype == np.uint8 and images.min() == 0 and images.max() == 255
@@ -348,6 +352,7 @@ def _large_dataset(tmp_path, name, n=6, size=(300, 260)):
         _write_png(tmp_path / name / "labels" / f"eye{i}.png", lines)
         _write_png(tmp_path / name / "fov" / f"eye{i}.png", fov)
     config = {
+        "path": str(tmp_path / name),
         "images": "images",
         "masks": "labels",
         "image_suffix": ".png",
@@ -364,8 +369,8 @@ def _large_dataset(tmp_path, name, n=6, size=(300, 260)):
 def test_large_custom_dataset_keeps_its_aspect_and_field_of_view(tmp_path):
     name = next(_names)
     spec = register_folder_dataset(name, _large_dataset(tmp_path, name))
-    assert spec.large_images and spec.samples(tmp_path)[0].valid == tmp_path / name / "fov" / "eye0.png"
-    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    assert spec.large_images and spec.samples()[0].valid == tmp_path / name / "fov" / "eye0.png"
+    write_split(spec, draw_split(spec, spec.samples()), 0, tmp_path / "splits")
     out = _prepare(spec, tmp_path, tmp_path / "out")
     data = load_prepared(out)
     assert data.large_images and data.train.valid is not None
@@ -380,13 +385,13 @@ def test_large_custom_dataset_keeps_its_aspect_and_field_of_view(tmp_path):
 def test_missing_or_empty_field_of_view_is_named(tmp_path):
     name = next(_names)
     spec = register_folder_dataset(name, _large_dataset(tmp_path, name))
-    write_split(spec, draw_split(spec, spec.samples(tmp_path)), 0, tmp_path / "splits")
+    write_split(spec, draw_split(spec, spec.samples()), 0, tmp_path / "splits")
     _write_png(tmp_path / name / "fov" / "eye2.png", np.ones((300, 260), dtype=np.uint8))  # a {0, 1} FOV mask
     with pytest.raises(DatasetError, match=r"fov/eye2\.png: field-of-view mask has no pixel inside"):
         _prepare(spec, tmp_path, tmp_path / "out")
     (tmp_path / name / "fov" / "eye2.png").unlink()
     with pytest.raises(DatasetError, match=r"eye2\.png: no field-of-view mask .*fov/eye2\.png"):
-        spec.samples(tmp_path)
+        spec.samples()
 
 
 def test_large_images_of_several_sizes_are_refused_clearly(tmp_path):
@@ -397,7 +402,7 @@ def test_large_images_of_several_sizes_are_refused_clearly(tmp_path):
         path = tmp_path / name / folder / "eye3.png"
         _write_png(path, np.asarray(Image.open(path))[:200])
     with pytest.raises(DatasetError, match=r"split 'train': large_images keeps each image's size.*50x65 \(eye3\)"):
-        prepare_dataset(name, SMOKE, tmp_path / "out", data_root=tmp_path, splits_dir=tmp_path / "s")
+        prepare_dataset(name, SMOKE, tmp_path / "out", splits_dir=tmp_path / "s")
 
 
 # --- grouped splits ------------------------------------------------------------------------------------------
@@ -431,8 +436,8 @@ def _assert_grouped(split, group_of):
 def test_group_regex_keeps_each_video_in_one_split(tmp_path):
     name = next(_names)
     ids = _video_frames(tmp_path, name)
-    spec = register_folder_dataset(name, _config(group={"regex": r"^(video\d+)_"}))
-    samples = spec.samples(tmp_path)
+    spec = register_folder_dataset(name, _config(tmp_path / name, group={"regex": r"^(video\d+)_"}))
+    samples = spec.samples()
     split = draw_split(spec, samples)
     _assert_grouped(split, lambda i: i.split("_")[0])
     assert sorted(sum(split.values(), [])) == ids
@@ -456,26 +461,245 @@ def test_group_csv_maps_ids_to_groups(tmp_path):
     video_of = {sample_id: f"patient{int(sample_id[5:7]) % 4}" for sample_id in ids}  # 4 patients
     rows = ["id,group", *(f"{i},{g}" for i, g in video_of.items())]
     (tmp_path / name / "groups.csv").write_text("\n".join(rows) + "\n")
-    spec = register_folder_dataset(name, _config(group={"csv": "groups.csv"}))
-    samples = spec.samples(tmp_path)
+    spec = register_folder_dataset(name, _config(tmp_path / name, group={"csv": "groups.csv"}))
+    samples = spec.samples()
     assert {s.group for s in samples} == {"patient0", "patient1", "patient2", "patient3"}
     _assert_grouped(draw_split(spec, samples), video_of.get)
     (tmp_path / name / "groups.csv").write_text("\n".join(rows[:-1] + ["ghost,patient9"]) + "\n")
     with pytest.raises(DatasetError) as err:
-        spec.samples(tmp_path)
+        spec.samples()
     assert f"id '{ids[-1]}' has no row" in str(err.value) and "row id 'ghost' is not an id on disk" in str(err.value)
 
 
 def test_group_regex_must_match_every_id_and_groups_must_suffice(tmp_path):
     name = next(_names)
     _video_frames(tmp_path, name, videos=2, frames=10)
-    spec = register_folder_dataset(name, _config(group={"regex": r"^video(\d+)_"}))
+    spec = register_folder_dataset(name, _config(tmp_path / name, group={"regex": r"^video(\d+)_"}))
     with pytest.raises(DatasetError, match="2 group.s. cannot fill train, val and test"):
-        draw_split(spec, spec.samples(tmp_path))
-    spec = register_folder_dataset(next(_names), _config(group={"regex": r"^clip\d+"}))
-    (tmp_path / spec.name).symlink_to(tmp_path / name)
+        draw_split(spec, spec.samples())
+    spec = register_folder_dataset(next(_names), _config(tmp_path / name, group={"regex": r"^clip\d+"}))
     with pytest.raises(DatasetError, match=r"group regex '\^clip\\\\d\+' matches no part of 10 id\(s\)"):
-        spec.samples(tmp_path)
+        spec.samples()
+
+
+# --- where a custom dataset lies, and how its masks are named --------------------------------------------------
+
+
+def _annotated_eyes(folder, subjects=3, size=(30, 40)):
+    """Photographs of both eyes of ``subjects`` subjects in one folder, each with two annotators' masks beside it
+    (``Image_01L.jpg``, ``Image_01L_1stHO.png``, ``Image_01L_2ndHO.png``). The second annotator's masks have
+    another size: a dataset that read them as masks would fail."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for subject in range(1, subjects + 1):
+        for eye in "LR":
+            stem = f"Image_{subject:02d}{eye}"
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{stem}.jpg")
+            _write_png(folder / f"{stem}_1stHO.png", (rng.random(size) > 0.5).astype(np.uint8) * 255)
+            _write_png(folder / f"{stem}_2ndHO.png", np.zeros((5, 5), dtype=np.uint8))
+
+
+def _eyes_config(folder, **overrides):
+    """The entry of :func:`_annotated_eyes`'s folder: images and masks in it, the first annotator's masks."""
+    config = {
+        "path": str(folder),
+        "images": ".",
+        "masks": ".",
+        "image_suffix": ".jpg",
+        "mask_pattern": "{stem}_1stHO.png",
+        "in_channels": 3,
+        "class_names": ["background", "vessel"],
+        "threshold": 127,
+    }
+    return {**config, **overrides}
+
+
+def test_a_custom_dataset_lies_where_its_path_says(tmp_path):
+    folder = tmp_path / "anywhere" / "eyes"
+    _annotated_eyes(folder)
+    absolute = register_folder_dataset(next(_names), _eyes_config(folder))
+    relative = register_folder_dataset(next(_names), _eyes_config(os.path.relpath(folder, REPO_ROOT)))
+    assert not Path(relative.path).is_absolute()
+    for spec in (absolute, relative):
+        # The data root places the built-in datasets only: a custom dataset is found at its path whatever it is.
+        assert [s.image for s in spec.samples(tmp_path / "data-root")] == sorted(folder.glob("*.jpg"))
+    missing = register_folder_dataset(next(_names), _eyes_config(tmp_path / "gone"))
+    with pytest.raises(DatasetError) as err:
+        missing.samples()
+    assert f"dataset '{missing.name}' not found at {tmp_path / 'gone'}." in str(err.value)
+    assert f"The folder is `path` of prepare.custom_datasets.{missing.name} in params.yaml" in str(err.value)
+
+
+def test_an_entry_without_its_path_is_refused_with_the_line_to_write():
+    config = _config()
+    del config["path"]
+    name = next(_names)
+    with pytest.raises(DatasetError) as err:
+        register_folder_dataset(name, config)
+    assert "missing key(s) ['path']" in str(err.value) and f"path: ../shared/datasets/{name})" in str(err.value)
+    with pytest.raises(DatasetError, match="path must be a folder, absolute or relative to the repository root"):
+        register_folder_dataset(next(_names), _config("~/data/eyes"))
+
+
+def test_mask_pattern_pairs_each_image_with_one_annotators_mask(tmp_path):
+    _annotated_eyes(tmp_path / "eyes")
+    spec = register_folder_dataset(next(_names), _eyes_config(tmp_path / "eyes"))
+    samples = spec.samples()
+    assert [s.id for s in samples] == [f"Image_0{i}{eye}" for i in (1, 2, 3) for eye in "LR"]
+    assert all(s.mask == tmp_path / "eyes" / f"{s.id}_1stHO.png" for s in samples)
+    write_split(spec, draw_split(spec, samples), 0, tmp_path / "splits")
+    assert np.load(_prepare(spec, tmp_path, tmp_path / "out") / "train_masks.npy").any()
+
+
+def test_mask_suffix_is_the_pattern_of_the_stem_and_that_suffix(tmp_path):
+    spec, root = _custom_dataset(tmp_path)
+    suffix = register_folder_dataset(next(_names), _config(root / spec.name))
+    pattern = _config(root / spec.name, mask_pattern="{stem}.png")
+    del pattern["mask_suffix"]
+    assert register_folder_dataset(next(_names), pattern).samples() == suffix.samples() == spec.samples()
+
+
+@pytest.mark.parametrize(
+    "pattern, problem",
+    [
+        ("segmentation.png", "mask_pattern must hold {stem} once, where the image's file stem goes"),
+        ("{stem}_{stem}.png", "mask_pattern must hold {stem} once"),
+        ("{stem}_{annotator}.png", "mask_pattern may hold no braces but those of {stem}"),
+        ("gt/{stem}.png", "mask_pattern is a file name in the `masks` folder, without a folder"),
+        ("{stem}_seg", "mask_pattern must end with a file suffix such as .png"),
+    ],
+)
+def test_a_bad_mask_pattern_is_named(pattern, problem):
+    config = _config(mask_pattern=pattern)
+    del config["mask_suffix"]
+    with pytest.raises(DatasetError) as err:
+        register_folder_dataset(next(_names), config)
+    assert f"{problem}" in str(err.value) and f"(got {pattern!r})" in str(err.value)
+
+
+def test_a_mask_is_named_by_a_suffix_or_by_a_pattern_not_both():
+    neither = _config()
+    del neither["mask_suffix"]
+    for config in (neither, _config(mask_pattern="{stem}.png")):
+        with pytest.raises(DatasetError, match="give exactly one of 'mask_suffix' .* or 'mask_pattern'"):
+            register_folder_dataset(next(_names), config)
+
+
+def test_an_image_without_its_mask_names_the_image_and_the_mask_expected(tmp_path):
+    eyes = tmp_path / "eyes"
+    _annotated_eyes(eyes)
+    (eyes / "Image_02R_1stHO.png").unlink()
+    spec = register_folder_dataset(next(_names), _eyes_config(eyes))
+    with pytest.raises(DatasetError) as err:
+        spec.samples()
+    assert str(err.value) == (
+        f"unpaired files (masks named {{stem}}_1stHO.png in {eyes}): {eyes / 'Image_02R.jpg'}: no mask "
+        f"{eyes / 'Image_02R_1stHO.png'}"
+    )
+    spec = register_folder_dataset(next(_names), _eyes_config(eyes, mask_pattern="{stem}_expert1.png"))
+    with pytest.raises(DatasetError) as err:
+        spec.samples()
+    assert str(err.value) == (
+        f"{eyes}: no files named {{stem}}_expert1.png; it holds 6 x .jpg, 11 x .png (check `mask_suffix` or "
+        f"`mask_pattern`)"
+    )
+
+
+# --- small splits, failing prepares, the recorded definitions ----------------------------------------------------
+
+
+def test_a_small_split_is_warned_about_naming_its_size_and_the_fix(tmp_path, capsys):
+    eyes = tmp_path / "eyes"
+    _annotated_eyes(eyes, subjects=5)  # 10 images: 1 subject (2 images) in each of val and test
+    spec = register_folder_dataset(next(_names), _eyes_config(eyes, group={"regex": r"^(Image_\d+)"}))
+    samples = spec.samples()
+    split = draw_split(spec, samples)
+    assert [len(split[k]) for k in SPLIT_NAMES] == [6, 2, 2]
+    redraw = f"and redraw the split (python -m repro.data.prepare --draw-split {spec.name})"
+    assert small_split_warnings(spec, samples, split) == [
+        f"warning: split '{name}' of '{spec.name}' holds 2 image(s) of 1 group(s), fewer than 5 images or 2 groups: "
+        f"its scores rest on too few; add images, or raise {key} in params.yaml prepare.custom_datasets.{spec.name} "
+        f"{redraw}"
+        for name, key in (("val", "val_fraction"), ("test", "test_fraction"))
+    ]
+    write_split(spec, split, 0, tmp_path / "splits")
+    capsys.readouterr()
+    _prepare(spec, tmp_path, tmp_path / "out")
+    assert capsys.readouterr().err.splitlines() == small_split_warnings(spec, samples, split)
+    # 30 images of 15 subjects, a quarter for validation: every split holds at least 6 images of 3 subjects.
+    _annotated_eyes(eyes, subjects=15)
+    spec = register_folder_dataset(
+        next(_names), _eyes_config(eyes, group={"regex": r"^(Image_\d+)"}, val_fraction=0.25)
+    )
+    samples = spec.samples()
+    assert small_split_warnings(spec, samples, draw_split(spec, samples)) == []
+
+
+def test_a_built_in_datasets_small_split_is_reported_as_the_studys():
+    spec = get_dataset("isbi2012-em-membrane")
+    samples = spec.samples()
+    assert small_split_warnings(spec, samples, load_split(spec, samples)) == [
+        "warning: split 'val' of 'isbi2012-em-membrane' holds 4 image(s), fewer than 5 images: its scores rest on too "
+        "few; it is the split the study's committed runs were scored on, kept as is"
+    ]
+
+
+def _folder_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_failing_prepare_keeps_the_last_good_data(tmp_path, monkeypatch):
+    spec, root = _custom_dataset(tmp_path)
+    out = _prepare(spec, root, tmp_path / "out")
+    good = _folder_bytes(out)
+    image = root / spec.name / "img" / "2.png"
+    image.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"img/2\.png: unreadable image"):
+        _prepare(spec, root, out)
+    assert _folder_bytes(out) == good
+    # Another good image now, and a disk that fills up after the first array: the half-written folder goes.
+    _write_png(image, np.full((20, 24, 3), 7, dtype=np.uint8))
+    save, saved = np.save, []
+
+    def save_once(path, array):
+        if saved:
+            raise OSError(28, "No space left on device")
+        saved.append(path)
+        save(path, array)
+
+    monkeypatch.setattr(np, "save", save_once)
+    with pytest.raises(OSError, match="No space left on device"):
+        _prepare(spec, root, out)
+    assert _folder_bytes(out) == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+    monkeypatch.undo()
+    assert _folder_bytes(_prepare(spec, root, out)) != good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+# Fields DatasetSpec gained after the first committed runs were recorded, with the value every dataset had before.
+ADDED_SINCE = {"volume_downsample": None}
+COMMITTED = sorted(REPO_ROOT.glob("results/*/runs/*/*/seed*/metrics.json"))
+
+
+@pytest.mark.parametrize("name", sorted({path.parts[-4] for path in COMMITTED}))
+def test_each_committed_runs_dataset_definition_is_the_registrys(name):
+    """A run records its dataset's registry entry (repro.training.identity's ``dataset_definition``); a change to a
+    built-in dataset's entry, or a new field of DatasetSpec, would tell every committed run apart from a new one."""
+    records = [json.loads(path.read_text()) for path in COMMITTED if path.parts[-4] == name]
+    definitions = [record["dataset_definition"] for record in records if "dataset_definition" in record]
+    assert definitions or name in ("dsb2018-nuclei-96", "kvasir-seg", "ph2-dermoscopy")  # results/v1 records none
+    current = dataset_definition(name, {})
+    for definition in definitions:
+        assert {**ADDED_SINCE, **definition} == current
+        assert set(current) - set(definition) <= set(ADDED_SINCE)
+
+
+def test_the_committed_definitions_include_the_ph2_and_ct_runs():
+    ph2 = json.loads((REPO_ROOT / "results/cpu/runs/ph2-dermoscopy/unet/seed0/metrics.json").read_text())
+    ct = json.loads((REPO_ROOT / "results/cpu/runs/covid19-ct-medseg-infnet/tinyunet/seed0/metrics.json").read_text())
+    assert {**ADDED_SINCE, **ph2["dataset_definition"]} == dataset_definition("ph2-dermoscopy", {})
+    assert ct["dataset_definition"] == dataset_definition("covid19-ct-medseg-infnet", {})
 
 
 # --- the command line ----------------------------------------------------------------------------------------

@@ -97,9 +97,10 @@ def test_the_dataset_entry_docs_tell_a_user_to_paste_is_valid():
     text = (ROOT / "docs" / "datasets.md").read_text()
     block = re.search(r"replace the line `custom_datasets: \{\}`.*?```yaml\n(.*?)```", text, re.DOTALL).group(1)
     entries = yaml.safe_load(textwrap.dedent(block))["custom_datasets"]
-    assert list(entries) == ["my-polyps"]
-    spec = register_folder_dataset(f"docs-example-{uuid.uuid4().hex[:8]}", entries["my-polyps"])
-    assert spec.mask == ThresholdMask(127) and spec.in_channels == 3 and not spec.large_images
+    assert list(entries) == ["my-retina"]
+    spec = register_folder_dataset(f"docs-example-{uuid.uuid4().hex[:8]}", entries["my-retina"])
+    assert spec.mask == ThresholdMask(127) and spec.in_channels == 3 and spec.large_images
+    assert spec.path == "/data/my-retina" and spec.layout == "./<stem>.jpg, ./<stem>_1stHO.png"
 
 
 # `docs/<page>.md, "<heading>"` and `README, "<heading>"` (or `README ("<heading>")`, `README's "<heading>"`) in the
@@ -142,3 +143,15 @@ def test_every_section_the_code_cites_is_a_heading_of_its_page():
         and not (page == "README" and _indexed_in_readme(name))
     ]
     assert not missing, missing
+
+
+def test_the_cluster_file_example_of_running_md_is_valid_settings():
+    """docs/running.md's SLURM example is a cluster.yaml a user copies: the runner must accept it as written."""
+    import yaml
+
+    from repro.runner.cluster import cluster_settings
+
+    text = (ROOT / "docs" / "running.md").read_text()
+    block = text.split("```yaml\n# cluster.yaml\n", 1)[1].split("```", 1)[0]
+    settings = cluster_settings(yaml.safe_load(block))
+    assert (settings.kind, settings.queue, settings.jobs, settings.runs_per_gpu) == ("slurm", "gpu", 4, 14)

@@ -1,4 +1,4 @@
-"""Tests of repro.equivalence: the re-record rule's comparison of two runs and its provenance log."""
+"""Tests of repro.runner.equivalence: the re-record rule's comparison of two runs and its provenance log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from repro.equivalence import LOG_FIELDS, compare, differences, equivalent_to, read_log
+from repro.runner.equivalence import LOG_FIELDS, compare, differences, equivalent_to, read_log
 
 
 def _run(folder, test_dice=0.9, seconds=3.0, code="a" * 32, loss=0.5):
@@ -69,7 +69,7 @@ def test_a_log_row_with_an_empty_field_is_refused_naming_its_line(tmp_path):
 
 
 def test_reproduce_chooses_a_seeded_sample_of_the_cheapest_cpu_runs_cheapest_first(tmp_path):
-    from repro.equivalence import choose_runs
+    from repro.runner.equivalence import choose_runs
 
     for k in range(12):
         run = tmp_path / "runs" / "d" / f"m{k}" / "seed0"

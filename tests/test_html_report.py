@@ -1,5 +1,5 @@
-"""Tests of repro.html_report: on small runs written here with known numbers, through DVC's metrics and plots on
-the archived first version of the study (results/v1) laid out where the pipeline writes, and in headless Chromium
+"""Tests of repro.analysis.html_report: on small runs written here with known numbers, through DVC's metrics and plots
+on the archived first version of the study (results/v1) laid out where the pipeline writes, and in headless Chromium
 on a report built from that archived study."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from repro import html_report
-from repro.run_results import training_code_version
-from repro.verdicts import LABELS
+from repro.analysis import html_report, verdicts
+from repro.analysis.run_results import training_code_version
+from repro.analysis.verdicts import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The study's first version, archived with its report: a real study to read back, whatever the current scale holds.
@@ -36,7 +36,8 @@ CODE_MARKER = "this_source_line_must_not_be_in_the_report = 1"
 
 
 class _Page(HTMLParser):
-    """The parts of a report page the tests look at: the verdict table's rows, links and images."""
+    """The parts of a report page the tests look at: the verdict table's rows (each cell's text, its lines joined by
+    newlines: a verdict, then a line per ``div``, the effect of each of its comparisons), links and images."""
 
     def __init__(self, text: str):
         super().__init__()
@@ -55,6 +56,8 @@ class _Page(HTMLParser):
             self.verdict_rows.append([])
         elif tag in ("td", "th") and self._table == "verdicts":
             self._cell = []
+        elif tag == "div" and self._cell is not None:
+            self._cell.append("\n")
         elif tag == "a" and "href" in attrs:
             self.links.append(attrs["href"])
         elif tag == "img":
@@ -66,7 +69,8 @@ class _Page(HTMLParser):
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self._cell is not None:
-            self.verdict_rows[-1].append("".join(self._cell).strip())
+            lines = "".join(self._cell).split("\n")
+            self.verdict_rows[-1].append("\n".join(line.strip() for line in lines if line.strip()))
             self._cell = None
         elif tag == "table":
             self._table = None
@@ -85,12 +89,41 @@ def _write_aggregate_notebook(path: Path, png: str) -> None:
     nbformat.write(nb, path)
 
 
+MARGIN = 0.02
+# Per dataset, C1's mean difference and its family-wise interval (ci_adj).
+EFFECTS = {"alpha-set": (0.03, 0.01, 0.05), "beta-set": (-0.0019, -0.0082, 0.0044)}
+
+
+def _comparison(claim_id, dataset, better, baseline, kind, claimed, effect, better_level=None, tost=(None, None)):
+    """One row of stats.json's comparisons, with the fields the verdict table prints (``effect``: mean difference and
+    the family's interval, None where it did not run; ``tost``: the TOST's own interval, for equivalence)."""
+    mean_diff, ci_adj_low, ci_adj_high = effect or (None, None, None)
+    verdict = "not run" if effect is None else "reproduced"
+    return {
+        "claim_id": claim_id,
+        "dataset": dataset,
+        "better": better,
+        "baseline": baseline,
+        "better_level": better_level,
+        "baseline_level": None,
+        "metric": "iou",
+        "kind": kind,
+        "claimed_difference": claimed,
+        "mean_diff": mean_diff,
+        "ci_adj_low": ci_adj_low,
+        "ci_adj_high": ci_adj_high,
+        "tost_ci_low": tost[0],
+        "tost_ci_high": tost[1],
+        "verdict": verdict,
+    }
+
+
 @pytest.fixture
 def study(tmp_path) -> dict[str, Path]:
     """2 datasets x 2 variants x 2 seeds of runs, their notebooks, a stats.json and an executed aggregate, laid out
     as the pipeline lays out a study at scale smoke (results/smoke/)."""
     runs, notebooks = tmp_path / "results/smoke/runs", tmp_path / "results/smoke/notebooks"
-    results, claims = [], []
+    results, claims, comparisons = [], [], []
     for d, dataset in enumerate(DATASETS):
         for m, model in enumerate(MODELS):
             for seed in (0, 1):
@@ -121,8 +154,11 @@ def study(tmp_path) -> dict[str, Path]:
             results.append({"dataset": dataset, "model": model, "dice_mean": 0.6 + 0.1 * d + 0.01 * m})
         claims.append({"claim_id": "C1", "title": "UNet++ beats U-Net", "dataset": dataset, "verdict": "reproduced"})
         claims.append({"claim_id": "C2", "title": "Never run", "dataset": dataset, "verdict": "not run"})
+        comparisons.append(_comparison("C1", dataset, "unetpp", "unet", "superiority", 0.0186, EFFECTS[dataset]))
+        comparisons.append(_comparison("C2", dataset, "wide_unet", "unet", "superiority", None, None))
     stats = tmp_path / "results/smoke/stats.json"
-    stats.write_text(json.dumps({"results": results, "claims": claims}))
+    summary = {"settings": {"tost_margin": MARGIN}, "results": results, "comparisons": comparisons, "claims": claims}
+    stats.write_text(json.dumps(summary))
     aggregate = tmp_path / "results/smoke/aggregate.ipynb"
     png = _png_base64()
     _write_aggregate_notebook(aggregate, png)
@@ -141,13 +177,29 @@ def _build(study: dict) -> Path:
     return html_report.build_report(*(study[key] for key in keys))
 
 
-def test_metrics_summaries_copy_the_aggregate_and_count_the_runs(study):
+def test_metrics_summaries_are_a_few_flat_headline_numbers_per_dataset(study):
     _build(study)
     stats = json.loads(study["stats"].read_text())
     for dataset in DATASETS:
         summary = json.loads((study["out"] / "metrics" / f"{dataset}.json").read_text())
-        expected_dice = {row["model"]: row["dice_mean"] for row in stats["results"] if row["dataset"] == dataset}
-        assert summary == {"runs": 4, "dice": expected_dice, "verdict": {"C1": "reproduced", "C2": "not run"}}
+        dice = {row["model"]: row["dice_mean"] for row in stats["results"] if row["dataset"] == dataset}
+        best = max(dice, key=dice.get)
+        assert summary == {
+            "runs": 4,
+            "variants": len(MODELS),
+            "best": best,
+            "best_dice": dice[best],
+            "confirmed": 1,  # C1: reproduced
+            "refuted": 0,
+            "inconclusive": 0,
+            "not_run": 1,  # C2
+        }
+
+
+def test_the_summary_counts_every_label_under_exactly_one_outcome():
+    said = [label for labels in verdicts.OUTCOMES.values() for label in labels]
+    assert sorted(said) == sorted(verdicts.LABELS)
+    assert {*verdicts.OUTCOMES["confirmed"], *verdicts.OUTCOMES["refuted"]} == set(verdicts.DECISIVE)
 
 
 def test_learning_curves_are_the_mean_over_seeds_per_variant(study):
@@ -173,9 +225,53 @@ def test_index_links_every_run_notebook_and_tabulates_the_verdicts(study):
     assert (index.parent / "aggregate.html").is_file() and "aggregate.html" in page.links
     assert page.verdict_rows[0] == ["claim", "statement", *DATASETS]
     assert page.verdict_rows[1:] == [
-        ["C1", "UNet++ beats U-Net", "reproduced", "reproduced"],
+        [
+            "C1",
+            "UNet++ beats U-Net",
+            "reproduced\niou +0.0300 [+0.0100, +0.0500] vs claimed +0.0186",
+            "reproduced\niou -0.0019 [-0.0082, +0.0044] vs claimed +0.0186",
+        ],
         ["C2", "Never run", "not run", "not run"],
     ]
+
+
+def test_each_verdict_cell_gives_the_effect_its_interval_and_the_claim_under_the_label():
+    """The numbers as the README's effects table prints them (tests/test_readme.py's rows): an equivalence row with
+    the TOST's own interval and the margin, the paper's difference beside; a claim of several comparisons names each
+    with its own label, one that did not run too, and lists nothing where none ran; a non-inferiority row its margin;
+    a row of one matched seed (no interval) its mean alone."""
+
+    def labelled(verdict, *args, **kwargs):
+        return _comparison(*args, **kwargs) | {"verdict": verdict}
+
+    comparisons = [
+        labelled("equivalent", "C6", "a", "light", "bilinear", "equivalence", -0.002, (0.006, -0.0001, 0.0121),
+                 tost=(0.0031, 0.0089)),
+        labelled("not equivalent", "C6", "a", "lighter", "bilinear", "equivalence", None, (-0.11, -0.24, 0.01),
+                 better_level="L3", tost=(-0.17, -0.06)),
+        _comparison("C6", "a", "lightest", "bilinear", "equivalence", -0.011, None),
+        labelled("non-inferior", "C9", "a", "deep", "deep", "non-inferiority", None, (0.0004, -0.0012, 0.0019)),
+        labelled("inconclusive", "C3", "a", "tinyunet", "unet_w1", "superiority", 0.028, (0.01, None, None)),
+        _comparison("C4", "a", "cmrf_n2", "cmrf", "superiority", None, None),
+        _comparison("C4", "a", "cmrf_n4", "cmrf", "superiority", None, None),
+    ]  # fmt: skip
+    verdict = {"C6": "not equivalent", "C9": "non-inferior", "C3": "inconclusive", "C4": "not run"}
+    claims = [{"claim_id": c, "title": f"claim {c}", "dataset": "a", "verdict": v} for c, v in verdict.items()]
+    stats = {"settings": {"tost_margin": MARGIN}, "claims": claims, "comparisons": comparisons}
+    path = Path("stats.json")
+    table = html_report._verdict_table(
+        html_report._claims(stats, path), html_report._comparisons(stats, path), html_report._margin(stats, path)
+    )
+    cells = {row[0]: row[2] for row in _Page(table).verdict_rows[1:]}
+    assert cells == {
+        "C6": "not equivalent\n"
+        "light - bilinear: equivalent, iou +0.0060 [+0.0031, +0.0089] vs claimed within ±0.02 (paper: -0.0020)\n"
+        "lighter@L3 - bilinear: not equivalent, iou -0.1100 [-0.1700, -0.0600] vs claimed within ±0.02\n"
+        "lightest - bilinear: not run",
+        "C4": "not run",  # none of its comparisons ran: nothing to list
+        "C9": "non-inferior\niou +0.0004 [-0.0012, +0.0019] vs claimed > -0.02",
+        "C3": "inconclusive\niou +0.0100 vs claimed +0.0280",
+    }
 
 
 def test_aggregate_page_embeds_figures_hides_code_and_loads_nothing(study):
@@ -247,50 +343,60 @@ def test_command_line_defaults_to_the_study_of_params_scale(study, tmp_path, mon
     assert (tmp_path / "elsewhere/index.html").is_file()
 
 
-def test_dvc_shows_the_declared_metrics_and_plots(tmp_path):
-    """dvc.yaml's top-level metrics and plots follow params.yaml's scale: in a DVC repository of dvc.yaml,
-    params.yaml and the plot template with the archived study's figures and report where the pipeline writes them
-    (results/<scale>/), one row per dataset with every run counted, the aggregate's figures, and per dataset two
-    learning-curve plots, one line per variant with runs. The archived study ran fewer variants than params.yaml's
-    grid, and a dataset of other variants (a volumetric one) is added: the plots must not need the grid's list."""
-    runs = sorted(V1.glob("runs/*/*/seed*/metrics.json"))
-    datasets = sorted({path.parts[-4] for path in runs})
+def _dvc_workspace(tmp_path: Path, results: Path) -> tuple[Path, str]:
+    """A DVC repository of dvc.yaml, params.yaml and the plot template, with the study in ``results`` laid out where
+    the pipeline writes at params.yaml's scale (results/<scale>/): its figures, and its report built here from its
+    runs and stats.json. Returns the repository and the study's folder in it."""
     repo = tmp_path / "repo"
     (repo / ".dvc").mkdir(parents=True)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, repo / name)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    study = f"results/{yaml.safe_load((ROOT / 'params.yaml').read_text())['scale']}"
+    shutil.copytree(results / "figures", repo / study / "figures")
+    names = ("aggregate.ipynb", "stats.json", "runs", "notebooks")
+    html_report.build_report(*(results / name for name in names), repo / study / "report")
+    return repo, study
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_dvc_shows_the_declared_metrics_and_plots(tmp_path):
+    """dvc.yaml's top-level metrics and plots follow params.yaml's scale: with the archived study's figures and
+    report where the pipeline writes them (results/<scale>/), one row per dataset with every run counted, the
+    aggregate's figures, and per dataset two learning-curve plots, one line per variant with runs. The archived study
+    ran fewer variants than params.yaml's grid, and a dataset of other variants (a volumetric one) is added: the plots
+    must not need the grid's list."""
+    runs = sorted(V1.glob("runs/*/*/seed*/metrics.json"))
+    datasets = sorted({path.parts[-4] for path in runs})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(params["study"]["models"]) - {path.parts[-3] for path in runs}, "the test needs a partial study"
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    study = f"results/{params['scale']}"
-    shutil.copytree(V1 / "figures", repo / study / "figures")
-    shutil.copytree(V1 / "report", repo / study / "report")
+    repo, study = _dvc_workspace(tmp_path, V1)
     volumes = "msd-task04-hippocampus"
     for quantity in html_report.CURVES:
         pd.DataFrame({"epoch": [1, 2, 1, 2], "model": ["unet3d"] * 2 + ["vnet"] * 2, quantity: [0.1, 0.2] * 2}).to_csv(
             repo / study / "report" / "curves" / quantity / f"{volumes}.csv", index=False
         )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
-    def dvc(*args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return json.loads(result.stdout)
-
-    (workspace,) = dvc("metrics", "show", "--json").values()
+    (workspace,) = json.loads(_dvc(repo, "metrics", "show", "--json")).values()
     metrics = workspace["data"]
     assert sorted(metrics) == [f"{study}/report/metrics/{dataset}.json" for dataset in datasets]
     for dataset in datasets:
         summary = metrics[f"{study}/report/metrics/{dataset}.json"]["data"]
         dataset_runs = [path for path in runs if path.parts[-4] == dataset]
         assert summary["runs"] == len(dataset_runs)
-        assert set(summary["dice"]) == {path.parts[-3] for path in dataset_runs}
+        assert summary["variants"] == len({path.parts[-3] for path in dataset_runs})
 
-    plots = dvc("plots", "show", "--json", "-o", str(tmp_path / "dvc_plots"))["data"]
+    plots = json.loads(_dvc(repo, "plots", "show", "--json", "-o", str(tmp_path / "dvc_plots")))["data"]
     figures = {path for path in plots if path.startswith(f"{study}/figures/")}
     # The whole folder is declared: everything in it must be an image, or DVC would try to plot it as data.
     assert figures == {f"{study}/figures/{path.name}" for path in (V1 / "figures").iterdir()}
@@ -304,6 +410,22 @@ def test_dvc_shows_the_declared_metrics_and_plots(tmp_path):
             assert content["encoding"]["y"]["field"] == quantity
             drawn = {row["model"] for row in content["data"]["values"]}
             assert drawn == set(pd.read_csv(repo / curves)["model"])
+
+
+# The committed studies: the archived first version, and the current one at params.yaml's scale (the longest dataset
+# name and the most variants and claims), where it has been run at this version of the training code.
+CURRENT = ROOT / "results" / str(yaml.safe_load((ROOT / "params.yaml").read_text())["scale"])
+
+
+@pytest.mark.parametrize("results", [V1, CURRENT], ids=["v1", "current"])
+def test_dvc_metrics_show_fits_160_columns_one_row_per_dataset(tmp_path, results):
+    if not (results / "stats.json").is_file():
+        pytest.skip(f"{results} has not been aggregated at this version")
+    repo, study = _dvc_workspace(tmp_path, results)
+    lines = _dvc(repo, "metrics", "show").splitlines()
+    datasets = sorted(path.name for path in (results / "runs").iterdir() if path.is_dir())
+    assert [line.split()[0] for line in lines[1:]] == [f"{study}/report/metrics/{d}.json" for d in datasets]
+    assert max(map(len, lines)) <= 160, "\n".join(lines)
 
 
 def _chromium() -> str:
@@ -335,14 +457,15 @@ def test_report_of_the_archived_study_in_headless_chromium(tmp_path):
     claims = json.loads((results / "stats.json").read_text())["claims"]
     datasets = sorted({claim["dataset"] for claim in claims})
     assert page.verdict_rows[0] == ["claim", "statement", *datasets]
-    # A claim restricted to some datasets (repro.claims: C1s, C2s) shows a dash elsewhere.
-    verdicts = {
-        (row[0], dataset): verdict
+    # A claim restricted to some datasets (repro.analysis.claims: C1s, C2s) shows a dash elsewhere.
+    # Each cell's first line is the label, the effect of each of its comparisons below it.
+    labels = {
+        (row[0], dataset): cell.split("\n")[0]
         for row in page.verdict_rows[1:]
-        for dataset, verdict in zip(datasets, row[2:], strict=True)
-        if verdict != "\N{EM DASH}"
+        for dataset, cell in zip(datasets, row[2:], strict=True)
+        if cell != "\N{EM DASH}"
     }
-    assert verdicts == {(claim["claim_id"], claim["dataset"]): claim["verdict"] for claim in claims}
+    assert labels == {(claim["claim_id"], claim["dataset"]): claim["verdict"] for claim in claims}
     runs = list((results / "runs").glob("*/*/seed*/metrics.json"))
     notebook_links = [link for link in page.links if link.endswith("train.ipynb")]
     assert len(notebook_links) == len(runs)

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.complexity import count_flops, count_parameters
-from repro.models import create_model, list_models, model_options, model_spatial_dims
+from repro.models import _spec, create_model, list_models, model_options, model_spatial_dims
 from repro.models.blocks import scale_width
 from repro.models.cmrf import CMRF
+from repro.models.contract import SegmentationNetwork
 from repro.models.sdi import SDI, SkipProjection
 
 SMALL = {"width_mult": 0.25}
@@ -105,6 +106,40 @@ def test_eval_mode_is_deterministic(arch, options):
     x = torch.randn(1, IN_CHANNELS, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_network_keeps_the_contract(arch):
+    """Every registered network, 2D and 3D, is a SegmentationNetwork that states its paper and official code, the
+    dimensions and input multiple it takes, and the two attributes the training code reads."""
+    spec = _spec(arch)
+    assert issubclass(spec.model_class, SegmentationNetwork)
+    for fact in ("paper", "official_code"):
+        value = getattr(spec.model_class, fact, "")
+        assert isinstance(value, str) and len(value) > 10, (arch, fact)
+    model = create_model(arch, in_channels=1, num_classes=2)
+    assert model.spatial_dims == model_spatial_dims(arch)
+    assert isinstance(model.size_divisor, int) and model.size_divisor >= 1
+    assert isinstance(model.deep_supervision, bool) and isinstance(model.channels_last, bool)
+    assert model.auxiliary_loss is None  # before any forward
+
+
+def test_the_contract_adds_no_weights():
+    """The base class holds no parameter, buffer or module: a network's state is its own layers'."""
+    assert not list(SegmentationNetwork().state_dict()) and not list(SegmentationNetwork().children())
+
+
+def test_a_wrong_input_size_is_refused_once_by_the_contract():
+    model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125)
+    refused = r"UNet takes inputs whose height and width are multiples of 16 and at least 16; got 40x48"
+    with pytest.raises(ValueError, match=refused):
+        model(torch.zeros(1, 1, 40, 48))
+    volumes = create_model("unet3d", in_channels=1, num_classes=2, width_mult=0.125)
+    with pytest.raises(ValueError, match=r"depth, height and width are multiples of 8"):
+        volumes(torch.zeros(1, 1, 12, 16, 16))
+    # The slice-by-slice U-Net takes any depth: only its slices pass through the 2D network.
+    slices = create_model("unet2d_slices", in_channels=1, num_classes=2, width_mult=0.125)
+    assert slices.eval()(torch.zeros(1, 1, 3, 16, 16)).shape == (1, 2, 3, 16, 16)
 
 
 @pytest.mark.parametrize("arch", ARCHS_2D)

@@ -126,7 +126,7 @@ def test_readme_two_commands_are_make_targets_and_ci_runs_the_test_one():
 
 
 def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_labels():
-    from repro import verdicts
+    from repro.analysis import verdicts
 
     lines = _block(README, "verdict-labels").splitlines()
     assert [line.split("`")[1] for line in lines] == list(verdicts.MEANINGS)

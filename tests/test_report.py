@@ -1,4 +1,5 @@
-"""Tests of the aggregate stage (repro.run_results, repro.evaluation, repro.tables, repro.figures, repro.report)
+"""Tests of the aggregate stage (repro.analysis.run_results, repro.analysis.evaluation, repro.analysis.tables,
+repro.analysis.figures, repro.analysis.report)
 on synthetic runs written in the training stage's output schema."""
 
 import json
@@ -11,14 +12,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 from scipy import stats
 
-from repro import evaluation, figures, report, tables, verdicts
-from repro.claims import CLAIMS, Claim, Comparison
+from repro.analysis import evaluation, figures, report, tables, verdicts
+from repro.analysis.claims import CLAIMS, Claim, Comparison
+from repro.analysis.run_results import failed_runs, load_runs, training_code_version
+from repro.analysis.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 from repro.config import load_params
-from repro.run_results import failed_runs, load_runs, training_code_version
-from repro.stats import holm_bonferroni, minimal_detectable_difference, seeds_needed
 
 # Image offsets and noise sum to zero, so a run's test Dice (mean over images) equals its seed-level Dice.
 IMAGE_OFFSETS = np.array([-0.05, -0.02, 0.0, 0.01, 0.02, 0.04])
@@ -534,8 +536,8 @@ def test_every_non_inferiority_label_on_constructed_runs(tmp_path):
     assert example.startswith("**C9 on `a-set`** (unetpp_ds@L3 - unetpp_ds@L4, iou)")
     assert f"t = {t:.3f} on 4 degrees of freedom" in example and "m = 4 tests" in example
     assert f"**{verdicts.NON_INFERIOR}**" in example
-    fig = figures.plot_forest(table)
-    assert any("C9 unetpp_ds@L3 - unetpp_ds@L4 (iou)" == t.get_text() for t in fig.axes[0].get_yticklabels())
+    fig = figures.plot_forest(table, margin=0.02)
+    assert "C9 (iou)\nunetpp_ds@L3 - unetpp_ds@L4" in [ax.get_title() for ax in fig.axes]
     plt.close(fig)
 
 
@@ -622,13 +624,12 @@ def test_verdict_rule_states_the_thresholds():
 
 
 def test_figures_are_written(runs, claims_table, tmp_path):
-    """Each figure has a panel per dataset with its data drawn, and the PNG written is that figure: its tight box at
-    150 dpi, far from blank (data in colour, not only black text on white)."""
+    """Each figure has a panel per dataset (the forest plot: per comparison) with its data drawn, and the PNG written
+    is that figure: its tight box at 150 dpi, far from blank (data in colour, not only black text on white)."""
     table = tables.results_table(runs.per_seed)
-    tested = sorted(claims_table.loc[claims_table["mean_diff"].notna(), "dataset"].unique())
     drawn = {
         "seed_dice.png": (figures.plot_seed_scores(runs.per_seed), ["isic2018", "kvasir-seg"]),
-        "forest.png": (figures.plot_forest(claims_table), tested),
+        "forest.png": (figures.plot_forest(claims_table, margin=0.02), _forest_titles(claims_table)),
         "efficiency.png": (figures.plot_efficiency(table), ["isic2018", "kvasir-seg"]),
     }
     for name, (fig, datasets) in drawn.items():
@@ -646,69 +647,153 @@ def test_figures_are_written(runs, claims_table, tmp_path):
         plt.close(fig)
 
 
+def _forest_titles(claims_table: pd.DataFrame) -> list[str]:
+    """The forest plot's panel titles: one per comparison that ran, in the claims table's order."""
+    tested = claims_table[claims_table["mean_diff"].notna()]
+    names = tables.comparison_names(tested)
+    titles = tested["claim_id"] + " (" + tested["metric"] + ")\n" + names
+    return list(dict.fromkeys(titles))
+
+
+def _tested_rows(claims_table, claim_id, better, baseline):
+    """One comparison's rows of the claims table that ran."""
+    return claims_table[
+        (claims_table["claim_id"] == claim_id)
+        & (claims_table["better"] == better)
+        & (claims_table["baseline"] == baseline)
+        & claims_table["mean_diff"].notna()
+    ]
+
+
+def _forest_panel(fig, rows):
+    """The forest plot's panel of the comparison of ``rows``."""
+    title = f"{rows['claim_id'].iloc[0]} ({rows['metric'].iloc[0]})\n{tables.comparison_names(rows).iloc[0]}"
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
 def test_forest_colours_follow_the_labels_and_draws_both_intervals(claims_table):
-    fig = figures.plot_forest(claims_table)
-    kvasir = fig.axes[0] if fig.axes[0].get_title() == "kvasir-seg" else fig.axes[1]
-    assert kvasir.get_title() == "kvasir-seg"
-    tested = claims_table[(claims_table["dataset"] == "kvasir-seg") & claims_table["mean_diff"].notna()]
-    widths = sorted({float(w) for c in kvasir.collections for w in np.atleast_1d(c.get_linewidth())})
+    fig = figures.plot_forest(claims_table, margin=0.02)
+    rows = _tested_rows(claims_table, "C1", "unetpp", "unet")
+    ax = _forest_panel(fig, rows)
+    widths = sorted({float(w) for c in ax.collections for w in np.atleast_1d(c.get_linewidth())})
     assert 1.0 in widths and 4.0 in widths  # thin adjusted and thick unadjusted intervals
     legend = [text.get_text() for text in fig.legends[0].get_texts()]
-    assert set(tested["verdict"]) <= set(legend)
+    assert set(claims_table.loc[claims_table["mean_diff"].notna(), "verdict"]) <= set(legend)
+    # Datasets are the rows, the same in every panel.
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == sorted(rows["dataset"].unique())
     plt.close(fig)
+
+
+def test_forest_gives_each_comparison_its_own_scale_with_zero_the_claim_and_the_margin(claims_table):
+    """A large effect (U-Net against FCN's +0.35) widens its own panel only: every other panel keeps the axis its own
+    rows set, so none is squeezed into a sliver. Each panel marks zero and the paper's claimed difference, an
+    equivalence one the margin on both sides."""
+    large = claims_table.copy()
+    c1 = (large["claim_id"] == "C1") & (large["better"] == "unetpp") & large["mean_diff"].notna()
+    shift = 0.35 - large.loc[c1, "mean_diff"].mean()
+    large.loc[c1, ["mean_diff", "ci_low", "ci_high", "ci_adj_low", "ci_adj_high"]] += shift
+    as_is, widened = (figures.plot_forest(table, margin=0.02) for table in (claims_table, large))
+    limits = {ax.get_title(): ax.get_xlim() for ax in as_is.axes}
+    for ax in widened.axes:
+        if ax.get_title().startswith("C1 "):
+            assert ax.get_xlim()[1] > 0.35 > limits[ax.get_title()][1]
+        else:
+            assert ax.get_xlim() == limits[ax.get_title()], ax.get_title()
+    rows = _tested_rows(claims_table, "C1", "unetpp", "unet")
+    ax = _forest_panel(as_is, rows)
+    vertical = {line.get_xdata()[0] for line in ax.lines}
+    assert {0.0, rows["claimed_difference"].iloc[0]} <= vertical
+    c6 = claims_table[(claims_table["kind"] == "equivalence") & claims_table["mean_diff"].notna()].iloc[0]
+    ax = _forest_panel(as_is, _tested_rows(claims_table, "C6", c6["better"], c6["baseline"]))
+    assert {-0.02, 0.0, 0.02} <= {line.get_xdata()[0] for line in ax.lines}
+    plt.close(as_is)
+    plt.close(widened)
 
 
 def test_forest_clips_a_wide_family_wise_interval_at_the_axis_and_says_so(claims_table):
     """Two seeds give a family-wise interval 25 times the paired sd wide: drawn as far as the panel's axis (which
     the unadjusted intervals set), with a triangle at the edge, so the other rows stay readable."""
-    kvasir = claims_table["dataset"] == "kvasir-seg"
-    wide = claims_table["mean_diff"].notna() & kvasir
-    first = claims_table.index[wide][0]
     table = claims_table.copy()
+    rows = _tested_rows(table, "C1", "unetpp", "unet")
+    first = rows.index[rows["dataset"] == "kvasir-seg"][0]
     table.loc[first, ["ci_adj_low", "ci_adj_high"]] = [-2.5, 2.5]
-    low, high = figures.forest_limits(table[table["mean_diff"].notna() & kvasir])
-    assert -1.0 <= low < min(table.loc[wide, "ci_low"].min(), 0)
-    assert max(table.loc[wide, "ci_high"].max(), 0) < high <= 1
-    fig = figures.plot_forest(table)
-    ax = next(ax for ax in fig.axes if ax.get_title() == "kvasir-seg")
+    low, high = figures.forest_limits(table.loc[rows.index], [rows["claimed_difference"].iloc[0]])
+    assert -1.0 <= low < min(rows["ci_low"].min(), 0)
+    assert max(rows["ci_high"].max(), 0) < high <= 1
+    fig = figures.plot_forest(table, margin=0.02)
+    ax = _forest_panel(fig, rows)
     assert ax.get_xlim() == pytest.approx((low, high))
     drawn = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())])
-    assert low - 1e-12 <= np.nanmin(drawn) and np.nanmax(drawn) <= high + 1e-12
+    drawn = drawn[np.isfinite(drawn)]
+    assert low - 1e-12 <= drawn.min() and drawn.max() <= high + 1e-12
     assert np.isclose(drawn, low).any() and np.isclose(drawn, high).any()  # the clipped bounds, at the edges
     assert "family-wise CI goes on beyond the axis" in [t.get_text() for t in fig.legends[0].get_texts()]
     plt.close(fig)
-    unclipped = figures.plot_forest(claims_table)
+    unclipped = figures.plot_forest(claims_table, margin=0.02)
     assert "family-wise CI goes on beyond the axis" not in [t.get_text() for t in unclipped.legends[0].get_texts()]
     plt.close(unclipped)
 
 
-def _label_boxes(fig):
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+def _efficiency_table(dataset: str, models: list[str], dice: list[float], params: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"dataset": dataset, "model": models, "n_seeds": 5, "dice_mean": dice, "dice_sd": 0.01, "params": params}
+    ).assign(gflops=1.0)
+
+
+# Seven variants in a tight cluster (the PH2 panel's problem) and one far below.
+_PH2 = _efficiency_table(
+    "ph2",
+    ["unet", "wide_unet", "unetpp", "tinyunet_plain", "unetv2", "unetv2_nosdi", "tinyunet"],
+    [0.890, 0.891, 0.889, 0.892, 0.890, 0.893, 0.60],
+    [1_944_000, 2_326_000, 2_266_000, 3_721_000, 1_428_000, 1_378_000, 124_000],
+)
+# Twenty variants, most of them near the top and the largest at the right, one far below (the DSB2018 panel's problem,
+# whose names ran below the axes), beside a dataset of one variant.
+_CROWDED = pd.concat(
+    [
+        _efficiency_table(
+            "dsb",
+            [f"variant_{k}_with_a_long_name" if k % 5 == 0 else f"v{k}" for k in range(19)] + ["fcn"],
+            [0.90 + 0.0005 * k for k in range(18)] + [0.78, 0.63],
+            [480_000 + 490_000 * k for k in range(20)],
+        ),
+        _efficiency_table("one", ["tinyunet"], [0.51], [481_000]),
+    ]
+)
+
+
+def _rendered_names(fig):
+    """Per axes, its box and its names' boxes, drawn by the Agg canvas."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     # Text's own extent: an Annotation's would include its leader line, which may cross other labels' rows.
-    return [[Text.get_window_extent(text, renderer) for text in ax.texts if text.get_text()] for ax in fig.axes]
+    return [
+        (ax.get_window_extent(renderer), [Text.get_window_extent(text, renderer) for text in ax.texts])
+        for ax in fig.axes
+    ]
 
 
-def test_efficiency_labels_never_overlap():
-    # Seven variants in a tight cluster (the PH2 panel's problem) and one far below.
-    models = ["unet", "wide_unet", "unetpp", "tinyunet_plain", "unetv2", "unetv2_nosdi", "tinyunet"]
-    table = pd.DataFrame(
-        {
-            "dataset": "ph2",
-            "model": models,
-            "n_seeds": 5,
-            "dice_mean": [0.890, 0.891, 0.889, 0.892, 0.890, 0.893, 0.60],
-            "dice_sd": 0.01,
-            "params": [1_944_000, 2_326_000, 2_266_000, 3_721_000, 1_428_000, 1_378_000, 124_000],
-            "gflops": 1.0,
-        }
-    )
+@pytest.mark.parametrize("table", [_PH2, _CROWDED], ids=["ph2", "crowded"])
+def test_efficiency_labels_never_overlap(table):
     fig = figures.plot_efficiency(table)
-    (boxes,) = _label_boxes(fig)
-    assert len(boxes) == len(models)
-    for i, first in enumerate(boxes):
-        for second in boxes[i + 1 :]:
-            assert not first.overlaps(second)
+    for (_, boxes), (_, variants) in zip(_rendered_names(fig), table.groupby("dataset"), strict=True):
+        assert len(boxes) == len(variants)
+        for i, first in enumerate(boxes):
+            for second in boxes[i + 1 :]:
+                assert not first.overlaps(second)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("table", [_PH2, _CROWDED], ids=["ph2", "crowded"])
+def test_efficiency_labels_lie_inside_their_axes_right_of_every_point(table):
+    fig = figures.plot_efficiency(table)
+    for ax, (box, names) in zip(fig.axes, _rendered_names(fig), strict=True):
+        for name in names:
+            assert box.x0 <= name.x0 and name.x1 <= box.x1 and box.y0 <= name.y0 and name.y1 <= box.y1, name
+        rows = table[table["dataset"] == ax.get_title()]
+        points = ax.transData.transform(np.column_stack([rows["params"], rows["dice_mean"]]))
+        assert points[:, 0].max() < min(name.x0 for name in names)  # no point under the column of names
     plt.close(fig)
 
 
@@ -726,9 +811,11 @@ def test_seed_figure_is_byte_identical_across_runs_and_leaves_numpy_alone(runs, 
     assert pictures[0] == pictures[1]
 
 
-def test_reporting_modules_do_not_import_torch():
-    modules = "repro.report, repro.stats, repro.claims, repro.evaluation, repro.tables, repro.figures"
-    code = f"import sys, {modules}, repro.verdicts, repro.run_results; assert 'torch' not in sys.modules"
+def test_analysis_modules_do_not_import_torch():
+    # Every module of the package, so a new one is held to the package's rule too.
+    names = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "repro" / "analysis").glob("*.py"))
+    modules = ", ".join(f"repro.analysis.{name}" for name in names if name != "__init__")
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -1,10 +1,13 @@
-"""The secondary analyses beside the verdict rule (repro.evaluation, repro.tables, repro.report): leave-one-seed-out
+"""The secondary analyses beside the verdict rule (repro.analysis.evaluation, repro.analysis.tables,
+repro.analysis.report): leave-one-seed-out
 stability of the decisive labels, each comparison's own label (C7's steps), C6 at other margins with its one-sided
 non-inferiority reading, and the study-wide Benjamini-Hochberg q-values; on hand-built runs, checked against
 computations made here from scipy."""
 
+import html
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,10 @@ import pytest
 from scipy import stats
 from test_report import write_run
 
-from repro import evaluation, html_report, report, tables, verdicts
-from repro.claims import Claim, Comparison
-from repro.run_results import load_runs
-from repro.stats import holm_bonferroni, paired_ttest
+from repro.analysis import evaluation, html_report, report, tables, verdicts
+from repro.analysis.claims import Claim, Comparison
+from repro.analysis.run_results import load_runs
+from repro.analysis.stats import holm_bonferroni, paired_ttest
 
 ALPHA = 0.05
 # A toy superiority claim without a number, so that its family is the direction tests alone (m = its datasets).
@@ -150,12 +153,17 @@ def test_c7_shows_each_steps_label_beside_the_weakest(tmp_path):
     assert per_claim.loc["C1", "comparison_verdicts"] == ""  # one comparison: its label is the claim's
     c7_line = next(line for line in report.conclusions(claims_table).splitlines() if line.startswith("- **C7**"))
     assert f"iou: {first}" in c7_line and f"iou: {second}" in c7_line
-    # The HTML report's verdict table, from stats.json, shows the steps under the claim's label.
-    summary = report.stats_summary(
+    # The HTML report's verdict table, from stats.json, shows each step's label and effect under the claim's label.
+    summary = json.loads(json.dumps(report.stats_summary(
         tables.results_table(runs.per_seed), claims_table, pd.DataFrame(), n_resamples=0, stability=stability
+    )))  # fmt: skip
+    path = Path("stats.json")
+    cells = html_report._verdict_table(
+        html_report._claims(summary, path), html_report._comparisons(summary, path), html_report._margin(summary, path)
     )
-    cells = html_report._verdict_table(html_report._claims(json.loads(json.dumps(summary)), Path("stats.json")))
-    assert f"unet_plus - unet: {first}; unetpp - unet_plus: {second}" in cells
+    text = html.unescape(re.sub(r"<[^>]+>", "", cells))
+    for (_, row), label in zip(c7.reset_index().iterrows(), (first, second), strict=True):
+        assert f"{row['better']} - {row['baseline']}: {label}, iou {tables.effect_text(row)} vs claimed > 0" in text
 
 
 # C6 on one dataset: U-Net (bilinear) and three light networks, each at a constant offset with a small spread.

@@ -23,9 +23,8 @@ from repro.training.identity import (
     data_files,
     dataset_definition,
     git_commit,
-    identify,
 )
-from repro.training.run import RunConfig
+from repro.training.run import RunConfig, identify
 
 SMOKE = {
     "image_size": 32,
@@ -56,7 +55,7 @@ stages:
     foreach: ${prepare.custom_datasets}
     do:
       cmd: python -m repro.data.prepare ${key} --scale ${scale}
-      deps: ["${data_root}/${key}", "data/splits/${key}.json", code/prepare.py]
+      deps: ["${item.path}", "data/splits/${key}.json", code/prepare.py]
       params: [scale, "scales.${scale}.image_size", "prepare.custom_datasets.${key}"]
       outs: ["data/processed/${scale}/${key}"]
   train:
@@ -107,7 +106,7 @@ def repo(tmp_path) -> Path:
         "training": {name: {"train_steps": {}, "eval_every": 1} for name in ("ph2-dermoscopy", "kvasir-seg", CUSTOM)},
         "models": {"unet": {"arch": "unet"}, "tinyunet": {"arch": "tinyunet"}},
         "study": {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0]},
-        "cluster": {"workers": None},
+        "grids": {"claims": {"models": ["unet"]}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.yaml").write_text(DVC_YAML)
@@ -218,7 +217,7 @@ def test_code_files_are_the_projects_train_stage_code():
     assert expected <= set(files)
     assert all(any(f == d or f.startswith(d + "/") for d in deps) for f in files)
     assert not any("__pycache__" in f for f in files)
-    assert "repro/claims.py" not in files and not any(f.startswith("data/") for f in files)
+    assert "repro/analysis/claims.py" not in files and not any(f.startswith("data/") for f in files)
     assert files["repro/training/trainer.py"] == md5(REPO_ROOT / "repro" / "training" / "trainer.py")
 
 
@@ -275,7 +274,7 @@ def test_commit_is_dirty_when_a_param_of_the_run_differs(repo):
     # Keys of other runs or of no stage: this run is still HEAD's.
     assert after(lambda p: p["models"]["tinyunet"].update(n_dwconv=4)) == head
     assert after(lambda p: p["scales"]["cpu"].update(epochs=30)) == head
-    assert after(lambda p: p["cluster"].update(workers=8)) == head
+    assert after(lambda p: p["grids"]["claims"].update(models=["unet", "tinyunet"])) == head
     # `dvc exp run -S scale=smoke` leaves params.yaml at smoke: today's git_commit() did not notice.
     assert after(lambda p: p.update(scale="smoke")) == head + "+dirty"
     assert after(lambda p: p["scales"]["smoke"].update(epochs=3)) == head + "+dirty"
@@ -285,6 +284,7 @@ def test_commit_is_dirty_when_a_param_of_the_run_differs(repo):
 
 def test_custom_dataset_definition_and_dependencies(repo):
     entry = {
+        "path": "../datasets/mine",
         "images": "images",
         "masks": "masks",
         "image_suffix": ".png",

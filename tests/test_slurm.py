@@ -95,9 +95,12 @@ def slurm(tmp_path_factory):
     subprocess.run(["slurmd"], env=env, check=True)
     try:
         deadline = time.monotonic() + 60
-        while "idle" not in subprocess.run(
-            ["sinfo", "--noheader", "--format=%t"], env=env, capture_output=True, text=True
-        ).stdout:
+        while (
+            "idle"
+            not in subprocess.run(
+                ["sinfo", "--noheader", "--format=%t"], env=env, capture_output=True, text=True
+            ).stdout
+        ):
             assert time.monotonic() < deadline, (folder / "slurmctld.log").read_text()[-3000:]
             time.sleep(1)
         yield env
@@ -115,9 +118,7 @@ def test_two_runs_through_slurm_cluster(slurm, tmp_path, monkeypatch):
     copy = copy_repository(tmp_path, GRID)
     settings = ["queue=debug", "cores=1", "memory=2GB", "walltime=00:10:00", "jobs=2"]
     # --train-only: the rest of the pipeline is not what runs on SLURM (test_pipeline.py covers it).
-    result = run_python(
-        copy, "-m", "repro.study", "--train-only", "--kind", "slurm", *(f"--set={s}" for s in settings)
-    )
+    result = run_python(copy, "-m", "repro.study", "--train-only", "--kind", "slurm", *(f"--set={s}" for s in settings))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "a SLURM cluster: 2 job(s) of 1 worker(s) in queue 'debug'" in result.stdout
     assert "2 of 2 training runs to run" in result.stdout

@@ -1,4 +1,4 @@
-"""Tests of repro.stats against scipy and against hand-worked arithmetic."""
+"""Tests of repro.analysis.stats against scipy and against hand-worked arithmetic."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from repro.stats import (
+from repro.analysis.stats import (
     bootstrap_two_level,
     holm_bonferroni,
     minimal_detectable_difference,
@@ -142,7 +142,7 @@ def test_tost_matches_scipy_one_sided_tests():
 
 
 def _power_by_noncentral_t(dz, n, alpha=0.05):
-    # Written out independently of repro.stats: T ~ nct(n - 1, dz sqrt(n)), reject when |T| > t_crit.
+    # Written out independently of repro.analysis.stats: T ~ nct(n - 1, dz sqrt(n)), reject when |T| > t_crit.
     t_crit = stats.t.ppf(1 - alpha / 2, n - 1)
     nc = dz * math.sqrt(n)
     return stats.nct.sf(t_crit, n - 1, nc) + stats.nct.cdf(-t_crit, n - 1, nc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -22,25 +23,26 @@ import yaml
 from PIL import Image
 from study_copy import _env, copy_repository, dvc, run_python, stale
 
-from repro.cluster import ParamsError
-from repro.grid import Grid, RunFilter
-from repro.stage_task import copy_output, failure_cause, is_noise
-from repro.study import (
+from repro.data.registry import REPO_ROOT
+from repro.runner.cluster import ParamsError
+from repro.runner.grid import Grid, RunFilter
+from repro.runner.plan import (
     CONFIRM_RUNS,
     Estimate,
     Outcome,
     StudyError,
-    _repo,
     aim_text,
     committed_runs,
     confirm_start,
     dry_run_listing,
-    main,
+    dvc_repo,
     missing_splits,
     move_checkpoint_aside,
     plan,
-    summary,
+    variant_flops,
 )
+from repro.runner.stage_task import copy_output, failure_cause, is_noise
+from repro.study import main, summary
 
 GRID = Grid(
     "smoke",
@@ -152,6 +154,52 @@ def test_estimate_is_the_cells_median_else_the_datasets(tmp_path):
         "eval_seconds: the median of each run's own dataset x variant, for 2 run(s) without one the median of their "
         "dataset; 1 run(s) of datasets without any committed run have no estimate"
     )
+
+
+def test_a_cell_without_runs_is_scaled_by_its_flops_and_a_resumed_run_counts_by_its_history(tmp_path):
+    _committed(tmp_path, "ph2-dermoscopy", "unet", 0, train_seconds=100.0, flops=1e9, image_size=[96, 96])
+    # Resumed: its record's train_seconds may be the last part only, but the history holds every epoch.
+    _committed(
+        tmp_path,
+        "ph2-dermoscopy",
+        "unet",
+        1,
+        train_seconds=5.0,
+        flops=1e9,
+        image_size=[96, 96],
+        resumed_after_epochs=[2],
+    )
+    history = tmp_path / "results/smoke/runs/ph2-dermoscopy/unet/seed1/history.csv"
+    history.write_text("epoch,seconds,eval_seconds\n1,100,10\n2,100,10\n3,80,0\n")
+    asked = []
+
+    def flops_of(dataset, model, size):
+        asked.append((dataset, model, size))
+        return 3e9
+
+    names = ["train@ph2-dermoscopy-unet-0", "train@ph2-dermoscopy-unetpp-0", "train@ph2-dermoscopy-unetpp-1"]
+    estimate = Estimate.of_runs(tmp_path, GRID, names, flops_of=flops_of)
+    assert estimate.seconds["train@ph2-dermoscopy-unet-0"] == 200.0  # the median of 100 and 300
+    # 200 s per 1e9 FLOPs (the median of 1e-7 and 3e-7 s per FLOP) x 3e9 FLOPs
+    assert estimate.seconds["train@ph2-dermoscopy-unetpp-0"] == pytest.approx(600.0)
+    assert estimate.from_flops == {"train@ph2-dermoscopy-unetpp-0", "train@ph2-dermoscopy-unetpp-1"}
+    assert asked == [("ph2-dermoscopy", "unetpp", [96, 96])]  # once per cell
+    assert "for 2 run(s) without one their dataset's seconds per FLOP x their FLOPs" in estimate.describe(1)
+
+
+def test_variant_flops_builds_the_variant_as_the_study_does(tmp_path):
+    from repro.complexity import count_flops
+    from repro.config import load_params, scale_preset
+    from repro.models import create_model
+
+    assert variant_flops(tmp_path, GRID, "ph2-dermoscopy", "unet", [32, 32]) is None  # not prepared here
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    prepared = tmp_path / "data/processed/smoke/ph2-dermoscopy"
+    prepared.mkdir(parents=True)
+    (prepared / "meta.json").write_text(json.dumps({"class_names": ["background", "lesion"], "in_channels": 3}))
+    width = scale_preset("smoke", load_params(REPO_ROOT / "params.yaml")).width_mult
+    expected = count_flops(create_model("unetpp", in_channels=3, num_classes=1, width_mult=width), (32, 32), 3)
+    assert variant_flops(tmp_path, GRID, "ph2-dermoscopy", "unetpp", [32, 32]) == expected
 
 
 def test_dry_run_lists_new_runs_apart_from_those_replacing_committed_ones(tmp_path):
@@ -283,7 +331,7 @@ def test_a_stage_guard_writes_its_commands_output_without_noise(tmp_path):
     )
     # Its stdin stays open, as a worker holds it: closed, the guard would end the command.
     guard = subprocess.Popen(
-        [sys.executable, "-m", "repro.stage_task", f"sh {script}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-m", "repro.runner.stage_task", f"sh {script}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     output = guard.stdout.read()
     assert guard.wait(timeout=30) == 3
@@ -298,7 +346,7 @@ def test_dvcs_progress_bars_are_off_in_the_runner(tmp_path):
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    with _repo(tmp_path):
+    with dvc_repo(tmp_path):
         bar = Tqdm(total=3, file=_Terminal(), desc="Collecting files and computing hashes")
         assert bar.disable
         bar.close()
@@ -429,6 +477,7 @@ def _custom_copy(tmp_path: Path) -> Path:
             (data_root / "polyps" / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(data_root / f"polyps/{folder}/p{i:02d}.png")
     definition = {
+        "path": str(data_root / "polyps"),
         "images": "images",
         "masks": "masks",
         "image_suffix": ".png",

@@ -1,8 +1,8 @@
-"""The verdict rule (repro.verdicts) on constructed cases, one per label and per boundary."""
+"""The verdict rule (repro.analysis.verdicts) on constructed cases, one per label and per boundary."""
 
 import pytest
 
-from repro import verdicts
+from repro.analysis import verdicts
 
 ALPHA = 0.05
 

@@ -86,7 +86,7 @@ def _volume_dataset(tmp_path, n=6, shape=(6, 7, 5), volume_shape=(8, 8, 8)):
             layout="images/*.nii.gz, labels/*.nii.gz",
             class_names=("background", "a", "b"),
             in_channels=1,
-            list_samples=paired_folders("images", "labels", image_suffix=".nii.gz", mask_suffix=".nii.gz"),
+            list_samples=paired_folders("images", "labels", image_suffix=".nii.gz", mask_pattern="{stem}.nii.gz"),
             mask=ValueMask({0: 0, 1: 1, 2: 2}),
             ndim=3,
             volume_shape=volume_shape,

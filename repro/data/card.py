@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from repro.data.overlay import overlay, short_id
 from repro.data.prepare import read_pair, read_volume_pair
 from repro.data.registry import get_dataset
 from repro.data.splits import SPLIT_NAMES, load_split
-from repro.training.figures import overlay, short_id
 
 
 def dataset_card(name: str, data_root: str | None = None) -> dict:

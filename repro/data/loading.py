@@ -69,6 +69,18 @@ class PreparedData:
         return 1 if self.num_classes == 2 else self.num_classes
 
 
+def channel_statistics(train_images: np.ndarray, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel mean and standard deviation (+1e-6) of prepared uint8 training images scaled to [0, 1], in
+    float64: the normalisation of every split of a 2D run, and of the images ``repro.predict`` applies it to."""
+    train_pixels = train_images.reshape(-1, in_channels).astype(np.float64) / 255.0
+    return train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+
+
+def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Prepared uint8 images (channels last) scaled to [0, 1] and normalised by ``mean`` and ``std``, in float32."""
+    return (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+
+
 def load_prepared(
     folder: Path | str, max_train_images: int | None = None, max_eval_images: int | None = None
 ) -> PreparedData:
@@ -99,11 +111,10 @@ def load_prepared(
     if volumetric:  # z-scored per case when prepared
         mean, std = np.zeros(meta["in_channels"]), np.full(meta["in_channels"], 1 / 255.0)
     else:
-        train_pixels = raw["train"][0].reshape(-1, meta["in_channels"]).astype(np.float64) / 255.0
-        mean, std = train_pixels.mean(axis=0), train_pixels.std(axis=0) + 1e-6
+        mean, std = channel_statistics(raw["train"][0], meta["in_channels"])
 
     def to_split(images: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, ids: list[str]) -> Split:
-        normalised = (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+        normalised = normalise(images, mean, std)
         channels_first = (0, images.ndim - 1, *range(1, images.ndim - 1))
         return Split(
             images=torch.from_numpy(np.ascontiguousarray(normalised.transpose(channels_first))),

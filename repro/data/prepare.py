@@ -9,7 +9,8 @@ files and settings:
 - ``meta.json``: ids per split, class names, channels, sizes, source
 
 Every pair is validated (readable, image and mask of one size, mask values as the dataset's encoding expects)
-and all problems are reported together, naming each file, before anything is written.
+and all problems are reported together, naming each file, before anything is written. The folder is then written
+whole beside the old one and swapped in only when complete: a prepare that fails keeps the last good data.
 
 Volumes (``ndim=3`` datasets: NIfTI files, or HDF5 files holding image and label) keep their native voxels, or are
 reduced by the dataset's fixed ``volume_downsample`` factor (see below); a scale's ``image_size`` does not resize
@@ -45,7 +46,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,7 @@ from repro.data.readers import (
     read_volume_mask,
 )
 from repro.data.registry import REPO_ROOT, DatasetSpec, Sample, check_custom_names, get_dataset
-from repro.data.splits import SPLIT_NAMES, SPLIT_SEED, draw_split, load_split, write_split
+from repro.data.splits import SPLIT_NAMES, SPLIT_SEED, draw_split, load_split, warn_small_splits, write_split
 
 PROCESSED_DIR = REPO_ROOT / "data" / "processed"
 DEBUG_ENV = "UNET_REPRO_DEBUG"
@@ -302,6 +305,9 @@ def prepare_dataset(
 ) -> Path:
     """Validate and cache dataset ``name`` at ``scale``; returns the output folder.
 
+    The folder is written whole beside ``out_dir`` and put in its place only when complete, so a prepare that fails
+    leaves the last good one as it was. A split too small to score on is warned about (:func:`warn_small_splits`).
+
     Raises:
         DatasetError: naming every bad file (unreadable, unpaired, wrong size, unexpected mask values) or
             split problem. Nothing is written in that case.
@@ -309,6 +315,7 @@ def prepare_dataset(
     spec = get_dataset(name)
     samples = spec.samples(data_root)
     split = load_split(spec, samples, splits_dir)
+    warn_small_splits(spec, samples, split)
     by_id = {s.id: s for s in samples}
 
     def guarded(sample: Sample) -> PreparedPair | str:
@@ -340,11 +347,6 @@ def prepare_dataset(
         if pairs[0].valid is not None:
             arrays[f"{split_name}_valid"] = np.stack([p.valid for p in pairs])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.npy"):
-        stale.unlink()
-    for key, array in arrays.items():
-        np.save(out_dir / f"{key}.npy", np.ascontiguousarray(array))
     meta = {
         "dataset": name,
         "title": spec.title,
@@ -383,8 +385,35 @@ def prepare_dataset(
                 },
                 "native_shape": {i: list(p.native_shape) for i, p in prepared.items()},
             }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _write_in_place_of(out_dir, arrays, meta)
     return out_dir
+
+
+def _write_in_place_of(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write the prepared arrays and ``meta.json`` into a new folder beside ``out_dir``, then put it in its place.
+
+    A prepare that fails, even while writing (a full disk), leaves the last good folder as it was: the prepare
+    stages keep their output (``persist`` in dvc.yaml), so this swap is the only thing that replaces it.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".new", dir=out_dir.parent))
+    previous = fresh.with_suffix(".old")
+    try:
+        # mkdtemp makes a private folder; the prepared one is as readable as the folder it lies in.
+        fresh.chmod(out_dir.parent.stat().st_mode & 0o777)
+        for key, array in arrays.items():
+            np.save(fresh / f"{key}.npy", np.ascontiguousarray(array))
+        (fresh / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out_dir.exists():
+            out_dir.rename(previous)
+        fresh.rename(out_dir)
+    except BaseException:
+        if previous.exists() and not out_dir.exists():
+            previous.rename(out_dir)
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    # The new data is in place: a leftover of the old (a file another process holds open) must not fail the prepare.
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -411,8 +440,10 @@ def _run(args: argparse.Namespace) -> None:
     data_root = args.data_root or params.get("data_root")
     if args.draw_split:
         spec = get_dataset(args.dataset)
-        path = write_split(spec, draw_split(spec, spec.samples(data_root)), SPLIT_SEED)
-        print(f"wrote {path}")
+        samples = spec.samples(data_root)
+        split = draw_split(spec, samples)
+        print(f"wrote {write_split(spec, split, SPLIT_SEED)}")
+        warn_small_splits(spec, samples, split)
         return
     out = prepare_dataset(args.dataset, scale_preset(args.scale, params), args.out, data_root)
     print(f"prepared {args.dataset} -> {out}")

@@ -18,7 +18,10 @@ class DatasetError(ValueError):
 
 
 def problems_error(header: str, problems: list[str], shown: int = 20) -> DatasetError:
-    """One error listing several problems (the first ``shown`` of them), each naming its file."""
+    """One error listing several problems (the first ``shown`` of them), each naming its file; a single problem is
+    one line, so that the command line's last line (and the study runner's cause) holds all of it."""
+    if len(problems) == 1:
+        return DatasetError(f"{header}: {problems[0]}")
     lines = problems[:shown] + ([f"... and {len(problems) - shown} more"] if len(problems) > shown else [])
     return DatasetError(f"{header}:\n  " + "\n  ".join(lines))
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from repro.data.readers import INTENSITY_RULES, DatasetError, Intensity, problems_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT_ENV = "UNET_REPRO_DATA_ROOT"
-DEFAULT_DATA_ROOT = "../shared/datasets"
 
 
 @dataclass(frozen=True)
@@ -221,14 +221,20 @@ class DatasetSpec:
 
     def folder(self, data_root: Path | str | None = None) -> Path:
         """The dataset's folder, with a clear error when it is missing."""
-        folder = resolve_data_root(data_root) / self.name
+        folder, setting = self._location(data_root)
         if not folder.is_dir():
             raise DatasetError(
                 f"dataset '{self.name}' not found at {folder}.\n"
-                f"  Source: {self.source}\n  Expected layout below that folder: {self.layout}\n"
-                f"  The data root is `data_root` in params.yaml (or `--data-root` on the command line)."
+                f"  Source: {self.source}\n  Expected layout below that folder: {self.layout}\n  {setting}"
             )
         return folder
+
+    def _location(self, data_root: Path | str | None) -> tuple[Path, str]:
+        """Where the dataset's folder should be, and the setting that says so."""
+        return (
+            resolve_data_root(data_root) / self.name,
+            "The data root is `data_root` in params.yaml (or `--data-root` on the command line).",
+        )
 
     def samples(self, data_root: Path | str | None = None) -> list[Sample]:
         """Every pair of the dataset, sorted by id, with its group where the dataset groups its pairs; missing
@@ -246,12 +252,40 @@ class DatasetSpec:
         return samples
 
 
+@dataclass(frozen=True)
+class FolderDatasetSpec(DatasetSpec):
+    """A dataset of ``prepare.custom_datasets``: its folder is its entry's ``path``, wherever it lies.
+
+    A subclass rather than a field of :class:`DatasetSpec`: a run records every field of its dataset's spec
+    (``dataset_definition`` in :mod:`repro.training.identity`), and the built-in datasets' records keep theirs.
+
+    Args:
+        path: the dataset's folder, absolute or relative to the repository root, as written in the entry (the
+            ``prepare_custom`` stage of dvc.yaml depends on that folder by the same value).
+    """
+
+    path: str = field(kw_only=True)
+
+    def _location(self, data_root: Path | str | None) -> tuple[Path, str]:
+        path = Path(self.path)
+        return (
+            path if path.is_absolute() else (REPO_ROOT / path).resolve(),
+            f"The folder is `path` of prepare.custom_datasets.{self.name} in params.yaml ({self.path}; a relative "
+            f"path is taken from the repository root).",
+        )
+
+
 def resolve_data_root(data_root: Path | str | None = None) -> Path:
-    """The data root: the argument, else ``$UNET_REPRO_DATA_ROOT``, else ``../shared/datasets``.
+    """The data root: the argument, else ``$UNET_REPRO_DATA_ROOT``, else params.yaml's ``data_root`` (one place
+    sets the default: the pipeline's stages read it there too).
 
     Relative paths are taken from the repository root, so notebooks and DVC stages agree wherever they run.
     """
-    chosen = data_root or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
+    chosen = (
+        data_root
+        or os.environ.get(DATA_ROOT_ENV)
+        or yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["data_root"]
+    )
     root = Path(chosen).expanduser()
     return root if root.is_absolute() else (REPO_ROOT / root).resolve()
 
@@ -261,38 +295,44 @@ def paired_folders(
     mask_dir: str,
     *,
     image_suffix: str,
-    mask_suffix: str,
+    mask_pattern: str,
     mask_name: Callable[[str], str] = lambda stem: stem,
     valid_dir: str | None = None,
-    valid_name: Callable[[str], str] | None = None,
+    valid_name: Callable[[str], str] = lambda stem: stem,
     valid_suffix: str | None = None,
     subset: str | None = None,
     id_prefix: str = "",
 ) -> Callable[[Path], list[Sample]]:
     """A ``list_samples`` for a folder of images beside a folder of masks matched by file name.
 
-    Every image must have its mask and every mask its image; otherwise the error names the orphan file.
+    Every image must have its mask, and every file of the mask folder named like ``mask_pattern`` its image;
+    otherwise the error names the orphan file. Files of the mask folder named otherwise (another annotator's
+    masks, the images themselves where both share a folder) are not masks of this dataset and are left alone.
 
     Args:
         image_dir, mask_dir: folders relative to the dataset folder.
-        image_suffix, mask_suffix: file suffixes (``.png``).
-        mask_name: maps an image stem to its mask stem (DRIVE: ``21_training`` -> ``21_manual1``).
-        valid_dir, valid_name, valid_suffix: optional region-of-interest masks, matched the same way (their
-            suffix defaults to ``mask_suffix``).
+        image_suffix: the images' file suffix (``.png``).
+        mask_pattern: a mask's file name, ``{stem}`` standing for the image's file stem (``{stem}.png``,
+            ``{stem}_segmentation.png``); see :func:`mask_pattern_problems`.
+        mask_name: maps an image stem to the ``{stem}`` of its mask (DRIVE: ``21_training`` -> ``21_manual1``).
+        valid_dir, valid_name, valid_suffix: optional region-of-interest masks ``<valid_dir>/<valid_name(stem)>
+            <valid_suffix>``, given together.
         subset: the official subset these pairs form, if any.
         id_prefix: prefix for ids, where two folders share stems.
     """
+    if valid_dir is not None and valid_suffix is None:
+        raise ValueError(f"paired_folders({image_dir!r}, ...): valid_dir {valid_dir!r} needs its valid_suffix")
 
     def list_samples(folder: Path) -> list[Sample]:
         images, masks = folder / image_dir, folder / mask_dir
         for required in (images, masks):
             if not required.is_dir():
                 raise DatasetError(f"{required}: folder missing")
-        image_files = _files_with_suffix(images, image_suffix, "image_suffix")
-        mask_files = _files_with_suffix(masks, mask_suffix, "mask_suffix")
+        image_files = _files_named(images, "{stem}" + image_suffix, "`image_suffix`")
+        mask_files = _files_named(masks, mask_pattern, "`mask_suffix` or `mask_pattern`")
         expected_masks = {mask_name(stem): stem for stem in image_files}
         problems = [
-            f"{image_files[stem]}: no mask {masks / (mask_name(stem) + mask_suffix)}"
+            f"{image_files[stem]}: no mask {masks / mask_pattern.replace('{stem}', mask_stem)}"
             for mask_stem, stem in sorted(expected_masks.items())
             if mask_stem not in mask_files
         ]
@@ -302,12 +342,12 @@ def paired_folders(
             if stem not in expected_masks
         ]
         if problems:
-            raise DatasetError("unpaired files:\n  " + "\n  ".join(problems))
+            raise problems_error(f"unpaired files (masks named {mask_pattern} in {masks})", problems)
         samples = []
         for stem, image in sorted(image_files.items()):
             valid = None
-            if valid_dir is not None and valid_name is not None:
-                valid = folder / valid_dir / (valid_name(stem) + (valid_suffix or mask_suffix))
+            if valid_dir is not None:
+                valid = folder / valid_dir / (valid_name(stem) + str(valid_suffix))
                 if not valid.is_file():
                     raise DatasetError(f"{image}: no field-of-view mask {valid}")
             samples.append(Sample(id_prefix + stem, image, mask_files[mask_name(stem)], valid=valid, subset=subset))
@@ -316,22 +356,44 @@ def paired_folders(
     return list_samples
 
 
-def _files_with_suffix(folder: Path, suffix: str, key: str) -> dict[str, Path]:
-    """stem -> file for the files of ``folder`` with ``suffix``; none at all is one error saying what is there.
+def mask_pattern_problems(pattern: object) -> list[str]:
+    """What is wrong with a mask file-name pattern (nothing: an empty list).
 
-    The suffix may have two parts (``.nii.gz``); the stem is the name without it.
+    A pattern is a file name holding ``{stem}`` once, where the image's file stem goes, and ending in a file suffix:
+    ``{stem}_segmentation.png`` (ISIC), ``{stem}_1stHO.png``. It names a file of the mask folder, not a path.
     """
-    found = {
-        p.name[: -len(suffix)]: p
-        for p in folder.iterdir()
-        if p.name.lower().endswith(suffix) and len(p.name) > len(suffix)
-    }
+    example = "like '{stem}_segmentation.png'"
+    if not isinstance(pattern, str):
+        return [f"mask_pattern must be a file name holding {{stem}}, {example} (got {pattern!r})"]
+    problems = []
+    if pattern.count("{stem}") != 1:
+        problems.append(
+            f"mask_pattern must hold {{stem}} once, where the image's file stem goes, {example} (got {pattern!r})"
+        )
+    elif "{" in pattern.replace("{stem}", "") or "}" in pattern.replace("{stem}", ""):
+        problems.append(f"mask_pattern may hold no braces but those of {{stem}} (got {pattern!r})")
+    if "/" in pattern or "\\" in pattern:
+        problems.append(f"mask_pattern is a file name in the `masks` folder, without a folder (got {pattern!r})")
+    if not re.search(r"\.\w+$", pattern):
+        problems.append(f"mask_pattern must end with a file suffix such as .png (got {pattern!r})")
+    return problems
+
+
+def _files_named(folder: Path, pattern: str, setting: str) -> dict[str, Path]:
+    """stem -> file for the files of ``folder`` named like ``pattern`` (``{stem}`` standing for the stem, the rest
+    matched regardless of case); none at all is one error saying what the folder holds.
+
+    The suffix may have two parts (``{stem}.nii.gz``).
+    """
+    before, after = pattern.split("{stem}")
+    named = re.compile(re.escape(before) + "(.+)" + re.escape(after), re.IGNORECASE)
+    found = {match.group(1): p for p in folder.iterdir() if (match := named.fullmatch(p.name))}
     if not found:
         others = Counter(p.suffix.lower() or "(no suffix)" for p in folder.iterdir() if p.is_file())
         held = ", ".join(f"{n} x {s}" for s, n in sorted(others.items()))
+        wanted = f"{after} files" if not before and re.fullmatch(r"(\.\w+)+", after) else f"files named {pattern}"
         raise DatasetError(
-            f"{folder}: no {suffix} files"
-            + (f"; it holds {held} (check `{key}`)" if others else "; the folder is empty")
+            f"{folder}: no {wanted}" + (f"; it holds {held} (check {setting})" if others else "; the folder is empty")
         )
     return found
 
@@ -406,8 +468,10 @@ def list_datasets() -> list[str]:
 
 
 # The keys of a `prepare.custom_datasets` entry; docs/datasets.md, "The keys of an entry", documents each.
-REQUIRED_KEYS = ("images", "masks", "image_suffix", "mask_suffix", "in_channels", "class_names")
+REQUIRED_KEYS = ("path", "images", "masks", "image_suffix", "in_channels", "class_names")
 OPTIONAL_KEYS = (
+    "mask_suffix",
+    "mask_pattern",
     "threshold",
     "mask_values",
     "title",
@@ -420,11 +484,11 @@ OPTIONAL_KEYS = (
     "fov_suffix",
     "intensity",
 )
-# A name is a folder below the data root, a DVC stage name and a dotted params key: no dots or slashes.
+# A name is a DVC stage name and a dotted params key: no dots or slashes.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
-def _custom_config_problems(config: Mapping) -> list[str]:
+def _custom_config_problems(name: str, config: Mapping) -> list[str]:
     """Every problem of one custom dataset entry (unknown keys with a guess, missing keys, wrong values)."""
     known = REQUIRED_KEYS + OPTIONAL_KEYS
     problems = []
@@ -435,9 +499,25 @@ def _custom_config_problems(config: Mapping) -> list[str]:
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         problems.append(f"missing key(s) {missing}")
+    if "path" in missing:
+        problems.append(
+            "path is the dataset's folder, absolute or relative to the repository root (one below the data root: "
+            f"path: ../shared/datasets/{name})"
+        )
+    path = config.get("path")
+    if "path" in config and not (isinstance(path, str) and path.strip() and not path.startswith("~")):
+        # DVC reads the same value as the prepare stage's dependency, and expands no `~`.
+        problems.append(f"path must be a folder, absolute or relative to the repository root, without ~ (got {path!r})")
     for key in ("image_suffix", "mask_suffix", "fov_suffix"):
         if key in config and not (isinstance(config[key], str) and re.fullmatch(r"\.\w+", config[key])):
             problems.append(f"{key} must be a file suffix with its dot, like .png (got {config[key]!r})")
+    if ("mask_suffix" in config) == ("mask_pattern" in config):
+        problems.append(
+            "give exactly one of 'mask_suffix' (a mask named as its image: .png) or 'mask_pattern' (its file name, "
+            "{stem} standing for the image's stem: '{stem}_segmentation.png')"
+        )
+    if "mask_pattern" in config:
+        problems += mask_pattern_problems(config["mask_pattern"])
     if "in_channels" in config and config["in_channels"] not in (1, 3):
         problems.append(f"in_channels must be 1 (grayscale) or 3 (RGB), got {config['in_channels']!r}")
     names = config.get("class_names")
@@ -491,17 +571,17 @@ def _custom_config_problems(config: Mapping) -> list[str]:
 
 
 def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
-    """Register a user's dataset laid out as ``<root>/<name>/<images>/*`` beside ``<root>/<name>/<masks>/*``.
+    """Register a user's dataset laid out as ``<path>/<images>/*`` beside ``<path>/<masks>/*``.
 
     ``config`` is one ``prepare.custom_datasets`` entry of params.yaml; its keys (:data:`REQUIRED_KEYS`,
     :data:`OPTIONAL_KEYS`) are documented in docs/datasets.md, "The keys of an entry". Every problem of the entry
-    is reported at once, unknown keys with the known ones.
+    is reported at once, unknown keys with the known ones. A ``mask_suffix`` is the mask pattern ``{stem}<suffix>``.
     """
     problems = []
     if not (isinstance(name, str) and _NAME.fullmatch(name)):
-        problems.append("the name must be letters, digits, '-' and '_' (it is a folder, a DVC stage and a key)")
+        problems.append("the name must be letters, digits, '-' and '_' (it is a DVC stage and a key)")
     problems += (
-        _custom_config_problems(config)
+        _custom_config_problems(name, config)
         if isinstance(config, Mapping)
         else [f"the entry must be a mapping of keys, got {config!r}"]
     )
@@ -516,12 +596,14 @@ def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
     large_images = bool(config.get("large_images", False))
     fov_masks = config.get("fov_masks")
     intensity = config.get("intensity", "bit_depth")
-    image_suffix, mask_suffix = config["image_suffix"].lower(), config["mask_suffix"].lower()
-    layout = f"{config['images']}/*{image_suffix}, {config['masks']}/*{mask_suffix}"
+    image_suffix = config["image_suffix"].lower()
+    mask_pattern = config.get("mask_pattern") or "{stem}" + config["mask_suffix"].lower()
+    fov_suffix = config.get("fov_suffix", re.search(r"\.\w+$", mask_pattern).group()).lower()
+    layout = f"{config['images']}/<stem>{image_suffix}, {config['masks']}/{mask_pattern.replace('{stem}', '<stem>')}"
     if fov_masks is not None:
-        layout += f", {fov_masks}/*{config.get('fov_suffix', mask_suffix)} (field of view, white inside)"
+        layout += f", {fov_masks}/<stem>{fov_suffix} (field of view, white inside)"
     return register(
-        DatasetSpec(
+        FolderDatasetSpec(
             name=name,
             title=config.get("title", name),
             source=config.get("source", "user-supplied"),
@@ -532,10 +614,9 @@ def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
                 config["images"],
                 config["masks"],
                 image_suffix=image_suffix,
-                mask_suffix=mask_suffix,
+                mask_pattern=mask_pattern,
                 valid_dir=fov_masks,
-                valid_name=None if fov_masks is None else (lambda stem: stem),
-                valid_suffix=config.get("fov_suffix", "").lower() or None,
+                valid_suffix=fov_suffix,
             ),
             mask=mask,
             split=SplitPolicy(
@@ -545,6 +626,7 @@ def register_folder_dataset(name: str, config: Mapping) -> DatasetSpec:
             ),
             large_images=large_images,
             intensity=tuple(intensity) if isinstance(intensity, list) else intensity,
+            path=config["path"],
         )
     )
 
@@ -567,7 +649,9 @@ register(
         layout="dsb2018_96/images/<id>.png, dsb2018_96/masks/0/<id>.png",
         class_names=("background", "nuclei"),
         in_channels=3,
-        list_samples=paired_folders("dsb2018_96/images", "dsb2018_96/masks/0", image_suffix=".png", mask_suffix=".png"),
+        list_samples=paired_folders(
+            "dsb2018_96/images", "dsb2018_96/masks/0", image_suffix=".png", mask_pattern="{stem}.png"
+        ),
         # Resizing left interpolated edge values (2.7% of pixels in 1..254): threshold at the midpoint.
         mask=ThresholdMask(127),
     )
@@ -581,7 +665,9 @@ register(
         layout="Kvasir-SEG/images/<id>.jpg, Kvasir-SEG/masks/<id>.jpg",
         class_names=("background", "polyp"),
         in_channels=3,
-        list_samples=paired_folders("Kvasir-SEG/images", "Kvasir-SEG/masks", image_suffix=".jpg", mask_suffix=".jpg"),
+        list_samples=paired_folders(
+            "Kvasir-SEG/images", "Kvasir-SEG/masks", image_suffix=".jpg", mask_pattern="{stem}.jpg"
+        ),
         # JPEG masks carry compression noise around 0 and 255: threshold at the midpoint.
         mask=ThresholdMask(127),
     )
@@ -595,7 +681,7 @@ register(
         layout="images/IMDxxx.png, masks/IMDxxx.png",
         class_names=("background", "lesion"),
         in_channels=3,
-        list_samples=paired_folders("images", "masks", image_suffix=".png", mask_suffix=".png"),
+        list_samples=paired_folders("images", "masks", image_suffix=".png", mask_pattern="{stem}.png"),
         mask=ValueMask({0: 0, 255: 1}),
     )
 )
@@ -608,7 +694,7 @@ register(
         layout="train/image/<i>.png, train/label/<i>.png (i = 0..29); test/ is unlabelled and unused",
         class_names=("background", "membrane"),
         in_channels=1,
-        list_samples=paired_folders("train/image", "train/label", image_suffix=".png", mask_suffix=".png"),
+        list_samples=paired_folders("train/image", "train/label", image_suffix=".png", mask_pattern="{stem}.png"),
         # The labels mark cell interiors 255 and membranes 0; the membrane is what is segmented.
         mask=ValueMask({255: 0, 0: 1}),
         split=SplitPolicy(val_fraction=0.15, test_fraction=0.2),
@@ -630,7 +716,7 @@ register(
                 "TrainingSet/MultiClassInfection-Train/Imgs",
                 "TrainingSet/MultiClassInfection-Train/GT",
                 image_suffix=".jpg",
-                mask_suffix=".png",
+                mask_pattern="{stem}.png",
                 subset="train",
                 id_prefix="train-",
             ),
@@ -638,7 +724,7 @@ register(
                 "TestingSet/MultiClassInfection-Test/Imgs",
                 "TestingSet/MultiClassInfection-Test/GT",
                 image_suffix=".jpg",
-                mask_suffix=".png",
+                mask_pattern="{stem}.png",
                 subset="test",
                 id_prefix="test-",
             ),
@@ -662,20 +748,22 @@ register(
                 "DRIVE/training/images",
                 "DRIVE/training/1st_manual",
                 image_suffix=".tif",
-                mask_suffix=".gif",
+                mask_pattern="{stem}.gif",
                 mask_name=lambda stem: stem.split("_")[0] + "_manual1",
                 valid_dir="DRIVE/training/mask",
                 valid_name=lambda stem: stem + "_mask",
+                valid_suffix=".gif",
                 subset="train",
             ),
             paired_folders(
                 "DRIVE/test/images",
                 "DRIVE/test/1st_manual",
                 image_suffix=".tif",
-                mask_suffix=".gif",
+                mask_pattern="{stem}.gif",
                 mask_name=lambda stem: stem.split("_")[0] + "_manual1",
                 valid_dir="DRIVE/test/mask",
                 valid_name=lambda stem: stem + "_mask",
+                valid_suffix=".gif",
                 subset="test",
             ),
         ),
@@ -699,7 +787,7 @@ register(
             "Task04_Hippocampus/imagesTr",
             "Task04_Hippocampus/labelsTr",
             image_suffix=".nii.gz",
-            mask_suffix=".nii.gz",
+            mask_pattern="{stem}.nii.gz",
         ),
         mask=ValueMask({0: 0, 1: 1, 2: 2}),
         ndim=3,

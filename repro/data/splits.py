@@ -8,17 +8,23 @@ groups its pairs (frames of one video), whole groups are drawn, so no group stra
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from repro.data.readers import DatasetError, problems_error
-from repro.data.registry import REPO_ROOT, DatasetSpec, Sample
+from repro.data.registry import BUILT_IN, REPO_ROOT, DatasetSpec, Sample
 
 SPLITS_DIR = REPO_ROOT / "data" / "splits"
 SPLIT_NAMES = ("train", "val", "test")
 # The UNet++ code splits DSB2018 with random_state=41; the same number seeds every split here.
 SPLIT_SEED = 41
+# Below these a split is warned about: a mean over n images moves by 1/n of one image's score with each image (by
+# more than a fifth below 5), too coarse to tell models apart; a split of one group (one patient, one video) scores
+# that group, not the dataset.
+MIN_SPLIT_IMAGES = 5
+MIN_SPLIT_GROUPS = 2
 
 
 def draw_split(spec: DatasetSpec, samples: list[Sample], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -154,3 +160,40 @@ def load_split(spec: DatasetSpec, samples: list[Sample], splits_dir: Path | None
     if problems:
         raise problems_error(f"{path}: invalid split", problems)
     return split
+
+
+def small_split_warnings(spec: DatasetSpec, samples: list[Sample], split: dict[str, list[str]]) -> list[str]:
+    """One line for each split of ``split`` holding fewer than :data:`MIN_SPLIT_IMAGES` images or, where the dataset
+    groups its pairs, fewer than :data:`MIN_SPLIT_GROUPS` groups: the split, its size and what to change."""
+    entry = f"params.yaml prepare.custom_datasets.{spec.name}"
+    redraw = f"and redraw the split (python -m repro.data.prepare --draw-split {spec.name})"
+    change = {
+        "train": f"add images, or lower val_fraction or test_fraction in {entry} {redraw}",
+        "val": f"add images, or raise val_fraction in {entry} {redraw}",
+        "test": f"add images, or raise test_fraction in {entry} {redraw}",
+    }
+    if any(s.subset == "test" for s in samples):
+        change["test"] = "it is the dataset's official test subset, which only more data changes"
+    if spec.name in BUILT_IN:
+        # A built-in dataset's split is the one its committed runs were scored on: the warning only informs.
+        change = dict.fromkeys(SPLIT_NAMES, "it is the split the study's committed runs were scored on, kept as is")
+    grouped = spec.split.group is not None
+    group_of = {s.id: s.group for s in samples}
+    least = f"{MIN_SPLIT_IMAGES} images" + (f" or {MIN_SPLIT_GROUPS} groups" if grouped else "")
+    lines = []
+    for name in SPLIT_NAMES:
+        ids = split[name]
+        groups = len({group_of[i] for i in ids})
+        if len(ids) < MIN_SPLIT_IMAGES or (grouped and groups < MIN_SPLIT_GROUPS):
+            size = f"{len(ids)} image(s)" + (f" of {groups} group(s)" if grouped else "")
+            lines.append(
+                f"warning: split '{name}' of '{spec.name}' holds {size}, fewer than {least}: its scores rest on too "
+                f"few; {change[name]}"
+            )
+    return lines
+
+
+def warn_small_splits(spec: DatasetSpec, samples: list[Sample], split: dict[str, list[str]]) -> None:
+    """Print :func:`small_split_warnings` to stderr (the split command and every prepare say it)."""
+    for line in small_split_warnings(spec, samples, split):
+        print(line, file=sys.stderr, flush=True)

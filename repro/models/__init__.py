@@ -3,9 +3,12 @@
 Every model maps ``(N, in_channels, H, W)`` images to logits ``(N, num_classes, H, W)`` (binary segmentation
 uses ``num_classes=1`` with a sigmoid, multi-class a softmax). With ``deep_supervision=True``, train mode returns
 a list of logits (deepest decoder output last) and eval mode one tensor selected by ``ds_mode``. Volumetric
-models (:func:`model_spatial_dims` 3) map ``(N, in_channels, D, H, W)`` to ``(N, num_classes, D, H, W)``. Each model
-class has ``size_divisor`` (inputs must be multiples of it) and its module docstring states every deviation from
-the official code.
+models (:func:`model_spatial_dims` 3) map ``(N, in_channels, D, H, W)`` to ``(N, num_classes, D, H, W)``. Every
+model is a :class:`~repro.models.contract.SegmentationNetwork`: it states its paper, official code, input multiple
+(``size_divisor``) and dimensions next to its code, and its module docstring states every deviation from the
+official code. Adding an architecture: one module, one line in ``_REGISTRY`` below, one variant in params.yaml.
+
+Imports nothing of the project outside ``repro.models``: every other part may build a network.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def model_options(arch: str) -> tuple[str, ...]:
 def model_spatial_dims(arch: str) -> int:
     """2 for an image model (inputs ``(N, C, H, W)``), 3 for a volume model (inputs ``(N, C, D, H, W)``)."""
     spec = _spec(arch)
-    return spec.fixed.get("spatial_dims", getattr(spec.model_class, "spatial_dims", 2))
+    return spec.fixed.get("spatial_dims", spec.model_class.spatial_dims)
 
 
 def create_model(arch: str, *, in_channels: int, num_classes: int, **options: Any) -> nn.Module:

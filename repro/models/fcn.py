@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.models.blocks import ConvNormAct, DoubleConv, check_input_size, scale_width
+from repro.models.blocks import ConvNormAct, DoubleConv, scale_width
+from repro.models.contract import SegmentationNetwork
 from repro.models.unet import UNET_FILTERS
 
 FC_WIDTH = 1024
@@ -87,7 +88,7 @@ class BilinearUpsample(nn.Module):
         return F.conv_transpose2d(x, self.weight, stride=self.scale, padding=self.scale // 2)
 
 
-class FCN8s(nn.Module):
+class FCN8s(SegmentationNetwork):
     """FCN-8s on the U-Net encoder: score layers at strides 8, 16 and 32, fused by learned upsampling.
 
     Args:
@@ -98,6 +99,9 @@ class FCN8s(nn.Module):
         learn_upsampling: learn the three bilinear-initialised upsamplers (default) or fix them (released FCN).
         width_mult: multiplies every width but the score layers' (reduced-scale runs).
     """
+
+    paper = 'Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015'
+    official_code = "shelhamer/fcn.berkeleyvision.org, voc-fcn8s/net.py (Caffe)"
 
     size_divisor = 32
 
@@ -134,7 +138,7 @@ class FCN8s(nn.Module):
         self.up8to1 = BilinearUpsample(num_classes, 8, learnable=learn_upsampling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         features = []
         for level, node in enumerate(self.encoder):
             x = node(x if level == 0 else self.pool(x))

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.models.blocks import ConvNormAct, check_choice, check_filters, check_input_size, scale_width
+from repro.models.blocks import ConvNormAct, check_choice, check_filters, scale_width
+from repro.models.contract import SegmentationNetwork
 
 VARIANTS = ("unet", "light", "lighter")
 BILINEAR_FILTERS = (64, 128, 256, 512, 512)
@@ -109,7 +110,7 @@ class BilinearUp(nn.Module):
         return self.conv(torch.cat([skip, coarse], dim=1))
 
 
-class BilinearUNet(nn.Module):
+class BilinearUNet(SegmentationNetwork):
     """The milesial bilinear U-Net with the conv sets of U-Net, Light U-Net or Lighter U-Net@C.
 
     Args:
@@ -123,6 +124,9 @@ class BilinearUNet(nn.Module):
         dropout: dropout on the bottleneck output (official 0.5).
         width_mult: multiplies every width (reduced-scale runs).
     """
+
+    paper = "Li et al., Light U-Net and Lighter U-Net, 2021"
+    official_code = "Yingping-LI/Light-U-net (on milesial/Pytorch-UNet's bilinear U-Net)"
 
     size_divisor = 1
     min_input_size = 16
@@ -178,7 +182,7 @@ class BilinearUNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__, self.min_input_size)
+        self.check_input(x)
         skips = []
         for level, node in enumerate(self.encoder):
             x = node(x if level == 0 else self.pool(x))

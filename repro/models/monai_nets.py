@@ -38,7 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from repro.models.blocks import check_input_size, scale_width
+from repro.models.blocks import scale_width
+from repro.models.contract import SegmentationNetwork
 
 # The SegResNet-VAE paper's weight of each VAE term (reconstruction L2 and KL) beside the Dice loss.
 VAE_LOSS_WEIGHT = 0.1
@@ -50,7 +51,7 @@ VNET_WIDTH = 16
 HIPPOCAMPUS_SIZE = (48, 64, 48)
 
 
-class _MonaiNet(nn.Module):
+class _MonaiNet(SegmentationNetwork):
     """A MONAI network ``self.net`` for volumes; subclasses build it and set ``size_divisor``."""
 
     spatial_dims = 3
@@ -63,7 +64,7 @@ class _MonaiNet(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__, spatial_dims=3)
+        self.check_input(x)
         return self.net(x)
 
 
@@ -75,6 +76,9 @@ class VNet(_MonaiNet):
         num_classes: output channels.
         width_mult: only 1.0: MONAI's V-Net has no width argument.
     """
+
+    paper = "Milletari et al., V-Net, 3DV 2016"
+    official_code = "MONAI 1.6.1, monai/networks/nets/vnet.py (used as is)"
 
     size_divisor = 16  # four stride-2 stages
 
@@ -107,6 +111,9 @@ class SegResNet(_MonaiNet):
         width_mult: multiplies the initial filters (32), rounded to a multiple of 8.
     """
 
+    paper = "Myronenko, 3D MRI brain tumor segmentation using autoencoder regularization, BrainLes 2018"
+    official_code = "MONAI 1.6.1, monai/networks/nets/segresnet.py (used as is)"
+
     size_divisor = 8  # three stride-2 stages
 
     def __init__(self, in_channels: int, num_classes: int, *, width_mult: float = 1.0) -> None:
@@ -135,7 +142,12 @@ class SegResNetVAE(_MonaiNet):
             multiple of 16.
     """
 
+    paper = "Myronenko, 3D MRI brain tumor segmentation using autoencoder regularization, BrainLes 2018"
+    official_code = "MONAI 1.6.1, monai/networks/nets/segresnet.py (used as is)"
+
     size_divisor = 16  # three stride-2 stages, then the VAE's own stride-2 convolution
+    # MONAI's VAE branch flattens its features with .view, which a channels-last tensor cannot give.
+    channels_last = False
 
     def __init__(
         self,
@@ -171,6 +183,9 @@ class SegResNetVAE(_MonaiNet):
                 f"{type(self).__name__} was built for inputs of {'x'.join(map(str, self.input_image_size))} "
                 f"(input_image_size); got {'x'.join(map(str, x.shape[2:]))}"
             )
-        logits, vae_loss = self.net(x)
+        # MONAI's VAE branch flattens with .view, which needs standard strides all the way down. A one-channel
+        # volume stored channels-last (as the prepared arrays are) counts as contiguous, yet convolutions carry its
+        # strides on: copy it to the standard layout first.
+        logits, vae_loss = self.net(x.clone(memory_format=torch.contiguous_format))
         self.auxiliary_loss = None if vae_loss is None else VAE_LOSS_WEIGHT * vae_loss
         return logits

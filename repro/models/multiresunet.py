@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repro.models.blocks import UpConcatNode, check_input_size, scale_width
+from repro.models.blocks import UpConcatNode, scale_width
+from repro.models.contract import SegmentationNetwork
 
 MULTIRESUNET_FILTERS = (32, 64, 128, 256, 512)
 DEFAULT_ALPHA = 1.67
@@ -156,7 +157,7 @@ class ResPath(nn.Sequential):
         super().__init__(*(ResUnit(in_channels if unit == 0 else out_channels, out_channels) for unit in range(length)))
 
 
-class MultiResUNet(nn.Module):
+class MultiResUNet(SegmentationNetwork):
     """MultiResUNet with five levels (four 2x down-samplings).
 
     Args:
@@ -165,6 +166,9 @@ class MultiResUNet(nn.Module):
         alpha: width factor of the MultiRes blocks (official: 1.67).
         width_mult: multiplies the nominal widths ``U`` (reduced-scale runs).
     """
+
+    paper = 'Ibtehaz and Rahman, "MultiResUNet", Neural Networks 121, 2020'
+    official_code = "nibtehaz/MultiResUNet, tensorflow/MultiResUNet.py (Keras)"
 
     size_divisor = 16
 
@@ -206,7 +210,7 @@ class MultiResUNet(nn.Module):
         self.head = ConvBN(coarse_channels, num_classes, 1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         skips = []
         for level, node in enumerate(self.encoder):
             x = node(x if level == 0 else self.pool(x))

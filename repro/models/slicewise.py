@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from repro.models.blocks import check_input_size
+from repro.models.contract import SegmentationNetwork
 from repro.models.unet import UNET_FILTERS, UNet
 
 
-class SlicewiseUNet(nn.Module):
+class SlicewiseUNet(SegmentationNetwork):
     """The 2D U-Net applied to every depth slice of a volume.
 
     Args:
@@ -33,7 +33,12 @@ class SlicewiseUNet(nn.Module):
             :class:`~repro.models.unet.UNet`'s options, with its defaults.
     """
 
+    paper = 'Cicek et al., "3D U-Net", MICCAI 2016 (its 2D baseline: a 2D U-Net slice by slice)'
+    official_code = "none: the study's 2D U-Net (repro.models.unet) applied to each slice"
+
     spatial_dims = 3
+    # Its layers are 2D: the channels-last format of volumes (channels_last_3d) does not apply to their weights.
+    channels_last = False
 
     def __init__(
         self,
@@ -68,10 +73,14 @@ class SlicewiseUNet(nn.Module):
         # Height and width go through the 2D U-Net; the depth can be any size.
         self.size_divisor = self.unet.size_divisor
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Only each slice's height and width pass through the 2D U-Net: any depth will do."""
+        check_input_size(x, self.size_divisor, type(self).__name__)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
             raise ValueError(f"{type(self).__name__} takes volumes (N, C, D, H, W); got shape {tuple(x.shape)}")
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         batch, channels, depth, height, width = x.shape
         slices = x.transpose(1, 2).reshape(batch * depth, channels, height, width)
         logits = self.unet(slices)

@@ -20,13 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from repro.models.blocks import check_filters, check_input_size, make_block, scale_width
+from repro.models.blocks import check_filters, make_block, scale_width
+from repro.models.contract import SegmentationNetwork
 from repro.models.upsample import BicubicUpsample2x
 
 TINYUNET_FILTERS = (64, 128, 256, 512)
 
 
-class TinyUNet(nn.Module):
+class TinyUNet(SegmentationNetwork):
     """TinyU-Net: a CMRF U-Net with four levels and no bottleneck block.
 
     Args:
@@ -37,6 +38,9 @@ class TinyUNet(nn.Module):
         n_dwconv: CMRF's N (default 8; the paper's ablation uses 1, 2, 4, 8, 16).
         width_mult: multiplies every width (reduced-scale runs).
     """
+
+    paper = "Chen et al., TinyU-Net, MICCAI 2024"
+    official_code = "ChenJunren-Lab/TinyU-Net"
 
     size_divisor = 16
 
@@ -70,7 +74,7 @@ class TinyUNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         skips = []
         for node in self.encoder:
             x = node(x)

@@ -67,7 +67,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from repro.models.blocks import check_choice, check_input_size, scale_width
+from repro.models.blocks import check_choice, scale_width
+from repro.models.contract import SegmentationNetwork
 
 U2NET_BASE_FILTERS = 16
 # num_pool_per_axis = [5, 5, 5] in the official universal run: five down-samplings, six levels.
@@ -307,7 +308,7 @@ def _per_domain(name: str, default: int, values: Sequence[int] | None, domains: 
     return values
 
 
-class U2Net3D(nn.Module):
+class U2Net3D(SegmentationNetwork):
     """3D U²-Net: a residual 3D U-Net whose convolutions share pointwise kernels across domains.
 
     ``forward(x, domain)`` runs domain ``domain`` (default: the ``domain`` attribute, 0 unless set, so a trainer
@@ -328,6 +329,9 @@ class U2Net3D(nn.Module):
         num_classes_per_domain: each domain's classes (official ``num_class_list``).
         init: ``"pytorch"`` (PyTorch's defaults) or ``"official"`` (Kaiming-normal convolution weights, zero biases).
     """
+
+    paper = 'Huang et al., "3D U2-Net: A 3D Universal U-Net for Multi-Domain Medical Image Segmentation", MICCAI 2019'
+    official_code = "huangmozhilv/u2net_torch, u2net_torch_src/models/u2net3d.py"
 
     spatial_dims = 3
     size_divisor = 2 ** (U2NET_LEVELS - 1)
@@ -407,7 +411,7 @@ class U2Net3D(nn.Module):
         domain = self.domain if domain is None else domain
         if not isinstance(domain, int) or not 0 <= domain < self.domains:
             raise ValueError(f"domain must be an int in [0, {self.domains}); got {domain!r}")
-        check_input_size(x, self.size_divisor, type(self).__name__, spatial_dims=3)
+        self.check_input(x)
         if x.shape[1] != self.in_channels_per_domain[domain]:
             raise ValueError(
                 f"domain {domain} takes {self.in_channels_per_domain[domain]} input channels; got {x.shape[1]}"

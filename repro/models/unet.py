@@ -47,13 +47,13 @@ from repro.models.blocks import (
     UpConcatNode,
     check_choice,
     check_filters,
-    check_input_size,
     conv_nd,
     init_keras2018,
     make_block,
     max_pool_nd,
     scale_width,
 )
+from repro.models.contract import SegmentationNetwork
 
 UNET_FILTERS = (32, 64, 128, 256, 512)
 WIDE_UNET_FILTERS = (35, 70, 140, 280, 560)
@@ -61,7 +61,7 @@ WIDE_UNET_FILTERS = (35, 70, 140, 280, 560)
 UNET3D_FILTERS = (64, 128, 256, 512)
 
 
-class UNet(nn.Module):
+class UNet(SegmentationNetwork):
     """U-Net with ``levels`` levels (``levels - 1`` 2x down-samplings; five by default), 2D or 3D.
 
     Args:
@@ -77,6 +77,12 @@ class UNet(nn.Module):
         levels: number of levels (at least 2); inputs must be multiples of ``2 ** (levels - 1)``.
         spatial_dims: 2 (images ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``; ``block="double_conv"``).
     """
+
+    paper = (
+        "Ronneberger et al., U-Net, MICCAI 2015, as configured by Zhou et al., UNet++, DLMIA 2018;"
+        " 3D: Cicek et al., 3D U-Net, MICCAI 2016"
+    )
+    official_code = "MrGiovanni/UNetPlusPlus (Keras)"
 
     def __init__(
         self,
@@ -119,7 +125,7 @@ class UNet(nn.Module):
             init_keras2018(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_divisor, type(self).__name__, spatial_dims=self.spatial_dims)
+        self.check_input(x)
         skips = []
         for level, node in enumerate(self.encoder):
             x = node(x if level == 0 else self.pool(x))

@@ -37,18 +37,18 @@ from repro.models.blocks import (
     UpConcatNode,
     check_choice,
     check_filters,
-    check_input_size,
     init_keras2018,
     make_block,
     mean_probability_logits,
     scale_width,
 )
+from repro.models.contract import SegmentationNetwork
 from repro.models.unet import UNET_FILTERS
 
 DEPTH = 4
 
 
-class NestedUNet(DeepSupervisionMixin, nn.Module):
+class NestedUNet(DeepSupervisionMixin, SegmentationNetwork):
     """The UNet+/UNet++ grid; ``dense_skips`` selects UNet++ (True) or UNet+ (False).
 
     Args:
@@ -65,6 +65,9 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
         width_mult: multiplies every width (reduced-scale runs).
         init: ``"pytorch"`` (PyTorch's defaults) or ``"keras2018"`` (the official Keras initialisation).
     """
+
+    paper = "Zhou et al., UNet++, DLMIA 2018 / IEEE TMI 2019"
+    official_code = "MrGiovanni/UNetPlusPlus (Keras)"
 
     size_divisor = 16
     ds_modes = ("average", "L1", "L2", "L3", "L4")
@@ -125,7 +128,7 @@ class NestedUNet(DeepSupervisionMixin, nn.Module):
         return rows[0][1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         if not self.deep_supervision:
             return self.heads[0](self._top_row(x, DEPTH)[-1])
         if self.training or self.ds_mode == "average":

@@ -70,9 +70,9 @@ from repro.models.blocks import (
     DoubleConv,
     check_choice,
     check_filters,
-    check_input_size,
     scale_width,
 )
+from repro.models.contract import SegmentationNetwork
 from repro.models.pvt_v2 import pvt_v2_b2
 from repro.models.sdi import SDI, SkipProjection
 
@@ -130,7 +130,7 @@ class PVTv2B2Encoder(nn.Module):
         return self.backbone(x)
 
 
-class UNetV2(DeepSupervisionMixin, nn.Module):
+class UNetV2(DeepSupervisionMixin, SegmentationNetwork):
     """U-Net v2: an encoder, SDI skip connections and a light transposed-convolution decoder.
 
     Args:
@@ -151,6 +151,9 @@ class UNetV2(DeepSupervisionMixin, nn.Module):
         ds_mode: eval-mode output with deep supervision: ``"average"`` or ``"final"``.
         width_mult: multiplies the CNN encoder's widths and ``c`` (only with ``encoder="cnn"``).
     """
+
+    paper = "Peng et al., U-Net v2, 2023 (arXiv:2311.17791)"
+    official_code = "yaoppeng/U-Net_v2, PolypSeg/unet_v2/UNet_v2.py"
 
     size_divisor = 32
     ds_modes = ("average", "final")
@@ -216,7 +219,7 @@ class UNetV2(DeepSupervisionMixin, nn.Module):
         return decoded[-2:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input_size(x, self.size_divisor, type(self).__name__)
+        self.check_input(x)
         size = x.shape[-2:]
         decoded = self._decode(x)
         if not self.deep_supervision or (not self.training and self.ds_mode == "final"):

@@ -16,8 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-# Colours of foreground classes 1, 2, ... in overlays (background stays transparent).
-CLASS_COLOURS = np.array([[0.0, 0.9, 0.2], [1.0, 0.75, 0.0], [0.2, 0.5, 1.0], [1.0, 0.2, 0.6]])
+from repro.data.overlay import normalise, overlay, short_id
 
 
 def learning_curves(history: pd.DataFrame, best_epoch: int) -> Figure:
@@ -56,27 +55,6 @@ def displayable(images: torch.Tensor, masks: torch.Tensor, predictions: torch.Te
     return images.permute(0, 2, 3, 1).numpy(), masks.numpy(), predictions.numpy()
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) image of any range as RGB in [0, 1] for display."""
-    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-    return (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-6)
-
-
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RGB image in [0, 1] with each foreground class tinted in its colour."""
-    rgb = _normalise(image)
-    tinted = rgb.copy()
-    for label in range(1, int(labels.max()) + 1):
-        where = labels == label
-        tinted[where] = 0.45 * rgb[where] + 0.55 * CLASS_COLOURS[(label - 1) % len(CLASS_COLOURS)]
-    return tinted
-
-
-def short_id(image_id: str, length: int = 18) -> str:
-    """Ids such as DSB2018's 64-character hashes, shortened to fit a panel title."""
-    return image_id if len(image_id) <= length else image_id[: length - 1] + "…"
-
-
 def pick_cases(dice: Sequence[float]) -> dict[str, int]:
     """Indices of the best, median and worst test images by Dice (ties: the first in id order)."""
     order = np.argsort(np.asarray(dice), kind="stable")
@@ -95,7 +73,7 @@ def test_cases(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, pe
     fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.6 * len(cases)), squeeze=False)
     for row, (name, index) in enumerate(cases.items()):
         panels = [
-            (_normalise(images[index]), f"{name}: {short_id(per_image['id'].iloc[index])}"),
+            (normalise(images[index]), f"{name}: {short_id(per_image['id'].iloc[index])}"),
             (overlay(images[index], truth[index]), "ground truth"),
             (
                 overlay(images[index], prediction[index]),

@@ -12,6 +12,8 @@ dependency of the run differs from that commit (a code or split file of the ``tr
 edited, staged or untracked, or one of the stages' keys of ``params.yaml``). Which files and keys those are is
 read from ``dvc.yaml``, so the identity follows the pipeline's own definition of the run's dependencies.
 
+``repro.training.run.identify`` builds the identity of a resolved run. :func:`code_files` and :func:`stages_commit`
+are the study's one provenance: nnU-Net's runs (``repro.nnunet``) record theirs with them too.
 ``repro.training.trainer.Trainer`` stores the identity in every checkpoint and checks it before resuming;
 ``repro.training.record`` writes it into the run's ``metrics.json``.
 """
@@ -26,15 +28,11 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from repro.config import load_params
-from repro.data.registry import REPO_ROOT, get_dataset, resolve_data_root
-
-if TYPE_CHECKING:
-    from repro.training.run import RunConfig
+from repro.data.registry import REPO_ROOT, get_dataset
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
@@ -168,35 +166,6 @@ def _differences(name: str, saved: Any, current: Any) -> list[str]:
     return [f"{name}: checkpoint {shown(saved)}, this run {shown(current)}"]
 
 
-def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str = REPO_ROOT) -> RunIdentity:
-    """The identity of the run ``config`` (see :func:`repro.training.run.resolve`) on the prepared folder
-    ``data_folder``.
-
-    Args:
-        config: the resolved run.
-        data_folder: the prepared dataset the run trains on (prepare it first).
-        repo_root: the repository whose ``dvc.yaml``, ``params.yaml``, code and git state are read.
-    """
-    repo_root = Path(repo_root)
-    scale = config.scale
-    params = load_params(repo_root / PARAMS_FILE)
-    return RunIdentity(
-        dataset=config.dataset,
-        dataset_definition=dataset_definition(config.dataset, params),
-        model=config.variant.name,
-        arch=config.variant.arch,
-        options=config.options,
-        seed=config.seed,
-        scale=scale.name,
-        scale_settings={k: v for k, v in vars(scale).items() if k != "name"},
-        dataset_settings=config.dataset_settings.settings(),
-        data_files=data_files(data_folder),
-        code_files=code_files(repo_root),
-        data_root=str(resolve_data_root(config.data_root)),
-        git_commit=git_commit(repo_root, config.dataset, config.variant.name, config.seed, scale.name),
-    )
-
-
 def dataset_definition(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The registered dataset ``name`` as plain data, with its ``prepare.custom_datasets`` entry if it has one."""
     spec = get_dataset(name)
@@ -273,15 +242,15 @@ def _expand(repo_root: Path, entries: list[str], source: str) -> list[Path]:
     return sorted(files)
 
 
-def code_files(repo_root: Path | str = REPO_ROOT) -> dict[str, str]:
-    """Path -> md5 for every file of the ``train`` stage's code deps in ``dvc.yaml``.
+def code_files(repo_root: Path | str = REPO_ROOT, stage: str = TRAIN_STAGE) -> dict[str, str]:
+    """Path -> md5 for every file of a stage's code deps in ``dvc.yaml`` (the ``train`` stage's by default).
 
-    The code deps are the stage's literal deps; an interpolated one (``data/processed/${scale}/${item.dataset}``)
-    is the run's prepared data, which :func:`data_files` covers.
+    The code deps are the stage's literal deps; an interpolated one (``data/processed/${scale}/${item.dataset}``,
+    ``${data_root}/...``) is the run's data, which :func:`data_files` covers for a training run.
     """
     repo_root = Path(repo_root)
-    deps = [d for d in _stage(repo_root, TRAIN_STAGE).get("deps") or [] if not _INTERPOLATION.search(d)]
-    files = _expand(repo_root, deps, f"{repo_root / DVC_FILE} stages.{TRAIN_STAGE}.deps")
+    deps = [d for d in _stage(repo_root, stage).get("deps") or [] if not _INTERPOLATION.search(d)]
+    files = _expand(repo_root, deps, f"{repo_root / DVC_FILE} stages.{stage}.deps")
     return {path.relative_to(repo_root).as_posix(): _md5(path) for path in files}
 
 
@@ -301,13 +270,34 @@ def _git(repo_root: Path, *args: str) -> str:
 
 
 def git_commit(repo_root: Path | str, dataset: str, model: str, seed: int, scale: str) -> str:
-    """HEAD of ``repo_root``, with ``+dirty`` when a dependency of the run differs from it; ``unknown`` outside git.
+    """HEAD of ``repo_root``, with ``+dirty`` when a dependency of the training run differs from it; ``unknown``
+    outside git.
 
     The run's dependencies are those ``dvc.yaml`` gives its ``train`` stage and its dataset's ``prepare`` (or
-    ``prepare_custom``) stage: their files (modified, staged or untracked below a listed folder) and their
-    ``params.yaml`` keys (compared with HEAD's ``params.yaml`` by value, so that editing another variant or the
-    cluster settings leaves this run clean). Deps outside the repository (the raw data below the data root) and
-    the prepared data (git-ignored, a DVC output) are not in git; the identity holds the prepared data's md5s.
+    ``prepare_custom``) stage (:func:`stages_commit`). Deps outside the repository (the raw data below the data
+    root) and the prepared data (git-ignored, a DVC output) are not in git; the identity holds the prepared data's
+    md5s.
+    """
+    repo_root = Path(repo_root)
+    try:
+        params = yaml.safe_load((repo_root / PARAMS_FILE).read_text()) or {}
+    except OSError:
+        params = {}
+    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
+    train_values = {"item.dataset": dataset, "item.model": model, "item.seed": str(seed), "scale": scale}
+    prepare_values = {"item": dataset, "key": dataset, "scale": scale}
+    prepare = "prepare_custom" if dataset in custom else "prepare"
+    return stages_commit(repo_root, [(TRAIN_STAGE, train_values), (prepare, prepare_values)])
+
+
+def stages_commit(repo_root: Path | str, stages: list[tuple[str, Mapping[str, str]]]) -> str:
+    """HEAD of ``repo_root``, with ``+dirty`` when a dependency of the given ``dvc.yaml`` stages differs from it;
+    ``unknown`` outside git. The one provenance check of every run the study records (training runs and nnU-Net).
+
+    Each stage comes with the values of its ``${...}`` (``item.dataset``, ``scale``, ...) for this run. Its
+    dependencies are its files (modified, staged or untracked below a listed folder) and its ``params.yaml`` keys
+    (compared with HEAD's ``params.yaml`` by value, so that editing another variant leaves this run clean); deps
+    whose ``${...}`` are not given (e.g. ``${data_root}``, outside git) are left out.
     """
     repo_root = Path(repo_root)
     try:
@@ -315,13 +305,9 @@ def git_commit(repo_root: Path | str, dataset: str, model: str, seed: int, scale
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     params = yaml.safe_load((repo_root / PARAMS_FILE).read_text()) or {}
-    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
-    train = _stage(repo_root, TRAIN_STAGE)
-    prepare = _stage(repo_root, "prepare_custom" if dataset in custom else "prepare")
-    train_values = {"item.dataset": dataset, "item.model": model, "item.seed": str(seed), "scale": scale}
-    prepare_values = {"item": dataset, "key": dataset, "scale": scale}
     paths, keys = [], []
-    for stage, values in ((train, train_values), (prepare, prepare_values)):
+    for name, values in stages:
+        stage = _stage(repo_root, name)
         paths += [p for p in (_resolve(d, values) for d in stage.get("deps") or []) if p is not None]
         for entry in stage.get("params") or []:
             if not isinstance(entry, str):

@@ -36,6 +36,7 @@ RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "scale": str,
     "threads": int,
     "device": str,
+    "code_files": dict,
     "git_commit": str,
     "class_names": list,
     "test": dict,

@@ -30,10 +30,17 @@ from repro.config import (
 )
 from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
-from repro.data.registry import REPO_ROOT
+from repro.data.registry import REPO_ROOT, resolve_data_root
 from repro.models import create_model
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
-from repro.training.identity import RunIdentity, identify
+from repro.training.identity import (
+    PARAMS_FILE,
+    RunIdentity,
+    code_files,
+    data_files,
+    dataset_definition,
+    git_commit,
+)
 from repro.training.inference import predict_logits
 from repro.training.metrics import keras_mean_iou, two_class_miou
 from repro.training.trainer import Trainer, TrainSettings, epochs_for_steps
@@ -90,6 +97,35 @@ class RunConfig:
             "checkpoint_dir": str(self.checkpoint_dir),
             "device": describe_device(self.device),
         }
+
+
+def identify(config: RunConfig, data_folder: Path | str, repo_root: Path | str = REPO_ROOT) -> RunIdentity:
+    """The identity of the run ``config`` (see :func:`repro.training.run.resolve`) on the prepared folder
+    ``data_folder``.
+
+    Args:
+        config: the resolved run.
+        data_folder: the prepared dataset the run trains on (prepare it first).
+        repo_root: the repository whose ``dvc.yaml``, ``params.yaml``, code and git state are read.
+    """
+    repo_root = Path(repo_root)
+    scale = config.scale
+    params = load_params(repo_root / PARAMS_FILE)
+    return RunIdentity(
+        dataset=config.dataset,
+        dataset_definition=dataset_definition(config.dataset, params),
+        model=config.variant.name,
+        arch=config.variant.arch,
+        options=config.options,
+        seed=config.seed,
+        scale=scale.name,
+        scale_settings={k: v for k, v in vars(scale).items() if k != "name"},
+        dataset_settings=config.dataset_settings.settings(),
+        data_files=data_files(data_folder),
+        code_files=code_files(repo_root),
+        data_root=str(resolve_data_root(config.data_root)),
+        git_commit=git_commit(repo_root, config.dataset, config.variant.name, config.seed, scale.name),
+    )
 
 
 def resolve(
@@ -228,10 +264,6 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def is_deeply_supervised(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, "deep_supervision", False))
 
 
 def evaluate_pruned(trainer: Trainer, data: PreparedData, input_size: int | tuple[int, ...]) -> dict[str, dict]:

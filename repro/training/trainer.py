@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from repro.data.augment import augment, random_patches
 from repro.data.loading import PreparedData, Split
 from repro.models.blocks import keras_l2_parameters
+from repro.models.contract import SegmentationNetwork
 from repro.training.device import normalise_device
 from repro.training.identity import RunIdentity, RunMismatchError, check_resumable
 from repro.training.inference import predict_logits, reestimate_batchnorm
@@ -144,7 +145,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SegmentationNetwork,
         data: PreparedData,
         settings: TrainSettings,
         seed: int,
@@ -164,7 +165,8 @@ class Trainer:
         self.seed = seed
         self.generator = generator
         channels_last = torch.channels_last_3d if data.volumetric else torch.channels_last
-        self.memory_format = channels_last if settings.channels_last else torch.contiguous_format
+        use_channels_last = settings.channels_last and model.channels_last
+        self.memory_format = channels_last if use_channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
         self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
         self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)
@@ -206,7 +208,7 @@ class Trainer:
             valid = None if samples.valid is None else samples.valid[index]
             images, masks, valid = augment(samples.images[index], samples.masks[index], valid, self.generator)
             loss = self.loss(self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
-            auxiliary = getattr(self.model, "auxiliary_loss", None)  # SegResNet-VAE's VAE term, already weighted
+            auxiliary = self.model.auxiliary_loss  # SegResNet-VAE's VAE term, already weighted; else None
             if auxiliary is not None:
                 loss = loss + auxiliary
             value = loss.item()

@@ -25,9 +25,9 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from repro.cluster import ParamsError
 from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
+from repro.runner.cluster import ParamsError
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
 TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes")
@@ -220,9 +220,9 @@ def _names(study: dict, key: str, problems: list[str], empty: bool = False, wher
 
 def check_grid(params: dict[str, Any]) -> Grid:
     """The grid of ``params`` (as returned by :func:`repro.config.load_params`), or
-    :class:`~repro.cluster.ParamsError` listing every problem: unknown scale or invalid preset, datasets that are not
-    registered or not prepared, a volume dataset among the images or the reverse, unknown model variants, variants
-    whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and
+    :class:`~repro.runner.cluster.ParamsError` listing every problem: unknown scale or invalid preset, datasets that
+    are not registered or not prepared, a volume dataset among the images or the reverse, unknown model variants,
+    variants whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and
     invalid seeds."""
     problems: list[str] = []
     try:

@@ -1,7 +1,7 @@
 """The study in words and in ``stats.json``: what was run, a worked example of the rule, conclusions per claim.
 
-Every sentence is generated from the tables of ``repro.evaluation`` and ``repro.tables``, so it cannot drift
-from them.
+Every sentence is generated from the tables of ``repro.analysis.evaluation`` and ``repro.analysis.tables``, so it
+cannot drift from them.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repro import verdicts
-from repro.evaluation import claim_verdicts, multiple_testing_summary, seed_pairs
-from repro.run_results import RunResults
-from repro.tables import comparison_names, format_p, kept_text
+from repro.analysis import verdicts
+from repro.analysis.evaluation import claim_verdicts, multiple_testing_summary, seed_pairs
+from repro.analysis.run_results import RunResults
+from repro.analysis.tables import comparison_names, format_p, kept_text
 
 
 def _counts(values: pd.Series) -> str:

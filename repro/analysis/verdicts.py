@@ -1,6 +1,6 @@
 """The verdict rule: from a comparison's family-adjusted tests to one label, and from labels to a claim's.
 
-Everything a verdict depends on is computed in ``repro.evaluation``; this module only reads it. Per claim,
+Everything a verdict depends on is computed in ``repro.analysis.evaluation``; this module only reads it. Per claim,
 the **family** is every (comparison, dataset) row of the claim that was run with at least 2 matched seeds.
 Holm-Bonferroni runs over all the family's p-values together (``p_direction`` and, where the paper gives a
 number D, ``p_magnitude``); ``m`` is their count. For equivalence and non-inferiority claims ``p_direction``
@@ -38,7 +38,7 @@ STRENGTH = (
 )
 LABELS = (*STRENGTH, NOT_RUN)
 # The labels that conclude something (a confirmation or a refutation), whose stability leaving one seed out
-# (``repro.evaluation.leave_one_seed_out``) is reported; the inconclusive ones and "not run" conclude nothing.
+# (``repro.analysis.evaluation.leave_one_seed_out``) is reported; the inconclusive ones and "not run" conclude nothing.
 DECISIVE = (
     REPRODUCED,
     REPRODUCED_SMALLER,
@@ -49,6 +49,15 @@ DECISIVE = (
     NON_INFERIOR,
     INFERIOR,
 )
+# Every label by what it says of the claim, as the report's one-line summary of a dataset (`dvc metrics show`) counts
+# them: a significant gain (even if smaller than claimed), equivalence or non-inferiority confirms; a significant loss,
+# a ruled-out claimed size, non-equivalence or inferiority refutes.
+OUTCOMES = {
+    "confirmed": (REPRODUCED, REPRODUCED_SMALLER, NON_INFERIOR, EQUIVALENT),
+    "refuted": (REVERSED, SMALLER, NOT_EQUIVALENT, INFERIOR),
+    "inconclusive": (UNDERPOWERED, INCONCLUSIVE),
+    "not_run": (NOT_RUN,),
+}
 # With no claimed number, "underpowered" asks whether the test could have found a gain of one point.
 DEFAULT_DIFFERENCE = 0.01
 

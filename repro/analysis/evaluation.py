@@ -1,7 +1,8 @@
 """Test every published claim on every dataset: the statistics of each row, its family, and its label.
 
 One row per claim × comparison × dataset (a claim restricted to some datasets has rows on those only). The
-statistics come from ``repro.stats``; the label from ``repro.verdicts`` (the rule, in one short module).
+statistics come from ``repro.analysis.stats``; the label from ``repro.analysis.verdicts`` (the rule, in one short
+module).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from repro import verdicts
-from repro.claims import CLAIMS, Claim, Comparison
-from repro.run_results import RUN_KEYS, RunResults, failed_runs
-from repro.stats import (
+from repro.analysis import verdicts
+from repro.analysis.claims import CLAIMS, Claim, Comparison
+from repro.analysis.run_results import RUN_KEYS, RunResults, failed_runs
+from repro.analysis.stats import (
     bootstrap_two_level,
     holm_bonferroni,
     minimal_detectable_difference,
@@ -25,7 +26,7 @@ from repro.stats import (
     tost_paired,
     wilcoxon_signed_rank,
 )
-from repro.tables import comparison_names
+from repro.analysis.tables import comparison_names
 
 CLAIM_COLUMNS = [
     "claim_id",
@@ -411,7 +412,7 @@ def evaluate_claims(
     bootstrap_seed: int = 0,
     failed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Test every claim comparison on every dataset and label it by ``repro.verdicts``.
+    """Test every claim comparison on every dataset and label it by ``repro.analysis.verdicts``.
 
     Per row, on seed-matched runs (d = better - baseline in the claim's metric, each side at its pruned depth
     where the comparison names one): the paired t-test with its

@@ -1,4 +1,4 @@
-"""Where the study's runs execute: the ``cluster:`` section of params.yaml, checked, and the Dask cluster it names.
+"""Where the study's runs execute: cluster.yaml (not a parameter of any stage), checked, and the Dask cluster it names.
 
 Three ways, chosen by the settings:
 
@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+CLUSTER_FILE = "cluster.yaml"
 KINDS = ("local", "slurm", "pbs", "sge", "lsf")
 JOBQUEUE_KINDS = KINDS[1:]
 SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
@@ -46,10 +49,10 @@ def quiet_dask_exports() -> list[str]:
 
 
 class ParamsError(ValueError):
-    """A part of params.yaml (with the command line's overrides) cannot work; ``problems`` lists every reason and
-    ``section`` names the part. One class for the ``cluster:`` settings (here) and the study grid
-    (:func:`repro.grid.check_grid`), so a caller catches one thing; it lives here because this module imports nothing
-    of the project.
+    """A part of params.yaml or cluster.yaml (with the command line's overrides) cannot work; ``problems`` lists every
+    reason and ``section`` names the part. One class for the cluster settings (here) and the study grid
+    (:func:`repro.runner.grid.check_grid`), so a caller catches one thing; it lives here because this module imports
+    nothing of the project.
     """
 
     def __init__(self, problems: list[str], section: str) -> None:
@@ -60,7 +63,7 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """The ``cluster:`` section of params.yaml (see the comments there for each field)."""
+    """The settings of cluster.yaml (see the comments there for each field)."""
 
     kind: str = "local"
     scheduler_address: str | None = None
@@ -123,8 +126,31 @@ _INTS = {
 _STRINGS = ("kind", "scheduler_address", "dashboard_address", "scheduler_host", "queue", "account", "memory")
 
 
+def read_cluster_file(root: Path) -> dict[str, Any]:
+    """The settings of ``root``'s cluster.yaml as written (empty when the file is absent: every default holds).
+
+    Raises:
+        ParamsError: the file is not a YAML mapping of settings.
+    """
+    path = Path(root) / CLUSTER_FILE
+    if not path.exists():
+        return {}
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError([f"{path}: not valid YAML: {error}"], CLUSTER_FILE) from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ParamsError(
+            [f"{path}: expected a mapping of settings (key: value), got {type(settings).__name__}"], CLUSTER_FILE
+        )
+    return settings
+
+
 def cluster_settings(section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> ClusterSettings:
-    """Check params.yaml's ``cluster:`` section with ``overrides`` (from the command line) applied on top.
+    """Check the settings of cluster.yaml (:func:`read_cluster_file`) with ``overrides`` (from the command line)
+    applied on top.
 
     Raises:
         ParamsError: listing every unknown key, wrong type, unknown kind, a batch kind without a queue, and

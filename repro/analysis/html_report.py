@@ -4,17 +4,18 @@ Writes into one folder (``results/<scale>/report/`` in the pipeline):
 
 - ``aggregate.html``: the executed aggregate notebook as HTML, code hidden, figures embedded as data URIs and
   no script loaded from the network, so it reads the same offline;
-- ``index.html``: what was run, the verdict of every claim on every dataset, and a table of every run that links
-  its executed notebook (kept as ``.ipynb``: converting hundreds of notebooks that embed their figures would
-  double the repository's size for what Jupyter or GitHub already render);
-- ``metrics/<dataset>.json``: mean test Dice per model variant, the number of runs and each claim's verdict,
-  one file per dataset so that ``dvc metrics show`` is one row per dataset;
+- ``index.html``: what was run, the verdict of every claim on every dataset with the effect it is read from, and a
+  table of every run that links its executed notebook (kept as ``.ipynb``: converting hundreds of notebooks that
+  embed their figures would double the repository's size for what Jupyter or GitHub already render);
+- ``metrics/<dataset>.json``: a few headline numbers (runs, variants, the best mean test Dice and its variant, the
+  claims confirmed, refuted, inconclusive and not run), one flat file per dataset so that ``dvc metrics show`` is one
+  row per dataset, narrow enough for a terminal;
 - ``curves/<quantity>/<dataset>.csv``: validation Dice and training loss per epoch and model variant (mean over
   seeds), one row each (columns ``epoch, model, <quantity>``), for ``dvc plots``. Long, not one column per
   variant: dvc.yaml then names no variant, so the plots draw a partial study, and a dataset whose variants differ
   from the grid's (Hippocampus' volumetric networks); ``.dvc/plots/curves_by_model.json`` colours by model.
 
-``python -m repro.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
+``python -m repro.analysis.html_report --help`` lists the inputs; the defaults are the pipeline's paths at params.yaml's
 scale (``results/<scale>/``), or below ``--study`` (e.g. ``--study results/v1`` for the archived first version).
 """
 
@@ -34,9 +35,9 @@ import pandas as pd
 import yaml
 from nbconvert import HTMLExporter
 
-from repro import run_results, tables
+from repro.analysis import run_results, tables, verdicts
+from repro.analysis.run_results import RUN_KEYS
 from repro.config import PARAMS_FILE
-from repro.run_results import RUN_KEYS
 
 # nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
 # notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
@@ -64,7 +65,9 @@ td.verdict-reversed, td.verdict-not-equivalent, td.verdict-inferior { background
 td.verdict-inconclusive { background: #fff1c7; }
 td.verdict-inconclusive-underpowered { background: #f4f0e0; }
 td.verdict-not-run, td.not-tested { color: #888; }
-td div.steps { font-size: 0.85em; color: #555; }
+td div.effect { font-size: 0.85em; color: #444; font-variant-numeric: tabular-nums; }
+td div.effect + div.effect { margin-top: 0.3em; }
+td div.effect span.n { white-space: nowrap; }
 """
 
 
@@ -104,8 +107,8 @@ def _read_json(path: Path) -> dict:
 
 
 def runs_with_notebooks(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
-    """The report's table of runs: one row per finished run, read by :func:`repro.run_results.load_runs` (the one
-    reader of runs) and narrowed to its keys, test scores, device, commit and training code version, with the paths
+    """The report's table of runs: one row per finished run, read by :func:`repro.analysis.run_results.load_runs` (the
+    one reader of runs) and narrowed to its keys, test scores, device, commit and training code version, with the paths
     of its executed notebook and history added.
 
     Args:
@@ -132,7 +135,25 @@ def _notebook(folder: Path, run_dir: Path) -> Path:
 
 
 # What a stats.json written since the leave-one-seed-out analysis adds per claim × dataset (absent from older ones).
-_OPTIONAL_CLAIM_FIELDS = ("comparison_verdicts", "loo_kept", "loo_cases")
+_OPTIONAL_CLAIM_FIELDS = ("loo_kept", "loo_cases")
+# What a verdict cell prints of each comparison: tables.effect_text and tables.claimed_text read these.
+_COMPARISON_FIELDS = (
+    "claim_id",
+    "dataset",
+    "better",
+    "baseline",
+    "better_level",
+    "baseline_level",
+    "metric",
+    "kind",
+    "claimed_difference",
+    "mean_diff",
+    "ci_adj_low",
+    "ci_adj_high",
+    "tost_ci_low",
+    "tost_ci_high",
+    "verdict",
+)
 
 
 def _claims(stats: dict, stats_path: Path) -> pd.DataFrame:
@@ -146,6 +167,23 @@ def _claims(stats: dict, stats_path: Path) -> pd.DataFrame:
     return claims
 
 
+def _comparisons(stats: dict, stats_path: Path) -> pd.DataFrame:
+    """stats.json's comparisons (one row per comparison × dataset), named ``better - baseline`` in ``comparison``."""
+    try:
+        comparisons = pd.DataFrame(stats["comparisons"])[list(_COMPARISON_FIELDS)]
+    except (KeyError, TypeError) as error:
+        fields = ", ".join(_COMPARISON_FIELDS)
+        raise ValueError(f"{stats_path}: no 'comparisons' list with {fields} ({error})") from None
+    return comparisons.assign(comparison=tables.comparison_names(comparisons))
+
+
+def _margin(stats: dict, stats_path: Path) -> float:
+    try:
+        return float(stats["settings"]["tost_margin"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{stats_path}: no 'settings' with a numeric 'tost_margin' ({error})") from None
+
+
 def _cell_means(stats: dict, stats_path: Path) -> pd.DataFrame:
     try:
         return pd.DataFrame(stats["results"])[["dataset", "model", "dice_mean"]]
@@ -154,23 +192,28 @@ def _cell_means(stats: dict, stats_path: Path) -> pd.DataFrame:
 
 
 def metrics_summaries(runs: pd.DataFrame, claims: pd.DataFrame, cells: pd.DataFrame) -> dict[str, dict]:
-    """Per dataset: the number of runs, mean test Dice per model variant and each claim's verdict.
+    """Per dataset, a few headline numbers: the runs and variants trained, the variant of the best mean test Dice and
+    that Dice, and the claims counted by what their verdicts say (``verdicts.OUTCOMES``: confirmed, refuted,
+    inconclusive, not run).
 
-    Flat and short on purpose: DVC shows every leaf as a column (``dice.unet``, ``verdict.C1``).
+    Flat, few and short on purpose: `dvc metrics show` prints every key of every file as a column, one row per file,
+    and must fit a terminal (tests/test_html_report.py holds it to 160 columns). Each variant's scores and each claim's
+    verdict are in the aggregate's tables and this report's pages.
     """
     summaries = {}
-    for dataset in sorted(runs["dataset"].unique()):
+    for dataset, on_dataset in runs.groupby("dataset"):
         dice = cells[cells["dataset"] == dataset].set_index("model")["dice_mean"]
-        verdicts = claims[claims["dataset"] == dataset].set_index("claim_id")["verdict"]
+        labels = claims.loc[claims["dataset"] == dataset, "verdict"]
         summaries[dataset] = {
-            "runs": int((runs["dataset"] == dataset).sum()),
-            "dice": {model: float(value) for model, value in sorted(dice.items())},
-            "verdict": {claim: str(verdict) for claim, verdict in verdicts.items()},
-        }
+            "runs": len(on_dataset),
+            "variants": int(on_dataset["model"].nunique()),
+            "best": str(dice.idxmax()),
+            "best_dice": float(dice.max()),
+        } | {outcome: int(labels.isin(said).sum()) for outcome, said in verdicts.OUTCOMES.items()}
     return summaries
 
 
-def learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
+def mean_learning_curves(runs: pd.DataFrame, quantity: str) -> dict[str, pd.DataFrame]:
     """Per dataset: ``quantity`` per epoch and model variant, averaged over its seeds; columns ``epoch, model,
     <quantity>``, sorted by model, then epoch."""
     histories = []
@@ -193,10 +236,41 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
-def _verdict_table(claims: pd.DataFrame) -> str:
+def _whole(text: str) -> str:
+    """``text`` escaped, kept on one line where a narrow cell wraps (a difference with its interval, a claim)."""
+    return f'<span class="n">{html.escape(text)}</span>'
+
+
+def _effect_lines(comparisons: pd.DataFrame, margin: float) -> str:
+    """Under a verdict, the effect each of its comparisons measured: metric, mean difference with the interval its
+    label is read from, and what was claimed, formatted as the README's effects table formats them. A claim of several
+    comparisons (C6's three networks, C7's two steps) names each with its own label, one that did not run included;
+    where none ran there is nothing to show."""
+    ran = comparisons["mean_diff"].notna()
+    if not ran.any():
+        return ""
+    lines = []
+    for (_, row), has_effect in zip(comparisons.iterrows(), ran, strict=True):
+        parts = [html.escape(f"{row['comparison']}: {row['verdict']}")] if len(comparisons) > 1 else []
+        if has_effect:
+            effect, claimed = _whole(tables.effect_text(row)), _whole(tables.claimed_text(row, margin))
+            parts.append(f"{html.escape(row['metric'])} {effect} vs claimed {claimed}")
+        lines.append(f'<div class="effect">{", ".join(parts)}</div>')
+    return "".join(lines)
+
+
+def _verdict_cell(cell: pd.Series, comparisons: pd.DataFrame, margin: float) -> str:
+    verdict = cell["verdict"]
+    # "(fragile: k/n)" where stats.json has the leave-one-seed-out analysis and leaving one seed out changes the label.
+    text = html.escape(tables.marked_verdict(verdict, cell["loo_kept"], cell["loo_cases"]))
+    return f'<td class="verdict-{_slug(verdict)}">{text}{_effect_lines(comparisons, margin)}</td>'
+
+
+def _verdict_table(claims: pd.DataFrame, comparisons: pd.DataFrame, margin: float) -> str:
     datasets = sorted(claims["dataset"].unique())
     titles = claims.drop_duplicates("claim_id").set_index("claim_id")["title"]
     by_cell = claims.set_index(["claim_id", "dataset"])
+    compared = dict(list(comparisons.groupby(["claim_id", "dataset"], sort=False)))
     head = "".join(f"<th>{html.escape(d)}</th>" for d in datasets)
     rows = []
     for claim_id, title in titles.items():
@@ -206,15 +280,8 @@ def _verdict_table(claims: pd.DataFrame) -> str:
                 # a claim restricted to other datasets (e.g. a sensitivity analysis on DSB2018)
                 cells.append('<td class="not-tested" title="not a dataset of this claim">&mdash;</td>')
                 continue
-            cell = by_cell.loc[(claim_id, dataset)]
-            verdict = cell["verdict"]
-            # Where stats.json has them: "(fragile: k/n)" when leaving one seed out changes the label, and each
-            # comparison's own label for a claim with several (C7's steps).
-            text = html.escape(tables.marked_verdict(verdict, cell["loo_kept"], cell["loo_cases"]))
-            steps = cell["comparison_verdicts"]
-            if isinstance(steps, str) and steps:
-                text += f'<div class="steps">{html.escape(steps)}</div>'
-            cells.append(f'<td class="verdict-{_slug(verdict)}">{text}</td>')
+            # Every claim × dataset of stats.json is the verdict of its comparisons there.
+            cells.append(_verdict_cell(by_cell.loc[(claim_id, dataset)], compared[(claim_id, dataset)], margin))
         rows.append(
             f'<tr data-claim="{html.escape(claim_id)}"><td>{html.escape(claim_id)}</td>'
             f"<td>{html.escape(title)}</td>{''.join(cells)}</tr>"
@@ -268,19 +335,26 @@ def _what_was_run(runs: pd.DataFrame) -> str:
         # Commits move on while a grid trains (one per committed batch of runs): folded, the line below says what
         # makes runs comparable.
         f"<details><summary>git commits recorded by the runs: {len(commits)}</summary>"
-        + ", ".join(
-            f"{html.escape(_short_commit(commit))} ({count})" for commit, count in sorted(commits.items())
-        )
+        + ", ".join(f"{html.escape(_short_commit(commit))} ({count})" for commit, count in sorted(commits.items()))
         + "</details>",
         # Commits move on while a grid trains; what makes runs comparable is the training code they ran.
-        "training code versions (md5 of the train stage's code files, repro.run_results.training_code_version): "
+        "training code versions (md5 of the train stage's code files, "
+        "repro.analysis.run_results.training_code_version): "
         + ", ".join(f"{html.escape(code)} ({n})" for code, n in sorted(runs["training_code"].value_counts().items())),
     ]
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
-def index_html(runs: pd.DataFrame, claims: pd.DataFrame, out_dir: Path, aggregate_name: str) -> str:
-    """The report's entry page: what was run, the verdict table, and every run linked to its notebook."""
+def index_html(
+    runs: pd.DataFrame,
+    claims: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    margin: float,
+    out_dir: Path,
+    aggregate_name: str,
+) -> str:
+    """The report's entry page: what was run, the verdict table with each verdict's effect (``comparisons``; ``margin``:
+    the equivalence and non-inferiority margin), and every run linked to its notebook."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>unet-repro: study report</title><style>{_STYLE}</style></head>
@@ -290,7 +364,10 @@ def index_html(runs: pd.DataFrame, claims: pd.DataFrame, out_dir: Path, aggregat
 <p>Tables, every paired test and the figures: <a href="{aggregate_name}">the aggregate notebook</a>
 (how each verdict follows from the tests is stated there).</p>
 <h2>Verdict per claim and dataset</h2>
-{_verdict_table(claims)}
+<p>Under each label, the effect it is read from: the mean paired difference (better &minus; baseline, in the claim's
+metric) with the interval the label is read from (the family's, at alpha/m; for an equivalence claim the TOST's own,
+1 &minus; 2 alpha), then what was claimed (the paper's difference, &gt; 0 where it gives none, or the margin).</p>
+{_verdict_table(claims, comparisons, margin)}
 <h2>Runs</h2>
 <p>Each run's executed notebook (learning curves, test cases, scores) opens in Jupyter or on GitHub.</p>
 {_runs_table(runs, out_dir)}
@@ -303,6 +380,7 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
     """Write the report, the metrics summaries and the learning curves into ``out_dir``; return index.html."""
     stats = _read_json(stats_path)
     claims = _claims(stats, stats_path)
+    comparisons, margin = _comparisons(stats, stats_path), _margin(stats, stats_path)
     runs = runs_with_notebooks(runs_dir, notebooks_dir)
     aggregate_html = export_notebook_html(aggregate)
 
@@ -316,17 +394,17 @@ def build_report(aggregate: Path, stats_path: Path, runs_dir: Path, notebooks_di
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
     for quantity in CURVES:
-        for dataset, table in learning_curves(runs, quantity).items():
+        for dataset, table in mean_learning_curves(runs, quantity).items():
             path = out_dir / "curves" / quantity / f"{dataset}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False, float_format="%.5f")
     index = out_dir / "index.html"
-    index.write_text(index_html(runs, claims, out_dir, "aggregate.html"))
+    index.write_text(index_html(runs, claims, comparisons, margin, out_dir, "aggregate.html"))
     return index
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.html_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m repro.analysis.html_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, help="the study's folder (default: results/<scale of params.yaml>)")
     # Each input's name below the study's folder, then the output's, in build_report's order.
     names = {

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from repro.stats import mean_interval
+from repro.analysis.stats import mean_interval
 
 TABLE_METRICS = ("dice", "iou", "miou_bg")
 P_DIGITS = 4
@@ -107,7 +107,8 @@ def pruning_accuracy_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     The accuracy side of the UNet++ paper's pruning table (claim C9), from the same runs at each depth: each seed's
     score at a depth is paired with that seed's score at full depth (the deepest ``L<k>``), so ``iou_vs_full`` is the
     mean over seeds of the same networks' loss from pruning. FLOPs are those the runs recorded at the study's input
-    size. The cost side, each depth's FLOPs and CPU latency at the papers' size, is :func:`repro.pruning.pruning_table`
+    size. The cost side, each depth's FLOPs and CPU latency at the papers' size, is
+    :func:`repro.pruning.pruning_table`
     (``results/pruning.md``). Depth ``average`` is every head's output averaged, the network's own output (its test
     scores).
 
@@ -286,6 +287,45 @@ def comparison_names(claims_table: pd.DataFrame) -> pd.Series:
     return side("better") + " - " + side("baseline")
 
 
+def effect_text(row: Mapping, digits: int = 4) -> str:
+    """A comparison's mean paired difference (better - baseline, in its metric) with the interval its label is read
+    from, as the README's effects table and the HTML report's verdict cells print it: ``"-0.0019 [-0.0082, +0.0044]"``.
+
+    The interval is the family's (``ci_adj``, at level alpha/m), or for an equivalence row the TOST's own
+    (1 - 2 alpha), from which "not equivalent" is read. A row with fewer than 2 matched seeds has a mean but no
+    interval: the mean alone; a comparison that did not run: "".
+
+    Args:
+        row: one row of ``evaluate_claims`` (a Series, or a dict of stats.json's ``comparisons``).
+        digits: decimals kept.
+    """
+    if pd.isna(row["mean_diff"]):
+        return ""
+    low, high = ("tost_ci_low", "tost_ci_high") if row["kind"] == "equivalence" else ("ci_adj_low", "ci_adj_high")
+    mean = f"{row['mean_diff']:+.{digits}f}"
+    if pd.isna(row[low]):
+        return mean
+    return f"{mean} [{row[low]:+.{digits}f}, {row[high]:+.{digits}f}]"
+
+
+def claimed_text(row: Mapping, margin: float, digits: int = 4) -> str:
+    """What a comparison is tested against, as the README's effects table and the HTML report print it: the paper's
+    difference (``"+0.0186"``), or ``"> 0"`` where the paper gives none; for an equivalence claim the margin with the
+    paper's difference beside (``"within ±0.02 (paper: -0.0020)"``), for non-inferiority ``"> -0.02"``.
+
+    Args:
+        row: one row of ``evaluate_claims`` (a Series, or a dict of stats.json's ``comparisons``).
+        margin: the study's equivalence and non-inferiority margin.
+        digits: decimals of the paper's difference.
+    """
+    paper = None if pd.isna(row["claimed_difference"]) else f"{row['claimed_difference']:+.{digits}f}"
+    if row["kind"] == "equivalence":
+        return f"within ±{margin:g}" + (f" (paper: {paper})" if paper else "")
+    if row["kind"] == "non-inferiority":
+        return f"> -{margin:g}"
+    return paper or "> 0"
+
+
 def format_claims_table(claims_table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """Compact view of ``evaluate_claims`` for reading (stable text for output checks).
 
@@ -357,7 +397,7 @@ def marked_verdict(verdict: str, kept: object, cases: object) -> str:
 
 
 def format_claim_verdicts(per_claim: pd.DataFrame) -> pd.DataFrame:
-    """The verdict table for people: the columns of ``repro.evaluation.claim_verdicts`` in place, the verdict
+    """The verdict table for people: the columns of ``repro.analysis.evaluation.claim_verdicts`` in place, the verdict
     marked ``(fragile: k/n)`` where leaving one seed out changes it, each comparison's label where the claim has
     several (C7's two steps), and how many leave-one-seed-out analyses keep the label.
 
@@ -380,8 +420,8 @@ def format_claim_verdicts(per_claim: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_stability_table(stability: pd.DataFrame) -> pd.DataFrame:
-    """``repro.evaluation.leave_one_seed_out`` for people: per decisive claim × dataset, its label, how many of the
-    leave-one-seed-out analyses keep it (``3/5``), "fragile" where not all do, and its label without each seed.
+    """``repro.analysis.evaluation.leave_one_seed_out`` for people: per decisive claim × dataset, its label, how many
+    of the leave-one-seed-out analyses keep it (``3/5``), "fragile" where not all do, and its label without each seed.
 
     Args:
         stability: output of ``leave_one_seed_out``.
@@ -404,7 +444,7 @@ def format_stability_table(stability: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_margin_table(margins: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """``repro.evaluation.margin_sensitivity`` for people: one line per dataset × comparison (then the claim's
+    """``repro.analysis.evaluation.margin_sensitivity`` for people: one line per dataset × comparison (then the claim's
     weakest), the mean difference, and per margin the equivalence label and the one-sided non-inferiority label
     (secondary), the declared margin's equivalence column marked primary.
 

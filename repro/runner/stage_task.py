@@ -1,6 +1,6 @@
 """What a Dask worker does for one pipeline stage: run its command from dvc.yaml, and nothing else.
 
-The worker runs the command through a small guard process (``python -m repro.stage_task CMD``) whose standard
+The worker runs the command through a small guard process (``python -m repro.runner.stage_task CMD``) whose standard
 input is a pipe held by the worker. The command runs in its own process group, so the guard can end all of it,
 and the pipe tells the guard when to: it reaches end-of-file when the worker process dies (even by SIGKILL, when
 no clean-up code of the worker can run) or when the task gives up the run (cancelled by the client). Without it
@@ -155,7 +155,7 @@ def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: 
     start = time.perf_counter()
     with open(log, "w") as output:
         guard = subprocess.Popen(
-            [sys.executable, "-m", "repro.stage_task", cmd],
+            [sys.executable, "-m", "repro.runner.stage_task", cmd],
             cwd=root,
             env=env,
             stdin=subprocess.PIPE,

@@ -6,9 +6,9 @@ same code, thread count and seed (``repro.training``'s determinism), but not acr
 kernels by instruction set), so the proof compares old and new code on one machine, never a re-run against the
 committed files:
 
-    python -m repro.equivalence run --code 3dd9771 --out /tmp/old ph2-dermoscopy unetv2_stride4 0 cpu
-    python -m repro.equivalence run --code WORKTREE --out /tmp/new ph2-dermoscopy unetv2_stride4 0 cpu
-    python -m repro.equivalence compare /tmp/old/ph2-dermoscopy/unetv2_stride4/seed0 /tmp/new/...
+    python -m repro.runner.equivalence run --code 3dd9771 --out /tmp/old ph2-dermoscopy unetv2_stride4 0 cpu
+    python -m repro.runner.equivalence run --code WORKTREE --out /tmp/new ph2-dermoscopy unetv2_stride4 0 cpu
+    python -m repro.runner.equivalence compare /tmp/old/ph2-dermoscopy/unetv2_stride4/seed0 /tmp/new/...
 
 ``run`` executes the training notebook exactly as the ``train`` stage does (papermill, one thread), from a git
 worktree of the given commit (or from this working tree), into a scratch folder; nothing of the study is touched.
@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
+from repro.data.registry import REPO_ROOT
 from repro.training.device import machine
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKTREE = "WORKTREE"
 PROVENANCE_LOG = REPO_ROOT / "results" / "provenance.csv"
 LOG_FIELDS = ("date", "from_code", "to_code", "change", "proof_runs", "machine", "excluded_fields")
@@ -85,8 +85,9 @@ def read_log(path: Path | str = PROVENANCE_LOG) -> list[dict[str, str]]:
 
 
 def equivalent_to(current: str, log: list[dict[str, str]]) -> set[str]:
-    """Every training-code version (``repro.run_results.training_code_version``) whose runs are number-equivalent
-    to ``current``'s: ``current`` itself and every version from which a chain of logged changes leads to it."""
+    """Every training-code version (``repro.analysis.run_results.training_code_version``) whose runs are
+    number-equivalent to ``current``'s: ``current`` itself and every version from which a chain of logged changes leads
+    to it."""
     versions, grown = {current}, True
     while grown:
         before = len(versions)
@@ -233,7 +234,7 @@ def run(code: str, out: Path, dataset: str, model: str, seed: int, scale: str, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.equivalence", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m repro.runner.equivalence", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run", help="train one run with the code of a commit (or WORKTREE)")
     runner.add_argument("--code", required=True, help=f"a git commit, or {WORKTREE} for this working tree")

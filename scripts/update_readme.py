@@ -146,7 +146,11 @@ def effects_table(tables: Path) -> str:
     rows = []
     for (claim, comparison), group in ran.groupby(["claim_id", "comparison"], sort=False):
         first = group.iloc[0]
-        cells = {row["dataset"]: f"{effect_text(row)}: {row['verdict']}" for _, row in group.iterrows()}
+        # A comparison without a difference yet (fewer than two matched seeds) shows its label alone.
+        cells = {
+            row["dataset"]: ": ".join(part for part in (effect_text(row), row["verdict"]) if part)
+            for _, row in group.iterrows()
+        }
         claimed = claimed_text(first, margin)
         rows.append(
             {"claim": claim, "comparison": comparison, "metric": first["metric"], "claimed": claimed}

@@ -180,6 +180,33 @@ def test_load_runs_rejects_misplaced_and_missing_runs(tmp_path):
         load_runs(tmp_path)
 
 
+def test_hd95_stands_beside_dice_where_volume_runs_recorded_it():
+    per_seed = pd.DataFrame(
+        {
+            "dataset": ["msd-task04-hippocampus"] * 2 + ["ph2-dermoscopy"] * 2,
+            "model": ["unet3d"] * 2 + ["unet"] * 2,
+            "seed": [0, 1, 0, 1],
+            "dice": [0.8, 0.9, 0.9, 0.92],
+            "iou": [0.7, 0.8, 0.85, 0.86],
+            "miou_bg": [0.8, 0.9, 0.9, 0.91],
+            "hd95": [2.0, 4.0, np.nan, np.nan],
+            "params": [10, 10, 5, 5],
+            "flops": [1e9, 1e9, 2e9, 2e9],
+        }
+    )
+    table = tables.results_table(per_seed).set_index("dataset")
+    assert table.loc["msd-task04-hippocampus", "hd95_mean"] == 3.0
+    assert table.loc["msd-task04-hippocampus", "hd95_sd"] == pytest.approx(math.sqrt(2))
+    shown = tables.format_results_table(table.reset_index()).set_index("dataset")
+    assert shown.loc["msd-task04-hippocampus", "HD95 (voxels)"] == "3.000 ± 1.414"
+    assert shown.loc["ph2-dermoscopy", "HD95 (voxels)"] == ""  # images: no distance recorded
+    # A study of images alone keeps its columns as they were.
+    images = tables.results_table(per_seed[per_seed["dataset"] == "ph2-dermoscopy"].drop(columns="hd95"))
+    assert not any(column.startswith("hd95") for column in images.columns)
+    no_distance = tables.results_table(per_seed[per_seed["dataset"] == "ph2-dermoscopy"])
+    assert not any(column.startswith("hd95") for column in no_distance.columns)
+
+
 def test_results_table(runs):
     table = tables.results_table(runs.per_seed)
     kvasir_unet = table[(table["dataset"] == "kvasir-seg") & (table["model"] == "unet")].iloc[0]

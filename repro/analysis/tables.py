@@ -18,6 +18,9 @@ import pandas as pd
 from repro.analysis.stats import mean_interval
 
 TABLE_METRICS = ("dice", "iou", "miou_bg")
+# Beside Dice for volumes: the 95th-percentile Hausdorff distance (voxels), which sees boundaries a Dice score does not.
+# A column of the table only when some run recorded it, so the 2D study's tables stay as they are.
+VOLUME_METRICS = ("hd95",)
 P_DIGITS = 4
 
 
@@ -32,11 +35,12 @@ def results_table(runs_df: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Columns ``dataset``, ``model``, ``n_seeds``, ``<metric>_mean`` and ``<metric>_sd`` for foreground
-        Dice, foreground IoU and mIoU with background, ``params`` and ``gflops``. The s.d. is the sample
-        s.d. (ddof=1), NaN with a single seed.
+        Dice, foreground IoU and mIoU with background (and HD95 where volume runs recorded it), ``params`` and
+        ``gflops``. The s.d. is the sample s.d. (ddof=1), NaN with a single seed.
     """
     grouped = runs_df.groupby(["dataset", "model"], sort=True)
-    table = grouped[list(TABLE_METRICS)].agg(["mean", "std"])
+    recorded = [m for m in VOLUME_METRICS if m in runs_df and runs_df[m].notna().any()]
+    table = grouped[[*TABLE_METRICS, *recorded]].agg(["mean", "std"])
     table.columns = [f"{metric}_{'sd' if statistic == 'std' else 'mean'}" for metric, statistic in table.columns]
     table.insert(0, "n_seeds", grouped.size())
     table["params"] = grouped["params"].first()
@@ -67,7 +71,10 @@ def significant_figures(value: float, figures: int = 3) -> str:
 
 
 def _mean_sd(mean: float, sd: float, digits: int) -> str:
-    """Format ``mean ± sd``, or the mean alone when the s.d. is undefined (one seed)."""
+    """Format ``mean ± sd``, or the mean alone when the s.d. is undefined (one seed); blank without a mean (a
+    metric the cell's runs do not record, such as HD95 on images)."""
+    if pd.isna(mean):
+        return ""
     return f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
@@ -80,9 +87,11 @@ def format_results_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         digits: decimals for the metrics.
 
     Returns:
-        Columns dataset, model, seeds, Dice, IoU, mIoU (bg), params (M), GFLOPs.
+        Columns dataset, model, seeds, Dice, IoU, mIoU (bg), HD95 (voxels; where recorded), params (M), GFLOPs.
     """
     labels = {"dice": "Dice", "iou": "IoU", "miou_bg": "mIoU (bg)"}
+    if "hd95_mean" in table:
+        labels["hd95"] = "HD95 (voxels)"
     formatted = table[["dataset", "model", "n_seeds"]].rename(columns={"n_seeds": "seeds"})
     for metric, label in labels.items():
         formatted[label] = [

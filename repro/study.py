@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help=f"tracebacks for every error (or ${DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     # A runner that seems stuck can be asked where it is: `kill -USR1 <pid>` prints every thread's stack to stderr.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # (The process's own stderr: a caller may have replaced sys.stderr with an object that has no file descriptor.)
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     start = time.perf_counter()
     # DVC's API resolves the stages' paths against the working directory, as its command line does.

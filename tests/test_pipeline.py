@@ -80,7 +80,7 @@ def test_dependencies_are_exact(pipeline):
     assert stale(copy) == {f"train_extra@ph2-dermoscopy-lighter_unet_1-{seed}" for seed in (0, 1)}
     params_file.write_text(original)
 
-    stats = copy / "repro" / "stats.py"
+    stats = copy / "repro" / "analysis" / "stats.py"
     original_stats = stats.read_text()
     stats.write_text(original_stats + "\n# an edit\n")
     assert stale(copy) == {"aggregate"}

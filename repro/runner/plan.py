@@ -239,17 +239,17 @@ def plan(
     )
 
 
-def run_seconds(run_dir: Path) -> float | None:
+def run_seconds(run_dir: Path, metrics: dict) -> float | None:
     """A committed run's training + evaluation seconds: the sums of its history's ``seconds`` and ``eval_seconds``
-    (every epoch's, across resumptions: the checkpoint keeps the history), else its record's ``train_seconds`` +
-    ``eval_seconds`` when it was never resumed; None when neither tells."""
+    (every epoch's, across resumptions: the checkpoint keeps the history), else its record's (``metrics``, its
+    ``metrics.json`` as read) ``train_seconds`` + ``eval_seconds`` when it was never resumed; None when neither
+    tells."""
     history = run_dir / "history.csv"
     if history.is_file():
         with history.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows and "seconds" in rows[0]:
             return sum(float(row["seconds"]) + float(row.get("eval_seconds") or 0.0) for row in rows)
-    metrics = read_json(run_dir / "metrics.json") or {}
     seconds = metrics.get("train_seconds")
     if metrics.get("resumed_after_epochs") or not isinstance(seconds, int | float):
         return None  # a resumed run's record without its history timed its last part only
@@ -326,12 +326,12 @@ class Estimate:
             if path.parent in skip:
                 left_out += 1
                 continue
-            seconds = run_seconds(path.parent)
+            metrics = read_json(path) or {}
+            seconds = run_seconds(path.parent, metrics)
             if seconds is None:
                 continue
             dataset, model = path.parent.parent.parent.name, path.parent.parent.name
             by_cell.setdefault((dataset, model), []).append(seconds)
-            metrics = read_json(path) or {}
             if isinstance(metrics.get("flops"), int | float) and metrics["flops"] > 0 and "image_size" in metrics:
                 per_flop.setdefault(dataset, []).append(seconds / metrics["flops"])
                 sizes[dataset] = metrics["image_size"]

@@ -38,12 +38,14 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
 
 
 def _blocks(grid: dict) -> list[tuple[list, list]]:
-    """A grid's (datasets, models) blocks: the image study, its extra rows and its volumetric rows, where it has
-    them."""
+    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, volumetric rows and universal
+    models (over their domains), where it has them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
     for rows in ("extra", "ablations", "volumes"):
         if "datasets" in grid.get(rows, {}):
             blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
+    if "domains" in grid.get("universal", {}):
+        blocks.append((grid["universal"]["domains"], grid["universal"]["models"]))
     return blocks
 
 
@@ -81,8 +83,10 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
         for name in (comparison.better, comparison.baseline)
     } - {"nnunet"}
     claims, volumes = PARAMS["grids"]["claims"], PARAMS["grids"]["volumes"]["volumes"]
-    assert set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"]) >= needed
-    assert volumes["datasets"] == ["msd-task04-hippocampus"]
+    universal = PARAMS["grids"]["volumes"]["universal"]
+    grids = set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"])
+    assert grids | set(universal["models"]) >= needed
+    assert volumes["datasets"] == universal["domains"] == ["msd-task04-hippocampus", "la2018-atrium-lgemri"]
     study = PARAMS["study"]
     assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]

@@ -80,9 +80,9 @@ def test_no_import_cycle():
 ALLOWED = {
     "repro.models": set(),
     "repro.data": {"repro.config"},
-    "repro.analysis": {"repro.config"},
-    "repro.training": {"repro.config", "repro.data", "repro.models", "repro.complexity"},
-    "repro.runner": {"repro.config", "repro.data.registry", "repro.models", "repro.complexity"},
+    "repro.analysis": {"repro.config", "repro.provenance"},
+    "repro.training": {"repro.config", "repro.data", "repro.models", "repro.complexity", "repro.provenance"},
+    "repro.runner": {"repro.config", "repro.data.registry", "repro.models", "repro.complexity", "repro.provenance"},
 }
 # The one module of the runner that reads the training code: it names the machine a proof ran on.
 RUNNER_TRAINING = {"repro.runner.equivalence": {"repro.training.device"}}

@@ -14,6 +14,7 @@ import yaml
 
 from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import REPO_ROOT
+from repro.provenance import training_code_version
 from repro.training.device import normalise_device
 from repro.training.identity import (
     RunIdentity,
@@ -371,6 +372,30 @@ def test_checkpoint_without_identity_is_refused(repo, tmp_path):
     older = {k: v for k, v in current.to_dict().items() if k != "code_files"}
     with pytest.raises(RunMismatchError, match=r"in code_files:\n  code_files: checkpoint \(absent\)"):
         check_resumable(older, current, tmp_path / "last.pt")
+
+
+def test_a_checkpoint_of_number_equivalent_code_is_resumed_and_named(repo, tmp_path):
+    """Code that the provenance log proves number-equivalent computes the same states, so its checkpoint resumes;
+    code without such a proof, or any other difference, is still refused."""
+    checkpoint = tmp_path / "last.pt"
+    saved = identity_of(repo).to_dict()
+    (repo / "code" / "train.py").write_text("# a refactor that changes no number\n")
+    current = identity_of(repo)
+    old, new = (training_code_version(identity["code_files"]) for identity in (saved, current.to_dict()))
+    proven = [{"from_code": old, "to_code": new}]
+    with pytest.raises(RunMismatchError, match="differs from this run in code_files"):
+        check_resumable(saved, current, checkpoint, log=[])
+    assert check_resumable(saved, current, checkpoint, log=proven) == old
+    assert check_resumable(current.to_dict(), current, checkpoint, log=proven) is None  # the same code
+    with pytest.raises(RunMismatchError, match="differs from this run in code_files"):  # proven forwards only
+        check_resumable(current.to_dict(), identity_of_code(saved, current), checkpoint, log=proven)
+    with pytest.raises(RunMismatchError, match=r"differs from this run in seed:"):
+        check_resumable({**saved, "seed": 1}, current, checkpoint, log=proven)
+
+
+def identity_of_code(saved: dict, current: RunIdentity) -> RunIdentity:
+    """``current`` with the code of ``saved``."""
+    return RunIdentity.from_dict({**current.to_dict(), "code_files": saved["code_files"]})
 
 
 def test_devices_are_named_with_their_index():

@@ -6,7 +6,7 @@
 - ``identity``: what decides a run's result (checked before a checkpoint is resumed); ``record``: the one schema
   and writer of a run's ``metrics.json``, ``per_image.csv`` and ``history.csv``; ``figures``: a run's figures.
 
-May import ``repro.models``, ``repro.data``, ``repro.config`` and ``repro.complexity``; of the project's modules only
-``repro.nnunet`` (nnU-Net's record), ``repro.predict`` (a trained run on new images) and
+May import ``repro.models``, ``repro.data``, ``repro.config``, ``repro.complexity`` and ``repro.provenance``; of the
+project's modules only ``repro.nnunet`` (nnU-Net's record), ``repro.predict`` (a trained run on new images) and
 ``repro.runner.equivalence`` (the machine a proof ran on) import it, besides the notebooks, scripts and tests.
 """

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from repro.data.registry import REPO_ROOT, get_dataset
+from repro.provenance import equivalent_to, read_log, training_code_version
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
@@ -120,9 +121,23 @@ class RunMismatchError(ValueError):
     """A checkpoint belongs to another run than the one about to resume it."""
 
 
-def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, checkpoint: Path | str) -> None:
+def check_resumable(
+    saved: Mapping[str, Any] | None,
+    current: RunIdentity,
+    checkpoint: Path | str,
+    log: list[dict[str, str]] | None = None,
+) -> str | None:
     """Refuse to resume ``checkpoint`` unless its identity ``saved`` is ``current``'s (all but
-    :attr:`RunIdentity.NOT_COMPARED`).
+    :attr:`RunIdentity.NOT_COMPARED`), or differs only in code that the provenance log proves number-equivalent to
+    the current code (``repro.provenance``: such code computes the same numbers, so the checkpoint's states are
+    those the current code would have reached).
+
+    Args:
+        log: the provenance log's rows; None reads ``results/provenance.csv``.
+
+    Returns:
+        The checkpoint's training-code version where it differs from the current one (and is number-equivalent to
+        it); None where the code is the same.
 
     Raises:
         RunMismatchError: naming the checkpoint, every differing field (down to the differing key of a nested
@@ -137,8 +152,14 @@ def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, check
     if saved is None:
         raise RunMismatchError(f"{checkpoint} belongs to another run: it records no run identity. {restart}")
     mine = current.to_dict()
+    saved_code, current_code = (training_code_version(code.get("code_files")) for code in (saved, mine))
+    equivalent_code = (
+        saved_code is not None
+        and saved_code != current_code
+        and saved_code in equivalent_to(current_code, read_log() if log is None else log)
+    )
     differences = []
-    for name in sorted(set(mine) - RunIdentity.NOT_COMPARED):
+    for name in sorted(set(mine) - RunIdentity.NOT_COMPARED - ({"code_files"} if equivalent_code else set())):
         differences += _differences(name, saved.get(name, _MISSING), mine[name])
     if differences:
         fields_named = sorted({d.split(":")[0].split(".")[0] for d in differences})
@@ -147,6 +168,7 @@ def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, check
             + "\n  ".join(differences)
             + f"\n{restart}"
         )
+    return saved_code if equivalent_code else None
 
 
 def _differences(name: str, saved: Any, current: Any) -> list[str]:

@@ -290,6 +290,7 @@ def test_a_claim_restricted_to_datasets_has_rows_there_only(claims_table):
         "C4c": ("covid19-ct-medseg-infnet",),  # TinyU-Net's N-ablation ran on COVID-19 CT
         **{claim_id: volumes for claim_id in ("C10", "C13", "C14")},
         **{claim_id: planar for claim_id in ("C11", "C12")},
+        "C15": ("msd-task04-hippocampus", "la2018-atrium-lgemri"),  # 3D U²-Net's universal model's two domains
     }
     for claim_id, datasets in restricted.items():
         rows = claims_table[claims_table["claim_id"] == claim_id]

@@ -1,6 +1,7 @@
 """Training: one cell of the study from settings to its written record.
 
-- ``run``: one cell (config -> data -> model -> train -> evaluate -> record), as ``notebooks/train.ipynb`` runs it.
+- ``run``: one cell (config -> data -> model -> train -> evaluate -> record), as ``notebooks/train.ipynb`` runs it;
+  a universal model of several domains (one network, one Trainer), as ``notebooks/train_universal.ipynb`` runs it.
 - ``trainer``: the recipe's Trainer and its checkpoints; ``inference``: sliding-window prediction and BatchNorm
   re-estimation; ``losses`` and ``metrics``; ``device``: threads, device, seeds, the machine.
 - ``identity``: what decides a run's result (checked before a checkpoint is resumed); ``record``: the one schema

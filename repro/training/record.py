@@ -155,9 +155,9 @@ def write_domain_outputs(
     """Write a universal run's record of one domain into that domain's ``out_dir``: the record a one-domain run of
     the dataset writes (its test split, its validation scores at the selected epoch as ``val_dice``/``val_iou``
     of the history, the network's size at its input: ``summary``), plus ``domains`` (every domain of the run, in
-    order), ``domain`` (this one's index) and ``params_split`` (the parameters every domain shares, and each
-    domain's own: ``summary``'s). The identity (``dataset_definition``, ``data_files``, ...) is the
-    whole run's; timings and steps too."""
+    order), ``domain`` (this one's index) and ``params_split`` (the parameters every domain shares, each
+    domain's own, and the paper's standard-convolution independent models': ``summary``'s). The identity
+    (``dataset_definition``, ``data_files``, ...) is the whole run's; timings and steps too."""
     data = trainer.domains[domain]
     history = [
         row | {"val_dice": row[f"val_dice@{data.name}"], "val_iou": row[f"val_iou@{data.name}"]}

@@ -38,7 +38,7 @@ from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT, resolve_data_root
 from repro.models import create_model
-from repro.models.u2net3d import U2Net3D, parameter_split
+from repro.models.u2net3d import U2Net3D, compare_to_independent, parameter_split
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
 from repro.training.identity import (
     PARAMS_FILE,
@@ -457,9 +457,16 @@ def make_universal_trainer(
 
 
 def domain_parameters(model: U2Net3D) -> dict[str, Any]:
-    """A universal network's parameters: ``shared`` by every domain, and each domain's own (``per_domain``)."""
+    """A universal network's parameters: ``shared`` by every domain, each domain's own (``per_domain``), and for the
+    paper's comparison the parameters of one standard-convolution network per domain of the same depth and widths
+    (``independent_standard``: the official code's independent models)."""
     split = parameter_split(model)
-    return {"shared": split.shared, "per_domain": list(split.per_domain)}
+    independent = compare_to_independent(model)
+    return {
+        "shared": split.shared,
+        "per_domain": list(split.per_domain),
+        "independent_standard": list(independent.independent),
+    }
 
 
 def domain_summary(trainer: Trainer, config: RunConfig, domain: int) -> dict[str, float]:

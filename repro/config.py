@@ -103,7 +103,7 @@ def dataset_training(name: str, params: dict[str, Any] | None = None) -> Dataset
         raise ValueError(
             f"params.yaml has no training settings for dataset '{name}': add under `training:` the line "
             f"`{name}: {{train_steps: {{}}, eval_every: 1}}` (train_steps: scale -> optimizer steps, from a pilot; "
-            "docs/datasets.md, \"Adding a dataset\")"
+            'docs/datasets.md, "Adding a dataset")'
         )
     entry = dict(entries[name] or {})
     expected = {f.name for f in fields(DatasetTraining)} - {"dataset"}

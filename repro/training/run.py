@@ -31,7 +31,7 @@ from repro.config import (
 from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT, resolve_data_root
-from repro.models import create_model
+from repro.models import create_variant
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
 from repro.training.identity import (
     PARAMS_FILE,
@@ -176,11 +176,12 @@ def identity(config: RunConfig) -> RunIdentity:
 def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything, then create the model (so its initialisation depends on the seed alone)."""
     generator = seed_everything(config.seed)
-    model = create_model(
+    model = create_variant(
         config.variant.arch,
+        config.variant.options,
+        width_mult=config.scale.width_mult,
         in_channels=data.in_channels,
-        num_classes=data.out_channels,
-        **config.model_options,
+        num_classes=data.num_classes,
     )
     return model, generator
 

@@ -80,9 +80,11 @@ def test_no_import_cycle():
 ALLOWED = {
     "repro.models": set(),
     "repro.data": {"repro.config"},
-    "repro.analysis": {"repro.config"},
+    "repro.analysis": {"repro.config", "repro.table_files"},
     "repro.training": {"repro.config", "repro.data", "repro.models", "repro.complexity"},
     "repro.runner": {"repro.config", "repro.data.registry", "repro.models", "repro.complexity"},
+    # Not a package: the table writer of the analysis and of the training stage's repro.complexity imports neither.
+    "repro.table_files": set(),
 }
 # The one module of the runner that reads the training code: it names the machine a proof ran on.
 RUNNER_TRAINING = {"repro.runner.equivalence": {"repro.training.device"}}

@@ -29,7 +29,6 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.runner import stage_task
 from repro.runner.cluster import (
     ClusterSettings,
     ParamsError,
@@ -512,12 +511,19 @@ def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
     assert run_environment(3, gpu="1")["CUDA_VISIBLE_DEVICES"] == "1"
 
 
-def test_the_guard_sets_the_threads_variable_the_training_reads_and_imports_no_torch():
-    """repro.runner.stage_task names UNET_REPRO_THREADS itself instead of importing it from repro.training.device, which
-    imports torch: every Dask worker imports the guard's module. The two names must stay one."""
-    from repro.training.device import THREADS_ENV
+def test_the_guard_gives_a_run_the_threads_the_training_reads_and_imports_no_torch(monkeypatch):
+    """A run in the environment the guard gives it trains on the runner's thread count (``set_threads`` with no
+    argument, as the notebooks call it); the guard's module, which every Dask worker imports, imports no torch."""
+    import torch
 
-    assert stage_task.THREADS_ENV == THREADS_ENV and run_environment(2)[THREADS_ENV] == "2"
+    from repro.training.device import set_threads
+
+    monkeypatch.setattr(os, "environ", run_environment(3))
+    before = torch.get_num_threads()
+    try:
+        assert set_threads() == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     code = "import sys, repro.runner.stage_task as m; assert 'torch' not in sys.modules, m.__name__ + ' imports torch'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

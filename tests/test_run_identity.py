@@ -15,6 +15,7 @@ import yaml
 from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import REPO_ROOT
 from repro.provenance import training_code_version
+from repro.runner.grid import TRAIN_STAGES
 from repro.training.device import normalise_device
 from repro.training.identity import (
     RunIdentity,
@@ -220,6 +221,57 @@ def test_code_files_are_the_projects_train_stage_code():
     assert not any("__pycache__" in f for f in files)
     assert "repro/analysis/claims.py" not in files and not any(f.startswith("data/") for f in files)
     assert files["repro/training/trainer.py"] == md5(REPO_ROOT / "repro" / "training" / "trainer.py")
+
+
+def expanded(deps) -> list[str]:
+    """The files of ``deps`` (files and folders of the repository), bytecode caches left out, sorted."""
+    files = []
+    for dep in deps:
+        path = REPO_ROOT / dep
+        found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files += [p.relative_to(REPO_ROOT).as_posix() for p in found if "__pycache__" not in p.parts]
+    return sorted(files)
+
+
+def listed_code(stage: str) -> list[str]:
+    """The files of a stage's code deps as dvc.yaml lists them, read without DVC: its deps without a ``${...}``
+    (those name the run's data)."""
+    definition = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]
+    return expanded(dep for dep in definition.get("do", definition)["deps"] if "${" not in dep)
+
+
+@pytest.mark.parametrize("stage", [*TRAIN_STAGES, "nnunet"])
+def test_code_files_read_through_dvc_are_the_code_the_stage_lists(stage):
+    """Every kind of training stage (``train`` and the stages that inherit its deps through a YAML merge key) and
+    nnU-Net's, which records its runs with the same functions: DVC's reading of dvc.yaml gives the files the stage
+    lists, with their md5s."""
+    files = code_files(REPO_ROOT, stage)
+    assert sorted(files) == listed_code(stage)
+    assert all(files[path] == md5(REPO_ROOT / path) for path in files)
+
+
+def test_each_run_dvc_resolves_depends_on_the_stages_code_and_its_prepared_data():
+    """The entries DVC generates from the training stages' matrices (one per run of the grid), as ``dvc repro``
+    resolves them: each depends on the stage's code (what :func:`code_files` hashes) and on its own prepared data,
+    nothing else."""
+    from dvc.dvcfile import ProjectFile
+    from dvc.repo import Repo
+
+    scale = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["scale"]
+    runs = 0
+    with Repo(str(REPO_ROOT)) as repo:
+        resolver = ProjectFile(repo, repo.fs.join(repo.root_dir, "dvc.yaml")).resolver
+        for stage in TRAIN_STAGES:
+            code = code_files(REPO_ROOT, stage)
+            definition = resolver.definitions[stage]
+            code_deps = set()
+            for key, item in definition.normalized_iterable.items():
+                (entry,) = resolver.resolve_one(f"{stage}@{key}").values()
+                assert entry["deps"][0] == f"data/processed/{scale}/{item['dataset']}"
+                code_deps.add(tuple(entry["deps"][1:]))
+                runs += 1
+            assert all(expanded(deps) == sorted(code) for deps in code_deps)
+    assert runs > 0
 
 
 def test_code_files_name_a_missing_dep(repo):

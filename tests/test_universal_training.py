@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repro.data.loading import PreparedData, Split
-from repro.models import create_model
+from repro.models import create_model, output_channels
 from repro.training.device import seed_everything
 from repro.training.identity import RunIdentity
 from repro.training.trainer import Trainer, TrainSettings
@@ -47,9 +47,9 @@ def universal_model(datas: list[PreparedData]) -> torch.nn.Module:
     return create_model(
         "u2net3d",
         in_channels=1,
-        num_classes=datas[0].out_channels,
+        num_classes=output_channels(datas[0].num_classes),
         domains=len(datas),
-        num_classes_per_domain=[data.out_channels for data in datas],
+        num_classes_per_domain=[output_channels(data.num_classes) for data in datas],
         levels=2,
         width_mult=0.25,
     )

@@ -1,8 +1,9 @@
 """Tables of the study: results per dataset × model, deep supervision's pruned depths, the claims table for
 reading, the universal models' parameters, and their files.
 
-Every table is written three ways (``write_table``): CSV at full precision for machines, Markdown and LaTeX
-for people. p-values print as ``< 0.0001`` rather than a misleading 0.0000.
+Every table is written three ways (``write_table``, through the study's one table writer, ``repro.table_files``):
+CSV at full precision for machines, Markdown and LaTeX for people. p-values print as ``< 0.0001`` rather than a
+misleading 0.0000.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from repro import table_files
 from repro.analysis.claims import CLAIMS
 from repro.analysis.run_results import naming_the_metrics_file
 from repro.analysis.stats import mean_interval
+
+# Rendered by the aggregate notebook and scripts/update_readme.py as tables.markdown_table.
+from repro.table_files import markdown_table as markdown_table
 
 TABLE_METRICS = ("dice", "iou", "miou_bg")
 # Beside Dice for volumes: the 95th-percentile Hausdorff distance (voxels), which sees boundaries a Dice score does not.
@@ -660,41 +665,10 @@ def format_margin_table(margins: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return shown
 
 
-def _cell_text(value: object, float_digits: int) -> str:
-    """Text of one table cell: floats at fixed decimals, missing values empty."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float | np.floating):
-        return f"{value:.{float_digits}f}"
-    return str(value)
-
-
-def markdown_table(df: pd.DataFrame, float_digits: int = 4) -> str:
-    """Render a DataFrame as a GitHub-flavoured Markdown pipe table.
-
-    ``DataFrame.to_markdown`` would need ``tabulate``, which is not a project dependency.
-
-    Args:
-        df: the table (its index is not written).
-        float_digits: decimals for float cells.
-
-    Returns:
-        The Markdown text, numeric columns right-aligned.
-    """
-
-    def row(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    alignments = ["---:" if pd.api.types.is_numeric_dtype(dtype) else ":---" for dtype in df.dtypes]
-    lines = [row([str(column) for column in df.columns]), row(alignments)]
-    lines += [row([_cell_text(value, float_digits) for value in values]) for values in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def write_table(
     table: pd.DataFrame, stem: str | Path, display: pd.DataFrame | None = None, float_digits: int = 4
 ) -> list[Path]:
-    """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``.
+    """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex`` (:func:`repro.table_files.write_table`).
 
     Args:
         table: the table; the CSV keeps it at full precision.
@@ -707,14 +681,5 @@ def write_table(
         The three paths written.
     """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    shown = table if display is None else display
     csv_path, markdown_path, latex_path = (stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex"))
-    table.to_csv(csv_path, index=False)
-    markdown_path.write_text(markdown_table(shown, float_digits))
-    column_format = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in shown.dtypes)
-    cells = shown.map(lambda value: _cell_text(value, float_digits))
-    latex = cells.to_latex(index=False, escape=True, column_format=column_format)
-    # In LaTeX's default text font "<" prints as an inverted exclamation mark; pandas does not escape it.
-    latex_path.write_text(latex.replace("<", r"\textless{}"))
-    return [csv_path, markdown_path, latex_path]
+    return table_files.write_table(table, csv_path, markdown_path, latex_path, display, float_digits)

@@ -37,7 +37,7 @@ from repro.config import (
 from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT, resolve_data_root
-from repro.models import create_model
+from repro.models import create_variant, output_channels
 from repro.models.u2net3d import U2Net3D, compare_to_independent, parameter_split
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
 from repro.training.identity import (
@@ -188,11 +188,12 @@ def identity(config: RunConfig) -> RunIdentity:
 def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything, then create the model (so its initialisation depends on the seed alone)."""
     generator = seed_everything(config.seed)
-    model = create_model(
+    model = create_variant(
         config.variant.arch,
+        config.variant.options,
+        width_mult=config.scale.width_mult,
         in_channels=data.in_channels,
-        num_classes=data.out_channels,
-        **config.model_options,
+        num_classes=data.num_classes,
     )
     return model, generator
 
@@ -377,14 +378,18 @@ def resolve_domains(
 def build_universal(configs: list[RunConfig], datas: list[PreparedData]) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything, then create the variant with one domain per dataset (each with its channels and classes)."""
     generator = seed_everything(configs[0].seed)
-    model = create_model(
-        configs[0].variant.arch,
+    first = configs[0]
+    domains = {
+        "domains": len(datas),
+        "in_channels_per_domain": [data.in_channels for data in datas],
+        "num_classes_per_domain": [output_channels(data.num_classes) for data in datas],
+    }
+    model = create_variant(
+        first.variant.arch,
+        {**first.variant.options, **domains},
+        width_mult=first.scale.width_mult,
         in_channels=datas[0].in_channels,
-        num_classes=datas[0].out_channels,
-        domains=len(datas),
-        in_channels_per_domain=[data.in_channels for data in datas],
-        num_classes_per_domain=[data.out_channels for data in datas],
-        **configs[0].model_options,
+        num_classes=datas[0].num_classes,
     )
     return model, generator
 
@@ -413,8 +418,10 @@ def identify_universal(configs: list[RunConfig], repo_root: Path | str = REPO_RO
     params = load_params(repo_root / PARAMS_FILE)
     first, scale = configs[0], configs[0].scale
     datasets = DOMAIN_SEPARATOR.join(config.dataset for config in configs)
-    stages = [(UNIVERSAL_STAGE, {"item.model": first.variant.name, "item.seed": str(first.seed), "scale": scale.name})]
-    stages += [("prepare", {"item": config.dataset, "scale": scale.name}) for config in configs]
+    item = {"model": first.variant.name, "seed": first.seed}
+    domains = {"universal": {"domains": [config.dataset for config in configs]}}
+    stages = [(UNIVERSAL_STAGE, {"item": item, "scale": scale.name, "study": domains})]
+    stages += [("prepare", {"item": config.dataset, "key": config.dataset, "scale": scale.name}) for config in configs]
     return RunIdentity(
         dataset=datasets,
         dataset_definition={c.dataset: dataset_definition(c.dataset, params) for c in configs},

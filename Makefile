@@ -51,7 +51,8 @@ lint: env
 # or a verdict fails), once the study has been run at this version: until then there is none. The archived
 # first version (results/v1) is not re-executed.
 SCALE := $(shell awk '/^scale:/ {print $$2}' params.yaml)
-NOTEBOOKS := notebooks/datasets.ipynb notebooks/train.ipynb notebooks/complexity.ipynb notebooks/nnunet.ipynb \
+NOTEBOOKS := notebooks/datasets.ipynb notebooks/train.ipynb notebooks/train_universal.ipynb notebooks/complexity.ipynb \
+	notebooks/nnunet.ipynb \
 	$(wildcard results/$(SCALE)/aggregate.ipynb)
 
 # nbval also runs the training notebook on volumes: the 3D U-Net on MSD Hippocampus at the smoke scale, through

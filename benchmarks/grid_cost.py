@@ -21,7 +21,7 @@ import torch
 
 from repro.config import dataset_training, load_params, model_variant, scale_preset
 from repro.data.prepare import PROCESSED_DIR
-from repro.models import create_model
+from repro.models import create_variant
 from repro.training.device import set_threads
 from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
 from repro.training.trainer import epochs_for_steps
@@ -104,11 +104,12 @@ def main() -> None:
             n, (channels, classes, shape) = sizes[dataset], inputs[dataset]
             if (channels, classes, shape) not in timings:
                 torch.manual_seed(0)
-                model = create_model(
+                model = create_variant(
                     variant.arch,
+                    variant.options,
+                    width_mult=scale.width_mult,
                     in_channels=channels,
-                    num_classes=1 if classes == 2 else classes,
-                    **{"width_mult": scale.width_mult, **variant.options},
+                    num_classes=classes,
                 )
                 timings[channels, classes, shape] = step_and_forward_seconds(
                     model, scale.batch_size, channels, classes, shape, args.steps

@@ -17,7 +17,7 @@ import time
 import torch
 
 from repro.config import load_params, model_variant, scale_preset
-from repro.models import create_model
+from repro.models import create_variant
 from repro.training.device import set_threads
 from repro.training.losses import DeepSupervisionLoss, SegmentationLoss
 
@@ -82,9 +82,9 @@ def main() -> None:
     print(f"{'variant':<16}{'params':>10}{'ms/img (CL)':>13}{'ms/img':>9}{'MONAI ms/img':>14}{'ours/MONAI':>12}")
     for name in variants:
         variant = model_variant(name, params)
-        options = {"width_mult": scale.width_mult, **variant.options}
         torch.manual_seed(0)
-        model = create_model(variant.arch, in_channels=3, num_classes=1, **options)
+        # RGB images of a binary task, as the synthetic batches are.
+        model = create_variant(variant.arch, variant.options, width_mult=scale.width_mult, in_channels=3, num_classes=2)
         n_params = sum(p.numel() for p in model.parameters())
         per_image = {cl: time_train_steps(model, batch, size, 3, args.steps, cl) for cl in (True, False)}
         reference = None

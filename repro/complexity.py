@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from repro import table_files
 from repro.data.registry import REPO_ROOT
 from repro.models import create_model
 from repro.models.upsample import BicubicUpsample2x
@@ -271,30 +272,14 @@ def complexity_table(
     return table.astype({"params_paper": "Int64", "params_diff": "Int64", "params_match": "boolean"})
 
 
-def to_markdown(table: pd.DataFrame, float_format: str = "{:.2f}") -> str:
-    """A GitHub Markdown table of ``table`` (missing values left blank)."""
-
-    def cell(value: object) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-            return ""
-        if isinstance(value, float):
-            return float_format.format(value)
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
-    """Write ``table`` as CSV and as a Markdown table, creating parent folders.
+    """Write a complexity or pruning table as CSV and as a Markdown table (floats at two decimals, a plain rule),
+    creating parent folders (:func:`repro.table_files.write_table`).
 
-    Relative paths are taken from the repository root, so a notebook writes to the same place whatever folder
-    its kernel runs in.
+    Args:
+        table: the table (:func:`complexity_table`, ``repro.pruning.pruning_table``).
+        csv_path: where the CSV goes; a relative path is taken from the repository root, so a notebook writes to
+            the same place whatever folder its kernel runs in.
+        md_path: where the Markdown table goes, likewise.
     """
-    csv_path, md_path = (REPO_ROOT / path for path in (csv_path, md_path))
-    for path in (csv_path, md_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv_path, index=False)
-    md_path.write_text(to_markdown(table))
+    table_files.write_table(table, REPO_ROOT / csv_path, REPO_ROOT / md_path, float_digits=2, align=False)

@@ -15,6 +15,10 @@ import yaml
 from repro.data.registry import REPO_ROOT, list_datasets, register_folder_dataset
 
 PARAMS_FILE = REPO_ROOT / "params.yaml"
+# The variable that sets a run's torch threads: read by the run (``repro.training.device.set_threads``), set by the
+# runner for each run it starts (``repro.runner.stage_task``). Named here, the one module both import that loads no
+# torch: every Dask worker imports the runner's guard, and torch would cost each of them its memory and start-up.
+THREADS_ENV = "UNET_REPRO_THREADS"
 
 
 def load_params(path: Path | str | None = None) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def dataset_training(name: str, params: dict[str, Any] | None = None) -> Dataset
         raise ValueError(
             f"params.yaml has no training settings for dataset '{name}': add under `training:` the line "
             f"`{name}: {{train_steps: {{}}, eval_every: 1}}` (train_steps: scale -> optimizer steps, from a pilot; "
-            "docs/datasets.md, \"Adding a dataset\")"
+            'docs/datasets.md, "Adding a dataset")'
         )
     entry = dict(entries[name] or {})
     expected = {f.name for f in fields(DatasetTraining)} - {"dataset"}

@@ -18,10 +18,10 @@ project's own functions, so a new image is seen exactly as the run saw its test 
    checkpoint's identity must be the run's (every field but the commit and the data root, as a resume compares
    them: dataset, model, arch, options, seed, scale and its settings, data and code hashes) and its selected
    epoch the run's ``best_epoch``; otherwise it is refused. Its ``best_state`` (the best-validation weights,
-   BatchNorm statistics re-estimated as in the run's evaluation) is loaded into ``repro.models.create_model``'s
-   network of the run's arch and options (the training-only options ``l2_kernels`` and ``paper_metric`` left
-   out), with the dataset's input channels and one output channel (sigmoid) for two classes, one per class
-   (softmax) otherwise.
+   BatchNorm statistics re-estimated as in the run's evaluation) is loaded into the network
+   ``repro.models.create_variant`` builds, as the run built it: the run's arch and options (the training-only
+   options ``l2_kernels`` and ``paper_metric`` left out), with the dataset's input channels and one output channel
+   (sigmoid) for two classes, one per class (softmax) otherwise.
 3. The normalisation: ``repro.data.loading`` normalises every split by the training split's per-channel mean and
    standard deviation (of values / 255, plus 1e-6), over the first ``max_train_images`` training images of the
    scale. They are recomputed the same way from the prepared ``data/processed/<scale>/<dataset>/train_images.npy``
@@ -70,7 +70,7 @@ from repro.data.loading import channel_statistics, normalise
 from repro.data.prepare import PROCESSED_DIR, _resize_image, target_size
 from repro.data.readers import DatasetError, read_image
 from repro.data.registry import get_dataset
-from repro.models import create_model
+from repro.models import create_variant
 from repro.training.device import normalise_device, resolve_device, set_threads
 from repro.training.identity import RunIdentity, data_files
 from repro.training.inference import predict_logits
@@ -111,11 +111,6 @@ class Run:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    @property
-    def out_channels(self) -> int:
-        """As ``repro.data.loading.PreparedData.out_channels``: one (sigmoid) for two classes, else one per class."""
-        return 1 if self.num_classes == 2 else self.num_classes
 
     @property
     def model_options(self) -> dict[str, Any]:
@@ -358,7 +353,13 @@ def normalisation(run: Run, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def build_model(run: Run, weights: Mapping[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
     """The run's network with its best-validation weights, on ``device``, in eval mode."""
-    model = create_model(run.arch, in_channels=run.in_channels, num_classes=run.out_channels, **run.model_options)
+    model = create_variant(
+        run.arch,
+        run.model_options,
+        width_mult=run.scale_settings["width_mult"],
+        in_channels=run.in_channels,
+        num_classes=run.num_classes,
+    )
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

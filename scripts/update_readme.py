@@ -97,13 +97,15 @@ def training_time_line(runs_dir: Path) -> str:
     """The training time of the runs under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), the figure
     the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
     runs (one thread per run) with the share of ``OWN_BUDGET_VARIANTS`` (FCN and MultiResUNet, which count to the
-    budget of C10-C14), and in hours for runs on a GPU. A ``metrics.json`` that is not JSON or lacks a field raises
-    ``ValueError`` naming it."""
+    budget of C10-C14), and in hours for runs on a GPU. A universal model's run is one training recorded under each
+    of its domains, each record with the whole run's time: each counts its share (``domains``). A ``metrics.json``
+    that is not JSON or lacks a field raises ``ValueError`` naming it."""
     cpu, own_budget, gpu = [], [], []
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
         with naming_the_metrics_file(path):
             metrics = json.loads(path.read_text())
             hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
+            hours /= len(metrics.get("domains") or [None])
         if device.startswith("cpu"):
             cpu.append(hours)
             if model in OWN_BUDGET_VARIANTS:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repro.analysis.run_results import training_code_version
 from repro.config import load_params
-from repro.runner.equivalence import PROVENANCE_LOG, equivalent_to, read_log
+from repro.provenance import PROVENANCE_LOG, equivalent_to, read_log, training_code_version
 from repro.runner.grid import TRAIN_STAGES
 from repro.training.identity import code_files
 

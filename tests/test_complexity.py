@@ -18,7 +18,6 @@ from repro.complexity import (
     count_flops,
     count_parameters,
     measure_latency,
-    to_markdown,
     write_table,
 )
 from repro.models import create_model, list_models
@@ -109,9 +108,11 @@ def test_complexity_table_columns_and_values():
 
 
 def test_write_table(tmp_path):
-    table = pd.DataFrame({"model": ["a|b"], "params": [10], "params_paper": pd.array([None], dtype="Int64")})
+    table = pd.DataFrame(
+        {"model": ["a|b"], "params": [10], "params_paper": pd.array([None], dtype="Int64"), "gflops": [1.234]}
+    )
     write_table(table, tmp_path / "out" / "table.csv", tmp_path / "out" / "table.md")
     assert pd.read_csv(tmp_path / "out" / "table.csv")["params"].tolist() == [10]
     lines = (tmp_path / "out" / "table.md").read_text().splitlines()
-    assert lines == ["| model | params | params_paper |", "|---|---|---|", "| a\\|b | 10 |  |"]
-    assert to_markdown(pd.DataFrame({"x": [1.234]})).splitlines()[-1] == "| 1.23 |"
+    assert lines == ["| model | params | params_paper | gflops |", "|---|---|---|---|", "| a\\|b | 10 |  | 1.23 |"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["table.csv", "table.md"]  # no LaTeX

@@ -3,11 +3,12 @@
 import re
 
 import pytest
+import torch
 
 from repro.analysis.claims import CLAIMS
 from repro.config import load_params, model_variant, scale_preset
 from repro.data.registry import list_datasets
-from repro.models import create_model, list_models, model_options, model_spatial_dims
+from repro.models import create_model, create_variant, list_models, model_options, model_spatial_dims
 
 PARAMS = load_params()
 
@@ -34,16 +35,34 @@ def test_every_variant_names_a_registered_arch_and_valid_options(name):
     assert variant.arch in list_models()
     assert set(variant.options) <= set(model_options(variant.arch))
     in_channels = 3 if model_spatial_dims(variant.arch) == 2 else 1  # the volumes are single-channel MRI
-    create_model(variant.arch, in_channels=in_channels, num_classes=1, **{"width_mult": 0.25, **variant.options})
+    create_variant(variant.arch, variant.options, width_mult=0.25, in_channels=in_channels, num_classes=2)
+
+
+def test_a_variant_is_built_at_the_scales_width_unless_it_fixes_its_own_with_one_output_for_two_classes():
+    """``create_variant``, the one rule of training, prediction, the runner's estimate and the benchmarks: the
+    scale's ``width_mult`` unless the variant sets one (``unet`` takes it, ``unet_w1`` keeps its 1.0), one output
+    channel (sigmoid) for two classes and one per class otherwise, drawing its initialisation as ``create_model``
+    does."""
+    for name, width, classes, outputs in (("unet", 0.25, 2, 1), ("unet_w1", 1.0, 2, 1), ("unet", 0.25, 4, 4)):
+        variant = model_variant(name, PARAMS)
+        torch.manual_seed(0)
+        built = create_variant(variant.arch, variant.options, width_mult=0.25, in_channels=3, num_classes=classes)
+        torch.manual_seed(0)
+        expected = create_model(variant.arch, in_channels=3, num_classes=outputs, width_mult=width)
+        weights, expected = built.state_dict(), expected.state_dict()
+        assert list(weights) == list(expected) and all(torch.equal(weights[k], expected[k]) for k in weights), name
+        assert built.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, outputs, 32, 32)
 
 
 def _blocks(grid: dict) -> list[tuple[list, list]]:
-    """A grid's (datasets, models) blocks: the image study, its extra rows and its volumetric rows, where it has
-    them."""
+    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, volumetric rows and universal
+    models (over their domains), where it has them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
     for rows in ("extra", "ablations", "volumes"):
         if "datasets" in grid.get(rows, {}):
             blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
+    if "domains" in grid.get("universal", {}):
+        blocks.append((grid["universal"]["domains"], grid["universal"]["models"]))
     return blocks
 
 
@@ -81,8 +100,10 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
         for name in (comparison.better, comparison.baseline)
     } - {"nnunet"}
     claims, volumes = PARAMS["grids"]["claims"], PARAMS["grids"]["volumes"]["volumes"]
-    assert set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"]) >= needed
-    assert volumes["datasets"] == ["msd-task04-hippocampus"]
+    universal = PARAMS["grids"]["volumes"]["universal"]
+    grids = set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"])
+    assert grids | set(universal["models"]) >= needed
+    assert volumes["datasets"] == universal["domains"] == ["msd-task04-hippocampus", "la2018-atrium-lgemri"]
     study = PARAMS["study"]
     assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]

@@ -29,7 +29,6 @@ import pytest
 import yaml
 from study_copy import ROOT, copy_repository, dask_cluster, dvc, lock_entries, run_python, stale, start_python
 
-from repro.runner import stage_task
 from repro.runner.cluster import (
     ClusterSettings,
     ParamsError,
@@ -39,7 +38,7 @@ from repro.runner.cluster import (
     start_cluster,
 )
 from repro.runner.execute import RunQueue, cell_error
-from repro.runner.grid import TRAIN_STAGES, Grid
+from repro.runner.grid import TRAIN_STAGES, Grid, check_grid
 from repro.runner.plan import missing_programs, plan, replacing, stale_train_stages
 from repro.runner.progress import Progress, RunTimes
 from repro.runner.stage_task import run_environment
@@ -176,6 +175,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
         "extra": {"datasets": ["ph2-dermoscopi", "msd-task04-hippocampus"], "models": ["unet"]},
         "ablations": {"datasets": [], "models": []},
+        "universal": {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": []},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -319,6 +319,78 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
     )
 
 
+def test_a_universal_model_trains_once_per_seed_and_writes_a_run_of_each_domain(tmp_path, monkeypatch):
+    """3D U²-Net's universal model is one stage per (variant, seed), after the volumes within each seed: one
+    training of both domains, recorded under each domain beside its independent model's runs, with the train
+    stage's code deps (one training code)."""
+    domains = ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+    grid = Grid(
+        "smoke",
+        ("ph2-dermoscopy",),
+        ("unet",),
+        (0, 1),
+        volume_datasets=domains,
+        volume_models=("u2net3d",),
+        universal_domains=domains,
+        universal_models=("u2net3d_universal",),
+    )
+    study = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1]}
+    study["volumes"] = {"datasets": list(domains), "models": ["u2net3d"]}
+    study["universal"] = {"domains": list(domains), "models": ["u2net3d_universal"]}
+    copy = copy_repository(tmp_path / "copy", study)
+    monkeypatch.chdir(copy)
+    stages = stale_train_stages(copy, grid)
+    assert [stage.addressing for stage in stages] == [
+        name
+        for seed in (0, 1)
+        for name in (
+            f"train@ph2-dermoscopy-unet-{seed}",
+            f"train_volumes@msd-task04-hippocampus-u2net3d-{seed}",
+            f"train_volumes@la2018-atrium-lgemri-u2net3d-{seed}",
+            f"train_universal@u2net3d_universal-{seed}",
+        )
+    ]
+    image, universal = stages[0], stages[3]
+    assert {out.def_path for out in universal.outs} == {
+        *(f"results/smoke/runs/{domain}/u2net3d_universal/seed0" for domain in domains),
+        "results/smoke/notebooks/msd-task04-hippocampus+la2018-atrium-lgemri/u2net3d_universal/seed0",
+    }
+
+    def code(stage):
+        return {dep.def_path for dep in stage.deps if not dep.def_path.startswith(("data/", "params.yaml"))}
+
+    assert code(universal) == code(image)
+    assert "-p datasets msd-task04-hippocampus+la2018-atrium-lgemri" in universal.cmd
+    assert grid.describe() == (
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: 2 dataset(s) x 1 variant(s) x 2 seed(s) + universal: "
+        "2 domains together x 1 variant(s) x 2 seed(s) = 8 runs at scale smoke"
+    )
+
+
+def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
+    """Its domains are volumes, exactly two (the stage's pair), and its variants build with two domains and do not
+    share a folder with a volumetric row."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["volumes"] = {"datasets": ["msd-task04-hippocampus"], "models": ["u2net3d"]}
+    params["study"]["universal"] = {
+        "domains": ["msd-task04-hippocampus", "kvasir-seg", "la2018-atrium-lgemri"],
+        "models": ["unet3d", "u2net3d"],
+    }
+    with pytest.raises(ParamsError) as raised:
+        check_grid(params)
+    message = str(raised.value)
+    for expected in (
+        "study.universal.domains must name 2 datasets",
+        "study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes",
+        "models.unet3d (unet3d {}): unknown option(s) ['domains']",
+        "study.universal.models: 'u2net3d' is also in study.volumes.models",
+    ):
+        assert expected in message, (expected, message)
+    params["study"]["universal"] = {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": []}
+    params["study"]["volumes"]["models"] = []
+    assert check_grid(params).universal_domains == ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+
+
 def test_eta_weighs_each_run_left_by_the_time_of_its_own_cell():
     """The variants' costs differ up to ten-fold: the ETA sums each run's own cell's time (else its dataset's), less
     what a running run has done, over the cluster's slots; a resumed run's short time teaches it nothing."""
@@ -439,12 +511,19 @@ def test_a_run_gets_its_threads_and_glibc_malloc_not_the_nannys(monkeypatch):
     assert run_environment(3, gpu="1")["CUDA_VISIBLE_DEVICES"] == "1"
 
 
-def test_the_guard_sets_the_threads_variable_the_training_reads_and_imports_no_torch():
-    """repro.runner.stage_task names UNET_REPRO_THREADS itself instead of importing it from repro.training.device, which
-    imports torch: every Dask worker imports the guard's module. The two names must stay one."""
-    from repro.training.device import THREADS_ENV
+def test_the_guard_gives_a_run_the_threads_the_training_reads_and_imports_no_torch(monkeypatch):
+    """A run in the environment the guard gives it trains on the runner's thread count (``set_threads`` with no
+    argument, as the notebooks call it); the guard's module, which every Dask worker imports, imports no torch."""
+    import torch
 
-    assert stage_task.THREADS_ENV == THREADS_ENV and run_environment(2)[THREADS_ENV] == "2"
+    from repro.training.device import set_threads
+
+    monkeypatch.setattr(os, "environ", run_environment(3))
+    before = torch.get_num_threads()
+    try:
+        assert set_threads() == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     code = "import sys, repro.runner.stage_task as m; assert 'torch' not in sys.modules, m.__name__ + ' imports torch'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from repro.runner.equivalence import LOG_FIELDS, compare, differences, equivalent_to, read_log
+from repro.provenance import LOG_FIELDS, equivalent_to, read_log
+from repro.runner.equivalence import compare, differences
 
 
 def _run(folder, test_dice=0.9, seconds=3.0, code="a" * 32, loss=0.5):

@@ -186,6 +186,18 @@ def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_m
     )
 
 
+def test_a_universal_model_s_training_counts_once_across_its_domains_records(tmp_path):
+    import json
+
+    update_readme = _update_readme()
+    for dataset in ("hippocampus", "atrium"):  # one 2-hour run, recorded under each domain with the whole time
+        run = tmp_path / dataset / "u2net3d_universal" / "seed0"
+        run.mkdir(parents=True)
+        metrics = {"model": "u2net3d_universal", "device": "cpu", "train_seconds": 7200, "domains": ["h", "a"]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert "2.0 core-hours for 2 runs on the CPU" in update_readme.training_time_line(tmp_path)
+
+
 def test_the_training_time_line_names_a_malformed_metrics_file(tmp_path):
     update_readme = _update_readme()
     run = tmp_path / "a" / "unet" / "seed0"

@@ -4,6 +4,7 @@ on synthetic runs written in the training stage's output schema."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -290,6 +291,7 @@ def test_a_claim_restricted_to_datasets_has_rows_there_only(claims_table):
         "C4c": ("covid19-ct-medseg-infnet",),  # TinyU-Net's N-ablation ran on COVID-19 CT
         **{claim_id: volumes for claim_id in ("C10", "C13", "C14")},
         **{claim_id: planar for claim_id in ("C11", "C12")},
+        "C15": ("msd-task04-hippocampus", "la2018-atrium-lgemri"),  # 3D U²-Net's universal model's two domains
     }
     for claim_id, datasets in restricted.items():
         rows = claims_table[claims_table["claim_id"] == claim_id]
@@ -888,3 +890,104 @@ def test_the_paper_metric_table_puts_the_unetpp_papers_row_beside_the_studys():
     assert table.loc["unetpp_2018", "n_seeds"] == 0 and math.isnan(table.loc["unetpp_2018", "mean"])
     shown = tables.format_paper_metric_table(table.reset_index()).set_index("study variant")
     assert shown.loc["unetpp_2018", "study"] == "no runs yet" and shown.loc["unetpp", "study"].startswith("90.00 [")
+
+
+HIPPOCAMPUS, ATRIUM = "msd-task04-hippocampus", "la2018-atrium-lgemri"
+# A universal network of both domains: shared pointwise kernels, each domain's own blocks, and the paper's
+# independent models (one standard-convolution network per domain).
+SPLIT = {"shared": 1_000_000, "per_domain": [20_000, 30_000], "independent_standard": [5_000_000, 6_000_000]}
+
+
+def write_parameter_record(
+    runs_dir: Path, dataset: str, model: str, seed: int, params: int, split: dict | None = None
+) -> Path:
+    """The fields of a run's metrics.json that the parameters table reads; a universal run's (``split``) adds
+    ``domains``, ``domain`` and ``params_split`` as repro.training.record.write_domain_outputs does."""
+    record = {"dataset": dataset, "model": model, "seed": seed, "scale": "cpu", "params": params, "test": {}}
+    if split is not None:
+        domains = [HIPPOCAMPUS, ATRIUM]
+        record |= {"domains": domains, "domain": domains.index(dataset), "params_split": split}
+    path = runs_dir / dataset / model / f"seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def write_universal_study(runs_dir: Path) -> None:
+    """Two seeds of u2net3d_universal (a record per domain), u2net3d on both domains (seed 1 on Hippocampus only),
+    and a 2D run the table leaves alone."""
+    for seed in (0, 1):
+        for dataset in (HIPPOCAMPUS, ATRIUM):
+            write_parameter_record(runs_dir, dataset, "u2net3d_universal", seed, 1_050_000, SPLIT)
+    write_parameter_record(runs_dir, HIPPOCAMPUS, "u2net3d", 0, 1_020_000)
+    write_parameter_record(runs_dir, HIPPOCAMPUS, "u2net3d", 1, 1_020_000)
+    write_parameter_record(runs_dir, ATRIUM, "u2net3d", 0, 1_030_000)
+    write_parameter_record(runs_dir, "kvasir-seg", "unet", 0, 7_760_000)
+
+
+def test_the_universal_parameters_table_gives_both_ratios_beside_the_papers(tmp_path):
+    write_universal_study(tmp_path)
+    table = tables.universal_parameters_table(tmp_path)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["scale"], row["variant"], row["domains"]) == ("cpu", "u2net3d_universal", f"{HIPPOCAMPUS}+{ATRIUM}")
+    assert (row["n_seeds"], row["params"], row["shared"], row["per_domain"]) == (
+        2,
+        1_050_000,
+        1_000_000,
+        "20000 + 30000",
+    )
+    # The trained independent models: u2net3d (C15's baseline) on each domain, summed.
+    assert (row["independent_variant"], row["independent_params"], row["independent_missing"]) == (
+        "u2net3d",
+        2_050_000,
+        "",
+    )
+    assert row["ratio_to_independent"] == pytest.approx(1_050_000 / 2_050_000)
+    assert row["independent_standard"] == 11_000_000
+    assert row["ratio_to_standard"] == pytest.approx(1_050_000 / 11_000_000)
+    assert row["paper"] == "about 1%"
+    shown = tables.format_universal_parameters_table(table).iloc[0]
+    assert (shown["params (M)"], shown["per domain (M)"], shown["independent (trained, M)"]) == (
+        "1.05",
+        "0.0200 + 0.0300",
+        "2.05",
+    )
+    assert (shown["universal / trained"], shown["universal / standard conv."]) == ("51.2%", "9.55%")
+    assert shown["domains"] == f"{HIPPOCAMPUS}, {ATRIUM}" and shown["paper"] == "about 1%"
+
+
+def test_the_universal_parameters_table_names_a_domain_without_an_independent_run(tmp_path):
+    write_universal_study(tmp_path)
+    (tmp_path / ATRIUM / "u2net3d" / "seed0" / "metrics.json").unlink()
+    row = tables.universal_parameters_table(tmp_path).iloc[0]
+    assert row["independent_missing"] == ATRIUM and pd.isna(row["independent_params"])
+    assert math.isnan(row["ratio_to_independent"]) and row["ratio_to_standard"] == pytest.approx(1_050_000 / 11_000_000)
+    shown = tables.format_universal_parameters_table(tables.universal_parameters_table(tmp_path)).iloc[0]
+    assert shown["independent (trained, M)"] == f"no u2net3d run on {ATRIUM}" and shown["universal / trained"] == ""
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "params", "split"),
+    [
+        (ATRIUM, "u2net3d_universal", 1_051_000, SPLIT | {"shared": 1_001_000}),  # another network
+        (ATRIUM, "u2net3d_universal", 1_050_000, SPLIT | {"independent_standard": [5_000_000, 6_000_001]}),
+        (ATRIUM, "u2net3d_universal", 1_060_000, SPLIT),  # params is not shared + per domain
+        (ATRIUM, "u2net3d_universal", 1_020_000, SPLIT | {"per_domain": [20_000]}),  # not a number per domain
+        (ATRIUM, "u2net3d", 1_030_001, None),  # an independent run unlike the other seed of its domain
+    ],
+)
+def test_the_universal_parameters_table_refuses_records_that_disagree(tmp_path, dataset, model, params, split):
+    write_universal_study(tmp_path)
+    path = write_parameter_record(tmp_path, dataset, model, 2, params, split)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        tables.universal_parameters_table(tmp_path)
+
+
+def test_the_universal_parameters_table_is_empty_without_universal_runs(tmp_path):
+    write_parameter_record(tmp_path, HIPPOCAMPUS, "u2net3d", 0, 1_020_000)
+    for runs_dir in (tmp_path, tmp_path / "none"):
+        table = tables.universal_parameters_table(runs_dir)
+        assert table.empty and list(table.columns) == tables.UNIVERSAL_PARAMETER_COLUMNS
+        shown = tables.format_universal_parameters_table(table)
+        assert shown.empty and "universal / standard conv." in shown.columns

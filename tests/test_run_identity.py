@@ -14,6 +14,8 @@ import yaml
 
 from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import REPO_ROOT
+from repro.provenance import training_code_version
+from repro.runner.grid import TRAIN_STAGES
 from repro.training.device import normalise_device
 from repro.training.identity import (
     RunIdentity,
@@ -221,6 +223,57 @@ def test_code_files_are_the_projects_train_stage_code():
     assert files["repro/training/trainer.py"] == md5(REPO_ROOT / "repro" / "training" / "trainer.py")
 
 
+def expanded(deps) -> list[str]:
+    """The files of ``deps`` (files and folders of the repository), bytecode caches left out, sorted."""
+    files = []
+    for dep in deps:
+        path = REPO_ROOT / dep
+        found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files += [p.relative_to(REPO_ROOT).as_posix() for p in found if "__pycache__" not in p.parts]
+    return sorted(files)
+
+
+def listed_code(stage: str) -> list[str]:
+    """The files of a stage's code deps as dvc.yaml lists them, read without DVC: its deps without a ``${...}``
+    (those name the run's data)."""
+    definition = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]
+    return expanded(dep for dep in definition.get("do", definition)["deps"] if "${" not in dep)
+
+
+@pytest.mark.parametrize("stage", [*TRAIN_STAGES, "nnunet"])
+def test_code_files_read_through_dvc_are_the_code_the_stage_lists(stage):
+    """Every kind of training stage (``train`` and the stages that inherit its deps through a YAML merge key) and
+    nnU-Net's, which records its runs with the same functions: DVC's reading of dvc.yaml gives the files the stage
+    lists, with their md5s."""
+    files = code_files(REPO_ROOT, stage)
+    assert sorted(files) == listed_code(stage)
+    assert all(files[path] == md5(REPO_ROOT / path) for path in files)
+
+
+def test_each_run_dvc_resolves_depends_on_the_stages_code_and_its_prepared_data():
+    """The entries DVC generates from the training stages' matrices (one per run of the grid), as ``dvc repro``
+    resolves them: each depends on the stage's code (what :func:`code_files` hashes) and on its own prepared data,
+    nothing else."""
+    from dvc.dvcfile import ProjectFile
+    from dvc.repo import Repo
+
+    scale = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["scale"]
+    runs = 0
+    with Repo(str(REPO_ROOT)) as repo:
+        resolver = ProjectFile(repo, repo.fs.join(repo.root_dir, "dvc.yaml")).resolver
+        for stage in TRAIN_STAGES:
+            code = code_files(REPO_ROOT, stage)
+            definition = resolver.definitions[stage]
+            code_deps = set()
+            for key, item in definition.normalized_iterable.items():
+                (entry,) = resolver.resolve_one(f"{stage}@{key}").values()
+                assert entry["deps"][0] == f"data/processed/{scale}/{item['dataset']}"
+                code_deps.add(tuple(entry["deps"][1:]))
+                runs += 1
+            assert all(expanded(deps) == sorted(code) for deps in code_deps)
+    assert runs > 0
+
+
 def test_code_files_name_a_missing_dep(repo):
     (repo / "code" / "train.py").unlink()
     with pytest.raises(FileNotFoundError, match=r"code/train.py: listed by .*dvc.yaml stages.train.deps"):
@@ -371,6 +424,30 @@ def test_checkpoint_without_identity_is_refused(repo, tmp_path):
     older = {k: v for k, v in current.to_dict().items() if k != "code_files"}
     with pytest.raises(RunMismatchError, match=r"in code_files:\n  code_files: checkpoint \(absent\)"):
         check_resumable(older, current, tmp_path / "last.pt")
+
+
+def test_a_checkpoint_of_number_equivalent_code_is_resumed_and_named(repo, tmp_path):
+    """Code that the provenance log proves number-equivalent computes the same states, so its checkpoint resumes;
+    code without such a proof, or any other difference, is still refused."""
+    checkpoint = tmp_path / "last.pt"
+    saved = identity_of(repo).to_dict()
+    (repo / "code" / "train.py").write_text("# a refactor that changes no number\n")
+    current = identity_of(repo)
+    old, new = (training_code_version(identity["code_files"]) for identity in (saved, current.to_dict()))
+    proven = [{"from_code": old, "to_code": new}]
+    with pytest.raises(RunMismatchError, match="differs from this run in code_files"):
+        check_resumable(saved, current, checkpoint, log=[])
+    assert check_resumable(saved, current, checkpoint, log=proven) == old
+    assert check_resumable(current.to_dict(), current, checkpoint, log=proven) is None  # the same code
+    with pytest.raises(RunMismatchError, match="differs from this run in code_files"):  # proven forwards only
+        check_resumable(current.to_dict(), identity_of_code(saved, current), checkpoint, log=proven)
+    with pytest.raises(RunMismatchError, match=r"differs from this run in seed:"):
+        check_resumable({**saved, "seed": 1}, current, checkpoint, log=proven)
+
+
+def identity_of_code(saved: dict, current: RunIdentity) -> RunIdentity:
+    """``current`` with the code of ``saved``."""
+    return RunIdentity.from_dict({**current.to_dict(), "code_files": saved["code_files"]})
 
 
 def test_devices_are_named_with_their_index():

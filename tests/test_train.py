@@ -342,3 +342,43 @@ def test_lengths_in_optimizer_steps_round_up_to_whole_epochs():
     assert epochs_for_steps(480, 140, 16) == 60  # PH2: 8 steps an epoch
     assert epochs_for_steps(2000, 700, 16) == 47  # Kvasir-SEG: 43 steps an epoch
     assert epochs_for_steps(10, 3, 16) == 10  # fewer samples than a batch: one step an epoch
+
+
+def test_a_run_resumed_from_number_equivalent_code_says_so_in_its_record(tmp_path, monkeypatch):
+    """A checkpoint written by earlier training code that results/provenance.csv proves number-equivalent resumes,
+    and the run lists that code's version (``resumed_from_code``, kept in the checkpoint across later resumptions)."""
+    import repro.training.identity as identity_module
+    from repro.provenance import training_code_version
+
+    settings = dataclasses.replace(SETTINGS, epochs=3)
+    data = synthetic_data()
+    old_identity = dataclasses.replace(identity_of(data, 0, settings), code_files={"repro/training/trainer.py": "1"})
+    new_identity = dataclasses.replace(old_identity, code_files={"repro/training/trainer.py": "2"})
+    old_version, new_version = (training_code_version(i.code_files) for i in (old_identity, new_identity))
+    monkeypatch.setattr(identity_module, "read_log", lambda: [{"from_code": old_version, "to_code": new_version}])
+
+    def trainer(identity):
+        generator = seed_everything(0)
+        model = create_model("unet", in_channels=1, num_classes=1, width_mult=0.125, norm="batch")
+        return Trainer(model, data, settings, 0, generator, tmp_path, "cpu", identity)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after(epoch):
+        def on_epoch(row):
+            if row["epoch"] == epoch:
+                raise Killed
+
+        return on_epoch
+
+    first = trainer(old_identity)
+    with pytest.raises(Killed):
+        first.fit(on_epoch=kill_after(1))
+    assert first.resumed_from_code == []
+    second = trainer(new_identity)
+    assert second.resumed_from_code == [old_version] and second.resumed_after == [1]
+    with pytest.raises(Killed):
+        second.fit(on_epoch=kill_after(2))
+    third = trainer(new_identity)
+    assert third.resumed_from_code == [old_version] and third.resumed_after == [1, 2]

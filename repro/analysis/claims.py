@@ -97,6 +97,7 @@ _LIGHT_UNET = "Light U-Net paper"
 _NUCLEI = "cell nuclei (Data Science Bowl 2018)"
 _DSB2018 = "dsb2018-nuclei-96"
 _HIPPOCAMPUS = "msd-task04-hippocampus"
+_LEFT_ATRIUM = "la2018-atrium-lgemri"
 # TinyU-Net's N-ablation ran on NCP, multi-class COVID-19 CT (ground-glass opacity, consolidation): this is the
 # project's CT dataset of that kind.
 _COVID_CT = "covid19-ct-medseg-infnet"
@@ -421,5 +422,26 @@ CLAIMS: tuple[Claim, ...] = (
             for variant in ("unet3d", "unet2d_slices", "vnet", "segresnet", "segresnet_vae")
         ),
         datasets=(_HIPPOCAMPUS,),
+    ),
+    Claim(
+        id="C15",
+        title="One universal 3D U²-Net serves several domains as well as a network per domain",
+        kind="non-inferiority",
+        metric="dice",
+        comparisons=(
+            Comparison(
+                "u2net3d_universal",
+                "u2net3d",
+                None,
+                "Huang et al., 3D U²-Net (MICCAI 2019): one universal model for several organs, with shared "
+                "pointwise and per-domain channel-wise kernels, reaches accuracy comparable to independent models "
+                "with about 1% of their parameters. The paper gives no margin, so the universal model is tested "
+                "to be no worse than the independent models on each domain, within the study's margin.",
+                design="two domains (Hippocampus and the left atrium), not the paper's five; the independent "
+                "models are the same separable network with one domain (the paper's are standard convolutions); "
+                "each domain gets as many training batches in the universal model as in its own",
+            ),
+        ),
+        datasets=(_HIPPOCAMPUS, _LEFT_ATRIUM),
     ),
 )

@@ -127,7 +127,12 @@ def runs_with_notebooks(runs_dir: Path, notebooks_dir: Path) -> pd.DataFrame:
 
 
 def _notebook(folder: Path, run_dir: Path) -> Path:
-    """The executed notebook of a run: train.ipynb, or the notebook of a run made by another system (nnunet.ipynb)."""
+    """The executed notebook of a run: train.ipynb, or the notebook of a run made by another system (nnunet.ipynb);
+    for one domain of a universal model, the model's notebook in the folder of its domains joined by ``+``
+    (``<domain>+<domain>/<model>/seed<k>/train_universal.ipynb``, as its metrics.json's ``domains`` give them)."""
+    domains = _read_json(run_dir / "metrics.json").get("domains")
+    if domains:
+        folder = folder.parents[2] / "+".join(domains) / folder.parent.name / folder.name
     notebook = next(iter(sorted(folder.glob("*.ipynb"))), None)
     if notebook is None:
         raise FileNotFoundError(f"{folder}: the executed notebook of the run in {run_dir} is missing")

@@ -6,14 +6,15 @@ Reads what the training stage writes under ``results/<scale>/runs/<dataset>/<mod
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from repro.provenance import training_code_version
 
 RUN_KEYS = ["dataset", "model", "seed"]
 # Run-level fields copied from metrics.json next to the flattened test metrics.
@@ -103,21 +104,6 @@ def best_val_dice(history_path: Path) -> float:
     if "val_dice" not in history.columns or history["val_dice"].dropna().empty:
         raise ValueError(f"{history_path}: no val_dice values to judge the run by")
     return float(history["val_dice"].max())
-
-
-def training_code_version(code_files: Mapping[str, str] | None) -> str | None:
-    """A short name for the training code a run ran: the first 12 hex digits of the md5 over its ``code_files``
-    (``metrics.json``: path -> md5 of every code file of the ``train`` stage), one ``path md5`` line per file in
-    path order.
-
-    Runs started at different commits share it as long as no training code changed between them, so it, not the
-    commit, says whether runs are comparable. ``None`` for a run that recorded no code files (nnU-Net's, trained by
-    its own code). The current code's: ``training_code_version(repro.training.identity.code_files())``.
-    """
-    if not code_files:
-        return None
-    lines = "".join(f"{path} {md5}\n" for path, md5 in sorted(code_files.items()))
-    return hashlib.md5(lines.encode()).hexdigest()[:12]
 
 
 @contextmanager

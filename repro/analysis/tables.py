@@ -1,21 +1,29 @@
 """Tables of the study: results per dataset × model, deep supervision's pruned depths, the claims table for
-reading, and their files.
+reading, the universal models' parameters, and their files.
 
-Every table is written three ways (``write_table``): CSV at full precision for machines, Markdown and LaTeX
-for people. p-values print as ``< 0.0001`` rather than a misleading 0.0000.
+Every table is written three ways (``write_table``, through the study's one table writer, ``repro.table_files``):
+CSV at full precision for machines, Markdown and LaTeX for people. p-values print as ``< 0.0001`` rather than a
+misleading 0.0000.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from repro import table_files
+from repro.analysis.claims import CLAIMS
+from repro.analysis.run_results import naming_the_metrics_file
 from repro.analysis.stats import mean_interval
+
+# Rendered by the aggregate notebook and scripts/update_readme.py as tables.markdown_table.
+from repro.table_files import markdown_table as markdown_table
 
 TABLE_METRICS = ("dice", "iou", "miou_bg")
 # Beside Dice for volumes: the 95th-percentile Hausdorff distance (voxels), which sees boundaries a Dice score does not.
@@ -258,6 +266,185 @@ def format_paper_metric_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFr
     )
 
 
+# 3D U²-Net's parameter claim (Huang et al., MICCAI 2019): the universal model has about 1% of the parameters of the
+# independent models (C15 tests its accuracy; this is its size, reported beside the claim, not tested).
+U2NET_PAPER_PARAMETERS = "about 1%"
+UNIVERSAL_PARAMETER_COLUMNS = [
+    "scale",
+    "variant",
+    "domains",
+    "n_seeds",
+    "params",
+    "shared",
+    "per_domain",
+    "independent_variant",
+    "independent_params",
+    "independent_missing",
+    "ratio_to_independent",
+    "independent_standard",
+    "ratio_to_standard",
+    "paper",
+]
+
+
+def _independent_variant(variant: str) -> str:
+    """The network a universal variant is compared with on each domain: the baseline of its claim's comparison
+    (C15: ``u2net3d``), else its name without ``_universal``."""
+    for claim in CLAIMS:
+        for comparison in claim.comparisons:
+            if comparison.better == variant:
+                return comparison.baseline
+    return variant.removesuffix("_universal")
+
+
+def _read_records(runs_dir: Path) -> list[tuple[Path, dict]]:
+    """Every ``<dataset>/<model>/seed<k>/metrics.json`` under ``runs_dir`` with its record, in path order."""
+    records = []
+    for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
+        with naming_the_metrics_file(path):
+            records.append((path, json.loads(path.read_text())))
+    return records
+
+
+def universal_parameters_table(runs_dir: str | Path) -> pd.DataFrame:
+    """The universal models' size (C15) against their independent models', beside the 3D U²-Net paper's ~1%.
+
+    One row per scale × universal variant (a run whose record has ``params_split``; one record per domain and seed).
+    Two ratios: against the independent models the study trained (the variant's comparison baseline, e.g.
+    ``u2net3d``, one run per domain: the sum of their recorded ``params``), and against the paper's independent
+    models, one standard-convolution network per domain of the same depth and widths (``independent_standard`` of
+    the record, as the official code counts them). Parameters are deterministic, so every record of a variant
+    must give the same numbers, and every independent run of a domain the same ``params``.
+
+    Args:
+        runs_dir: the runs root, e.g. ``results/cpu/runs``.
+
+    Returns:
+        Columns ``scale``, ``variant``, ``domains`` (joined by ``+``), ``n_seeds``, ``params`` (the whole universal
+        network), ``shared``, ``per_domain`` (each domain's own, joined by `` + ``), ``independent_variant``,
+        ``independent_params`` (missing when a domain has no independent run), ``independent_missing`` (those
+        domains, joined by ``+``), ``ratio_to_independent``, ``independent_standard`` (the paper-style total),
+        ``ratio_to_standard`` and ``paper`` (the paper's claim, as text); no rows when there is no universal run.
+
+    Raises:
+        ValueError: a record that is malformed, or whose parameters disagree with another record of its variant
+            (or, for an independent run, of its domain): the file is named.
+    """
+    records = _read_records(Path(runs_dir))
+    universal: dict[tuple[str, str], tuple[Path, tuple, set[int]]] = {}
+    for path, record in records:
+        if "params_split" not in record:
+            continue
+        with naming_the_metrics_file(path):
+            split = record["params_split"]
+            shared, per_domain = int(split["shared"]), tuple(int(n) for n in split["per_domain"])
+            standard = tuple(int(n) for n in split["independent_standard"])
+            numbers = (int(record["params"]), tuple(record["domains"]), shared, per_domain, standard)
+            key, seed = (record["scale"], record["model"]), int(record["seed"])
+        if not len(per_domain) == len(standard) == len(numbers[1]):
+            raise ValueError(f"{path}: params_split {split} does not give one number per domain of {numbers[1]}")
+        if numbers[0] != shared + sum(per_domain):
+            raise ValueError(f"{path}: params_split {split} does not add up to its params {numbers[0]}")
+        if key in universal and universal[key][1] != numbers:
+            fields = ("params", "domains", "shared", "per_domain", "independent_standard")
+            differ = [
+                f"{name} {a} against {b}"
+                for name, a, b in zip(fields, numbers, universal[key][1], strict=True)
+                if a != b
+            ]
+            raise ValueError(
+                f"{path}: {', '.join(differ)} in {universal[key][0]}, another record of the same universal variant"
+            )
+        universal.setdefault(key, (path, numbers, set()))[2].add(seed)
+    independent: dict[tuple[str, str, str], tuple[Path, int]] = {}
+    wanted = {(scale, _independent_variant(variant)) for scale, variant in universal}
+    for path, record in records:
+        if (record.get("scale"), record.get("model")) not in wanted or "params_split" in record:
+            continue
+        with naming_the_metrics_file(path):
+            key, params = (record["scale"], record["model"], record["dataset"]), int(record["params"])
+        if key in independent and independent[key][1] != params:
+            raise ValueError(
+                f"{path}: params {params} differ from those of {independent[key][0]} ({independent[key][1]}), "
+                "another run of the same variant on the same dataset"
+            )
+        independent.setdefault(key, (path, params))
+    rows = []
+    for (scale, variant), (_, (params, domains, shared, per_domain, standard), seeds) in sorted(universal.items()):
+        baseline = _independent_variant(variant)
+        trained = [independent.get((scale, baseline, domain)) for domain in domains]
+        missing = [domain for domain, run in zip(domains, trained, strict=True) if run is None]
+        trained_total = None if missing else sum(run[1] for run in trained)
+        rows.append(
+            {
+                "scale": scale,
+                "variant": variant,
+                "domains": "+".join(domains),
+                "n_seeds": len(seeds),
+                "params": params,
+                "shared": shared,
+                "per_domain": " + ".join(map(str, per_domain)),
+                "independent_variant": baseline,
+                "independent_params": trained_total,
+                "independent_missing": "+".join(missing),
+                "ratio_to_independent": np.nan if trained_total is None else params / trained_total,
+                "independent_standard": sum(standard),
+                "ratio_to_standard": params / sum(standard),
+                "paper": U2NET_PAPER_PARAMETERS,
+            }
+        )
+    table = pd.DataFrame(rows, columns=UNIVERSAL_PARAMETER_COLUMNS)
+    table["independent_params"] = table["independent_params"].astype("Int64")
+    return table
+
+
+def format_universal_parameters_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The universal models' parameters for reading: millions at 3 significant figures, ratios in percent, a domain
+    without an independent run named in place of the independent models' total.
+
+    Args:
+        table: output of ``universal_parameters_table``.
+
+    Returns:
+        Columns scale, variant, domains, seeds, params (M), shared (M), per domain (M), independent (trained, M),
+        universal / trained, independent (standard conv., M), universal / standard conv., paper.
+    """
+
+    def millions(value: object) -> str:
+        return significant_figures(float(value) / 1e6)
+
+    def percent(ratio: float) -> str:
+        return "" if pd.isna(ratio) else significant_figures(100 * ratio) + "%"
+
+    columns = table[["independent_variant", "independent_params", "independent_missing"]].itertuples(index=False)
+    trained = pd.Series(
+        [
+            f"no {variant} run on {missing.replace('+', ', ')}" if missing else millions(total)
+            for variant, total, missing in columns
+        ],
+        index=table.index,
+        dtype=object,
+    )
+    return pd.DataFrame(
+        {
+            "scale": table["scale"],
+            "variant": table["variant"],
+            "domains": table["domains"].str.replace("+", ", ", regex=False),
+            "seeds": table["n_seeds"],
+            "params (M)": table["params"].map(millions),
+            "shared (M)": table["shared"].map(millions),
+            "per domain (M)": table["per_domain"].map(
+                lambda text: " + ".join(millions(n) for n in str(text).split(" + "))
+            ),
+            "independent (trained, M)": trained,
+            "universal / trained": table["ratio_to_independent"].map(percent),
+            "independent (standard conv., M)": table["independent_standard"].map(millions),
+            "universal / standard conv.": table["ratio_to_standard"].map(percent),
+            "paper": table["paper"],
+        }
+    )
+
+
 def format_p(p: float, digits: int = P_DIGITS) -> str:
     """A p-value for people: fixed decimals, ``< 0.0001`` (at 4 decimals) instead of 0.0000, "" when missing.
 
@@ -478,41 +665,10 @@ def format_margin_table(margins: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return shown
 
 
-def _cell_text(value: object, float_digits: int) -> str:
-    """Text of one table cell: floats at fixed decimals, missing values empty."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float | np.floating):
-        return f"{value:.{float_digits}f}"
-    return str(value)
-
-
-def markdown_table(df: pd.DataFrame, float_digits: int = 4) -> str:
-    """Render a DataFrame as a GitHub-flavoured Markdown pipe table.
-
-    ``DataFrame.to_markdown`` would need ``tabulate``, which is not a project dependency.
-
-    Args:
-        df: the table (its index is not written).
-        float_digits: decimals for float cells.
-
-    Returns:
-        The Markdown text, numeric columns right-aligned.
-    """
-
-    def row(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    alignments = ["---:" if pd.api.types.is_numeric_dtype(dtype) else ":---" for dtype in df.dtypes]
-    lines = [row([str(column) for column in df.columns]), row(alignments)]
-    lines += [row([_cell_text(value, float_digits) for value in values]) for values in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def write_table(
     table: pd.DataFrame, stem: str | Path, display: pd.DataFrame | None = None, float_digits: int = 4
 ) -> list[Path]:
-    """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``.
+    """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex`` (:func:`repro.table_files.write_table`).
 
     Args:
         table: the table; the CSV keeps it at full precision.
@@ -525,14 +681,5 @@ def write_table(
         The three paths written.
     """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    shown = table if display is None else display
     csv_path, markdown_path, latex_path = (stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex"))
-    table.to_csv(csv_path, index=False)
-    markdown_path.write_text(markdown_table(shown, float_digits))
-    column_format = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in shown.dtypes)
-    cells = shown.map(lambda value: _cell_text(value, float_digits))
-    latex = cells.to_latex(index=False, escape=True, column_format=column_format)
-    # In LaTeX's default text font "<" prints as an inverted exclamation mark; pandas does not escape it.
-    latex_path.write_text(latex.replace("<", r"\textless{}"))
-    return [csv_path, markdown_path, latex_path]
+    return table_files.write_table(table, csv_path, markdown_path, latex_path, display, float_digits)

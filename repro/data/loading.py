@@ -63,11 +63,6 @@ class PreparedData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def out_channels(self) -> int:
-        """Model output channels: one (sigmoid) for binary tasks, one per class (softmax) otherwise."""
-        return 1 if self.num_classes == 2 else self.num_classes
-
 
 def channel_statistics(train_images: np.ndarray, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel mean and standard deviation (+1e-6) of prepared uint8 training images scaled to [0, 1], in

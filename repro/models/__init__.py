@@ -1,4 +1,5 @@
-"""The study's architectures, built by name: ``create_model(arch, in_channels=..., num_classes=...)``.
+"""The study's architectures, built by name: ``create_model(arch, in_channels=..., num_classes=...)``, and a model
+variant of the study as its runs build it: :func:`create_variant`.
 
 Every model maps ``(N, in_channels, H, W)`` images to logits ``(N, num_classes, H, W)`` (binary segmentation
 uses ``num_classes=1`` with a sigmoid, multi-class a softmax). With ``deep_supervision=True``, train mode returns
@@ -31,7 +32,15 @@ from repro.models.unet import UNET3D_FILTERS, WIDE_UNET_FILTERS, UNet
 from repro.models.unetpp import NestedUNet
 from repro.models.unetv2 import UNetV2
 
-__all__ = ["ModelSpec", "create_model", "list_models", "model_options", "model_spatial_dims"]
+__all__ = [
+    "ModelSpec",
+    "create_model",
+    "create_variant",
+    "list_models",
+    "model_options",
+    "model_spatial_dims",
+    "output_channels",
+]
 
 
 @dataclass(frozen=True)
@@ -110,3 +119,32 @@ def create_model(arch: str, *, in_channels: int, num_classes: int, **options: An
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {arch!r}; valid options: {list(spec.options)}")
     return spec.model_class(in_channels, num_classes, **{**spec.defaults, **options, **spec.fixed})
+
+
+def create_variant(
+    arch: str, options: Mapping[str, Any], *, width_mult: float, in_channels: int, num_classes: int
+) -> nn.Module:
+    """Build a model variant of the study as its runs build it: the one rule that training, prediction, the runner's
+    estimate and the benchmarks share.
+
+    Args:
+        arch: the variant's architecture (one of :func:`list_models`).
+        options: the variant's network options (its ``models.<name>`` entry of params.yaml less ``arch`` and the
+            training options); a ``width_mult`` among them fixes the variant's own width.
+        width_mult: the scale's width factor, for a variant that fixes none.
+        in_channels: the data's input channels.
+        num_classes: the data's classes, background included: two get one output channel (a sigmoid), more one
+            channel per class (a softmax).
+
+    Raises:
+        ValueError: as :func:`create_model`.
+    """
+    return create_model(
+        arch, in_channels=in_channels, num_classes=output_channels(num_classes), **{"width_mult": width_mult, **options}
+    )
+
+
+def output_channels(num_classes: int) -> int:
+    """A network's output channels for ``num_classes`` classes, background included: one (a sigmoid) for two, one
+    per class (a softmax) for more."""
+    return 1 if num_classes == 2 else num_classes

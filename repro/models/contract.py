@@ -12,7 +12,10 @@ variant in params.yaml. The subclass states the facts a reader needs next to its
 - ``auxiliary_loss``: after a train-mode forward, a scalar the training adds to its loss (SegResNet-VAE's VAE
   term, already weighted); None for every other network;
 - ``channels_last``: whether the network may run in channels-last memory format (the trainer's default, faster on
-  a CPU); False where its code needs the standard layout.
+  a CPU); False where its code needs the standard layout;
+- ``domains``: how many domains (datasets) one network serves, each with its own input block, normalisation and
+  head; a network with several reads its ``domain`` attribute in ``forward`` (3D U²-Net's universal model, which
+  the trainer gives batches of each domain in turn); 1 for every other network.
 
 The training code reads these attributes directly; tests/test_models.py holds every registered network to them.
 """
@@ -42,6 +45,8 @@ class SegmentationNetwork(nn.Module):
     deep_supervision: bool = False
     auxiliary_loss: Tensor | None = None
     channels_last: bool = True
+    domains: int = 1
+    domain: int = 0
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError naming the network and the sizes it takes when ``x`` cannot pass through unchanged."""

@@ -44,8 +44,6 @@ from repro.data.registry import REPO_ROOT
 from repro.training.device import machine
 
 WORKTREE = "WORKTREE"
-PROVENANCE_LOG = REPO_ROOT / "results" / "provenance.csv"
-LOG_FIELDS = ("date", "from_code", "to_code", "change", "proof_runs", "machine", "excluded_fields")
 
 # Seconds and throughput differ from run to run on any machine.
 TIMING_FIELDS = frozenset({"train_seconds", "images_per_second", "seconds", "eval_seconds"})
@@ -66,34 +64,10 @@ PROVENANCE_FIELDS = frozenset(
         "dataset_settings",
         "dataset_definition",
         "resumed_after_epochs",
+        "resumed_from_code",
     }
 )
 EXCLUDED = TIMING_FIELDS | PROVENANCE_FIELDS
-
-
-def read_log(path: Path | str = PROVENANCE_LOG) -> list[dict[str, str]]:
-    """The provenance log's rows (none when there is no log)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for number, row in enumerate(rows, start=2):
-        if set(row) != set(LOG_FIELDS) or not all(row.values()):
-            raise ValueError(f"{path}, line {number}: a row needs every one of {LOG_FIELDS} filled")
-    return rows
-
-
-def equivalent_to(current: str, log: list[dict[str, str]]) -> set[str]:
-    """Every training-code version (``repro.analysis.run_results.training_code_version``) whose runs are
-    number-equivalent to ``current``'s: ``current`` itself and every version from which a chain of logged changes leads
-    to it."""
-    versions, grown = {current}, True
-    while grown:
-        before = len(versions)
-        versions |= {row["from_code"] for row in log if row["to_code"] in versions}
-        grown = len(versions) > before
-    return versions
 
 
 def differences(old: Any, new: Any, where: str = "") -> list[str]:

@@ -8,7 +8,10 @@ Four blocks share the seeds, each a DVC stage over its own datasets x variants:
 - its ablations, ``study.ablations.datasets`` x ``study.ablations.models`` (stage ``train_ablations``): a paper's
   ablation run on the kind of data the paper ran it on (TinyU-Net's N on CT);
 - the volumetric rows, ``study.volumes.datasets`` x ``study.volumes.models`` (stage ``train_volumes``), since a 2D
-  network cannot train on a volume nor a 3D one on an image.
+  network cannot train on a volume nor a 3D one on an image;
+- the universal models, ``study.universal.models`` (stage ``train_universal``): one network per variant and seed,
+  trained on the two datasets of ``study.universal.domains`` together. Such a run's "dataset" is the domains joined
+  by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain.
 
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
 after other runs have used the machine. :func:`check_grid` finds every such problem at once, so one message lists
@@ -30,7 +33,12 @@ from repro.data.registry import get_dataset, list_datasets
 from repro.runner.cluster import ParamsError
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
-TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes")
+TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_universal")
+UNIVERSAL_STAGE = "train_universal"
+# dvc.yaml's train_universal stage names its two domains (study.universal.domains[0] and [1]).
+UNIVERSAL_DOMAINS = 2
+# Joins a universal run's domains into its dataset name (repro.training.run.DOMAIN_SEPARATOR, without torch).
+DOMAIN_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class Grid:
     extra_models: tuple[str, ...] = ()
     ablation_datasets: tuple[str, ...] = ()
     ablation_models: tuple[str, ...] = ()
+    universal_domains: tuple[str, ...] = ()
+    universal_models: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -55,10 +65,11 @@ class Grid:
     @property
     def blocks(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
         """(stage, datasets, models) of each block that has runs, in the order a seed trains them."""
+        universal = (DOMAIN_SEPARATOR.join(self.universal_domains),) if self.universal_domains else ()
         blocks = zip(
             TRAIN_STAGES,
-            (self.datasets, self.extra_datasets, self.ablation_datasets, self.volume_datasets),
-            (self.models, self.extra_models, self.ablation_models, self.volume_models),
+            (self.datasets, self.extra_datasets, self.ablation_datasets, self.volume_datasets, universal),
+            (self.models, self.extra_models, self.ablation_models, self.volume_models, self.universal_models),
             strict=True,
         )
         return [block for block in blocks if block[1] and block[2]]
@@ -84,14 +95,22 @@ class Grid:
         seeds = len(self.seeds)
         labels = {stage: f"{stage.partition('_')[2]}: " if "_" in stage else "" for stage in TRAIN_STAGES}
         text = " + ".join(
-            f"{labels[stage]}{len(datasets)} dataset(s) x {len(models)} variant(s) x {seeds} seed(s)"
+            f"{labels[stage]}{self._data_text(stage, datasets)} x {len(models)} variant(s) x {seeds} seed(s)"
             for stage, datasets, models in self.blocks
         )
         return f"{text} = {self.size} runs at scale {self.scale}"
 
+    def _data_text(self, stage: str, datasets: tuple[str, ...]) -> str:
+        if stage == UNIVERSAL_STAGE:
+            return f"{len(self.universal_domains)} domains together"
+        return f"{len(datasets)} dataset(s)"
+
 
 def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
-    """The DVC stage name of one run, e.g. ``train@ph2-dermoscopy-unet-0``."""
+    """The DVC stage name of one run, e.g. ``train@ph2-dermoscopy-unet-0``; a universal run's names no dataset
+    (its stage has one pair of domains): ``train_universal@u2net3d_universal-0``."""
+    if stage == UNIVERSAL_STAGE:
+        return f"{stage}@{model}-{seed}"
     return f"{stage}@{dataset}-{model}-{seed}"
 
 
@@ -274,6 +293,18 @@ def check_grid(params: dict[str, Any]) -> Grid:
     ]
     if volume_models:
         problems += _block_problems("study.volumes", volume_datasets, volume_models, 3, params, width)
+    universal_domains, universal_models = _universal_block(study, problems)
+    if universal_models:
+        problems += _block_problems(
+            "study.universal", universal_domains, universal_models, 3, params, width | {"domains": UNIVERSAL_DOMAINS}
+        )
+        problems += [
+            f"study.universal.models: '{model}' is also in study.volumes.models, whose runs of "
+            f"{', '.join(set(universal_domains) & set(volume_datasets))} would share its folders; give the universal "
+            "model its own variant name"
+            for model in universal_models
+            if model in volume_models and set(universal_domains) & set(volume_datasets)
+        ]
 
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -292,7 +323,27 @@ def check_grid(params: dict[str, Any]) -> Grid:
         tuple(extra_models),
         tuple(ablation_datasets),
         tuple(ablation_models),
+        tuple(universal_domains),
+        tuple(universal_models),
     )
+
+
+def _universal_block(study: dict, problems: list[str]) -> tuple[list, list]:
+    """The domains and models of ``study.universal`` (dvc.yaml's train_universal stage reads both domains)."""
+    block = study.get("universal")
+    if not isinstance(block, dict):
+        problems.append(
+            "study.universal must be a mapping with domains and models, which dvc.yaml's train_universal stage reads "
+            f"(models: [] for no universal model); got {block!r}"
+        )
+        return [], []
+    domains = _names(block, "domains", problems, where="study.universal")
+    if domains and len(domains) != UNIVERSAL_DOMAINS:
+        problems.append(
+            f"study.universal.domains must name {UNIVERSAL_DOMAINS} datasets (dvc.yaml's train_universal stage "
+            f"trains one pair); got {domains}"
+        )
+    return domains, _names(block, "models", problems, empty=True, where="study.universal")
 
 
 def _sub_block(study: dict, key: str, what: str, problems: list[str]) -> tuple[list, list]:

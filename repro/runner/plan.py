@@ -266,15 +266,18 @@ def variant_flops(root: Path, grid: Grid, dataset: str, model: str, image_size: 
         return None
     from repro.complexity import count_flops
     from repro.config import load_params, model_variant, scale_preset
-    from repro.models import create_model
+    from repro.models import create_variant
 
     params = load_params(root / "params.yaml")
     variant = model_variant(model, params)
-    options = {"width_mult": scale_preset(grid.scale, params).width_mult, **variant.options}
-    classes = len(meta["class_names"])
+    width_mult = scale_preset(grid.scale, params).width_mult
     try:
-        network = create_model(
-            variant.arch, in_channels=meta["in_channels"], num_classes=1 if classes == 2 else classes, **options
+        network = create_variant(
+            variant.arch,
+            variant.options,
+            width_mult=width_mult,
+            in_channels=meta["in_channels"],
+            num_classes=len(meta["class_names"]),
         )
         return float(
             count_flops(network, tuple(image_size) if isinstance(image_size, list) else image_size, meta["in_channels"])

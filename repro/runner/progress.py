@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from repro.runner.grid import Grid
+from repro.runner.grid import Grid, run_name
 
 # --- progress ----------------------------------------------------------------------------------------------------
 
@@ -59,7 +59,7 @@ class RunTimes:
 def grid_runs(grid: Grid) -> list[tuple[str, tuple[str, str], int]]:
     """(DVC stage name, cell (dataset, variant), seed) of every run of ``grid``, in the order the runner trains them."""
     return [
-        (f"{stage}@{dataset}-{model}-{seed}", (dataset, model), seed) for stage, dataset, model, seed in grid.runs()
+        (run_name(stage, dataset, model, seed), (dataset, model), seed) for stage, dataset, model, seed in grid.runs()
     ]
 
 

@@ -13,7 +13,8 @@ log; every other line (the run's settings, its epoch lines, any error) is kept. 
 so no recorded run goes stale for it. :func:`failure_cause` picks the line of a failed command's output that says
 why it failed, which the runner prints last.
 
-This module imports nothing heavy: it is imported by every worker and started once per run.
+This module imports no torch: it is imported by every worker and started once per run. Its one project import,
+``repro.config`` (for :data:`~repro.config.THREADS_ENV`), brings yaml, NumPy and Pillow (about 0.15 s and 20 MB).
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+from repro.config import THREADS_ENV
+
 # The Dask topic on which tasks announce their start and failures (the client's progress display listens).
 TOPIC = "unet-repro-stage"
-# The variable repro.training.device reads its thread count from: named again here, since importing it from there
-# would import torch into every worker (tests/test_dask_runner.py keeps the two equal).
-THREADS_ENV = "UNET_REPRO_THREADS"
 # The task states in which a worker still wants the task's result; anything else means the client let go.
 _WANTED = ("executing", "long-running")
 

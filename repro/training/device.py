@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-THREADS_ENV = "UNET_REPRO_THREADS"
+from repro.config import THREADS_ENV
+
 DEVICE_ENV = "UNET_REPRO_DEVICE"
 
 

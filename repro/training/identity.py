@@ -10,7 +10,8 @@ that differs.
 The identity also records where the run comes from: the data root and the git commit, with ``+dirty`` whenever a
 dependency of the run differs from that commit (a code or split file of the ``train`` and ``prepare`` stages,
 edited, staged or untracked, or one of the stages' keys of ``params.yaml``). Which files and keys those are is
-read from ``dvc.yaml``, so the identity follows the pipeline's own definition of the run's dependencies.
+read from ``dvc.yaml`` through DVC's own API (its loader, and its ``${...}`` interpolation filled with the run's
+values), so the identity follows the pipeline's own definition of the run's dependencies.
 
 ``repro.training.run.identify`` builds the identity of a resolved run. :func:`code_files` and :func:`stages_commit`
 are the study's one provenance: nnU-Net's runs (``repro.nnunet``) record theirs with them too.
@@ -23,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,13 @@ from typing import Any
 import yaml
 
 from repro.data.registry import REPO_ROOT, get_dataset
+from repro.provenance import equivalent_to, read_log, training_code_version
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
 TRAIN_STAGE = "train"
 # Python writes its bytecode cache beside the code it imports: running the code must not change the code's hash.
 _NOT_CODE = "__pycache__"
-_INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
 _MISSING = object()
 
 
@@ -120,9 +122,23 @@ class RunMismatchError(ValueError):
     """A checkpoint belongs to another run than the one about to resume it."""
 
 
-def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, checkpoint: Path | str) -> None:
+def check_resumable(
+    saved: Mapping[str, Any] | None,
+    current: RunIdentity,
+    checkpoint: Path | str,
+    log: list[dict[str, str]] | None = None,
+) -> str | None:
     """Refuse to resume ``checkpoint`` unless its identity ``saved`` is ``current``'s (all but
-    :attr:`RunIdentity.NOT_COMPARED`).
+    :attr:`RunIdentity.NOT_COMPARED`), or differs only in code that the provenance log proves number-equivalent to
+    the current code (``repro.provenance``: such code computes the same numbers, so the checkpoint's states are
+    those the current code would have reached).
+
+    Args:
+        log: the provenance log's rows; None reads ``results/provenance.csv``.
+
+    Returns:
+        The checkpoint's training-code version where it differs from the current one (and is number-equivalent to
+        it); None where the code is the same.
 
     Raises:
         RunMismatchError: naming the checkpoint, every differing field (down to the differing key of a nested
@@ -137,8 +153,14 @@ def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, check
     if saved is None:
         raise RunMismatchError(f"{checkpoint} belongs to another run: it records no run identity. {restart}")
     mine = current.to_dict()
+    saved_code, current_code = (training_code_version(code.get("code_files")) for code in (saved, mine))
+    equivalent_code = (
+        saved_code is not None
+        and saved_code != current_code
+        and saved_code in equivalent_to(current_code, read_log() if log is None else log)
+    )
     differences = []
-    for name in sorted(set(mine) - RunIdentity.NOT_COMPARED):
+    for name in sorted(set(mine) - RunIdentity.NOT_COMPARED - ({"code_files"} if equivalent_code else set())):
         differences += _differences(name, saved.get(name, _MISSING), mine[name])
     if differences:
         fields_named = sorted({d.split(":")[0].split(".")[0] for d in differences})
@@ -147,6 +169,7 @@ def check_resumable(saved: Mapping[str, Any] | None, current: RunIdentity, check
             + "\n  ".join(differences)
             + f"\n{restart}"
         )
+    return saved_code if equivalent_code else None
 
 
 def _differences(name: str, saved: Any, current: Any) -> list[str]:
@@ -211,21 +234,60 @@ def data_files(folder: Path | str) -> dict[str, str]:
     return {path.name: _md5(path) for path in sorted(folder.iterdir()) if path.is_file()}
 
 
-def _stage(repo_root: Path, name: str) -> dict[str, Any]:
-    dvc_file = repo_root / DVC_FILE
-    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages") or {}
-    if name not in stages:
-        raise ValueError(f"{dvc_file}: no stage '{name}' (stages: {', '.join(stages)})")
-    # A `foreach` stage keeps its definition under `do`; a `matrix` stage, like a plain one, at its top level.
-    return stages[name].get("do", stages[name])
+@contextmanager
+def _streams_kept() -> Iterator[None]:
+    """Keep the process's stdout and stderr across an import of DVC, which wraps both (colorama strips terminal
+    escapes from, and flushes every write to, a stream that is not a terminal): a run's output reads as it did
+    before DVC was imported. DVC is imported where it is used, so that importers of :class:`RunIdentity` that never
+    read ``dvc.yaml`` (the Trainer, ``repro.predict``) do not load it."""
+    streams = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
-def _resolve(entry: str, values: Mapping[str, str]) -> str | None:
-    """``entry`` with its ``${...}`` filled from ``values``; None when one of them is not known here."""
-    names = _INTERPOLATION.findall(entry)
-    if any(n not in values for n in names):
+def _stages(repo_root: Path, names: list[str]) -> list[Mapping[str, Any]]:
+    """The stages ``names`` of ``repo_root``'s ``dvc.yaml`` as DVC reads them, before interpolation: a ``foreach`` or
+    ``matrix`` stage as the template each of its entries is resolved from (DVC's own loader: YAML anchors and merge
+    keys applied, the file checked against DVC's schema).
+
+    Raises:
+        ValueError: a name that is not a stage of ``dvc.yaml`` (the message lists its stages).
+    """
+    with _streams_kept():
+        from dvc.dvcfile import ProjectFile
+        from dvc.parsing import EntryDefinition
+        from dvc.repo import Repo
+
+    # uninitialized: any folder with a dvc.yaml has stages, a copy of the study without .dvc/ too.
+    with Repo(str(repo_root), uninitialized=True) as repo:
+        definitions = ProjectFile(repo, repo.fs.join(repo.root_dir, DVC_FILE)).resolver.definitions
+    missing = [name for name in names if name not in definitions]
+    if missing:
+        raise ValueError(f"{repo_root / DVC_FILE}: no stage '{missing[0]}' (stages: {', '.join(definitions)})")
+    return [
+        definitions[name].definition if isinstance(definitions[name], EntryDefinition) else definitions[name].template
+        for name in names
+    ]
+
+
+def _resolve(entry: str, values: Mapping[str, Any]) -> str | None:
+    """``entry`` with its ``${...}`` filled from ``values`` as DVC fills them; None when one of them is not known here.
+
+    Args:
+        entry: a dep or a params key of a stage, as dvc.yaml gives it.
+        values: the names the stage's ``${...}`` refer to, as DVC's context holds them for one entry of the stage
+            (``item`` a mapping for a ``matrix`` entry, a value for a ``foreach`` one; ``key``, ``scale``, ...).
+    """
+    with _streams_kept():
+        from dvc.parsing.context import Context, KeyNotInContext
+        from dvc.parsing.interpolate import to_str
+
+    try:
+        return to_str(Context(values).resolve_str(entry))
+    except KeyNotInContext:
         return None
-    return _INTERPOLATION.sub(lambda m: values[m.group(1)], entry)
 
 
 def _expand(repo_root: Path, entries: list[str], source: str) -> list[Path]:
@@ -248,8 +310,12 @@ def code_files(repo_root: Path | str = REPO_ROOT, stage: str = TRAIN_STAGE) -> d
     The code deps are the stage's literal deps; an interpolated one (``data/processed/${scale}/${item.dataset}``,
     ``${data_root}/...``) is the run's data, which :func:`data_files` covers for a training run.
     """
+    with _streams_kept():
+        from dvc.parsing.interpolate import is_interpolated_string
+
     repo_root = Path(repo_root)
-    deps = [d for d in _stage(repo_root, stage).get("deps") or [] if not _INTERPOLATION.search(d)]
+    (definition,) = _stages(repo_root, [stage])
+    deps = [d for d in definition.get("deps") or [] if not is_interpolated_string(d)]
     files = _expand(repo_root, deps, f"{repo_root / DVC_FILE} stages.{stage}.deps")
     return {path.relative_to(repo_root).as_posix(): _md5(path) for path in files}
 
@@ -284,17 +350,18 @@ def git_commit(repo_root: Path | str, dataset: str, model: str, seed: int, scale
     except OSError:
         params = {}
     custom = (params.get("prepare") or {}).get("custom_datasets") or {}
-    train_values = {"item.dataset": dataset, "item.model": model, "item.seed": str(seed), "scale": scale}
+    train_values = {"item": {"dataset": dataset, "model": model, "seed": seed}, "scale": scale}
     prepare_values = {"item": dataset, "key": dataset, "scale": scale}
     prepare = "prepare_custom" if dataset in custom else "prepare"
     return stages_commit(repo_root, [(TRAIN_STAGE, train_values), (prepare, prepare_values)])
 
 
-def stages_commit(repo_root: Path | str, stages: list[tuple[str, Mapping[str, str]]]) -> str:
+def stages_commit(repo_root: Path | str, stages: list[tuple[str, Mapping[str, Any]]]) -> str:
     """HEAD of ``repo_root``, with ``+dirty`` when a dependency of the given ``dvc.yaml`` stages differs from it;
     ``unknown`` outside git. The one provenance check of every run the study records (training runs and nnU-Net).
 
-    Each stage comes with the values of its ``${...}`` (``item.dataset``, ``scale``, ...) for this run. Its
+    Each stage comes with the values of its ``${...}`` for this run, as DVC's context holds them for one entry
+    (``{"item": {"dataset": ..., "model": ..., "seed": ...}, "scale": ...}`` for a ``train`` entry). Its
     dependencies are its files (modified, staged or untracked below a listed folder) and its ``params.yaml`` keys
     (compared with HEAD's ``params.yaml`` by value, so that editing another variant leaves this run clean); deps
     whose ``${...}`` are not given (e.g. ``${data_root}``, outside git) are left out.
@@ -305,9 +372,9 @@ def stages_commit(repo_root: Path | str, stages: list[tuple[str, Mapping[str, st
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     params = yaml.safe_load((repo_root / PARAMS_FILE).read_text()) or {}
+    templates = _stages(repo_root, [name for name, _ in stages])
     paths, keys = [], []
-    for name, values in stages:
-        stage = _stage(repo_root, name)
+    for stage, (_, values) in zip(templates, stages, strict=True):
         paths += [p for p in (_resolve(d, values) for d in stage.get("deps") or []) if p is not None]
         for entry in stage.get("params") or []:
             if not isinstance(entry, str):

@@ -21,7 +21,7 @@ import torch
 from repro.data.loading import PreparedData
 from repro.training.device import machine
 from repro.training.identity import RunIdentity
-from repro.training.trainer import Trainer
+from repro.training.trainer import EvalResult, Trainer
 
 if TYPE_CHECKING:
     from repro.training.run import RunConfig
@@ -107,13 +107,20 @@ def write_outputs(
     per_image: list[dict],
     test_pruned: dict[str, dict] | None,
     run: RunIdentity,
+    history: Sequence[Mapping] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, per_image.csv and history.csv to the run's out_dir; return the metrics.
 
     ``run`` (the run's identity) is recorded whole: its data and code hashes, data root, dataset definition and
     git commit (``+dirty`` when a dependency of the run differs from it).
+
+    Args:
+        history: the history to record, when not the trainer's own (one domain's view of a universal run's).
+        extra: further keys, after the rest (a universal run's ``domains``, and ``dataset``: its domain's name).
     """
-    best = trainer.history[trainer.best_epoch - 1]
+    history = trainer.history if history is None else history
+    best = history[trainer.best_epoch - 1]
     metrics = {
         **{k: v for k, v in config.describe().items() if k not in ("out_dir", "data_root", "checkpoint_dir")},
         **run.to_dict(),
@@ -136,7 +143,33 @@ def write_outputs(
     }
     if test_pruned:
         metrics["test_pruned"] = test_pruned
-    return write_record(config.out_dir, metrics, per_image, trainer.history)
+    if trainer.resumed_from_code:  # resumed from checkpoints of earlier, number-equivalent training code
+        metrics["resumed_from_code"] = trainer.resumed_from_code
+    metrics |= extra or {}
+    return write_record(config.out_dir, metrics, per_image, history)
+
+
+def write_domain_outputs(
+    config: RunConfig, trainer: Trainer, domain: int, summary: dict[str, float], test: EvalResult, run: RunIdentity
+) -> dict[str, Any]:
+    """Write a universal run's record of one domain into that domain's ``out_dir``: the record a one-domain run of
+    the dataset writes (its test split, its validation scores at the selected epoch as ``val_dice``/``val_iou``
+    of the history, the network's size at its input: ``summary``), plus ``domains`` (every domain of the run, in
+    order), ``domain`` (this one's index) and ``params_split`` (the parameters every domain shares, each
+    domain's own, and the paper's standard-convolution independent models': ``summary``'s). The identity
+    (``dataset_definition``, ``data_files``, ...) is the whole run's; timings and steps too."""
+    data = trainer.domains[domain]
+    history = [
+        row | {"val_dice": row[f"val_dice@{data.name}"], "val_iou": row[f"val_iou@{data.name}"]}
+        for row in trainer.history
+    ]
+    extra = {
+        "dataset": data.name,
+        "domains": [d.name for d in trainer.domains],
+        "domain": domain,
+        "params_split": summary["params_split"],
+    }
+    return write_outputs(config, trainer, data, summary, test.summary, test.per_image, None, run, history, extra)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping]) -> None:

@@ -5,6 +5,12 @@
 Outputs in ``out_dir`` (``repro.training.record``): ``metrics.json`` (test metrics of the selected epoch, the run's
 identity: see ``repro.training.identity``), ``per_image.csv``, ``history.csv``. Checkpoints go to
 ``checkpoints/<dataset>/<model>/seed<k>/<scale>/`` (git-ignored), which no later stage needs.
+
+A universal run trains one network on several datasets (domains) at once (3D U²-Net;
+``notebooks/train_universal.ipynb``). Its ``dataset`` names the domains joined by ``+`` (:data:`DOMAIN_SEPARATOR`).
+It resolves to one :class:`RunConfig` per domain (:func:`resolve_domains`), one Trainer trains it
+(:func:`make_universal_trainer`), and each domain gets its own record, the same as a one-domain run of that dataset
+(``repro.training.record.write_domain_outputs``).
 """
 
 from __future__ import annotations
@@ -31,21 +37,27 @@ from repro.config import (
 from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT, resolve_data_root
-from repro.models import create_model
+from repro.models import create_variant, output_channels
+from repro.models.u2net3d import U2Net3D, compare_to_independent, parameter_split
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
 from repro.training.identity import (
     PARAMS_FILE,
+    TRAIN_STAGE,
     RunIdentity,
     code_files,
     data_files,
     dataset_definition,
     git_commit,
+    stages_commit,
 )
 from repro.training.inference import predict_logits
 from repro.training.metrics import keras_mean_iou, two_class_miou
 from repro.training.trainer import Trainer, TrainSettings, epochs_for_steps
 
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+# Joins the domains of a universal run in its dataset name: ``msd-task04-hippocampus+la2018-atrium-lgemri``.
+DOMAIN_SEPARATOR = "+"
+UNIVERSAL_STAGE = "train_universal"
 
 
 @dataclass
@@ -176,11 +188,12 @@ def identity(config: RunConfig) -> RunIdentity:
 def build(config: RunConfig, data: PreparedData) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything, then create the model (so its initialisation depends on the seed alone)."""
     generator = seed_everything(config.seed)
-    model = create_model(
+    model = create_variant(
         config.variant.arch,
+        config.variant.options,
+        width_mult=config.scale.width_mult,
         in_channels=data.in_channels,
-        num_classes=data.out_channels,
-        **config.model_options,
+        num_classes=data.num_classes,
     )
     return model, generator
 
@@ -211,6 +224,12 @@ def train_epochs(config: RunConfig, data: PreparedData) -> int:
     return epochs_for_steps(steps, len(data.train) * per_image, config.scale.batch_size)
 
 
+def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
+    """Optimizer steps in one epoch of the run: its (patched) training samples in full batches."""
+    samples = len(data.train) * (config.scale.patches_per_image if data.large_images else 1)
+    return samples // min(config.scale.batch_size, samples)
+
+
 def train_settings(config: RunConfig, data: PreparedData) -> TrainSettings:
     scale = config.scale
     return TrainSettings(
@@ -233,11 +252,12 @@ def make_trainer(
     )
 
 
-def print_progress(config: RunConfig, settings: TrainSettings) -> Callable[[dict], None]:
+def print_progress(config: RunConfig, settings: TrainSettings, dataset: str | None = None) -> Callable[[dict], None]:
     """An ``on_epoch`` callback printing one line per epoch: training and validation seconds, and the time left
     (papermill's ``--log-output`` streams it to the terminal and the run's log). A first line is printed at once,
-    so a run shows it has started before its first epoch ends."""
-    name = f"{config.dataset}/{config.variant.name}/seed{config.seed} [{config.scale.name}]"
+    so a run shows it has started before its first epoch ends. ``dataset`` names the run's data where it is not
+    ``config``'s alone (a universal run's domains)."""
+    name = f"{dataset or config.dataset}/{config.variant.name}/seed{config.seed} [{config.scale.name}]"
     every = f"every {settings.eval_every} epochs and after the last" if settings.eval_every > 1 else "after every epoch"
     print(f"{name}: training {settings.epochs} epochs, validating {every}", file=sys.stdout, flush=True)
     started, first_epoch = time.perf_counter(), None
@@ -317,3 +337,150 @@ def describe_resumptions(trainer: Trainer) -> str:
         f"resumed {times} from its checkpoint ({trainer.checkpoint}), after epoch {epochs} of "
         f"{trainer.settings.epochs}; the checkpoint holds every state, so the result is an uninterrupted run's"
     )
+
+
+# --- universal runs: one network, several domains ----------------------------------------------------------------
+
+
+def resolve_domains(
+    datasets: str,
+    model: str,
+    seed: int,
+    scale: str,
+    data_root: str | None,
+    out_dir: str,
+    threads: int | None,
+    checkpoint_dir: str | Path | None = None,
+    device: str | None = None,
+) -> list[RunConfig]:
+    """One :class:`RunConfig` per domain of a universal run (see :func:`resolve`).
+
+    Args:
+        datasets: the domains joined by :data:`DOMAIN_SEPARATOR`, at least two, each a registered dataset.
+        out_dir: each domain's output folder, with ``{dataset}`` where its name goes
+            (``results/cpu/runs/{dataset}/u2net3d_universal/seed0``).
+        checkpoint_dir: the run's one checkpoint folder; by default ``checkpoints/<datasets>/<model>/seed<k>/<scale>/``.
+    """
+    names = datasets.split(DOMAIN_SEPARATOR)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(
+            f"a universal run needs two or more different datasets joined by '{DOMAIN_SEPARATOR}'; got {datasets!r}"
+        )
+    if "{dataset}" not in str(out_dir):
+        raise ValueError(f"out_dir of a universal run needs '{{dataset}}' for each domain's folder; got {out_dir!r}")
+    checkpoint_dir = checkpoint_dir or CHECKPOINT_DIR / datasets / model / f"seed{seed}" / scale
+    return [
+        resolve(name, model, seed, scale, data_root, str(out_dir).format(dataset=name), threads, checkpoint_dir, device)
+        for name in names
+    ]
+
+
+def build_universal(configs: list[RunConfig], datas: list[PreparedData]) -> tuple[torch.nn.Module, torch.Generator]:
+    """Seed everything, then create the variant with one domain per dataset (each with its channels and classes)."""
+    generator = seed_everything(configs[0].seed)
+    first = configs[0]
+    domains = {
+        "domains": len(datas),
+        "in_channels_per_domain": [data.in_channels for data in datas],
+        "num_classes_per_domain": [output_channels(data.num_classes) for data in datas],
+    }
+    model = create_variant(
+        first.variant.arch,
+        {**first.variant.options, **domains},
+        width_mult=first.scale.width_mult,
+        in_channels=datas[0].in_channels,
+        num_classes=datas[0].num_classes,
+    )
+    return model, generator
+
+
+def universal_settings(configs: list[RunConfig], datas: list[PreparedData]) -> tuple[TrainSettings, list[int]]:
+    """The universal run's settings and each domain's optimizer steps over the run.
+
+    Each domain gets the steps its own one-domain run gets (its length at the scale, in its batches), so the
+    universal model costs what the independent models cost together. The run's epochs are the longest domain's
+    (every epoch then holds a step) and it validates as often as the domain that validates least often.
+    """
+    per_domain = [train_settings(config, data) for config, data in zip(configs, datas, strict=True)]
+    steps = [
+        settings.epochs * steps_per_epoch(config, data)
+        for settings, config, data in zip(per_domain, configs, datas, strict=True)
+    ]
+    settings = per_domain[0]
+    settings.epochs = max(s.epochs for s in per_domain)
+    settings.eval_every = max(s.eval_every for s in per_domain)
+    return settings, steps
+
+
+def identify_universal(configs: list[RunConfig], repo_root: Path | str = REPO_ROOT) -> RunIdentity:
+    """The identity of a universal run: each domain's definition, settings and prepared data, keyed by dataset."""
+    repo_root = Path(repo_root)
+    params = load_params(repo_root / PARAMS_FILE)
+    first, scale = configs[0], configs[0].scale
+    datasets = DOMAIN_SEPARATOR.join(config.dataset for config in configs)
+    item = {"model": first.variant.name, "seed": first.seed}
+    domains = {"universal": {"domains": [config.dataset for config in configs]}}
+    stages = [(UNIVERSAL_STAGE, {"item": item, "scale": scale.name, "study": domains})]
+    stages += [("prepare", {"item": config.dataset, "key": config.dataset, "scale": scale.name}) for config in configs]
+    return RunIdentity(
+        dataset=datasets,
+        dataset_definition={c.dataset: dataset_definition(c.dataset, params) for c in configs},
+        model=first.variant.name,
+        arch=first.variant.arch,
+        options=first.options,
+        seed=first.seed,
+        scale=scale.name,
+        scale_settings={k: v for k, v in vars(scale).items() if k != "name"},
+        dataset_settings={c.dataset: c.dataset_settings.settings() for c in configs},
+        data_files={f"{c.dataset}/{name}": md5 for c in configs for name, md5 in data_files(c.data_folder).items()},
+        code_files=code_files(repo_root, TRAIN_STAGE),
+        data_root=str(resolve_data_root(first.data_root)),
+        git_commit=stages_commit(repo_root, stages),
+    )
+
+
+def make_universal_trainer(
+    configs: list[RunConfig],
+    model: torch.nn.Module,
+    datas: list[PreparedData],
+    generator: torch.Generator,
+    run: RunIdentity,
+) -> Trainer:
+    """One Trainer for every domain of the universal run (batches of each domain in turn)."""
+    settings, steps = universal_settings(configs, datas)
+    first = configs[0]
+    return Trainer(
+        model,
+        datas[0],
+        settings,
+        first.seed,
+        generator,
+        first.checkpoint_dir,
+        first.device,
+        run,
+        domains=datas[1:],
+        domain_steps=steps,
+    )
+
+
+def domain_parameters(model: U2Net3D) -> dict[str, Any]:
+    """A universal network's parameters: ``shared`` by every domain, each domain's own (``per_domain``), and for the
+    paper's comparison the parameters of one standard-convolution network per domain of the same depth and widths
+    (``independent_standard``: the official code's independent models)."""
+    split = parameter_split(model)
+    independent = compare_to_independent(model)
+    return {
+        "shared": split.shared,
+        "per_domain": list(split.per_domain),
+        "independent_standard": list(independent.independent),
+    }
+
+
+def domain_summary(trainer: Trainer, config: RunConfig, domain: int) -> dict[str, float]:
+    """:func:`model_summary` of a universal run's network at one domain's input (its input block, its head), with
+    its :func:`domain_parameters`."""
+    data = trainer.domains[domain]
+    trainer.model.domain = domain
+    return model_summary(trainer.model, data, input_size(config, data)) | {
+        "params_split": domain_parameters(trainer.model)
+    }

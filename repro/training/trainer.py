@@ -21,6 +21,14 @@ against 3.5 s; UNet++ at its last epoch 1.7 times), so its epochs slowed from 50
 small contribute nothing a float32 sum can keep, and TensorFlow (the framework of the UNet++ reference code)
 flushes them on the CPU by default too. GPU kernels are unaffected.
 
+Several domains (3D U²-Net's universal model, ``model.domains > 1``): one Trainer, one optimizer and one schedule
+train one network on several datasets at once. Each optimizer step takes one batch of one domain, with that
+domain's loss; the domains take turns, interleaved evenly (the official code's round robin, generalised to unequal
+counts). Each domain gets exactly as many batches in the run as its own single-domain run of the same network
+gets (``domain_steps``), so the universal model costs what the independent models cost together. Every validation
+scores each domain on its own validation split; the selected epoch is the one with the best mean Dice over the
+domains, and the test split of each domain is scored with those weights.
+
 Determinism (``repro.training.device``): on CPU with a fixed thread count, the same seed gives bit-identical results
 on one machine. A checkpoint written after every epoch holds every state (model, optimizer, scheduler, every RNG,
 best weights, history) and the run's identity (``repro.training.identity``: data, code, variant, full scale preset,
@@ -34,7 +42,7 @@ import copy
 import pickle
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +136,36 @@ def parameter_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     ]
 
 
+def _check_domains(
+    model: SegmentationNetwork, domains: Sequence[PreparedData], domain_steps: Sequence[int], epochs: int
+) -> tuple[int, ...]:
+    """The per-domain steps of a several-domain run, checked against the model (empty for one domain).
+
+    Raises:
+        ValueError: the model serves fewer domains than the data gives, or the steps do not fit the domains.
+    """
+    if len(domains) == 1:
+        if domain_steps:
+            raise ValueError("domain_steps is for several domains; a one-domain run's length is its epochs")
+        return ()
+    names = ", ".join(data.name for data in domains)
+    if model.domains != len(domains):
+        raise ValueError(
+            f"{type(model).__name__} serves {model.domains} domain(s); the data has {len(domains)} ({names})"
+        )
+    if len(domain_steps) != len(domains) or min(domain_steps) < 1 or max(domain_steps) < epochs:
+        raise ValueError(
+            f"domain_steps must give each of the {len(domains)} domains ({names}) a step, and one of them at least "
+            f"one step per epoch ({epochs} epochs); got {list(domain_steps)}"
+        )
+    return tuple(domain_steps)
+
+
+def _mean_scores(per_domain: Sequence[dict]) -> dict[str, float]:
+    """The mean Dice and IoU over the domains' validation summaries (the selection criterion of several domains)."""
+    return {key: float(np.mean([scores[key] for scores in per_domain])) for key in ("dice", "iou")}
+
+
 class Trainer:
     """Fit a model to a prepared dataset with the study's single recipe; checkpoint and resume.
 
@@ -141,6 +179,10 @@ class Trainer:
             records ``identity``.
         device: where the model and the splits live (see :func:`resolve_device`); the CPU by default.
         identity: the run's identity, required with ``checkpoint_dir`` (no checkpoint is resumed unchecked).
+        domains: for a network that serves several domains (``model.domains``), the prepared dataset of each
+            domain after ``data`` (domain 0); empty for one domain.
+        domain_steps: with ``domains``, each domain's optimizer steps over the whole run (``data``'s first), spread
+            over the epochs as evenly as whole steps allow.
     """
 
     def __init__(
@@ -153,14 +195,20 @@ class Trainer:
         checkpoint_dir: Path | str | None = None,
         device: torch.device | str = "cpu",
         identity: RunIdentity | None = None,
+        domains: Sequence[PreparedData] = (),
+        domain_steps: Sequence[int] = (),
     ) -> None:
         if checkpoint_dir is not None and identity is None:
             raise ValueError("a Trainer with a checkpoint_dir needs the run's identity, to check what it resumes")
         self.identity = identity
         self.device = normalise_device(device)
         self.data = data
+        self.domains = [data, *domains]
+        self.domain_steps = _check_domains(model, self.domains, domain_steps, settings.epochs)
         # The splits the hot path reads, moved to the device once (the caller's ``data`` stays where it is).
-        self.train_split, self.val_split = data.train.to(self.device), data.val.to(self.device)
+        self.train_splits = [domain.train.to(self.device) for domain in self.domains]
+        self.val_splits = [domain.val.to(self.device) for domain in self.domains]
+        self.train_split, self.val_split = self.train_splits[0], self.val_splits[0]
         self.settings = settings
         self.seed = seed
         self.generator = generator
@@ -168,7 +216,7 @@ class Trainer:
         use_channels_last = settings.channels_last and model.channels_last
         self.memory_format = channels_last if use_channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
-        self.loss = DeepSupervisionLoss(SegmentationLoss(data.num_classes))
+        self.losses = [DeepSupervisionLoss(SegmentationLoss(domain.num_classes)) for domain in self.domains]
         self.optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
         self.checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -183,31 +231,63 @@ class Trainer:
         # The epochs after which this run was resumed from its checkpoint (kept in the checkpoint, so every
         # resumption of the run is listed, not only the last).
         self.resumed_after: list[int] = []
+        # The training-code versions of checkpoints this run resumed that were written by earlier code, proven
+        # number-equivalent to this code (``repro.training.identity.check_resumable``).
+        self.resumed_from_code: list[str] = []
         self._resume()
 
     @property
     def tile(self) -> int | None:
-        return self.settings.patch_size if self.data.large_images else None
+        """The sliding-window tile of domain 0 (see :meth:`domain_tile`)."""
+        return self.domain_tile(0)
 
-    def _epoch_samples(self) -> Split:
-        train = self.train_split
-        if self.data.large_images:
+    def domain_tile(self, domain: int) -> int | None:
+        """The sliding-window tile for ``domain``'s images: the patch side for large images, else None."""
+        return self.settings.patch_size if self.domains[domain].large_images else None
+
+    def _epoch_samples(self, domain: int = 0) -> Split:
+        train = self.train_splits[domain]
+        if self.domains[domain].large_images:
             return random_patches(train, self.settings.patch_size, self.settings.patches_per_image, self.generator)
         return train
 
+    def _epoch_batches(self, epoch: int) -> list[tuple[int, Split, Tensor]]:
+        """The epoch's batches in training order: (domain, samples, indices into samples).
+
+        One domain: one random order of its (patched) training split, cut into full batches. Several: each
+        domain's share of its ``domain_steps`` for this epoch, from as many random orders of its split as that
+        share needs, interleaved evenly (ties: domain order).
+        """
+        batches = []
+        for domain in range(len(self.domains)):
+            samples = self._epoch_samples(domain)
+            batch_size = min(self.settings.batch_size, len(samples))
+            per_order = len(samples) // batch_size
+            wanted = self._steps_in_epoch(domain, epoch) if self.domain_steps else per_order
+            indices: list[Tensor] = []
+            while len(indices) < wanted:
+                order = torch.randperm(len(samples), generator=self.generator).to(self.device)
+                indices += [order[step * batch_size : (step + 1) * batch_size] for step in range(per_order)]
+            batches += [((step + 0.5) / wanted, domain, samples, index) for step, index in enumerate(indices[:wanted])]
+        batches.sort(key=lambda batch: batch[:2])
+        return [batch[1:] for batch in batches]
+
+    def _steps_in_epoch(self, domain: int, epoch: int) -> int:
+        """Domain ``domain``'s optimizer steps in ``epoch`` (1-based): its ``domain_steps`` spread over the epochs."""
+        total, epochs = self.domain_steps[domain], self.settings.epochs
+        return epoch * total // epochs - (epoch - 1) * total // epochs
+
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the (patched) training split; returns the mean loss."""
+        """One pass over the (patched) training split, or each domain's share of the epoch; returns the mean loss."""
         self.model.train()
-        samples = self._epoch_samples()
-        order = torch.randperm(len(samples), generator=self.generator).to(self.device)
-        batch_size = min(self.settings.batch_size, len(samples))
-        steps = len(samples) // batch_size
+        batches = self._epoch_batches(epoch)
+        steps = len(batches)
         total = 0.0
-        for step in range(steps):
-            index = order[step * batch_size : (step + 1) * batch_size]
+        for step, (domain, samples, index) in enumerate(batches):
             valid = None if samples.valid is None else samples.valid[index]
             images, masks, valid = augment(samples.images[index], samples.masks[index], valid, self.generator)
-            loss = self.loss(self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
+            self.model.domain = domain
+            loss = self.losses[domain](self.model(images.contiguous(memory_format=self.memory_format)), masks, valid)
             auxiliary = self.model.auxiliary_loss  # SegResNet-VAE's VAE term, already weighted; else None
             if auxiliary is not None:
                 loss = loss + auxiliary
@@ -222,30 +302,33 @@ class Trainer:
             self.optimizer.step()
             total += value
         self.scheduler.step()
-        self.train_samples += steps * batch_size
+        self.train_samples += sum(len(index) for _, _, index in batches)
         self.optimizer_steps += steps
         return total / steps
 
-    def reestimate_bn(self) -> None:
-        """Re-estimate BatchNorm statistics on the unaugmented training split (when the settings say so)."""
+    def reestimate_bn(self, domain: int = 0) -> None:
+        """Re-estimate BatchNorm statistics on ``domain``'s unaugmented training split (when the settings say so)."""
         if self.settings.reestimate_bn:
-            images = self.train_split.images.contiguous(memory_format=self.memory_format)
-            reestimate_batchnorm(self.model, images, self.settings.batch_size, self.tile)
+            self.model.domain = domain
+            images = self.train_splits[domain].images.contiguous(memory_format=self.memory_format)
+            reestimate_batchnorm(self.model, images, self.settings.batch_size, self.domain_tile(domain))
 
-    def evaluate(self, split: Split) -> EvalResult:
-        """Dice/IoU of the current model on ``split`` (per image and summarised), and for volumes the 95th-percentile
-        Hausdorff distance (``hd95``: per case, and its mean over the cases that have one); predictions on the
-        CPU."""
+    def evaluate(self, split: Split, domain: int = 0) -> EvalResult:
+        """Dice/IoU of the current model on ``split`` of ``domain`` (per image and summarised), and for volumes the
+        95th-percentile Hausdorff distance (``hd95``: per case, and its mean over the cases that have one);
+        predictions on the CPU."""
+        data = self.domains[domain]
         split = split.to(self.device)
         images = split.images.contiguous(memory_format=self.memory_format)
-        logits = predict_logits(self.model, images, self.settings.batch_size, self.tile)
+        self.model.domain = domain
+        logits = predict_logits(self.model, images, self.settings.batch_size, self.domain_tile(domain))
         predictions = logits_to_labels(logits)
-        counts = confusion_counts(predictions, split.masks, self.data.num_classes, split.valid).cpu()
-        summary = summarize(counts, self.data.class_names)
-        per_image = per_image_table(counts, split.ids, self.data.class_names)
-        if self.data.volumetric:
+        counts = confusion_counts(predictions, split.masks, data.num_classes, split.valid).cpu()
+        summary = summarize(counts, data.class_names)
+        per_image = per_image_table(counts, split.ids, data.class_names)
+        if data.volumetric:
             inside = predictions if split.valid is None else torch.where(split.valid, predictions, 0)
-            distances = hausdorff95(inside.cpu(), split.masks.cpu(), self.data.class_names)
+            distances = hausdorff95(inside.cpu(), split.masks.cpu(), data.class_names)
             per_image = [row | distance for row, distance in zip(per_image, distances, strict=True)]
             hd95 = np.array([row["hd95"] for row in distances])
             summary |= {"hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else float("nan")}
@@ -271,29 +354,29 @@ class Trainer:
             seconds = time.perf_counter() - start
             self.train_seconds += seconds
             val = {"dice": float("nan"), "iou": float("nan")}
+            per_domain = [dict(val) for _ in self.domains]
             if self.settings.validates(epoch):
-                self.reestimate_bn()
-                val = self.evaluate(self.val_split).summary
+                per_domain = [self.validate(domain) for domain in range(len(self.domains))]
+                val = per_domain[0] if len(self.domains) == 1 else _mean_scores(per_domain)
                 if val["dice"] > self.best_val_dice:
                     self.best_val_dice, self.best_epoch = val["dice"], epoch
                     self.best_state = copy.deepcopy(self.model.state_dict())
             eval_seconds = time.perf_counter() - start - seconds
             self.eval_seconds += eval_seconds
-            self.history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_dice": val["dice"],
-                    "val_iou": val["iou"],
-                    "lr": lr,
-                    "seconds": seconds,
-                    "eval_seconds": eval_seconds,
-                }
-            )
+            row = {"epoch": epoch, "train_loss": train_loss, "val_dice": val["dice"], "val_iou": val["iou"]}
+            if len(self.domains) > 1:  # the mean above, each domain's scores here
+                for data, scores in zip(self.domains, per_domain, strict=True):
+                    row |= {f"val_dice@{data.name}": scores["dice"], f"val_iou@{data.name}": scores["iou"]}
+            self.history.append(row | {"lr": lr, "seconds": seconds, "eval_seconds": eval_seconds})
             self._save()
             if on_epoch is not None:
                 on_epoch(self.history[-1])
         return self.history
+
+    def validate(self, domain: int = 0) -> dict:
+        """Re-estimate BatchNorm statistics, then score ``domain``'s validation split (its summary)."""
+        self.reestimate_bn(domain)
+        return self.evaluate(self.val_splits[domain], domain).summary
 
     def load_best(self) -> None:
         """Put the best-validation weights into the model."""
@@ -321,6 +404,7 @@ class Trainer:
             "train_samples": self.train_samples,
             "optimizer_steps": self.optimizer_steps,
             "resumed_after": self.resumed_after,
+            "resumed_from_code": self.resumed_from_code,
             "seed": self.seed,
             "settings": asdict(self.settings),
             "identity": self.identity.to_dict(),
@@ -341,7 +425,7 @@ class Trainer:
                 f"full disk, or a copy cut short). Nothing was trained. To train this run from the start, delete it "
                 f"(rm {self.checkpoint}) and run it again."
             ) from error
-        check_resumable(state.get("identity"), self.identity, self.checkpoint)
+        earlier_code = check_resumable(state.get("identity"), self.identity, self.checkpoint)
         # The settings follow from the identity, but a caller may set them by hand (the pilot script does).
         if state["settings"] != asdict(self.settings):
             raise RunMismatchError(
@@ -368,6 +452,10 @@ class Trainer:
         ):
             setattr(self, key, state[key])
         self.resumed_after = [*self.resumed_after, len(self.history)]
+        # Checkpoints written before this list existed hold none: their code was the code that resumed them.
+        self.resumed_from_code = state.get("resumed_from_code", [])
+        if earlier_code is not None:
+            self.resumed_from_code = [*self.resumed_from_code, earlier_code]
 
     @property
     def images_per_second(self) -> float:

@@ -402,6 +402,11 @@ def universal_settings(configs: list[RunConfig], datas: list[PreparedData]) -> t
     (every epoch then holds a step) and it validates as often as the domain that validates least often.
     """
     per_domain = [train_settings(config, data) for config, data in zip(configs, datas, strict=True)]
+    batches = {config.dataset: settings.batch_size for config, settings in zip(configs, per_domain, strict=True)}
+    if len(set(batches.values())) > 1:  # one Trainer cuts every domain's batches at one size
+        raise ValueError(
+            f"the domains of a universal run must share a batch size (training.<dataset>.batch_size); got {batches}"
+        )
     steps = [
         settings.epochs * steps_per_epoch(config, data)
         for settings, config, data in zip(per_domain, configs, datas, strict=True)

@@ -87,10 +87,11 @@ def main() -> None:
         sizes[dataset] = {split: len(ids) for split, ids in meta["ids"].items()}
         shape = meta.get("volume_shape") or [scale.image_size, scale.image_size]
         inputs[dataset] = (meta["in_channels"], len(meta["class_names"]), tuple(shape))
-    print(f"scale {scale.name}: batch {scale.batch_size}, 1 thread")
+    print(f"scale {scale.name}: batch {scale.batch_size} (a dataset may set its own), 1 thread")
     step_lengths = {d: dataset_training(d, params).steps(scale.name) for d in sizes}
+    batches = {d: dataset_training(d, params).batch(scale) for d in sizes}
     lengths = {
-        d: scale.epochs if step_lengths[d] is None else epochs_for_steps(step_lengths[d], n["train"], scale.batch_size)
+        d: scale.epochs if step_lengths[d] is None else epochs_for_steps(step_lengths[d], n["train"], batches[d])
         for d, n in sizes.items()
     }
     print("epochs: " + ", ".join(f"{d} {e} ({'x'.join(map(str, inputs[d][2]))})" for d, e in lengths.items()))
@@ -102,7 +103,7 @@ def main() -> None:
         per_run, timings = {}, {}
         for dataset in datasets:
             n, (channels, classes, shape) = sizes[dataset], inputs[dataset]
-            if (channels, classes, shape) not in timings:
+            if (channels, classes, shape, batches[dataset]) not in timings:
                 torch.manual_seed(0)
                 model = create_variant(
                     variant.arch,
@@ -111,12 +112,12 @@ def main() -> None:
                     in_channels=channels,
                     num_classes=classes,
                 )
-                timings[channels, classes, shape] = step_and_forward_seconds(
-                    model, scale.batch_size, channels, classes, shape, args.steps
+                timings[channels, classes, shape, batches[dataset]] = step_and_forward_seconds(
+                    model, batches[dataset], channels, classes, shape, args.steps
                 )
-            step, forward = timings[channels, classes, shape]
+            step, forward = timings[channels, classes, shape, batches[dataset]]
             epochs = lengths[dataset]
-            steps = epochs * (n["train"] // scale.batch_size)
+            steps = epochs * (n["train"] // min(batches[dataset], n["train"]))
             per_run[dataset] = steps * step + (epochs * (n["train"] + n["val"]) + n["test"]) * forward
         seconds = args.seeds * sum(per_run.values())
         total += seconds

@@ -6,7 +6,7 @@ valid names instead of silently using a default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +76,29 @@ class DatasetTraining:
             over the last five epochs); a scale not listed trains its preset's ``epochs``.
         eval_every: epochs between validations; BatchNorm statistics are re-estimated only before one, and the
             last epoch is always validated. Only validated epochs can be selected.
+        batch_size: scale name -> samples per optimizer step for this dataset (volumes: a 3D network's step on a
+            batch of the scale's 16 volumes takes a minute on one CPU core); a scale not listed uses its preset's
+            ``batch_size``.
     """
 
     dataset: str
     train_steps: dict[str, int]
     eval_every: int = 1
+    batch_size: dict[str, int] = field(default_factory=dict)
 
     def steps(self, scale: str) -> int | None:
         """The length in optimizer steps at ``scale``; None: the scale's ``epochs``."""
         return self.train_steps.get(scale)
 
+    def batch(self, scale: ScalePreset) -> int:
+        """Samples per optimizer step at ``scale``: the dataset's own, else the preset's."""
+        return self.batch_size.get(scale.name, scale.batch_size)
+
     def settings(self) -> dict[str, Any]:
-        """The entry as params.yaml gives it (recorded in a run's identity)."""
-        return {"train_steps": dict(self.train_steps), "eval_every": self.eval_every}
+        """The entry as params.yaml gives it (recorded in a run's identity; ``batch_size`` only where it is set, so
+        that the identities of runs recorded before the key existed stay theirs)."""
+        settings: dict[str, Any] = {"train_steps": dict(self.train_steps), "eval_every": self.eval_every}
+        return settings | ({"batch_size": dict(self.batch_size)} if self.batch_size else {})
 
 
 def dataset_training(name: str, params: dict[str, Any] | None = None) -> DatasetTraining:
@@ -115,13 +125,18 @@ def dataset_training(name: str, params: dict[str, Any] | None = None) -> Dataset
         )
     steps = entry["train_steps"] or {}
     eval_every = entry.get("eval_every", 1)
-    bad = {scale: value for scale, value in steps.items() if not isinstance(value, int) or value < 1}
-    if bad or not isinstance(eval_every, int) or eval_every < 1:
+    batch_size = entry.get("batch_size") or {}
+
+    def bad(values: Any) -> bool:
+        return not isinstance(values, dict) or any(not isinstance(v, int) or v < 1 for v in values.values())
+
+    if bad(steps) or bad(batch_size) or not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(
-            f"training.{name} in params.yaml: train_steps must map scales to positive integers and eval_every "
-            f"must be a positive integer (got train_steps {steps}, eval_every {eval_every!r})"
+            f"training.{name} in params.yaml: train_steps and batch_size must map scales to positive integers and "
+            f"eval_every must be a positive integer (got train_steps {steps}, batch_size {batch_size}, eval_every "
+            f"{eval_every!r})"
         )
-    return DatasetTraining(dataset=name, train_steps=dict(steps), eval_every=eval_every)
+    return DatasetTraining(dataset=name, train_steps=dict(steps), eval_every=eval_every, batch_size=dict(batch_size))
 
 
 # Keys of a ``models.<name>`` entry that set how the variant trains or is scored rather than how its network is built.

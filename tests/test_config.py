@@ -108,3 +108,22 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
     assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]
     assert study["volumes"]["datasets"] == volumes["datasets"] and study["ablations"] == claims["ablations"]
+
+
+def test_a_dataset_may_set_its_own_batch_size_per_scale():
+    """Volumes train on smaller batches than the scale's; a dataset that sets none keeps the preset's, and its
+    recorded settings (a run's identity) stay what they were before the key existed."""
+    from repro.config import dataset_training
+
+    params = load_params()
+    cpu, smoke = scale_preset("cpu", params), scale_preset("smoke", params)
+    params["training"]["msd-task04-hippocampus"] = {"train_steps": {}, "eval_every": 1, "batch_size": {"cpu": 4}}
+    volumes = dataset_training("msd-task04-hippocampus", params)
+    assert (volumes.batch(cpu), volumes.batch(smoke)) == (4, smoke.batch_size)
+    assert volumes.settings()["batch_size"] == {"cpu": 4}
+    images = dataset_training("ph2-dermoscopy", params)
+    assert images.batch(cpu) == cpu.batch_size
+    assert images.settings() == {"train_steps": {"cpu": 480}, "eval_every": 1}
+    params["training"]["msd-task04-hippocampus"]["batch_size"] = {"cpu": 0}
+    with pytest.raises(ValueError, match=r"training.msd-task04-hippocampus .*batch_size must map scales"):
+        dataset_training("msd-task04-hippocampus", params)

@@ -522,3 +522,12 @@ def test_what_was_run_counts_each_dataset_as_it_ran_and_folds_the_commits():
     text = html_report._what_was_run(pd.DataFrame(rows))
     assert "7 runs: a 6 (2 variants x seeds 0, 1, 2); mine 1 (1 variants x seeds 0)" in text
     assert "<details><summary>git commits recorded by the runs: 4</summary>" in text
+
+
+def test_the_report_says_whether_the_runs_code_versions_are_one_code_in_numbers():
+    from repro.analysis.html_report import equivalence_text
+
+    log = [{"from_code": "a", "to_code": "b"}, {"from_code": "b", "to_code": "c"}]
+    assert equivalence_text({"a", "c"}, log).startswith("number-equivalent: every version above is c or linked")
+    assert equivalence_text({"a", "x"}, log) == "not linked to c by results/provenance.csv (other numbers possible): x"
+    assert "must share one" in equivalence_text({"a"}, [])

@@ -175,3 +175,26 @@ def test_one_domain_takes_no_domain_steps():
     model = universal_model([data])
     with pytest.raises(ValueError, match="domain_steps is for several domains"):
         Trainer(model, data, SETTINGS, 0, seed_everything(0), domain_steps=(3,))
+
+
+def test_the_domains_of_a_universal_run_share_a_batch_size(tmp_path):
+    """One Trainer cuts every domain's batches at one size, so domains with their own, different batch sizes are
+    refused before anything is built."""
+    from repro.config import DatasetTraining
+    from repro.training import run
+
+    configs = run.resolve_domains(
+        "msd-task04-hippocampus+la2018-atrium-lgemri",
+        "u2net3d_universal",
+        0,
+        "smoke",
+        None,
+        str(tmp_path / "{dataset}"),
+        1,
+    )
+    datas = [domain("msd-task04-hippocampus", train=4, classes=3), domain("la2018-atrium-lgemri", train=3, classes=2)]
+    settings, steps = run.universal_settings(configs, datas)
+    assert settings.batch_size == configs[0].scale.batch_size and len(steps) == 2
+    configs[1].dataset_settings = DatasetTraining("la2018-atrium-lgemri", {}, 1, {"smoke": 2})
+    with pytest.raises(ValueError, match="must share a batch size"):
+        run.universal_settings(configs, datas)

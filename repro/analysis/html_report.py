@@ -38,6 +38,7 @@ from nbconvert import HTMLExporter
 from repro.analysis import run_results, tables, verdicts
 from repro.analysis.run_results import RUN_KEYS
 from repro.config import PARAMS_FILE
+from repro.provenance import equivalent_to, read_log
 
 # nbconvert's lab template loads require.js, MathJax, Mermaid and the widget manager from a CDN. The aggregate
 # notebook has no LaTeX, diagrams or widgets, so all four are dropped: the page needs nothing from the network.
@@ -346,8 +347,24 @@ def _what_was_run(runs: pd.DataFrame) -> str:
         "training code versions (md5 of the train stage's code files, "
         "repro.analysis.run_results.training_code_version): "
         + ", ".join(f"{html.escape(code)} ({n})" for code, n in sorted(runs["training_code"].value_counts().items())),
+        html.escape(equivalence_text(set(runs["training_code"]), read_log())),
     ]
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
+def equivalence_text(versions: set[str], log: list[dict[str, str]]) -> str:
+    """Whether the runs' training-code versions are one code's, in numbers: the latest version the provenance log
+    records and every version its proven changes link to it (``repro.provenance``)."""
+    if not log:
+        return "provenance log: no recorded change, so every run above must share one training-code version"
+    latest = log[-1]["to_code"]
+    outside = sorted(versions - equivalent_to(latest, log))
+    if outside:
+        return f"not linked to {latest} by results/provenance.csv (other numbers possible): {', '.join(outside)}"
+    return (
+        f"number-equivalent: every version above is {latest} or linked to it by changes proven to alter no number "
+        f"({len(log)} in results/provenance.csv)"
+    )
 
 
 def index_html(

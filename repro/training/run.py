@@ -221,20 +221,20 @@ def train_epochs(config: RunConfig, data: PreparedData) -> int:
     if steps is None:
         return config.scale.epochs
     per_image = config.scale.patches_per_image if data.large_images else 1
-    return epochs_for_steps(steps, len(data.train) * per_image, config.scale.batch_size)
+    return epochs_for_steps(steps, len(data.train) * per_image, config.dataset_settings.batch(config.scale))
 
 
 def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
     """Optimizer steps in one epoch of the run: its (patched) training samples in full batches."""
     samples = len(data.train) * (config.scale.patches_per_image if data.large_images else 1)
-    return samples // min(config.scale.batch_size, samples)
+    return samples // min(config.dataset_settings.batch(config.scale), samples)
 
 
 def train_settings(config: RunConfig, data: PreparedData) -> TrainSettings:
     scale = config.scale
     return TrainSettings(
         epochs=train_epochs(config, data),
-        batch_size=scale.batch_size,
+        batch_size=config.dataset_settings.batch(scale),
         lr=scale.lr,
         weight_decay=scale.weight_decay,
         patch_size=scale.patch_size,
@@ -402,6 +402,11 @@ def universal_settings(configs: list[RunConfig], datas: list[PreparedData]) -> t
     (every epoch then holds a step) and it validates as often as the domain that validates least often.
     """
     per_domain = [train_settings(config, data) for config, data in zip(configs, datas, strict=True)]
+    batches = {config.dataset: settings.batch_size for config, settings in zip(configs, per_domain, strict=True)}
+    if len(set(batches.values())) > 1:  # one Trainer cuts every domain's batches at one size
+        raise ValueError(
+            f"the domains of a universal run must share a batch size (training.<dataset>.batch_size); got {batches}"
+        )
     steps = [
         settings.epochs * steps_per_epoch(config, data)
         for settings, config, data in zip(per_domain, configs, datas, strict=True)

@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 
+from repro.config import THREADS_ENV
 from repro.data.registry import REPO_ROOT
-from repro.training.device import machine
+from repro.training.device import DEVICE_ENV, machine
 
 WORKTREE = "WORKTREE"
 
@@ -195,7 +196,7 @@ def run(code: str, out: Path, dataset: str, model: str, seed: int, scale: str, d
     tree = _checkout(code, out)
     run_dir = out / dataset / model / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(tree), "UNET_REPRO_THREADS": "1", "UNET_REPRO_DEVICE": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(tree), THREADS_ENV: "1", DEVICE_ENV: "cpu"}
     command = [
         sys.executable, "-m", "papermill", str(tree / "notebooks" / "train.ipynb"), str(run_dir / "train.ipynb"),
         "--no-progress-bar", "--cwd", str(tree),

@@ -19,6 +19,8 @@ from repro.data.registry import resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = {".git", ".venv", "results", "checkpoints", "data/processed", ".dvc/cache", ".dvc/tmp", "dvc.lock"}
+# Kept although below a skipped folder: the provenance log is the training code's record, which the report reads.
+KEEP = {"results/provenance.csv"}
 BIN = Path(sys.executable).parent
 
 
@@ -38,7 +40,8 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
         check=True,
     ).stdout.splitlines()
     for name in files:
-        if any(name == skip or name.startswith(skip + "/") for skip in SKIP) or not (ROOT / name).is_file():
+        skipped = any(name == skip or name.startswith(skip + "/") for skip in SKIP) and name not in KEEP
+        if skipped or not (ROOT / name).is_file():
             continue
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -382,7 +382,7 @@ def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
     for expected in (
         "study.universal.domains must name 2 datasets",
         "study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes",
-        "models.unet3d (unet3d {}): unknown option(s) ['domains']",
+        "models.unet3d (unet3d {'width_mult': 0.25}): unknown option(s) ['domains']",
         "study.universal.models: 'u2net3d' is also in study.volumes.models",
     ):
         assert expected in message, (expected, message)

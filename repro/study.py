@@ -11,7 +11,8 @@
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
 settings of cluster.yaml first (one message lists every problem), prepares the data (`dvc repro
-prepare`), asks DVC which `train@...` (and `train_extra@...`, `train_volumes@...`) stages are stale, and submits
+prepare`), asks DVC which training stages (`train@...`, then `train_extra@...`, `train_ablations@...`,
+`train_volumes@...`, `train_independent@...`, `train_universal@...`: one per block of the grid) are stale, and submits
 each one's exact command from dvc.yaml as a Dask task keyed by the stage's name, so no run is ever submitted twice.
 Seeds go first, then variants in the order ``study.models`` lists them: an interrupted study has every variant at
 the same number of seeds. This process alone records a finished run in dvc.lock (`dvc commit`, one at a time),

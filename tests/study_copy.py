@@ -50,8 +50,10 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     params["data_root"] = str(resolve_data_root(params["data_root"]))
     params["scale"] = "smoke"
     empty = {"datasets": [], "models": []}
-    universal = {"domains": params["study"]["universal"]["domains"], "models": []}
-    params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, "universal": universal, **study}
+    # dvc.yaml reads every key of study.universal: a study that gives some of them gets the others empty.
+    universal = {"domains": params["study"]["universal"]["domains"], "models": [], "independent": []}
+    universal |= study.get("universal", {})
+    params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study, "universal": universal}
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
     for key, value in params_overrides.items():

@@ -55,14 +55,15 @@ def test_a_variant_is_built_at_the_scales_width_unless_it_fixes_its_own_with_one
 
 
 def _blocks(grid: dict) -> list[tuple[list, list]]:
-    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, volumetric rows and universal
-    models (over their domains), where it has them."""
+    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, volumetric rows, and the
+    universal models and their independent models (over their domains), where it has them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
     for rows in ("extra", "ablations", "volumes"):
         if "datasets" in grid.get(rows, {}):
             blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
     if "domains" in grid.get("universal", {}):
-        blocks.append((grid["universal"]["domains"], grid["universal"]["models"]))
+        for models in ("models", "independent"):
+            blocks.append((grid["universal"]["domains"], grid["universal"][models]))
     return blocks
 
 
@@ -90,8 +91,9 @@ def test_grids_name_known_datasets_and_variants():
 
 def test_the_claim_grids_hold_every_variant_a_claim_needs():
     """`grids.claims` holds every 2D variant of the claims on the default study's datasets (all but the DSB2018
-    sensitivity study's) and `grids.volumes` every volumetric network of C10-C14 but nnU-Net (its own stage); the
-    study itself is the part of `grids.claims` the CPU budget covers, C1 and C2 first."""
+    sensitivity study's) and `grids.volumes` every volumetric network of C10-C15 but nnU-Net (its own stage): C10,
+    C13 and C14's on Hippocampus, C15's universal model and its independent model on both of its domains; the study
+    itself is the part of `grids.claims` the CPU budget covers, C1 and C2 first."""
     needed = {
         name
         for claim in CLAIMS
@@ -102,12 +104,15 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
     claims, volumes = PARAMS["grids"]["claims"], PARAMS["grids"]["volumes"]["volumes"]
     universal = PARAMS["grids"]["volumes"]["universal"]
     grids = set(claims["models"]) | set(claims["ablations"]["models"]) | set(volumes["models"])
-    assert grids | set(universal["models"]) >= needed
-    assert volumes["datasets"] == universal["domains"] == ["msd-task04-hippocampus", "la2018-atrium-lgemri"]
+    assert grids | set(universal["models"]) | set(universal["independent"]) >= needed
+    assert volumes["datasets"] == ["msd-task04-hippocampus"]
+    assert universal["domains"] == ["msd-task04-hippocampus", "la2018-atrium-lgemri"]
+    assert universal["models"] == ["u2net3d_universal"] and universal["independent"] == ["u2net3d"]
     study = PARAMS["study"]
     assert study["datasets"] == claims["datasets"] and study["seeds"] == claims["seeds"] == [0, 1, 2, 3, 4]
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]
     assert study["volumes"]["datasets"] == volumes["datasets"] and study["ablations"] == claims["ablations"]
+    assert study["universal"]["domains"] == universal["domains"]
 
 
 def test_a_dataset_may_set_its_own_batch_size_per_scale():

@@ -175,7 +175,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
         "extra": {"datasets": ["ph2-dermoscopi", "msd-task04-hippocampus"], "models": ["unet"]},
         "ablations": {"datasets": [], "models": []},
-        "universal": {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": []},
+        "universal": {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": [], "independent": []},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -319,24 +319,26 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
     )
 
 
-def test_a_universal_model_trains_once_per_seed_and_writes_a_run_of_each_domain(tmp_path, monkeypatch):
-    """3D U²-Net's universal model is one stage per (variant, seed), after the volumes within each seed: one
-    training of both domains, recorded under each domain beside its independent model's runs, with the train
-    stage's code deps (one training code)."""
+def test_a_universal_model_trains_once_per_seed_after_its_independent_models_on_each_domain(tmp_path, monkeypatch):
+    """3D U²-Net's universal model is one stage per (variant, seed), last within each seed: one training of both
+    domains, recorded under each domain beside its independent models' runs. Those are a block of their own
+    (train_independent: each variant alone on each domain, after the volumetric rows), so that the volumetric rows
+    may leave a domain out. Both stages have the train stage's code deps (one training code)."""
     domains = ("msd-task04-hippocampus", "la2018-atrium-lgemri")
     grid = Grid(
         "smoke",
         ("ph2-dermoscopy",),
         ("unet",),
         (0, 1),
-        volume_datasets=domains,
-        volume_models=("u2net3d",),
+        volume_datasets=domains[:1],
+        volume_models=("unet3d",),
         universal_domains=domains,
         universal_models=("u2net3d_universal",),
+        independent_models=("u2net3d",),
     )
     study = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [0, 1]}
-    study["volumes"] = {"datasets": list(domains), "models": ["u2net3d"]}
-    study["universal"] = {"domains": list(domains), "models": ["u2net3d_universal"]}
+    study["volumes"] = {"datasets": list(domains[:1]), "models": ["unet3d"]}
+    study["universal"] = {"domains": list(domains), "models": ["u2net3d_universal"], "independent": ["u2net3d"]}
     copy = copy_repository(tmp_path / "copy", study)
     monkeypatch.chdir(copy)
     stages = stale_train_stages(copy, grid)
@@ -345,12 +347,19 @@ def test_a_universal_model_trains_once_per_seed_and_writes_a_run_of_each_domain(
         for seed in (0, 1)
         for name in (
             f"train@ph2-dermoscopy-unet-{seed}",
-            f"train_volumes@msd-task04-hippocampus-u2net3d-{seed}",
-            f"train_volumes@la2018-atrium-lgemri-u2net3d-{seed}",
+            f"train_volumes@msd-task04-hippocampus-unet3d-{seed}",
+            f"train_independent@msd-task04-hippocampus-u2net3d-{seed}",
+            f"train_independent@la2018-atrium-lgemri-u2net3d-{seed}",
             f"train_universal@u2net3d_universal-{seed}",
         )
     ]
-    image, universal = stages[0], stages[3]
+    image, volume, independent, atrium, universal = stages[:5]
+    # The independent models' stage is `train` over the domains: the same command and outputs' layout.
+    assert independent.cmd == volume.cmd.replace("unet3d", "u2net3d")
+    assert atrium.cmd == independent.cmd.replace("msd-task04-hippocampus", "la2018-atrium-lgemri")
+    assert {out.def_path for out in atrium.outs} == {
+        f"results/smoke/{kind}/la2018-atrium-lgemri/u2net3d/seed0" for kind in ("runs", "notebooks")
+    }
     assert {out.def_path for out in universal.outs} == {
         *(f"results/smoke/runs/{domain}/u2net3d_universal/seed0" for domain in domains),
         "results/smoke/notebooks/msd-task04-hippocampus+la2018-atrium-lgemri/u2net3d_universal/seed0",
@@ -359,11 +368,12 @@ def test_a_universal_model_trains_once_per_seed_and_writes_a_run_of_each_domain(
     def code(stage):
         return {dep.def_path for dep in stage.deps if not dep.def_path.startswith(("data/", "params.yaml"))}
 
-    assert code(universal) == code(image)
+    assert code(independent) == code(atrium) == code(universal) == code(image)
     assert "-p datasets msd-task04-hippocampus+la2018-atrium-lgemri" in universal.cmd
     assert grid.describe() == (
-        "1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: 2 dataset(s) x 1 variant(s) x 2 seed(s) + universal: "
-        "2 domains together x 1 variant(s) x 2 seed(s) = 8 runs at scale smoke"
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: 1 dataset(s) x 1 variant(s) x 2 seed(s) + independent: "
+        "2 dataset(s) x 1 variant(s) x 2 seed(s) + universal: 2 domains together x 1 variant(s) x 2 seed(s) = 10 runs "
+        "at scale smoke"
     )
 
 
@@ -375,6 +385,7 @@ def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
     params["study"]["universal"] = {
         "domains": ["msd-task04-hippocampus", "kvasir-seg", "la2018-atrium-lgemri"],
         "models": ["unet3d", "u2net3d"],
+        "independent": [],
     }
     with pytest.raises(ParamsError) as raised:
         check_grid(params)
@@ -383,12 +394,65 @@ def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
         "study.universal.domains must name 2 datasets",
         "study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes",
         "models.unet3d (unet3d {'width_mult': 0.25}): unknown option(s) ['domains']",
-        "study.universal.models: 'u2net3d' is also in study.volumes.models",
+        "study.universal.models: 'u2net3d' is also in study.volumes.models, whose runs of msd-task04-hippocampus "
+        "would share its folders",
     ):
         assert expected in message, (expected, message)
-    params["study"]["universal"] = {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": []}
+    params["study"]["universal"] = {
+        "domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"],
+        "models": [],
+        "independent": [],
+    }
     params["study"]["volumes"]["models"] = []
     assert check_grid(params).universal_domains == ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+
+
+def test_the_independent_models_are_checked_with_the_rest_of_the_grid():
+    """The universal block's independent models (study.universal.independent) are 3D networks that build for its
+    domains, and no run of theirs is a run of the volumetric rows or of a universal model (two stages, one folder).
+    A problem of the domains both lists share is listed once."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["volumes"] = {"datasets": ["msd-task04-hippocampus"], "models": ["unet3d"]}
+    params["study"]["universal"] = {
+        "domains": ["msd-task04-hippocampus", "kvasir-seg"],
+        "models": ["u2net3d_universal"],
+        "independent": ["unet", "u2net3dd", "unet3d", "u2net3d_universal", "u2net3d"],
+    }
+    with pytest.raises(ParamsError) as raised:
+        check_grid(params)
+    message = str(raised.value)
+    for expected in (
+        "study.universal.independent: 'unet' (unet) is a 2D network, not for volumes; list it in study.models",
+        "study.universal.independent: unknown model variant 'u2net3dd'; did you mean 'u2net3d'?",
+        "study.universal.independent: 'unet3d' on 'msd-task04-hippocampus' is already a run of study.volumes; "
+        "list it once",
+        "study.universal.independent: 'u2net3d_universal' is also in study.universal.models, whose runs of "
+        "msd-task04-hippocampus, kvasir-seg would share its folders; give the universal model its own variant name",
+    ):
+        assert expected in message, (expected, message)
+    assert message.count("study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes") == 1, message
+    assert "'unet3d' on 'kvasir-seg'" not in message and "'u2net3d' on" not in message, message
+    assert "study.universal.independent: 'u2net3d'" not in message, message
+
+    del params["study"]["universal"]["independent"]
+    with pytest.raises(ParamsError, match=r"study.universal.independent must be a list; got None"):
+        check_grid(params)
+    params["study"]["universal"] = ["u2net3d_universal"]
+    with pytest.raises(ParamsError, match=r"study.universal must be a mapping with domains, models and independent"):
+        check_grid(params)
+
+    # grids.volumes: the volumetric rows on Hippocampus, the universal model and its independent one on both domains.
+    params["study"] |= params["grids"]["volumes"]
+    grid = check_grid(params)
+    assert grid.independent_models == ("u2net3d",) and grid.volume_datasets == ("msd-task04-hippocampus",)
+    assert [(stage, dataset, model) for stage, dataset, model, seed in grid.runs() if seed == 0][-7:] == [
+        ("train_volumes", "msd-task04-hippocampus", model)
+        for model in ("unet3d", "unet2d_slices", "segresnet", "segresnet_vae")
+    ] + [
+        ("train_independent", "msd-task04-hippocampus", "u2net3d"),
+        ("train_independent", "la2018-atrium-lgemri", "u2net3d"),
+        ("train_universal", "msd-task04-hippocampus+la2018-atrium-lgemri", "u2net3d_universal"),
+    ]
 
 
 def test_eta_weighs_each_run_left_by_the_time_of_its_own_cell():

@@ -33,14 +33,15 @@ def test_every_training_stage_gets_the_reference_code_and_keeps_its_own_data_par
             entry("prepare@a", ["raw/a"], {"repro/data/prepare.py": "p"}),
             entry("train@a-unet-0", ["data/processed/cpu/a"], new),
             entry("train@b-unet-0", ["data/processed/cpu/b"], old),
+            entry("train_independent@b-u-0", ["data/processed/cpu/b"], old),
             entry("train_universal@u-0", ["data/processed/cpu/a", "data/processed/cpu/b"], old),
             entry("aggregate", ["results/cpu/runs"], {"repro/analysis/stats.py": "s"}),
         ]
     )
     text, count = relock.relock(lock, "train@a-unet-0")
-    assert count == 3
+    assert count == 4
     stages = yaml.safe_load(text)["stages"]
-    for name in ("train@a-unet-0", "train@b-unet-0", "train_universal@u-0"):
+    for name in ("train@a-unet-0", "train@b-unet-0", "train_independent@b-u-0", "train_universal@u-0"):
         code = {d["path"]: d["md5"] for d in stages[name]["deps"] if not d["path"].startswith("data/")}
         assert code == new, name
         assert stages[name]["outs"] == [{"path": f"out/{name}", "md5": "o"}]
@@ -60,3 +61,10 @@ def test_the_committed_lock_is_a_fixed_point():
     lock = (ROOT / "dvc.lock").read_text()
     text, count = relock.relock(lock, "train@ph2-dermoscopy-unet-0")
     assert count > 0 and text == lock
+
+
+def test_the_script_knows_every_training_stage_of_the_grid():
+    """The script imports nothing of the package; its list of training stages is the runner's, stage for stage."""
+    from repro.runner.grid import TRAIN_STAGES
+
+    assert _script().TRAINING_STAGES == TRAIN_STAGES

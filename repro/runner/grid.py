@@ -1,6 +1,6 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
-Four blocks share the seeds, each a DVC stage over its own datasets x variants:
+Six blocks share the seeds, each a DVC stage over its own datasets x variants:
 
 - the image study, ``study.datasets`` x ``study.models`` (stage ``train``);
 - its extra rows, ``study.extra.datasets`` x ``study.extra.models`` (stage ``train_extra``): variants the study
@@ -9,9 +9,14 @@ Four blocks share the seeds, each a DVC stage over its own datasets x variants:
   ablation run on the kind of data the paper ran it on (TinyU-Net's N on CT);
 - the volumetric rows, ``study.volumes.datasets`` x ``study.volumes.models`` (stage ``train_volumes``), since a 2D
   network cannot train on a volume nor a 3D one on an image;
+- the universal models' independent models, ``study.universal.domains`` x ``study.universal.independent`` (stage
+  ``train_independent``): 3D networks trained alone on each domain, which the universal models are compared with.
+  A block of its own, so that they may run on a domain the volumetric rows leave out;
 - the universal models, ``study.universal.models`` (stage ``train_universal``): one network per variant and seed,
   trained on the two datasets of ``study.universal.domains`` together. Such a run's "dataset" is the domains joined
   by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain.
+
+Two blocks may not train one variant on one dataset: both stages would write its run folder.
 
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
 after other runs have used the machine. :func:`check_grid` finds every such problem at once, so one message lists
@@ -33,7 +38,7 @@ from repro.data.registry import get_dataset, list_datasets
 from repro.runner.cluster import ParamsError
 
 # dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
-TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_universal")
+TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_independent", "train_universal")
 UNIVERSAL_STAGE = "train_universal"
 # dvc.yaml's train_universal stage names its two domains (study.universal.domains[0] and [1]).
 UNIVERSAL_DOMAINS = 2
@@ -57,6 +62,7 @@ class Grid:
     ablation_models: tuple[str, ...] = ()
     universal_domains: tuple[str, ...] = ()
     universal_models: tuple[str, ...] = ()
+    independent_models: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -68,16 +74,30 @@ class Grid:
         universal = (DOMAIN_SEPARATOR.join(self.universal_domains),) if self.universal_domains else ()
         blocks = zip(
             TRAIN_STAGES,
-            (self.datasets, self.extra_datasets, self.ablation_datasets, self.volume_datasets, universal),
-            (self.models, self.extra_models, self.ablation_models, self.volume_models, self.universal_models),
+            (
+                self.datasets,
+                self.extra_datasets,
+                self.ablation_datasets,
+                self.volume_datasets,
+                self.universal_domains,
+                universal,
+            ),
+            (
+                self.models,
+                self.extra_models,
+                self.ablation_models,
+                self.volume_models,
+                self.independent_models,
+                self.universal_models,
+            ),
             strict=True,
         )
         return [block for block in blocks if block[1] and block[2]]
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed; within a
-        seed the image study, its extra rows, its ablations, then the volumes, each variant in the order its list
-        gives, then each dataset."""
+        seed the image study, its extra rows, its ablations, the volumes, the independent models, then the universal
+        models, each variant in the order its list gives, then each dataset."""
         return [
             (stage, dataset, model, seed)
             for seed in self.seeds
@@ -241,8 +261,10 @@ def check_grid(params: dict[str, Any]) -> Grid:
     """The grid of ``params`` (as returned by :func:`repro.config.load_params`), or
     :class:`~repro.runner.cluster.ParamsError` listing every problem: unknown scale or invalid preset, datasets that
     are not registered or not prepared, a volume dataset among the images or the reverse, unknown model variants,
-    variants whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), and
-    invalid seeds."""
+    variants whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), a
+    variant two blocks would train on one dataset (two stages writing one run folder), and invalid seeds. Each problem
+    is listed once, also where two blocks share it (the domains of the universal models and of their independent
+    models)."""
     problems: list[str] = []
     try:
         preset = scale_preset(params.get("scale"), params)
@@ -293,17 +315,34 @@ def check_grid(params: dict[str, Any]) -> Grid:
     ]
     if volume_models:
         problems += _block_problems("study.volumes", volume_datasets, volume_models, 3, params, width)
-    universal_domains, universal_models = _universal_block(study, problems)
+    universal_domains, universal_models, independent_models = _universal_block(study, problems)
+    shared = [domain for domain in universal_domains if domain in volume_datasets]
+    if independent_models:
+        problems += _block_problems(
+            "study.universal", universal_domains, independent_models, 3, params, width, models_key="independent"
+        )
+        # An independent model's run is a run of `train`'s command, as a volumetric row's is: one folder for both.
+        problems += [
+            f"study.universal.independent: '{model}' on '{dataset}' is already a run of study.volumes; list it once"
+            for model in independent_models
+            if model in volume_models
+            for dataset in shared
+        ]
+        problems += [
+            f"study.universal.independent: '{model}' is also in study.universal.models, whose runs of "
+            f"{', '.join(universal_domains)} would share its folders; give the universal model its own variant name"
+            for model in independent_models
+            if model in universal_models
+        ]
     if universal_models:
         problems += _block_problems(
             "study.universal", universal_domains, universal_models, 3, params, width | {"domains": UNIVERSAL_DOMAINS}
         )
         problems += [
-            f"study.universal.models: '{model}' is also in study.volumes.models, whose runs of "
-            f"{', '.join(set(universal_domains) & set(volume_datasets))} would share its folders; give the universal "
-            "model its own variant name"
+            f"study.universal.models: '{model}' is also in study.volumes.models, whose runs of {', '.join(shared)} "
+            "would share its folders; give the universal model its own variant name"
             for model in universal_models
-            if model in volume_models and set(universal_domains) & set(volume_datasets)
+            if model in volume_models and shared
         ]
 
     for seed in seeds:
@@ -311,7 +350,7 @@ def check_grid(params: dict[str, Any]) -> Grid:
             problems.append(f"study.seeds: {seed!r} is not a whole number from 0 to 2**32 - 1")
 
     if problems:
-        raise ParamsError(problems, "params.yaml")
+        raise ParamsError(list(dict.fromkeys(problems)), "params.yaml")
     return Grid(
         preset.name,
         tuple(datasets),
@@ -325,25 +364,29 @@ def check_grid(params: dict[str, Any]) -> Grid:
         tuple(ablation_models),
         tuple(universal_domains),
         tuple(universal_models),
+        tuple(independent_models),
     )
 
 
-def _universal_block(study: dict, problems: list[str]) -> tuple[list, list]:
-    """The domains and models of ``study.universal`` (dvc.yaml's train_universal stage reads both domains)."""
+def _universal_block(study: dict, problems: list[str]) -> tuple[list, list, list]:
+    """The domains, models and independent models of ``study.universal`` (dvc.yaml's train_universal stage reads both
+    domains and the models, its train_independent stage the domains and the independent models)."""
     block = study.get("universal")
     if not isinstance(block, dict):
         problems.append(
-            "study.universal must be a mapping with domains and models, which dvc.yaml's train_universal stage reads "
-            f"(models: [] for no universal model); got {block!r}"
+            "study.universal must be a mapping with domains, models and independent, which dvc.yaml's "
+            "train_universal and train_independent stages read (models: [] for no universal model, independent: [] "
+            f"for no independent one); got {block!r}"
         )
-        return [], []
+        return [], [], []
     domains = _names(block, "domains", problems, where="study.universal")
     if domains and len(domains) != UNIVERSAL_DOMAINS:
         problems.append(
             f"study.universal.domains must name {UNIVERSAL_DOMAINS} datasets (dvc.yaml's train_universal stage "
             f"trains one pair); got {domains}"
         )
-    return domains, _names(block, "models", problems, empty=True, where="study.universal")
+    models = _names(block, "models", problems, empty=True, where="study.universal")
+    return domains, models, _names(block, "independent", problems, empty=True, where="study.universal")
 
 
 def _sub_block(study: dict, key: str, what: str, problems: list[str]) -> tuple[list, list]:
@@ -360,9 +403,12 @@ def _sub_block(study: dict, key: str, what: str, problems: list[str]) -> tuple[l
     return datasets, _names(block, "models", problems, empty=True, where=f"study.{key}")
 
 
-def _block_problems(where: str, datasets: list, models: list, ndim: int, params: dict, width: dict) -> list[str]:
+def _block_problems(
+    where: str, datasets: list, models: list, ndim: int, params: dict, width: dict, models_key: str = "models"
+) -> list[str]:
     """Every problem of one block of the grid: its datasets (registered, prepared by a stage, of ``ndim`` spatial
-    dimensions) and its variants (defined, and built by ``create_model`` for each of its datasets' inputs)."""
+    dimensions) and its variants (defined, and built by ``create_model`` for each of its datasets' inputs), the
+    variants listed under ``<where>.<models_key>``."""
     from repro.models import model_spatial_dims  # torch, imported only when a grid is checked
 
     problems: list[str] = []
@@ -399,7 +445,7 @@ def _block_problems(where: str, datasets: list, models: list, ndim: int, params:
     for name in models:
         if name not in variants:
             problems.append(
-                f"{where}.models: unknown model variant '{name}'; {_suggest(name, variants)}"
+                f"{where}.{models_key}: unknown model variant '{name}'; {_suggest(name, variants)}"
                 f"params.yaml's models define: {', '.join(variants)}"
             )
             continue
@@ -415,7 +461,8 @@ def _block_problems(where: str, datasets: list, models: list, ndim: int, params:
         if dims != ndim:
             other = "study.volumes.models" if dims == 3 else "study.models"
             problems.append(
-                f"{where}.models: '{name}' ({variant.arch}) is a {dims}D network, not for {kind}; list it in {other}"
+                f"{where}.{models_key}: '{name}' ({variant.arch}) is a {dims}D network, not for {kind}; list it in "
+                f"{other}"
             )
             continue
         for in_channels, num_classes in sorted(shapes) or [(3 if ndim == 2 else 1, 1)]:

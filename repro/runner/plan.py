@@ -70,12 +70,12 @@ def dvc_repo(root: Path):
 
 
 def stale_train_stages(root: Path, grid: Grid, only: RunFilter | None = None) -> list:
-    """The `train@...`, `train_extra@...` and `train_volumes@...` stages `dvc repro` would run (DVC's own status), in
-    the grid's order (:meth:`repro.runner.grid.Grid.runs`): seed by seed, then each variant in the order
-    ``study.models``
-    (then ``study.extra.models``, ``study.volumes.models``) lists it, then each dataset. The study lists its variants
-    in the order their claims matter, so a study cut short has every variant at the same number of seeds, the first
-    ones at one more. With ``only``, the stale stages it selects."""
+    """The training stages (:data:`repro.runner.grid.TRAIN_STAGES`: `train@...`, `train_extra@...` and the others)
+    `dvc repro` would run (DVC's own status), in the grid's order (:meth:`repro.runner.grid.Grid.runs`): seed by seed,
+    then block by block, each variant in the order ``study.models`` (then ``study.extra.models`` and the other
+    blocks' lists) lists it, then each dataset. The study lists its variants in the order their claims matter, so a
+    study cut short has every variant at the same number of seeds, the first ones at one more. With ``only``, the
+    stale stages it selects."""
     return train_stages(root, grid, only)[0]
 
 

@@ -16,6 +16,7 @@ from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import REPO_ROOT
 from repro.provenance import training_code_version
 from repro.runner.grid import TRAIN_STAGES
+from repro.training import run
 from repro.training.device import normalise_device
 from repro.training.identity import (
     RunIdentity,
@@ -25,6 +26,7 @@ from repro.training.identity import (
     data_files,
     dataset_definition,
     git_commit,
+    prepare_stage,
 )
 from repro.training.run import RunConfig, identify
 
@@ -362,6 +364,36 @@ def test_custom_dataset_definition_and_dependencies(repo):
     git(repo, "checkout", "--", "params.yaml")
     (repo / "data" / "splits" / f"{CUSTOM}.json").write_text("{}\n")
     assert git_commit(repo, CUSTOM, "unet", 0, "smoke") == head + "+dirty"
+
+
+def test_a_dataset_is_prepared_by_its_own_kind_of_stage():
+    params = {"prepare": {"datasets": ["ph2-dermoscopy"], "custom_datasets": {CUSTOM: {"path": "x"}}}}
+    assert prepare_stage("ph2-dermoscopy", "cpu", params) == (
+        "prepare",
+        {"item": "ph2-dermoscopy", "key": "ph2-dermoscopy", "scale": "cpu"},
+    )
+    assert prepare_stage(CUSTOM, "smoke", params) == (
+        "prepare_custom",
+        {"item": CUSTOM, "key": CUSTOM, "scale": "smoke"},
+    )
+    assert prepare_stage(CUSTOM, "cpu", {"prepare": None})[0] == "prepare"
+
+
+def test_a_universal_run_depends_on_each_domains_own_prepare_stage(monkeypatch):
+    # A user's own volumes as one domain of a universal model: its commit check reads prepare_custom, as a
+    # one-domain run's git_commit does, not the built-in prepare stage (which has no such item).
+    configs = run.resolve_domains(
+        "msd-task04-hippocampus+la2018-atrium-lgemri", "u2net3d_universal", 0, "smoke", None, "out/{dataset}", 1
+    )
+    params = run.load_params()
+    params["prepare"]["custom_datasets"] = {"la2018-atrium-lgemri": {"path": "mine"}}
+    checked = []
+    monkeypatch.setattr(run, "load_params", lambda path=None: params)
+    monkeypatch.setattr(run, "data_files", lambda folder: {})
+    monkeypatch.setattr(run, "stages_commit", lambda root, stages: checked.extend(stages) or "head")
+    assert run.identify_universal(configs).git_commit == "head"
+    assert [stage for stage, _ in checked] == ["train_universal", "prepare", "prepare_custom"]
+    assert checked[2][1] == {"item": "la2018-atrium-lgemri", "key": "la2018-atrium-lgemri", "scale": "smoke"}
 
 
 def test_commit_outside_git_is_unknown(tmp_path):

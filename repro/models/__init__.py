@@ -40,6 +40,7 @@ __all__ = [
     "model_options",
     "model_spatial_dims",
     "output_channels",
+    "variant_options",
 ]
 
 
@@ -140,8 +141,14 @@ def create_variant(
         ValueError: as :func:`create_model`.
     """
     return create_model(
-        arch, in_channels=in_channels, num_classes=output_channels(num_classes), **{"width_mult": width_mult, **options}
+        arch, in_channels=in_channels, num_classes=output_channels(num_classes), **variant_options(options, width_mult)
     )
+
+
+def variant_options(options: Mapping[str, Any], width_mult: float) -> dict[str, Any]:
+    """The options a variant builds with: its own, and the scale's width factor unless it fixes its own (the rule
+    of :func:`create_variant`, which a run records as its options)."""
+    return {"width_mult": width_mult, **options}
 
 
 def output_channels(num_classes: int) -> int:

@@ -349,11 +349,16 @@ def git_commit(repo_root: Path | str, dataset: str, model: str, seed: int, scale
         params = yaml.safe_load((repo_root / PARAMS_FILE).read_text()) or {}
     except OSError:
         params = {}
-    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
     train_values = {"item": {"dataset": dataset, "model": model, "seed": seed}, "scale": scale}
-    prepare_values = {"item": dataset, "key": dataset, "scale": scale}
-    prepare = "prepare_custom" if dataset in custom else "prepare"
-    return stages_commit(repo_root, [(TRAIN_STAGE, train_values), (prepare, prepare_values)])
+    return stages_commit(repo_root, [(TRAIN_STAGE, train_values), prepare_stage(dataset, scale, params)])
+
+
+def prepare_stage(dataset: str, scale: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ``dvc.yaml`` stage that prepares ``dataset`` at ``scale`` and its values (:func:`stages_commit`):
+    ``prepare_custom`` for a dataset of ``prepare.custom_datasets`` in ``params``, ``prepare`` otherwise."""
+    custom = (params.get("prepare") or {}).get("custom_datasets") or {}
+    stage = "prepare_custom" if dataset in custom else "prepare"
+    return stage, {"item": dataset, "key": dataset, "scale": scale}
 
 
 def stages_commit(repo_root: Path | str, stages: list[tuple[str, Mapping[str, Any]]]) -> str:

@@ -191,9 +191,7 @@ def summarize(counts: Tensor, class_names: Sequence[str]) -> dict:
         "iou_pooled": pooled["iou"][1:].mean().item(),
         "per_class": {
             name: {"dice": dice, "iou": iou}
-            for name, dice, iou in zip(
-                class_names[1:], class_dice[1:].tolist(), class_iou[1:].tolist(), strict=True
-            )
+            for name, dice, iou in zip(class_names[1:], class_dice[1:].tolist(), class_iou[1:].tolist(), strict=True)
         },
     }
 

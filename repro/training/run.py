@@ -37,7 +37,7 @@ from repro.config import (
 from repro.data.loading import PreparedData, Split, load_prepared
 from repro.data.prepare import PROCESSED_DIR, prepare_dataset
 from repro.data.registry import REPO_ROOT, resolve_data_root
-from repro.models import create_variant, output_channels
+from repro.models import create_variant, output_channels, variant_options
 from repro.models.u2net3d import U2Net3D, compare_to_independent, parameter_split
 from repro.training.device import describe_device, normalise_device, resolve_device, seed_everything, set_threads
 from repro.training.identity import (
@@ -48,6 +48,7 @@ from repro.training.identity import (
     data_files,
     dataset_definition,
     git_commit,
+    prepare_stage,
     stages_commit,
 )
 from repro.training.inference import predict_logits
@@ -78,7 +79,7 @@ class RunConfig:
     @property
     def model_options(self) -> dict[str, Any]:
         """The variant's options with the scale's width factor (unless the variant fixes its own)."""
-        return {"width_mult": self.scale.width_mult, **self.variant.options}
+        return variant_options(self.variant.options, self.scale.width_mult)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -426,7 +427,7 @@ def identify_universal(configs: list[RunConfig], repo_root: Path | str = REPO_RO
     item = {"model": first.variant.name, "seed": first.seed}
     domains = {"universal": {"domains": [config.dataset for config in configs]}}
     stages = [(UNIVERSAL_STAGE, {"item": item, "scale": scale.name, "study": domains})]
-    stages += [("prepare", {"item": config.dataset, "key": config.dataset, "scale": scale.name}) for config in configs]
+    stages += [prepare_stage(config.dataset, scale.name, params) for config in configs]
     return RunIdentity(
         dataset=datasets,
         dataset_definition={c.dataset: dataset_definition(c.dataset, params) for c in configs},

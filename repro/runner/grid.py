@@ -14,7 +14,8 @@ Six blocks share the seeds, each a DVC stage over its own datasets x variants:
   A block of its own, so that they may run on a domain the volumetric rows leave out;
 - the universal models, ``study.universal.models`` (stage ``train_universal``): one network per variant and seed,
   trained on the two datasets of ``study.universal.domains`` together. Such a run's "dataset" is the domains joined
-  by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain.
+  by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain: no folder of runs/
+  bears the joined name, only its executed notebook's (:func:`record_paths`, :func:`notebook_path`).
 
 Two blocks may not train one variant on one dataset: both stages would write its run folder.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from repro.config import dataset_training, model_variant, scale_preset
@@ -124,6 +126,28 @@ class Grid:
         if stage == UNIVERSAL_STAGE:
             return f"{len(self.universal_domains)} domains together"
         return f"{len(datasets)} dataset(s)"
+
+
+def domains_of(dataset: str) -> tuple[str, ...]:
+    """The datasets a run of ``dataset`` trains on: a universal run's domains (its dataset is them joined by
+    :data:`DOMAIN_SEPARATOR`, which no dataset's name holds), else the dataset alone."""
+    return tuple(dataset.split(DOMAIN_SEPARATOR))
+
+
+def record_paths(results_dir: str | Path, dataset: str, model: str, seed: int) -> list[Path]:
+    """The records (metrics.json) a run writes below ``results_dir`` (``results/<scale>``, as a path to read):
+    ``runs/<dataset>/<model>/seed<k>/metrics.json``, and a universal run's one under each of its domains (its
+    joined name has no folder of runs). Each of a universal run's records holds the whole run's device and
+    timings."""
+    return [Path(results_dir, "runs", domain, model, f"seed{seed}", "metrics.json") for domain in domains_of(dataset)]
+
+
+def notebook_path(results_dir: str | Path, stage: str, dataset: str, model: str, seed: int) -> Path:
+    """The executed notebook of a run below ``results_dir`` (dvc.yaml's commands):
+    ``notebooks/<dataset>/<model>/seed<k>/train.ipynb``; a universal run's is ``train_universal.ipynb`` in the
+    folder of its joined domains."""
+    name = "train_universal.ipynb" if stage == UNIVERSAL_STAGE else "train.ipynb"
+    return Path(results_dir, "notebooks", dataset, model, f"seed{seed}", name)
 
 
 def run_name(stage: str, dataset: str, model: str, seed: int) -> str:

@@ -24,8 +24,8 @@ where the results go: dvc.yaml writes every output of the study below results/<s
 scale writes beside the committed one, never over it.
 
 Aiming it: ``--datasets``, ``--models``, ``--seeds`` (comma-separated) and ``--stages`` (globs over the stage names)
-train only the stale runs that match every filter given; the rest of the pipeline (aggregate, report) then waits
-for a call without filters, or
+train only the stale runs that match every filter given (``--datasets`` selects a universal model's run when it names
+either of its domains); the rest of the pipeline (aggregate, report) then waits for a call without filters, or
 ``--report-only``, which rebuilds the aggregate and the report from the runs that exist (``dvc repro --single-item
 aggregate report``: the stages themselves, none of the training stages they follow). ``--trained-on DEVICE`` selects
 the committed runs whose metrics.json ``device`` starts with DEVICE (``cuda``, ``cpu``; a universal run by its
@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, help="attempts after a run's first failure")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a cluster setting")
     aim = parser.add_argument_group("aiming the study")
-    aim.add_argument("--datasets", metavar="A,B", help="train only these datasets' runs")
+    aim.add_argument(
+        "--datasets",
+        metavar="A,B",
+        help="train only these datasets' runs; a universal model's run when any of its domains is named",
+    )
     aim.add_argument("--models", metavar="X,Y", help="train only these model variants' runs")
     aim.add_argument("--seeds", metavar="0,1", help="train only these seeds' runs")
     aim.add_argument(

@@ -122,6 +122,26 @@ def test_a_filter_naming_nothing_of_the_grid_is_a_problem_not_an_empty_study():
     ]
 
 
+def test_a_universal_run_is_selected_by_any_of_its_domains():
+    """A universal run's dataset is its domains joined by '+': --datasets naming either domain selects it, as the
+    joined name does; a domain only the universal runs train on is a dataset of the grid all the same."""
+    universal = [f"train_universal@u2net3d_universal-{seed}" for seed in (0, 1)]
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="la2018-atrium-lgemri")) == universal
+    assert RunFilter.parse(datasets="la2018-atrium-lgemri").problems(UNIVERSAL) == []
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="msd-task04-hippocampus", seeds="1")) == [
+        "train_volumes@msd-task04-hippocampus-unet3d-1",
+        "train_volumes@msd-task04-hippocampus-segresnet-1",
+        "train_universal@u2net3d_universal-1",
+    ]
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="msd-task04-hippocampus+la2018-atrium-lgemri")) == universal
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="ph2-dermoscopy", models="u2net3d_universal")) == []
+    typo = RunFilter.parse(datasets="la2018-atrium-lgemry").problems(UNIVERSAL)
+    assert typo[0].startswith(
+        "--datasets: 'la2018-atrium-lgemry' is not in the study grid of params.yaml; did you mean "
+        "'la2018-atrium-lgemri'?"
+    )
+
+
 def test_the_plan_line_says_what_the_filters_selected():
     only = RunFilter.parse(datasets="ph2-dermoscopy", seeds="0")
     assert plan(GRID, 1, 1, only) == (
@@ -688,6 +708,9 @@ def test_trained_on_selects_a_universal_run_by_its_domains_records(tmp_path):
     _committed(tmp_path, "msd-task04-hippocampus", "unet3d", 0, device="cpu")
     _universal_records(tmp_path, 0)
     assert selected_runs(tmp_path, UNIVERSAL, trained_on="cuda") == ["train_universal@u2net3d_universal-0"]
+    assert selected_runs(tmp_path, UNIVERSAL, RunFilter.parse(datasets="la2018-atrium-lgemri"), "cuda") == [
+        "train_universal@u2net3d_universal-0"
+    ]
     assert selected_runs(tmp_path, UNIVERSAL, trained_on="cpu") == ["train_volumes@msd-task04-hippocampus-unet3d-0"]
     assert trained_on_problems(tmp_path, UNIVERSAL, None, "tpu") == [
         "--trained-on tpu: no committed run was trained on a device starting with 'tpu'; their metrics.json record: "

@@ -24,7 +24,8 @@ after other runs have used the machine. :func:`check_grid` finds every such prob
 them all.
 
 A :class:`RunFilter` aims a call of the runner at part of the grid (``--datasets``, ``--models``, ``--seeds``,
-``--stages``): a run is selected when it matches every filter given.
+``--stages``): a run is selected when it matches every filter given; ``--datasets`` selects a universal run when it
+names any of its domains.
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
 class RunFilter:
     """Which runs of the grid one call trains: those matching every filter given (an empty filter matches all).
 
-    ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``, ``train_extra@*``,
-    ``*-unetpp-*``); a run is selected when any of them matches its name.
+    ``datasets`` select a universal run (whose dataset is its domains joined by ``+``) when they name any of its
+    domains, or the joined name. ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``,
+    ``train_extra@*``, ``*-unetpp-*``); a run is selected when any of them matches its name.
     """
 
     datasets: tuple[str, ...] = ()
@@ -204,7 +206,7 @@ class RunFilter:
 
     def matches(self, stage: str, dataset: str, model: str, seed: int) -> bool:
         return (
-            (not self.datasets or dataset in self.datasets)
+            (not self.datasets or any(name in self.datasets for name in (dataset, *domains_of(dataset))))
             and (not self.models or model in self.models)
             and (not self.seeds or seed in self.seeds)
             and (
@@ -223,7 +225,11 @@ class RunFilter:
         runs = grid.runs()
         problems = []
         for flag, values, known in (
-            ("--datasets", self.datasets, {dataset for _, dataset, _, _ in runs}),
+            (
+                "--datasets",
+                self.datasets,
+                {name for _, dataset, _, _ in runs for name in (dataset, *domains_of(dataset))},
+            ),
             ("--models", self.models, {model for _, _, model, _ in runs}),
             ("--seeds", self.seeds, {seed for *_, seed in runs}),
         ):

@@ -24,20 +24,21 @@ where the results go: dvc.yaml writes every output of the study below results/<s
 scale writes beside the committed one, never over it.
 
 Aiming it: ``--datasets``, ``--models``, ``--seeds`` (comma-separated) and ``--stages`` (globs over the stage names)
-train only the stale runs that match every filter given; the rest of the pipeline (aggregate, report) then waits
-for a call without filters, or ``--report-only``, which rebuilds the aggregate and the report from the runs that
-exist (``dvc repro --single-item aggregate report``: the stages themselves, none of the training stages they
-follow). ``--trained-on DEVICE`` selects the committed runs whose metrics.json ``device`` starts with DEVICE
-(``cuda``, ``cpu``). ``--retrain`` (refused without a filter) also trains the selected runs that are up to date:
-each moves its checkpoint aside (``last.pt.replaced``) just before it starts, so it trains from its first epoch
-whatever device or software stack wrote that checkpoint; its committed outputs stay until the new run overwrites
-them, and it is recorded in dvc.lock as any finished run. ``--dry-run`` lists the runs a call would train, new ones
-apart from those replacing a committed run, with a time estimate, and stops. A call that would train more than ten
-runs or for more than two hours asks first (on a terminal; elsewhere it refuses unless given ``--yes``). The
+train only the stale runs that match every filter given (``--datasets`` selects a universal model's run when it names
+either of its domains); the rest of the pipeline (aggregate, report) then waits for a call without filters, or
+``--report-only``, which rebuilds the aggregate and the report from the runs that exist (``dvc repro --single-item
+aggregate report``: the stages themselves, none of the training stages they follow). ``--trained-on DEVICE`` selects
+the committed runs whose metrics.json ``device`` starts with DEVICE (``cuda``, ``cpu``; a universal run by its
+records, one under each domain). ``--retrain`` (refused without a filter) also trains the selected runs that are up
+to date: each moves its checkpoint aside (``last.pt.replaced``) just before it starts, so it trains from its first
+epoch whatever device or software stack wrote that checkpoint; its committed outputs stay until the new run
+overwrites them, and it is recorded in dvc.lock as any finished run. ``--dry-run`` lists the runs a call would train,
+new ones apart from those replacing a committed run, with a time estimate, and stops. A call that would train more
+than ten runs or for more than two hours asks first (on a terminal; elsewhere it refuses unless given ``--yes``). The
 estimate is each run's dataset x variant's median ``train_seconds`` (+ ``eval_seconds``) over the committed runs of
-the scale (less those ``--trained-on`` selects: another device's times), else its dataset's median, spread over the
-cluster's slots; benchmarks/grid_cost.py's step model would time every variant first (minutes), too long for a
-question asked before a start.
+the scale (less those ``--trained-on`` selects: another device's times; a universal run's records count once, as
+its run's), else its dataset's median, spread over the cluster's slots; benchmarks/grid_cost.py's step model would
+time every variant first (minutes), too long for a question asked before a start.
 
 The runs' logs (checkpoints/logs/<stage>.log) and DVC's (prepare.log, repro.log, report.log) keep the runs'
 settings, epoch lines and errors, not papermill's cell markers, the kernel's transport warning or DVC's progress
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, help="attempts after a run's first failure")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a cluster setting")
     aim = parser.add_argument_group("aiming the study")
-    aim.add_argument("--datasets", metavar="A,B", help="train only these datasets' runs")
+    aim.add_argument(
+        "--datasets",
+        metavar="A,B",
+        help="train only these datasets' runs; a universal model's run when any of its domains is named",
+    )
     aim.add_argument("--models", metavar="X,Y", help="train only these model variants' runs")
     aim.add_argument("--seeds", metavar="0,1", help="train only these seeds' runs")
     aim.add_argument(

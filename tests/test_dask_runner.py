@@ -500,6 +500,24 @@ def test_eta_of_a_resumed_study_starts_from_its_recorded_runs(tmp_path):
     assert times.by_cell == {("ph2-dermoscopy", "unet"): [123.5]}
 
 
+def test_eta_of_a_resumed_study_counts_a_universal_run_once_from_its_notebook(tmp_path):
+    """A universal run's records lie under each of its domains and its executed notebook (train_universal.ipynb) in
+    the domains' joint folder; it is timed once, as one run of its cell, when it has both records."""
+    domains = ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0, 1), universal_domains=domains, universal_models=("u2",))
+    joined = "+".join(domains)
+    for seed, records in ((0, domains), (1, domains[:1])):  # seed 1 has only its first record: not finished
+        for domain in records:
+            path = tmp_path / f"results/smoke/runs/{domain}/u2/seed{seed}/metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"domains": list(domains), "dataset": domain}))
+        notebook = tmp_path / f"results/smoke/notebooks/{joined}/u2/seed{seed}/train_universal.ipynb"
+        notebook.parent.mkdir(parents=True)
+        notebook.write_text(json.dumps({"metadata": {"papermill": {"duration": 321.0}}, "cells": []}))
+    times = RunTimes.of_recorded_runs(tmp_path, grid, stale=set())
+    assert times.by_cell == {(joined, "u2"): [321.0]}
+
+
 def _started_at(seconds: float) -> float:
     """A stand-in run: when it started, after which it takes ``seconds``."""
     start = time.time()

@@ -39,6 +39,8 @@ from repro.runner.plan import (
     missing_splits,
     move_checkpoint_aside,
     plan,
+    selected_runs,
+    trained_on_problems,
     variant_flops,
 )
 from repro.runner.stage_task import copy_output, failure_cause, is_noise
@@ -54,8 +56,25 @@ GRID = Grid(
 )
 
 
+# 3D U²-Net's universal model: one run per seed on both domains, recorded under each; the independent models on
+# Hippocampus only here, so that the left atrium is a domain of the universal runs alone.
+DOMAINS = ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+UNIVERSAL = Grid(
+    "smoke",
+    ("ph2-dermoscopy",),
+    ("unet",),
+    (0, 1),
+    volume_datasets=DOMAINS[:1],
+    volume_models=("unet3d", "segresnet"),
+    universal_domains=DOMAINS,
+    universal_models=("u2net3d_universal",),
+)
+
+
 def _names(grid: Grid, only: RunFilter) -> list[str]:
-    return [f"{stage}@{dataset}-{model}-{seed}" for stage, dataset, model, seed in only.select(grid)]
+    from repro.runner.grid import run_name
+
+    return [run_name(*run) for run in only.select(grid)]
 
 
 # --- filters -----------------------------------------------------------------------------------------------------
@@ -103,6 +122,26 @@ def test_a_filter_naming_nothing_of_the_grid_is_a_problem_not_an_empty_study():
     ]
 
 
+def test_a_universal_run_is_selected_by_any_of_its_domains():
+    """A universal run's dataset is its domains joined by '+': --datasets naming either domain selects it, as the
+    joined name does; a domain only the universal runs train on is a dataset of the grid all the same."""
+    universal = [f"train_universal@u2net3d_universal-{seed}" for seed in (0, 1)]
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="la2018-atrium-lgemri")) == universal
+    assert RunFilter.parse(datasets="la2018-atrium-lgemri").problems(UNIVERSAL) == []
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="msd-task04-hippocampus", seeds="1")) == [
+        "train_volumes@msd-task04-hippocampus-unet3d-1",
+        "train_volumes@msd-task04-hippocampus-segresnet-1",
+        "train_universal@u2net3d_universal-1",
+    ]
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="msd-task04-hippocampus+la2018-atrium-lgemri")) == universal
+    assert _names(UNIVERSAL, RunFilter.parse(datasets="ph2-dermoscopy", models="u2net3d_universal")) == []
+    typo = RunFilter.parse(datasets="la2018-atrium-lgemry").problems(UNIVERSAL)
+    assert typo[0].startswith(
+        "--datasets: 'la2018-atrium-lgemry' is not in the study grid of params.yaml; did you mean "
+        "'la2018-atrium-lgemri'?"
+    )
+
+
 def test_the_plan_line_says_what_the_filters_selected():
     only = RunFilter.parse(datasets="ph2-dermoscopy", seeds="0")
     assert plan(GRID, 1, 1, only) == (
@@ -125,7 +164,7 @@ def test_the_plan_line_says_what_the_filters_selected():
 # --- the estimate, the dry run's listing, the question -----------------------------------------------------------
 
 
-def _committed(root: Path, dataset: str, model: str, seed: int, **metrics) -> None:
+def _committed(root: Path, dataset: str, model: str, seed: int, /, **metrics) -> None:
     run = root / "results/smoke/runs" / dataset / model / f"seed{seed}"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -154,6 +193,50 @@ def test_estimate_is_the_cells_median_else_the_datasets(tmp_path):
         "eval_seconds: the median of each run's own dataset x variant, for 2 run(s) without one the median of their "
         "dataset; 1 run(s) of datasets without any committed run have no estimate"
     )
+
+
+def _universal_records(root: Path, seed: int, devices=("cuda:0", "cuda:0"), **metrics) -> list[Path]:
+    """A universal run's records, one under each domain, as train_universal.ipynb writes them: the run's timings
+    in each."""
+    paths = []
+    for domain, (dataset, device) in enumerate(zip(DOMAINS, devices, strict=True)):
+        _committed(
+            root,
+            dataset,
+            "u2net3d_universal",
+            seed,
+            dataset=dataset,
+            domains=list(DOMAINS),
+            domain=domain,
+            device=device,
+            **metrics,
+        )
+        paths.append(root / "results/smoke/runs" / dataset / "u2net3d_universal" / f"seed{seed}" / "metrics.json")
+    return paths
+
+
+def test_a_universal_run_is_timed_once_by_its_records_and_not_as_its_domains_runs(tmp_path):
+    _universal_records(tmp_path, 0, train_seconds=500.0, eval_seconds=100.0)
+    _committed(tmp_path, "msd-task04-hippocampus", "unet3d", 0, train_seconds=50.0)
+    names = [
+        "train_universal@u2net3d_universal-1",
+        "train_volumes@msd-task04-hippocampus-unet3d-1",
+        "train_volumes@msd-task04-hippocampus-segresnet-1",
+        "train@ph2-dermoscopy-unet-1",
+    ]
+    estimate = Estimate.of_runs(tmp_path, UNIVERSAL, names)
+    # The universal run's time is its own (each record holds it), and no time of one domain's runs: it trained
+    # both domains, so Hippocampus's median (for SegResNet, without a run of its own) is U-Net 3D's alone.
+    assert estimate.seconds == {
+        "train_universal@u2net3d_universal-1": 600.0,
+        "train_volumes@msd-task04-hippocampus-unet3d-1": 50.0,
+        "train_volumes@msd-task04-hippocampus-segresnet-1": 50.0,
+    }
+    assert estimate.from_dataset == {"train_volumes@msd-task04-hippocampus-segresnet-1"}
+    assert estimate.unknown == ["train@ph2-dermoscopy-unet-1"]
+    # --trained-on leaves out the times of the runs it selects: one run, although two records.
+    left = Estimate.of_runs(tmp_path, UNIVERSAL, names, leave_out={"train_universal@u2net3d_universal-0"})
+    assert left.left_out == 1 and "train_universal@u2net3d_universal-1" in left.unknown
 
 
 def test_a_cell_without_runs_is_scaled_by_its_flops_and_a_resumed_run_counts_by_its_history(tmp_path):
@@ -617,6 +700,33 @@ def test_trained_on_with_retrain_lists_exactly_the_gpu_runs_as_replacing(retrain
         f"record: cpu (1); {GPU} (1)"
     )
     assert (copy / "dvc.lock").read_text() == lock
+
+
+def test_trained_on_selects_a_universal_run_by_its_domains_records(tmp_path):
+    """A universal run has no record of its own: it was trained on a device when its records (one per domain, from
+    the one run) say so; records of one run that disagree are an error naming both."""
+    _committed(tmp_path, "msd-task04-hippocampus", "unet3d", 0, device="cpu")
+    _universal_records(tmp_path, 0)
+    assert selected_runs(tmp_path, UNIVERSAL, trained_on="cuda") == ["train_universal@u2net3d_universal-0"]
+    assert selected_runs(tmp_path, UNIVERSAL, RunFilter.parse(datasets="la2018-atrium-lgemri"), "cuda") == [
+        "train_universal@u2net3d_universal-0"
+    ]
+    assert selected_runs(tmp_path, UNIVERSAL, trained_on="cpu") == ["train_volumes@msd-task04-hippocampus-unet3d-0"]
+    assert trained_on_problems(tmp_path, UNIVERSAL, None, "tpu") == [
+        "--trained-on tpu: no committed run was trained on a device starting with 'tpu'; their metrics.json record: "
+        "cpu (1); cuda:0 (1)"
+    ]
+    first, second = _universal_records(tmp_path, 1, devices=("cuda:0", "cpu"))
+    # Only the runs the other filters select are read.
+    assert selected_runs(tmp_path, UNIVERSAL, RunFilter.parse(seeds="0"), "cuda") == [
+        "train_universal@u2net3d_universal-0"
+    ]
+    with pytest.raises(StudyError) as caught:
+        selected_runs(tmp_path, UNIVERSAL, trained_on="cuda")
+    message = str(caught.value)
+    assert "train_universal@u2net3d_universal-1" in message
+    assert f"{first.relative_to(tmp_path)} records device 'cuda:0'" in message
+    assert f"{second.relative_to(tmp_path)} records 'cpu'" in message
 
 
 def test_retrain_trains_the_gpu_run_afresh_and_records_it(retrain_copy):

@@ -14,7 +14,8 @@ Six blocks share the seeds, each a DVC stage over its own datasets x variants:
   A block of its own, so that they may run on a domain the volumetric rows leave out;
 - the universal models, ``study.universal.models`` (stage ``train_universal``): one network per variant and seed,
   trained on the two datasets of ``study.universal.domains`` together. Such a run's "dataset" is the domains joined
-  by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain.
+  by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain: no folder of runs/
+  bears the joined name, only its executed notebook's (:func:`record_paths`, :func:`notebook_path`).
 
 Two blocks may not train one variant on one dataset: both stages would write its run folder.
 
@@ -23,7 +24,8 @@ after other runs have used the machine. :func:`check_grid` finds every such prob
 them all.
 
 A :class:`RunFilter` aims a call of the runner at part of the grid (``--datasets``, ``--models``, ``--seeds``,
-``--stages``): a run is selected when it matches every filter given.
+``--stages``): a run is selected when it matches every filter given; ``--datasets`` selects a universal run when it
+names any of its domains.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from repro.config import dataset_training, model_variant, scale_preset
@@ -126,6 +129,28 @@ class Grid:
         return f"{len(datasets)} dataset(s)"
 
 
+def domains_of(dataset: str) -> tuple[str, ...]:
+    """The datasets a run of ``dataset`` trains on: a universal run's domains (its dataset is them joined by
+    :data:`DOMAIN_SEPARATOR`, which no dataset's name holds), else the dataset alone."""
+    return tuple(dataset.split(DOMAIN_SEPARATOR))
+
+
+def record_paths(results_dir: str | Path, dataset: str, model: str, seed: int) -> list[Path]:
+    """The records (metrics.json) a run writes below ``results_dir`` (``results/<scale>``, as a path to read):
+    ``runs/<dataset>/<model>/seed<k>/metrics.json``, and a universal run's one under each of its domains (its
+    joined name has no folder of runs). Each of a universal run's records holds the whole run's device and
+    timings."""
+    return [Path(results_dir, "runs", domain, model, f"seed{seed}", "metrics.json") for domain in domains_of(dataset)]
+
+
+def notebook_path(results_dir: str | Path, stage: str, dataset: str, model: str, seed: int) -> Path:
+    """The executed notebook of a run below ``results_dir`` (dvc.yaml's commands):
+    ``notebooks/<dataset>/<model>/seed<k>/train.ipynb``; a universal run's is ``train_universal.ipynb`` in the
+    folder of its joined domains."""
+    name = "train_universal.ipynb" if stage == UNIVERSAL_STAGE else "train.ipynb"
+    return Path(results_dir, "notebooks", dataset, model, f"seed{seed}", name)
+
+
 def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
     """The DVC stage name of one run, e.g. ``train@ph2-dermoscopy-unet-0``; a universal run's names no dataset
     (its stage has one pair of domains): ``train_universal@u2net3d_universal-0``."""
@@ -138,8 +163,9 @@ def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
 class RunFilter:
     """Which runs of the grid one call trains: those matching every filter given (an empty filter matches all).
 
-    ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``, ``train_extra@*``,
-    ``*-unetpp-*``); a run is selected when any of them matches its name.
+    ``datasets`` select a universal run (whose dataset is its domains joined by ``+``) when they name any of its
+    domains, or the joined name. ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``,
+    ``train_extra@*``, ``*-unetpp-*``); a run is selected when any of them matches its name.
     """
 
     datasets: tuple[str, ...] = ()
@@ -180,7 +206,7 @@ class RunFilter:
 
     def matches(self, stage: str, dataset: str, model: str, seed: int) -> bool:
         return (
-            (not self.datasets or dataset in self.datasets)
+            (not self.datasets or any(name in self.datasets for name in (dataset, *domains_of(dataset))))
             and (not self.models or model in self.models)
             and (not self.seeds or seed in self.seeds)
             and (
@@ -199,7 +225,11 @@ class RunFilter:
         runs = grid.runs()
         problems = []
         for flag, values, known in (
-            ("--datasets", self.datasets, {dataset for _, dataset, _, _ in runs}),
+            (
+                "--datasets",
+                self.datasets,
+                {name for _, dataset, _, _ in runs for name in (dataset, *domains_of(dataset))},
+            ),
             ("--models", self.models, {model for _, _, model, _ in runs}),
             ("--seeds", self.seeds, {seed for *_, seed in runs}),
         ):

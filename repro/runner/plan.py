@@ -19,7 +19,7 @@ import yaml
 
 from repro.data.registry import REPO_ROOT
 from repro.runner.cluster import ClusterSettings
-from repro.runner.grid import Grid, RunFilter, run_name
+from repro.runner.grid import DOMAIN_SEPARATOR, Grid, RunFilter, record_paths, run_name
 from repro.runner.progress import duration, grid_runs, read_json
 
 # The programs the training stages' commands in dvc.yaml call by name.
@@ -98,28 +98,45 @@ def train_stages(
     )
 
 
-def run_folder(grid: Grid, dataset: str, model: str, seed: int) -> str:
-    """A run's results folder, repo-relative: ``results/<scale>/runs/<dataset>/<model>/seed<k>``."""
-    return f"{grid.results_dir}/runs/{dataset}/{model}/seed{seed}"
+def trained_on_device(root: Path, grid: Grid, runs: list[tuple[str, str, str, int]] | None = None) -> dict[str, str]:
+    """Each run of ``grid`` (of ``runs``, :meth:`Grid.runs`'s tuples, when given) that holds a finished run (a
+    metrics.json: :func:`repro.runner.grid.record_paths`) -> the device its metrics.json records; a universal run's,
+    which its records (one per domain, written by one training) share.
 
-
-def trained_on_device(root: Path, grid: Grid) -> dict[str, str]:
-    """Each run of ``grid`` that holds a finished run (its metrics.json) -> the device its metrics.json records."""
+    Raises:
+        StudyError: records of one universal run that name different devices (both named).
+    """
     devices = {}
-    for stage, dataset, model, seed in grid.runs():
-        metrics = read_json(root / run_folder(grid, dataset, model, seed) / "metrics.json")
-        if metrics is not None:
-            devices[run_name(stage, dataset, model, seed)] = str(metrics.get("device", "(none recorded)"))
+    for stage, dataset, model, seed in grid.runs() if runs is None else runs:
+        name = run_name(stage, dataset, model, seed)
+        recorded = {}
+        for path in record_paths(root / grid.results_dir, dataset, model, seed):
+            metrics = read_json(path)
+            if metrics is not None:
+                recorded[path] = str(metrics.get("device", "(none recorded)"))
+        if not recorded:
+            continue
+        first, device = next(iter(recorded.items()))
+        for other, different in recorded.items():
+            if different != device:
+                raise StudyError(
+                    f"{name}: {first.relative_to(root)} records device '{device}' but {other.relative_to(root)} "
+                    f"records '{different}'; the records of one universal run come from one training and must "
+                    "agree: restore them from git, or train the run again"
+                )
+        devices[name] = device
     return devices
 
 
 def selected_runs(root: Path, grid: Grid, only: RunFilter | None = None, trained_on: str | None = None) -> list[str]:
     """The runs of ``grid`` (their stage names, in its order) that the filters select: ``only``'s, and with
-    ``trained_on`` (``--trained-on``) the committed runs whose metrics.json ``device`` starts with it."""
-    names = [run_name(*run) for run in (only.select(grid) if only else grid.runs())]
+    ``trained_on`` (``--trained-on``) the committed runs whose metrics.json ``device`` starts with it (a universal
+    run's records, one per domain: :func:`trained_on_device`)."""
+    runs = only.select(grid) if only else grid.runs()
+    names = [run_name(*run) for run in runs]
     if trained_on is None:
         return names
-    devices = trained_on_device(root, grid)
+    devices = trained_on_device(root, grid, runs)
     return [name for name in names if devices.get(name, "").startswith(trained_on)]
 
 
@@ -131,8 +148,9 @@ def trained_on_problems(root: Path, grid: Grid, only: RunFilter | None, trained_
         return ["--trained-on: give the start of a device as metrics.json records it, e.g. cuda or cpu"]
     if selected_runs(root, grid, only, trained_on):
         return []
-    devices = trained_on_device(root, grid)
-    names = [run_name(*run) for run in (only.select(grid) if only else grid.runs())]
+    runs = only.select(grid) if only else grid.runs()
+    devices = trained_on_device(root, grid, runs)
+    names = [run_name(*run) for run in runs]
     counts: dict[str, int] = {}
     for name in names:
         if name in devices:
@@ -291,7 +309,9 @@ class Estimate:
     """How long runs take, from the committed runs of the same scale (:func:`run_seconds`): each run its cell's
     (dataset x variant) median; for a cell without a committed run, its dataset's median seconds per FLOP times the
     variant's FLOPs (:func:`variant_flops`: a dataset's runs share its length and input size, so their time follows
-    their FLOPs), else its dataset's median over every variant, else unknown.
+    their FLOPs), else its dataset's median over every variant, else unknown. A universal run's records (one under
+    each domain, each with the whole run's time) time it once, as a run of its cell (its domains joined), and no run
+    of either domain alone.
 
     Notebook start-up and data loading (seconds) are left out. benchmarks/grid_cost.py's step model would time every
     variant's training steps first: minutes before a question.
@@ -316,24 +336,35 @@ class Estimate:
         runs ``--trained-on`` selects were timed on the device they are re-trained to leave. ``flops_of(dataset,
         model, image_size)`` gives a variant's FLOPs (default :func:`variant_flops`)."""
         flops_of = flops_of or (lambda dataset, model, size: variant_flops(root, grid, dataset, model, size))
-        skip = {
-            root / run_folder(grid, dataset, model, seed)
+        results = root / grid.results_dir
+        skip = {  # each record folder of the runs left out -> its run
+            path.parent: run_name(stage, dataset, model, seed)
             for stage, dataset, model, seed in grid.runs()
             if run_name(stage, dataset, model, seed) in leave_out
+            for path in record_paths(results, dataset, model, seed)
         }
         by_cell: dict[tuple[str, str], list[float]] = {}
         per_flop: dict[str, list[float]] = {}  # dataset -> seconds per FLOP of its timed runs
         sizes: dict[str, Any] = {}  # dataset -> the input size its runs' FLOPs were counted at
-        left_out = 0
-        for path in (root / grid.results_dir / "runs").glob("*/*/seed*/metrics.json"):
+        left_out: set[str] = set()
+        universal: set[tuple[str, str, str]] = set()  # the universal runs timed: (joined domains, model, seed<k>)
+        for path in sorted((results / "runs").glob("*/*/seed*/metrics.json")):
             if path.parent in skip:
-                left_out += 1
+                left_out.add(skip[path.parent])
                 continue
             metrics = read_json(path) or {}
+            dataset, model = path.parent.parent.parent.name, path.parent.parent.name
+            domains = metrics.get("domains")
+            if isinstance(domains, list) and len(domains) > 1:
+                # A universal run's record: each of its domains' holds the whole run's time, a time of the run's
+                # cell (its domains joined), counted once, and of neither domain's runs.
+                dataset = DOMAIN_SEPARATOR.join(map(str, domains))
+                if (dataset, model, path.parent.name) in universal:
+                    continue
+                universal.add((dataset, model, path.parent.name))
             seconds = run_seconds(path.parent, metrics)
             if seconds is None:
                 continue
-            dataset, model = path.parent.parent.parent.name, path.parent.parent.name
             by_cell.setdefault((dataset, model), []).append(seconds)
             if isinstance(metrics.get("flops"), int | float) and metrics["flops"] > 0 and "image_size" in metrics:
                 per_flop.setdefault(dataset, []).append(seconds / metrics["flops"])
@@ -343,7 +374,7 @@ class Estimate:
             by_dataset.setdefault(dataset, []).extend(times)
         cells = {name: cell for name, cell, _ in grid_runs(grid)}
         flops: dict[tuple[str, str], float | None] = {}
-        estimate = cls(left_out=left_out)
+        estimate = cls(left_out=len(left_out))
         for name in names:
             dataset, model = cells[name]
             if (dataset, model) in by_cell:

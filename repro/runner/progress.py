@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from repro.runner.grid import Grid, run_name
+from repro.runner.grid import Grid, notebook_path, record_paths, run_name
 
 # --- progress ----------------------------------------------------------------------------------------------------
 
@@ -42,17 +42,19 @@ class RunTimes:
     def of_recorded_runs(cls, root: Path, grid: Grid, stale: set[str]) -> RunTimes:
         """The times of the grid's up-to-date runs (not in ``stale``), so that a study resumed by a second call has an
         ETA from its start: papermill records each executed notebook's duration. A run resumed from a checkpoint
-        (its metrics.json lists ``resumed_after_epochs``) is left out: its notebook timed only its last part."""
+        (its metrics.json lists ``resumed_after_epochs``) is left out: its notebook timed only its last part. A
+        universal run counts once, by its notebook, when it has a record under each domain."""
         times = cls()
-        for name, cell, seed in grid_runs(grid):
-            if name in stale:
+        results = root / grid.results_dir
+        for stage, dataset, model, seed in grid.runs():
+            if run_name(stage, dataset, model, seed) in stale:
                 continue
-            results, folder = root / grid.results_dir, Path(*cell, f"seed{seed}")
-            metrics = read_json(results / "runs" / folder / "metrics.json")
-            notebook = read_json(results / "notebooks" / folder / "train.ipynb")
+            records = [read_json(path) for path in record_paths(results, dataset, model, seed)]
+            notebook = read_json(notebook_path(results, stage, dataset, model, seed))
             duration = ((notebook or {}).get("metadata") or {}).get("papermill", {}).get("duration")
-            if metrics is not None and not metrics.get("resumed_after_epochs") and isinstance(duration, int | float):
-                times.add(cell, float(duration))
+            finished = all(metrics is not None and not metrics.get("resumed_after_epochs") for metrics in records)
+            if finished and isinstance(duration, int | float):
+                times.add((dataset, model), float(duration))
         return times
 
 

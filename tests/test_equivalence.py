@@ -84,3 +84,24 @@ def test_reproduce_chooses_a_seeded_sample_of_the_cheapest_cpu_runs_cheapest_fir
     seconds = [json.loads((run / "metrics.json").read_text())["train_seconds"] for run in chosen]
     assert seconds == sorted(seconds) and all(s <= 91 for s in seconds)  # the cheapest quarter of the 11 CPU runs
     assert all(json.loads((run / "metrics.json").read_text())["device"] == "cpu" for run in chosen)
+
+
+def test_reproduce_never_chooses_a_universal_models_record(tmp_path):
+    """A universal run's records (one per domain, each with ``domains``) come from train_universal.ipynb, one network
+    over both domains: train.ipynb cannot re-train either of them alone, so they are no candidates, however cheap."""
+    from repro.runner.equivalence import choose_runs
+
+    domains = ["msd-task04-hippocampus", "la2018-atrium-lgemri"]
+    for dataset, model, seconds, extra in (
+        ("ph2-dermoscopy", "unet", 50, {}),
+        ("kvasir-seg", "unet", 60, {}),
+        *((domain, "u2net3d_universal", 1, {"domains": domains, "dataset": domain}) for domain in domains),
+    ):
+        run = tmp_path / "runs" / dataset / model / "seed0"
+        run.mkdir(parents=True)
+        metrics = {"device": "cpu", "train_seconds": seconds, "code_files": {"a": "b"}, **extra}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert choose_runs(tmp_path, 10) == [
+        tmp_path / "runs" / "ph2-dermoscopy" / "unet" / "seed0",
+        tmp_path / "runs" / "kvasir-seg" / "unet" / "seed0",
+    ]

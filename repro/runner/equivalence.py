@@ -16,7 +16,7 @@ worktree of the given commit (or from this working tree), into a scratch folder;
 provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero on the first difference.
 
 ``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
-quarter, cheapest first) with the current code on the machine at hand, and reports each test number's drift from
+quarter, cheapest first; runs of train.ipynb alone, not a universal model's) with the current code on the machine at hand, and reports each test number's drift from
 the committed run in units of its cell's seed-to-seed standard deviation (:func:`reproduce`). The proof
 of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md, "Recording a change that alters no
 number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it is the current code or a
@@ -121,10 +121,15 @@ REPRODUCED_METRICS = ("dice", "iou")
 
 def choose_runs(study: Path | str, n: int, seed: int = 0) -> list[Path]:
     """``n`` committed CPU runs of ``study`` (``results/<scale>``): a seeded sample of the cheapest quarter by
-    ``train_seconds``, cheapest first."""
+    ``train_seconds``, cheapest first. A universal model's records are none of them (see below)."""
     runs = []
     for path in sorted(Path(study).glob("runs/*/*/seed*/metrics.json")):
         metrics = json.loads(path.read_text())
+        # A universal model's record (it names its run's ``domains``) is one domain's share of one network trained on
+        # every domain at once by train_universal.ipynb: :func:`run` re-trains with train.ipynb on one dataset, which
+        # would train another network (an independent model's), so its numbers could not be compared with the record.
+        if metrics.get("domains"):
+            continue
         if metrics.get("device") == "cpu" and metrics.get("code_files"):
             runs.append((metrics["train_seconds"], path.parent))
     runs.sort()

@@ -518,6 +518,31 @@ def test_eta_of_a_resumed_study_counts_a_universal_run_once_from_its_notebook(tm
     assert times.by_cell == {(joined, "u2"): [321.0]}
 
 
+def test_the_done_line_shows_each_domains_test_dice_of_a_universal_run(tmp_path):
+    """A universal run writes one record per domain: its `done` line gives each domain's test Dice, not the first's."""
+    import types
+
+    from repro.runner.execute import _test_dice
+
+    def stage(*outs):
+        return types.SimpleNamespace(outs=[types.SimpleNamespace(def_path=out) for out in outs])
+
+    domains = ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+    folders = [f"results/smoke/runs/{domain}/u2/seed0" for domain in domains]
+    for folder, dice in zip(folders, (0.8456, 0.8123), strict=True):
+        (tmp_path / folder).mkdir(parents=True)
+        record = {"test": {"dice": dice}, "domains": list(domains), "resumed_after_epochs": None}
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(record))
+    (tmp_path / "results/smoke/notebooks" / "+".join(domains) / "u2/seed0").mkdir(parents=True)
+    text, metrics = _test_dice(tmp_path, stage(*folders, "results/smoke/notebooks/" + "+".join(domains) + "/u2/seed0"))
+    assert text == "test Dice la2018-atrium-lgemri 0.8123, msd-task04-hippocampus 0.8456"
+    assert metrics["resumed_after_epochs"] is None
+    one = "results/smoke/runs/ph2-dermoscopy/unet/seed0"
+    (tmp_path / one).mkdir(parents=True)
+    (tmp_path / one / "metrics.json").write_text(json.dumps({"test": {"dice": 0.9}}))
+    assert _test_dice(tmp_path, stage(one))[0] == "test Dice 0.9000"
+
+
 def _started_at(seconds: float) -> float:
     """A stand-in run: when it started, after which it takes ``seconds``."""
     start = time.time()

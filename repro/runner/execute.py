@@ -379,14 +379,20 @@ class Runner:
 
 
 def _test_dice(root: Path, stage) -> tuple[str, dict]:
-    """The run's test Dice as its `done` line shows it, and its metrics.json ({} when there is none)."""
-    for path in stage_files(root, stage, "metrics.json"):
-        metrics = read_json(path) or {}
+    """The run's test Dice as its `done` line shows it, and its metrics.json ({} when there is none).
+
+    A universal model's run writes one record per domain (``runs/<domain>/<model>/seed<k>/metrics.json``, each with
+    the whole run's timings and resumption): the line names each domain with its Dice, and the first record is
+    returned."""
+    records = [(path, read_json(path) or {}) for path in stage_files(root, stage, "metrics.json")]
+    texts = []
+    for path, metrics in records:
         try:
-            return f"test Dice {metrics['test']['dice']:.4f}", metrics
+            text = f"{metrics['test']['dice']:.4f}"
         except (KeyError, TypeError, ValueError):
-            return f"({_rel(path)} unreadable)", metrics
-    return "", {}
+            text = f"({_rel(path)} unreadable)"
+        texts.append(f"{path.parents[2].name} {text}" if len(records) > 1 else text)
+    return ("test Dice " + ", ".join(texts), records[0][1]) if records else ("", {})
 
 
 def command_failed(command: str, returncode: int, text: str, log: Path, lines: int = 8) -> str:

@@ -69,7 +69,7 @@ from repro.config import load_params
 from repro.data.registry import REPO_ROOT
 from repro.runner.cluster import ClusterSettings, ParamsError, cluster_settings, read_cluster_file
 from repro.runner.execute import Outcome, Runner
-from repro.runner.grid import Grid, RunFilter, check_grid
+from repro.runner.grid import Grid, RunFilter, check_grid, domains_of
 from repro.runner.plan import CONFIRM_RUNS, StudyError, aim_text, missing_programs, missing_splits, trained_on_problems
 from repro.runner.progress import duration
 
@@ -92,11 +92,16 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
     ]
     if grid.scale != "paper":
         training = params.get("training") or {}
+        # A universal run's dataset is its domains joined by '+': each domain trains its own length in it (the steps
+        # of its one-domain run), so the line states the domains' lengths, each dataset once.
+        names = dict.fromkeys(
+            name for _, datasets, _ in grid.blocks for dataset in datasets for name in domains_of(dataset)
+        )
         lengths = ", ".join(
             f"{name} {steps} steps"
-            if (steps := (training.get(name) or {}).get("train_steps", {}).get(grid.scale))
+            if (steps := ((training.get(name) or {}).get("train_steps") or {}).get(grid.scale))
             else f"{name} {scale['epochs']} epochs"
-            for name in dict.fromkeys(dataset for _, datasets, _ in grid.blocks for dataset in datasets)
+            for name in names
         )
         lines.append(
             f"  scale {grid.scale} stands in for the papers' settings (scale paper): {scale['image_size']} px instead "

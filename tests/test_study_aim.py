@@ -653,6 +653,20 @@ def test_the_summary_says_how_to_restore_a_replaced_run_that_did_not_finish():
     assert "git checkout" not in summary(GRID, params, outcome, 60.0)
 
 
+def test_the_summary_states_each_domains_length_for_a_universal_run():
+    """A universal run's dataset is its domains joined by '+', which has no training entry: the scale line states
+    each domain's own length (the steps its run gives that domain), never the default epochs for the joined name."""
+    params = {
+        "scales": {"smoke": {"image_size": 64, "width_mult": 0.25, "epochs": 2}},
+        "training": {DOMAINS[0]: {"train_steps": {"smoke": 30}}, DOMAINS[1]: {"train_steps": {"smoke": 40}}},
+    }
+    text = summary(UNIVERSAL, params, Outcome(total=UNIVERSAL.size), 60.0)
+    assert (
+        "lengths ph2-dermoscopy 2 epochs, msd-task04-hippocampus 30 steps, la2018-atrium-lgemri 40 steps "
+        "(training.<dataset>.train_steps)"
+    ) in " ".join(text.split()), text
+
+
 GPU = "cuda:0 (NVIDIA H200)"
 
 

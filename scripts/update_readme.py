@@ -98,33 +98,42 @@ def training_time_line(runs_dir: Path) -> str:
     the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
     runs (one thread per run) with the share of ``OWN_BUDGET_VARIANTS`` (FCN and MultiResUNet, which count to the
     budget of C10-C14), and in hours for runs on a GPU. A universal model's run is one training recorded under each
-    of its domains, each record with the whole run's time: each counts its share (``domains``). A ``metrics.json``
-    that is not JSON or lacks a field raises ``ValueError`` naming it."""
-    cpu, own_budget, gpu = [], [], []
+    of its domains, each record with the whole run's time: its records (the same ``domains``, model and seed) count
+    once, as one run with that time, and the line says so where there is one. A ``metrics.json`` that is not JSON
+    or lacks a field raises ``ValueError`` naming it."""
+    runs: dict[tuple, tuple[float, str, str]] = {}  # one entry per run: its hours, device and model
+    universal: set[tuple] = set()
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):
         with naming_the_metrics_file(path):
             metrics = json.loads(path.read_text())
             hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
-            hours /= len(metrics.get("domains") or [None])
-        if device.startswith("cpu"):
-            cpu.append(hours)
-            if model in OWN_BUDGET_VARIANTS:
-                own_budget.append(hours)
-        else:
-            gpu.append(hours)
-    if not cpu and not gpu:
+            domains = tuple(metrics.get("domains") or ())
+        key = (domains, model, path.parent.name) if domains else (path.parent,)
+        runs.setdefault(key, (hours, device, model))
+        if domains:
+            universal.add(key)
+    if not runs:
         return "*Training time: no runs yet.*\n"
+    cpu = [key for key, (_, device, _) in runs.items() if device.startswith("cpu")]
+    gpu = [key for key, (_, device, _) in runs.items() if not device.startswith("cpu")]
+    own_budget = [key for key in cpu if runs[key][2] in OWN_BUDGET_VARIANTS]
 
-    def runs(count: int) -> str:
-        return f"{count} run{'s' if count != 1 else ''}"
+    def total(keys: list[tuple]) -> float:
+        return sum(runs[key][0] for key in keys)
+
+    def counted(keys: list[tuple], where: str) -> str:
+        text = f"{len(keys)} run{'s' if len(keys) != 1 else ''} {where}"
+        if universal.intersection(keys):
+            text += " (a universal model's run, recorded under each of its domains, counts once)"
+        return text
 
     names = " and ".join(f"`{name}`" for name in OWN_BUDGET_VARIANTS)
     parts = [
-        f"{sum(cpu):.1f} core-hours for {runs(len(cpu))} on the CPU, one thread each ({sum(own_budget):.1f} of them "
-        f"for {names}, which count to the budget of C10-C14)"
+        f"{total(cpu):.1f} core-hours for {counted(cpu, 'on the CPU')}, one thread each ({total(own_budget):.1f} of "
+        f"them for {names}, which count to the budget of C10-C14)"
     ]
     if gpu:
-        parts.append(f"{sum(gpu):.2f} hours for {runs(len(gpu))} on a GPU")
+        parts.append(f"{total(gpu):.2f} hours for {counted(gpu, 'on a GPU')}")
     return f"*Training time (the sum of the runs' `train_seconds`, which the budget counts): {'; '.join(parts)}.*\n"
 
 

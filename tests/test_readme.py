@@ -195,7 +195,15 @@ def test_a_universal_model_s_training_counts_once_across_its_domains_records(tmp
         run.mkdir(parents=True)
         metrics = {"model": "u2net3d_universal", "device": "cpu", "train_seconds": 7200, "domains": ["h", "a"]}
         (run / "metrics.json").write_text(json.dumps(metrics))
-    assert "2.0 core-hours for 2 runs on the CPU" in update_readme.training_time_line(tmp_path)
+    # ... is one run, not one per record, and the line says that it counts once
+    assert update_readme.training_time_line(tmp_path).startswith(
+        "*Training time (the sum of the runs' `train_seconds`, which the budget counts): 2.0 core-hours for 1 run on "
+        "the CPU (a universal model's run, recorded under each of its domains, counts once), one thread each"
+    )
+    run = tmp_path / "b" / "unet" / "seed0"  # beside a one-dataset run on a GPU, the line says it where it applies
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"model": "unet", "device": "cuda:0", "train_seconds": 900}))
+    assert update_readme.training_time_line(tmp_path).endswith("; 0.25 hours for 1 run on a GPU.*\n")
 
 
 def test_the_training_time_line_names_a_malformed_metrics_file(tmp_path):

@@ -16,11 +16,11 @@ worktree of the given commit (or from this working tree), into a scratch folder;
 provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero on the first difference.
 
 ``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
-quarter, cheapest first; runs of train.ipynb alone, not a universal model's) with the current code on the machine at hand, and reports each test number's drift from
-the committed run in units of its cell's seed-to-seed standard deviation (:func:`reproduce`). The proof
-of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md, "Recording a change that alters no
-number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it is the current code or a
-code state that row declares number-equivalent to it.
+quarter, cheapest first; runs of train.ipynb alone, not a universal model's) with the current code on the machine at
+hand, and reports each test number's drift from the committed run in units of its cell's seed-to-seed standard deviation
+(:func:`reproduce`). The proof of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md,
+"Recording a change that alters no number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it
+is the current code or a code state that row declares number-equivalent to it.
 """
 
 from __future__ import annotations

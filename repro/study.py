@@ -12,12 +12,13 @@
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
 settings of cluster.yaml first (one message lists every problem), prepares the data (`dvc repro
 prepare`), asks DVC which training stages (`train@...`, then `train_extra@...`, `train_ablations@...`,
-`train_volumes@...`, `train_independent@...`, `train_universal@...`: one per block of the grid) are stale, and submits
-each one's exact command from dvc.yaml as a Dask task keyed by the stage's name, so no run is ever submitted twice.
-Seeds go first, then variants in the order ``study.models`` lists them: an interrupted study has every variant at
-the same number of seeds. This process alone records a finished run in dvc.lock (`dvc commit`, one at a time),
-and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an entry and a second call
-runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
+`train_volumes@...`, nnU-Net's `nnunet@<seed>`, `train_independent@...`, `train_universal@...`: one per block of the
+grid) are stale, and submits each one's exact command from dvc.yaml as a Dask task keyed by the stage's name, so no
+run is ever submitted twice. Seeds go first, then variants in the order ``study.models`` lists them: an interrupted
+study has every variant at the same number of seeds. nnU-Net's runs have seeds of their own (``nnunet.seeds``); in a
+seed they have, they train after the volumetric rows. This process alone records a finished run in dvc.lock (`dvc
+commit`, one at a time), and Ctrl-C or SIGTERM only stops it between two commits, so dvc.lock never holds half an
+entry and a second call runs exactly the stages still stale. Finally `dvc repro` runs complexity and aggregate.
 
 Before it trains, it prints the scale, how many runs it trains (new, or replacing stale runs of that scale) and
 where the results go: dvc.yaml writes every output of the study below results/<scale>/, so a study at another
@@ -46,8 +47,9 @@ bars (:data:`repro.runner.stage_task.NOISE`), and the runner's screen shows none
 runner's output with its cause: the last line of its log that states an error.
 
 A worker killed mid-run loses only its current epoch: the scheduler gives the run to another worker, which
-resumes from the run's checkpoint. A run that fails is retried (``cluster.retries``), then reported with its
-executed notebook and the failing cell's error; the other runs go on.
+resumes from the run's checkpoint (an nnU-Net run starts over: nnU-Net's training here always starts afresh, so
+``--retrain`` has no checkpoint of it to move aside). A run that fails is retried (``cluster.retries``), then
+reported with its executed notebook and the failing cell's error; the other runs go on.
 
 Errors a user causes end with one line (or one list) and no traceback; ``--debug`` or ``UNET_REPRO_DEBUG=1``
 shows it.
@@ -69,7 +71,7 @@ from repro.config import load_params
 from repro.data.registry import REPO_ROOT
 from repro.runner.cluster import ClusterSettings, ParamsError, cluster_settings, read_cluster_file
 from repro.runner.execute import Outcome, Runner
-from repro.runner.grid import Grid, RunFilter, check_grid, domains_of
+from repro.runner.grid import NNUNET_STAGE, Grid, RunFilter, check_grid, domains_of
 from repro.runner.plan import CONFIRM_RUNS, StudyError, aim_text, missing_programs, missing_splits, trained_on_problems
 from repro.runner.progress import duration
 
@@ -93,9 +95,14 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
     if grid.scale != "paper":
         training = params.get("training") or {}
         # A universal run's dataset is its domains joined by '+': each domain trains its own length in it (the steps
-        # of its one-domain run), so the line states the domains' lengths, each dataset once.
+        # of its one-domain run), so the line states the domains' lengths, each dataset once. nnU-Net's runs train
+        # its trainer's length (nnunet.scales), stated apart.
         names = dict.fromkeys(
-            name for _, datasets, _ in grid.blocks for dataset in datasets for name in domains_of(dataset)
+            name
+            for stage, datasets, _ in grid.blocks
+            if stage != NNUNET_STAGE
+            for dataset in datasets
+            for name in domains_of(dataset)
         )
         lengths = ", ".join(
             f"{name} {steps} steps"
@@ -103,10 +110,17 @@ def summary(grid: Grid, params: dict, outcome: Outcome, seconds: float, rest: bo
             else f"{name} {scale['epochs']} epochs"
             for name in names
         )
+        trainers = ((params.get("nnunet") or {}).get("scales")) or {}
+        nnunet = (
+            f"; nnU-Net {(trainers.get(grid.scale) or {}).get('trainer')} (nnunet.scales.{grid.scale}) instead of "
+            f"{(trainers.get('paper') or {}).get('trainer')}"
+            if any(stage == NNUNET_STAGE for stage, _, _ in grid.blocks)
+            else ""
+        )
         lines.append(
             f"  scale {grid.scale} stands in for the papers' settings (scale paper): {scale['image_size']} px instead "
             f"of {paper['image_size']}, widths x{scale['width_mult']} instead of x{paper['width_mult']}, lengths "
-            f"{lengths} (training.<dataset>.train_steps) instead of {paper['epochs']} epochs"
+            f"{lengths} (training.<dataset>.train_steps) instead of {paper['epochs']} epochs{nnunet}"
         )
     results = grid.results_dir
     lines += [

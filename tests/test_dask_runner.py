@@ -38,7 +38,7 @@ from repro.runner.cluster import (
     start_cluster,
 )
 from repro.runner.execute import RunQueue, cell_error
-from repro.runner.grid import TRAIN_STAGES, Grid, check_grid
+from repro.runner.grid import GRID_STAGES, TRAIN_STAGES, Grid, check_grid, notebook_path, record_paths
 from repro.runner.plan import missing_programs, plan, replacing, stale_train_stages
 from repro.runner.progress import Progress, RunTimes
 from repro.runner.stage_task import run_environment
@@ -221,6 +221,15 @@ def test_the_grid_knows_every_training_stage_of_dvc_yaml():
     assert tuple(name for name in stages if name.startswith("train")) == TRAIN_STAGES
 
 
+def test_the_grid_trains_nnunet_as_a_block_after_the_volumetric_rows():
+    """nnU-Net's stage is a block of the grid too, not one of the training stages that share train's code deps (the
+    re-record rule's TRAIN_STAGES); within a seed it trains after the volumetric rows, which C14 compares it with."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "nnunet" in stages and "nnunet" not in TRAIN_STAGES
+    assert GRID_STAGES == (*TRAIN_STAGES[:4], "nnunet", *TRAIN_STAGES[4:])
+    assert TRAIN_STAGES[3] == "train_volumes"
+
+
 def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     """A dataset of prepare.custom_datasets is prepared by its own stage; listing it in prepare.datasets too is a
     problem found up front. (In a subprocess: loading the params registers the dataset for good.)"""
@@ -377,6 +386,85 @@ def test_a_universal_model_trains_once_per_seed_after_its_independent_models_on_
     )
 
 
+def test_nnunet_trains_its_own_seeds_seed_by_seed_after_the_volumetric_rows(tmp_path, monkeypatch):
+    """nnU-Net's runs (stage nnunet, one per seed of nnunet.seeds, named nnunet@<seed>) are a block of the grid with
+    seeds of its own: the runner goes seed by seed over the study's seeds, then the seeds only nnU-Net has, and
+    within a seed nnU-Net trains after the volumetric rows. Its stage's outputs are where record_paths and
+    notebook_path look (results/<scale>/runs|notebooks/msd-task04-hippocampus/nnunet/seed<k>/), and its `done` line
+    gives its test Dice."""
+    from repro.runner.execute import _test_dice
+
+    grid = Grid(
+        "smoke",
+        ("ph2-dermoscopy",),
+        ("unet",),
+        (1, 0),
+        volume_datasets=("msd-task04-hippocampus",),
+        volume_models=("unet3d",),
+        nnunet_seeds=(0, 2),
+    )
+    study = {"datasets": ["ph2-dermoscopy"], "models": ["unet"], "seeds": [1, 0]}
+    study["volumes"] = {"datasets": ["msd-task04-hippocampus"], "models": ["unet3d"]}
+    copy = copy_repository(tmp_path / "copy", study, nnunet__seeds=[0, 2])
+    monkeypatch.chdir(copy)
+    stages = stale_train_stages(copy, grid)
+    assert [stage.addressing for stage in stages] == [
+        "train@ph2-dermoscopy-unet-1",
+        "train_volumes@msd-task04-hippocampus-unet3d-1",
+        "train@ph2-dermoscopy-unet-0",
+        "train_volumes@msd-task04-hippocampus-unet3d-0",
+        "nnunet@0",
+        "nnunet@2",
+    ]
+    nnunet = stages[4]
+    results = copy / "results/smoke"
+    (record,) = record_paths(results, "msd-task04-hippocampus", "nnunet", 0)
+    notebook = notebook_path(results, "nnunet", "msd-task04-hippocampus", "nnunet", 0)
+    assert {copy / out.def_path for out in nnunet.outs} == {record.parent, notebook.parent}
+    assert f"papermill notebooks/nnunet.ipynb {notebook.relative_to(copy)} " in nnunet.cmd
+    assert grid.size == 6 and grid.describe() == (
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: 1 dataset(s) x 1 variant(s) x 2 seed(s) + nnunet: "
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) = 6 runs at scale smoke"
+    )
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"test": {"dice": 0.8765}, "model": "nnunet", "train_seconds": 60.0}))
+    assert _test_dice(copy, nnunet) == ("test Dice 0.8765", json.loads(record.read_text()))
+    # A grid whose nnU-Net has no seed has no nnU-Net block.
+    assert all(stage != "nnunet" for stage, *_ in Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0,)).runs())
+
+
+def test_the_nnunet_block_is_checked_with_the_rest_of_the_grid(monkeypatch):
+    """nnunet.seeds are checked as study.seeds are; with seeds, nnU-Net's dataset must be registered, its stage's
+    keys and its entry for the scale be there, and no variant named nnunet may train on its dataset (its folders)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert check_grid(params).nnunet_seeds == ()
+    params["nnunet"]["seeds"] = [2, 0]
+    assert check_grid(params).nnunet_seeds == (2, 0)
+    params["nnunet"]["seeds"] = [0, -1, "1", 0]
+    del params["nnunet"]["processes"]
+    del params["nnunet"]["scales"][params["scale"]]
+    params["models"]["nnunet"] = {"arch": "unet3d"}
+    params["study"]["volumes"]["models"] = ["nnunet"]
+    with pytest.raises(ParamsError) as raised:
+        check_grid(params)
+    message = str(raised.value)
+    for expected in (
+        "nnunet.seeds lists ['0'] more than once",
+        "nnunet.seeds: -1 is not a whole number from 0 to 2**32 - 1",
+        "nnunet.seeds: '1' is not a whole number",
+        "nnunet.processes is missing; dvc.yaml's nnunet stage reads it",
+        f"nnunet.scales has no entry for scale '{params['scale']}'",
+        "study.volumes.models: 'nnunet' on 'msd-task04-hippocampus' is a run of nnU-Net's stage (nnunet.seeds)",
+    ):
+        assert expected in message, (expected, message)
+    monkeypatch.setattr("repro.runner.grid.list_datasets", lambda: ["ph2-dermoscopy"])
+    with pytest.raises(ParamsError, match="nnunet: its dataset 'msd-task04-hippocampus' is not registered"):
+        check_grid(params)
+    params["nnunet"] = {"configuration": "3d_fullres"}
+    with pytest.raises(ParamsError, match=r"nnunet.seeds must be a list; got None"):
+        check_grid(params)
+
+
 def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
     """Its domains are volumes, exactly two (the stage's pair), and its variants build with two domains and do not
     share a folder with a volumetric row."""
@@ -516,6 +604,32 @@ def test_eta_of_a_resumed_study_counts_a_universal_run_once_from_its_notebook(tm
         notebook.write_text(json.dumps({"metadata": {"papermill": {"duration": 321.0}}, "cells": []}))
     times = RunTimes.of_recorded_runs(tmp_path, grid, stale=set())
     assert times.by_cell == {(joined, "u2"): [321.0]}
+
+
+def test_eta_of_nnunet_runs_is_their_own_and_they_are_timed_by_their_notebook(tmp_path):
+    """nnU-Net trains by a schedule of its own: its runs are timed by their own cell (else every run's mean), never as
+    their dataset's other variants are, nor those by nnU-Net's; a resumed study times its committed nnU-Net runs from
+    their executed notebooks (nnunet.ipynb)."""
+    hippocampus = "msd-task04-hippocampus"
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0, 1), (hippocampus,), ("unet3d",), nnunet_seeds=(0, 1))
+    for seed in (0, 1):
+        path = tmp_path / f"results/smoke/runs/{hippocampus}/nnunet/seed{seed}/metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"model": "nnunet"}))
+        notebook = tmp_path / f"results/smoke/notebooks/{hippocampus}/nnunet/seed{seed}/nnunet.ipynb"
+        notebook.parent.mkdir(parents=True)
+        notebook.write_text(json.dumps({"metadata": {"papermill": {"duration": 5000.0 + seed}}, "cells": []}))
+    times = RunTimes.of_recorded_runs(tmp_path, grid, stale={"nnunet@1"})
+    assert times.by_cell == {(hippocampus, "nnunet"): [5000.0]}
+    assert times.expected((hippocampus, "unet3d")) == 5000.0  # no run of its dataset but nnU-Net's: every run's mean
+    times.add((hippocampus, "unet3d"), 100.0)
+    times.add(("ph2-dermoscopy", "unet"), 300.0)
+    assert times.expected((hippocampus, "segresnet")) == 100.0  # its dataset's, without nnU-Net's
+    assert times.expected((hippocampus, "nnunet")) == 5000.0
+    fresh = RunTimes()
+    fresh.add((hippocampus, "unet3d"), 100.0)
+    fresh.add(("ph2-dermoscopy", "unet"), 300.0)
+    assert fresh.expected((hippocampus, "nnunet")) == 200.0  # no nnU-Net run yet: every run's mean
 
 
 def test_the_done_line_shows_each_domains_test_dice_of_a_universal_run(tmp_path):

@@ -71,6 +71,18 @@ UNIVERSAL = Grid(
 )
 
 
+# nnU-Net's runs: seeds of their own (nnunet.seeds), after the volumetric rows within a seed; seed 2 is nnU-Net's only.
+NNUNET = Grid(
+    "smoke",
+    ("ph2-dermoscopy",),
+    ("unet",),
+    (0, 1),
+    volume_datasets=DOMAINS[:1],
+    volume_models=("unet3d",),
+    nnunet_seeds=(0, 2),
+)
+
+
 def _names(grid: Grid, only: RunFilter) -> list[str]:
     from repro.runner.grid import run_name
 
@@ -140,6 +152,34 @@ def test_a_universal_run_is_selected_by_any_of_its_domains():
         "--datasets: 'la2018-atrium-lgemry' is not in the study grid of params.yaml; did you mean "
         "'la2018-atrium-lgemri'?"
     )
+
+
+def test_nnunet_runs_are_selected_by_their_model_dataset_seed_and_stage_name():
+    assert _names(NNUNET, RunFilter()) == [
+        "train@ph2-dermoscopy-unet-0",
+        "train_volumes@msd-task04-hippocampus-unet3d-0",
+        "nnunet@0",
+        "train@ph2-dermoscopy-unet-1",
+        "train_volumes@msd-task04-hippocampus-unet3d-1",
+        "nnunet@2",
+    ]
+    assert _names(NNUNET, RunFilter.parse(models="nnunet")) == ["nnunet@0", "nnunet@2"]
+    assert _names(NNUNET, RunFilter.parse(stages="nnunet@*")) == ["nnunet@0", "nnunet@2"]
+    assert _names(NNUNET, RunFilter.parse(datasets="msd-task04-hippocampus", seeds="0")) == [
+        "train_volumes@msd-task04-hippocampus-unet3d-0",
+        "nnunet@0",
+    ]
+    assert _names(NNUNET, RunFilter.parse(seeds="2")) == ["nnunet@2"]  # a seed of nnU-Net's alone
+    for only in (RunFilter.parse(models="nnunet"), RunFilter.parse(stages="nnunet@*"), RunFilter.parse(seeds="2")):
+        assert only.problems(NNUNET) == []
+    assert (
+        RunFilter.parse(models="nnunet")
+        .problems(GRID)[0]
+        .startswith("--models: 'nnunet' is not in the study grid of params.yaml")
+    )
+    assert RunFilter.parse(models="nnunet", seeds="1").problems(NNUNET) == [
+        "--models nnunet --seeds 1 together select no run of the study grid"
+    ]
 
 
 def test_the_plan_line_says_what_the_filters_selected():
@@ -237,6 +277,38 @@ def test_a_universal_run_is_timed_once_by_its_records_and_not_as_its_domains_run
     # --trained-on leaves out the times of the runs it selects: one run, although two records.
     left = Estimate.of_runs(tmp_path, UNIVERSAL, names, leave_out={"train_universal@u2net3d_universal-0"})
     assert left.left_out == 1 and "train_universal@u2net3d_universal-1" in left.unknown
+
+
+def test_an_nnunet_run_is_timed_by_nnunets_own_runs_only(tmp_path):
+    """nnU-Net trains by a schedule of its own (nnunet.scales), so its runs time no other variant of Hippocampus
+    (neither by the dataset's median nor by seconds per FLOP: its FLOPs are a patch's), and without a committed
+    nnU-Net run of the scale an nnU-Net run has no estimate."""
+    hippocampus = DOMAINS[0]
+    _committed(tmp_path, hippocampus, "nnunet", 0, train_seconds=9000.0, flops=5e11, image_size=[40, 56, 40])
+
+    def flops_of(dataset, model, size):
+        raise AssertionError(f"no FLOPs to count: {dataset} {model} {size}")
+
+    names = ["nnunet@2", "train_volumes@msd-task04-hippocampus-unet3d-1", "train@ph2-dermoscopy-unet-1"]
+    estimate = Estimate.of_runs(tmp_path, NNUNET, names, flops_of=flops_of)
+    assert estimate.seconds == {"nnunet@2": 9000.0}
+    assert estimate.unknown == names[1:]
+    _committed(tmp_path, hippocampus, "unet3d", 0, train_seconds=100.0, flops=1e9, image_size=[48, 64, 48])
+    assert Estimate.of_runs(tmp_path, NNUNET, ["nnunet@2"], leave_out={"nnunet@0"}).unknown == ["nnunet@2"]
+    names.append("nnunet@0")
+    estimate = Estimate.of_runs(tmp_path, NNUNET, names, leave_out={"nnunet@0"})
+    assert estimate.seconds == {"train_volumes@msd-task04-hippocampus-unet3d-1": 100.0}
+    assert estimate.left_out == 1 and estimate.describe(1).endswith(
+        "; 1 run(s) of datasets without any committed run have no estimate; 2 nnU-Net run(s) have no estimate before "
+        "a committed nnU-Net run of this scale; the times of the 1 committed run(s) they replace left out (another "
+        "device)"
+    )
+    # U-Net 3D's cell has its run; SegResNet (no run) is scaled by U-Net 3D's seconds per FLOP, not nnU-Net's.
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (1,), (hippocampus,), ("segresnet",), nnunet_seeds=(1,))
+    estimate = Estimate.of_runs(
+        tmp_path, grid, ["train_volumes@msd-task04-hippocampus-segresnet-1"], flops_of=lambda *_: 2e9
+    )
+    assert estimate.seconds == {"train_volumes@msd-task04-hippocampus-segresnet-1": pytest.approx(200.0)}
 
 
 def test_a_cell_without_runs_is_scaled_by_its_flops_and_a_resumed_run_counts_by_its_history(tmp_path):
@@ -667,6 +739,30 @@ def test_the_summary_states_each_domains_length_for_a_universal_run():
     ) in " ".join(text.split()), text
 
 
+def test_the_summary_states_nnunets_trainer_apart_from_the_datasets_lengths():
+    """nnU-Net's runs train its trainer's length (nnunet.scales), not training.<dataset>.train_steps: the scale line
+    states it apart, and a dataset only nnU-Net trains on has no length of its own there."""
+    params = {
+        "scales": {
+            "smoke": {"image_size": 64, "width_mult": 0.25, "epochs": 2},
+            "paper": {"image_size": 256, "width_mult": 1.0, "epochs": 100},
+        },
+        "training": {DOMAINS[0]: {"train_steps": {"smoke": 30}}},
+        "nnunet": {"scales": {"smoke": {"trainer": "nnUNetTrainer_Repro"}, "paper": {"trainer": "nnUNetTrainer"}}},
+    }
+    grid = Grid("smoke", ("ph2-dermoscopy",), ("unet",), (0,), nnunet_seeds=(0,))
+    text = " ".join(summary(grid, params, Outcome(total=grid.size), 60.0).split())
+    assert (
+        "study: 1 dataset(s) x 1 variant(s) x 1 seed(s) + nnunet: 1 dataset(s) x 1 variant(s) x 1 seed(s) = 2 runs"
+        in text
+    )
+    assert (
+        "lengths ph2-dermoscopy 2 epochs (training.<dataset>.train_steps) instead of 100 epochs; nnU-Net "
+        "nnUNetTrainer_Repro (nnunet.scales.smoke) instead of nnUNetTrainer"
+    ) in text, text
+    assert "nnU-Net" not in summary(GRID, params, Outcome(total=GRID.size), 60.0)
+
+
 GPU = "cuda:0 (NVIDIA H200)"
 
 
@@ -741,6 +837,45 @@ def test_trained_on_selects_a_universal_run_by_its_domains_records(tmp_path):
     assert "train_universal@u2net3d_universal-1" in message
     assert f"{first.relative_to(tmp_path)} records device 'cuda:0'" in message
     assert f"{second.relative_to(tmp_path)} records 'cpu'" in message
+
+
+def test_trained_on_selects_nnunet_runs_by_their_records(tmp_path):
+    _committed(tmp_path, DOMAINS[0], "nnunet", 2, device="cuda:0 (NVIDIA H100)")
+    _committed(tmp_path, DOMAINS[0], "unet3d", 0, device="cpu")
+    assert selected_runs(tmp_path, NNUNET, trained_on="cuda") == ["nnunet@2"]
+    assert selected_runs(tmp_path, NNUNET, RunFilter.parse(models="nnunet"), "cpu") == []
+    assert trained_on_problems(tmp_path, NNUNET, RunFilter.parse(models="nnunet"), "cpu") == [
+        "--trained-on cpu: no committed run among those of --models nnunet was trained on a device starting with "
+        "'cpu'; their metrics.json record: cuda:0 (NVIDIA H100) (1)"
+    ]
+
+
+def test_a_dry_run_aimed_at_nnunet_lists_its_runs_with_their_estimate(tmp_path):
+    """Through the runner's command line, in a copy with nnunet.seeds [0, 3]: DVC's stale nnunet@<seed> stages,
+    selected by --models nnunet, listed in the grid's order, the one with a committed record as replacing it, each
+    timed by the committed nnU-Net run; nothing is trained or recorded."""
+    copy = copy_repository(tmp_path / "copy", STUDY, nnunet__seeds=[0, 3])
+    _committed(copy, DOMAINS[0], "nnunet", 0, train_seconds=1500.0, device="cpu")
+    result = run_python(copy, "-m", "repro.study", "--models", "nnunet", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "study: 1 dataset(s) x 2 variant(s) x 1 seed(s) + nnunet: 1 dataset(s) x 1 variant(s) x 2 seed(s) = 4 runs at "
+        "scale smoke, aimed by --models nnunet"
+    ) in result.stdout
+    assert (
+        "scale smoke: 2 of 2 training runs to run (selected by --models nnunet of 4; 1 new, 1 replacing stale runs of "
+        "scale smoke; 0 up to date)"
+    ) in result.stdout
+    lines = result.stdout.splitlines()
+    start = lines.index("  new runs (1):")
+    assert lines[start:] == [
+        "  new runs (1):",
+        "    nnunet@3  ~25 min 0 s",
+        "  runs replacing committed ones (1; their code, data or settings changed):",
+        "    nnunet@0  ~25 min 0 s",
+        "nothing was run (--dry-run)",
+    ]
+    assert not (copy / "dvc.lock").exists() and not (copy / "results/smoke/notebooks").exists()
 
 
 def test_retrain_trains_the_gpu_run_afresh_and_records_it(retrain_copy):

@@ -1,6 +1,6 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
-Six blocks share the seeds, each a DVC stage over its own datasets x variants:
+Seven blocks, each a DVC stage over its own datasets x variants. Six share the study's seeds (``study.seeds``):
 
 - the image study, ``study.datasets`` x ``study.models`` (stage ``train``);
 - its extra rows, ``study.extra.datasets`` x ``study.extra.models`` (stage ``train_extra``): variants the study
@@ -17,6 +17,16 @@ Six blocks share the seeds, each a DVC stage over its own datasets x variants:
   by ``+`` (``repro.training.run.DOMAIN_SEPARATOR``), and it writes a record under each domain: no folder of runs/
   bears the joined name, only its executed notebook's (:func:`record_paths`, :func:`notebook_path`).
 
+One has seeds of its own:
+
+- nnU-Net on MSD Hippocampus (stage ``nnunet``, ``notebooks/nnunet.ipynb``): one run per seed of ``nnunet.seeds``,
+  named ``nnunet@<seed>``. Its dataset is ``msd-task04-hippocampus`` and its model ``nnunet``, as its record says
+  (``runs/msd-task04-hippocampus/nnunet/seed<k>/``); its executed notebook is ``nnunet.ipynb``. Within a seed it
+  trains after the volumetric rows, which C14 compares it with.
+
+The runner goes seed by seed over every seed of either list (``study.seeds`` in their order, then the seeds only
+``nnunet.seeds`` lists); within a seed, each block that has that seed, in the order of :data:`GRID_STAGES`.
+
 Two blocks may not train one variant on one dataset: both stages would write its run folder.
 
 A misspelled dataset or variant otherwise surfaces only when its run starts, possibly hours into a study and
@@ -25,7 +35,8 @@ them all.
 
 A :class:`RunFilter` aims a call of the runner at part of the grid (``--datasets``, ``--models``, ``--seeds``,
 ``--stages``): a run is selected when it matches every filter given; ``--datasets`` selects a universal run when it
-names any of its domains.
+names any of its domains. nnU-Net's runs are selected as any other: ``--models nnunet``, ``--datasets
+msd-task04-hippocampus``, ``--stages 'nnunet@*'``.
 """
 
 from __future__ import annotations
@@ -40,9 +51,17 @@ from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 from repro.runner.cluster import ParamsError
 
-# dvc.yaml's training stages, one per block of the grid, in the order a seed trains them.
+# dvc.yaml's training stages: those that run the study's own training code (train.ipynb, train_universal.ipynb), one
+# per block of the grid, with the train stage's code deps, in the order a seed trains them.
 TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_independent", "train_universal")
 UNIVERSAL_STAGE = "train_universal"
+# nnU-Net's stage (notebooks/nnunet.ipynb, code deps of its own), its dataset and the model its records name
+# (repro.nnunet.STAGE and DATASET, without torch and nnU-Net).
+NNUNET_STAGE = "nnunet"
+NNUNET_DATASET = "msd-task04-hippocampus"
+NNUNET_MODEL = "nnunet"
+# The stage of every block of the grid, in the order a seed trains them: nnU-Net's after the volumetric rows.
+GRID_STAGES = (*TRAIN_STAGES[:4], NNUNET_STAGE, *TRAIN_STAGES[4:])
 # dvc.yaml's train_universal stage names its two domains (study.universal.domains[0] and [1]).
 UNIVERSAL_DOMAINS = 2
 # Joins a universal run's domains into its dataset name (repro.training.run.DOMAIN_SEPARATOR, without torch).
@@ -51,7 +70,8 @@ DOMAIN_SEPARATOR = "+"
 
 @dataclass(frozen=True)
 class Grid:
-    """The study grid: every (dataset, model variant, seed) at one scale, images and volumes."""
+    """The study grid: every (dataset, model variant, seed) at one scale, images and volumes, and nnU-Net's runs
+    (``nnunet_seeds``: params.yaml's ``nnunet.seeds``)."""
 
     scale: str
     datasets: tuple[str, ...]
@@ -66,6 +86,7 @@ class Grid:
     universal_domains: tuple[str, ...] = ()
     universal_models: tuple[str, ...] = ()
     independent_models: tuple[str, ...] = ()
+    nnunet_seeds: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -73,15 +94,17 @@ class Grid:
 
     @property
     def blocks(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
-        """(stage, datasets, models) of each block that has runs, in the order a seed trains them."""
+        """(stage, datasets, models) of each block that has runs, in the order a seed trains them
+        (:data:`GRID_STAGES`); nnU-Net's block only with seeds of its own."""
         universal = (DOMAIN_SEPARATOR.join(self.universal_domains),) if self.universal_domains else ()
         blocks = zip(
-            TRAIN_STAGES,
+            GRID_STAGES,
             (
                 self.datasets,
                 self.extra_datasets,
                 self.ablation_datasets,
                 self.volume_datasets,
+                (NNUNET_DATASET,) if self.nnunet_seeds else (),
                 self.universal_domains,
                 universal,
             ),
@@ -90,6 +113,7 @@ class Grid:
                 self.extra_models,
                 self.ablation_models,
                 self.volume_models,
+                (NNUNET_MODEL,),
                 self.independent_models,
                 self.universal_models,
             ),
@@ -97,14 +121,20 @@ class Grid:
         )
         return [block for block in blocks if block[1] and block[2]]
 
+    def seeds_of(self, stage: str) -> tuple[int, ...]:
+        """The seeds of a block: nnU-Net's own (``nnunet.seeds``), else the study's."""
+        return self.nnunet_seeds if stage == NNUNET_STAGE else self.seeds
+
     def runs(self) -> list[tuple[str, str, str, int]]:
-        """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed; within a
-        seed the image study, its extra rows, its ablations, the volumes, the independent models, then the universal
-        models, each variant in the order its list gives, then each dataset."""
+        """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed (the study's
+        seeds in their order, then those only nnU-Net's list has); within a seed the image study, its extra rows, its
+        ablations, the volumes, nnU-Net, the independent models, then the universal models, each block that has the
+        seed, each variant in the order its list gives, then each dataset."""
         return [
             (stage, dataset, model, seed)
-            for seed in self.seeds
+            for seed in dict.fromkeys((*self.seeds, *self.nnunet_seeds))
             for stage, datasets, models in self.blocks
+            if seed in self.seeds_of(stage)
             for model in models
             for dataset in datasets
         ]
@@ -115,10 +145,11 @@ class Grid:
         return f"results/{self.scale}"
 
     def describe(self) -> str:
-        seeds = len(self.seeds)
         labels = {stage: f"{stage.partition('_')[2]}: " if "_" in stage else "" for stage in TRAIN_STAGES}
+        labels[NNUNET_STAGE] = f"{NNUNET_STAGE}: "
         text = " + ".join(
-            f"{labels[stage]}{self._data_text(stage, datasets)} x {len(models)} variant(s) x {seeds} seed(s)"
+            f"{labels[stage]}{self._data_text(stage, datasets)} x {len(models)} variant(s) x "
+            f"{len(self.seeds_of(stage))} seed(s)"
             for stage, datasets, models in self.blocks
         )
         return f"{text} = {self.size} runs at scale {self.scale}"
@@ -137,23 +168,26 @@ def domains_of(dataset: str) -> tuple[str, ...]:
 
 def record_paths(results_dir: str | Path, dataset: str, model: str, seed: int) -> list[Path]:
     """The records (metrics.json) a run writes below ``results_dir`` (``results/<scale>``, as a path to read):
-    ``runs/<dataset>/<model>/seed<k>/metrics.json``, and a universal run's one under each of its domains (its
-    joined name has no folder of runs). Each of a universal run's records holds the whole run's device and
-    timings."""
+    ``runs/<dataset>/<model>/seed<k>/metrics.json`` (an nnU-Net run's ``runs/msd-task04-hippocampus/nnunet/seed<k>/``),
+    and a universal run's one under each of its domains (its joined name has no folder of runs). Each of a universal
+    run's records holds the whole run's device and timings."""
     return [Path(results_dir, "runs", domain, model, f"seed{seed}", "metrics.json") for domain in domains_of(dataset)]
 
 
 def notebook_path(results_dir: str | Path, stage: str, dataset: str, model: str, seed: int) -> Path:
     """The executed notebook of a run below ``results_dir`` (dvc.yaml's commands):
     ``notebooks/<dataset>/<model>/seed<k>/train.ipynb``; a universal run's is ``train_universal.ipynb`` in the
-    folder of its joined domains."""
-    name = "train_universal.ipynb" if stage == UNIVERSAL_STAGE else "train.ipynb"
+    folder of its joined domains, an nnU-Net run's ``nnunet.ipynb``."""
+    name = {UNIVERSAL_STAGE: "train_universal.ipynb", NNUNET_STAGE: "nnunet.ipynb"}.get(stage, "train.ipynb")
     return Path(results_dir, "notebooks", dataset, model, f"seed{seed}", name)
 
 
 def run_name(stage: str, dataset: str, model: str, seed: int) -> str:
     """The DVC stage name of one run, e.g. ``train@ph2-dermoscopy-unet-0``; a universal run's names no dataset
-    (its stage has one pair of domains): ``train_universal@u2net3d_universal-0``."""
+    (its stage has one pair of domains): ``train_universal@u2net3d_universal-0``; an nnU-Net run's only its seed
+    (its stage is a ``foreach`` over ``nnunet.seeds``): ``nnunet@0``."""
+    if stage == NNUNET_STAGE:
+        return f"{stage}@{seed}"
     if stage == UNIVERSAL_STAGE:
         return f"{stage}@{model}-{seed}"
     return f"{stage}@{dataset}-{model}-{seed}"
@@ -165,7 +199,7 @@ class RunFilter:
 
     ``datasets`` select a universal run (whose dataset is its domains joined by ``+``) when they name any of its
     domains, or the joined name. ``stages`` are shell-style globs over the runs' stage names (``train@ph2-*``,
-    ``train_extra@*``, ``*-unetpp-*``); a run is selected when any of them matches its name.
+    ``train_extra@*``, ``*-unetpp-*``, ``nnunet@*``); a run is selected when any of them matches its name.
     """
 
     datasets: tuple[str, ...] = ()
@@ -294,7 +328,8 @@ def check_grid(params: dict[str, Any]) -> Grid:
     variants whose arch or options ``repro.models.create_model`` refuses (a 2D network among the volumes, for one), a
     variant two blocks would train on one dataset (two stages writing one run folder), and invalid seeds. Each problem
     is listed once, also where two blocks share it (the domains of the universal models and of their independent
-    models)."""
+    models). nnU-Net's block (``nnunet``) is checked as far as it can be without nnU-Net: its seeds, and with seeds its
+    dataset (registered), the keys its stage reads and its entry for the scale (:func:`_nnunet_block`)."""
     problems: list[str] = []
     try:
         preset = scale_preset(params.get("scale"), params)
@@ -374,10 +409,24 @@ def check_grid(params: dict[str, Any]) -> Grid:
             for model in universal_models
             if model in volume_models and shared
         ]
+    nnunet_seeds = _nnunet_block(params, preset.name if preset else None, problems)
+    if nnunet_seeds:
+        # nnU-Net's runs write runs/msd-task04-hippocampus/nnunet/seed<k>: no variant of that name may train there.
+        problems += [
+            f"{where}: '{NNUNET_MODEL}' on '{NNUNET_DATASET}' is a run of nnU-Net's stage (nnunet.seeds), which "
+            "writes its folders; give the variant another name"
+            for where, block_datasets, block_models in (
+                ("study.volumes.models", volume_datasets, volume_models),
+                ("study.universal.independent", universal_domains, independent_models),
+                ("study.universal.models", universal_domains, universal_models),
+            )
+            if NNUNET_MODEL in block_models and NNUNET_DATASET in block_datasets
+        ]
 
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            problems.append(f"study.seeds: {seed!r} is not a whole number from 0 to 2**32 - 1")
+    for where, values in (("study.seeds", seeds), ("nnunet.seeds", nnunet_seeds)):
+        for seed in values:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+                problems.append(f"{where}: {seed!r} is not a whole number from 0 to 2**32 - 1")
 
     if problems:
         raise ParamsError(list(dict.fromkeys(problems)), "params.yaml")
@@ -395,7 +444,42 @@ def check_grid(params: dict[str, Any]) -> Grid:
         tuple(universal_domains),
         tuple(universal_models),
         tuple(independent_models),
+        tuple(nnunet_seeds),
     )
+
+
+def _nnunet_block(params: dict, scale: str | None, problems: list[str]) -> list:
+    """The seeds of params.yaml's ``nnunet`` section (dvc.yaml's nnunet stage: one run per seed), and with seeds the
+    problems that would otherwise stop its runs only once they start: a dataset that is not registered, a key its
+    stage reads that is missing, no entry for the scale (``scale``, None when the scale itself is unknown). Its
+    trainer is checked where nnU-Net is imported (``repro.nnunet.load_settings``), when a run starts."""
+    section = params.get("nnunet")
+    if not isinstance(section, dict):
+        problems.append(
+            "params.yaml's nnunet must be a mapping with seeds, which dvc.yaml's nnunet stage reads (seeds: [] for no "
+            f"nnU-Net run); got {section!r}"
+        )
+        return []
+    seeds = _names(section, "seeds", problems, empty=True, where="nnunet")
+    if not seeds:
+        return seeds
+    registered = list_datasets()
+    if NNUNET_DATASET not in registered:
+        problems.append(
+            f"nnunet: its dataset '{NNUNET_DATASET}' is not registered (registered: {', '.join(registered)})"
+        )
+    problems += [
+        f"nnunet.{key} is missing; dvc.yaml's nnunet stage reads it"
+        for key in ("configuration", "augmentation_workers", "processes")
+        if key not in section
+    ]
+    scales = section.get("scales")
+    if scale is not None and not (isinstance(scales, dict) and isinstance(scales.get(scale), dict)):
+        known = ", ".join(map(str, scales)) if isinstance(scales, dict) else "none"
+        problems.append(
+            f"nnunet.scales has no entry for scale '{scale}', which its runs read (trainer, ...); it has: {known}"
+        )
+    return seeds
 
 
 def _universal_block(study: dict, problems: list[str]) -> tuple[list, list, list]:

@@ -19,7 +19,7 @@ import yaml
 
 from repro.data.registry import REPO_ROOT
 from repro.runner.cluster import ClusterSettings
-from repro.runner.grid import DOMAIN_SEPARATOR, Grid, RunFilter, record_paths, run_name
+from repro.runner.grid import DOMAIN_SEPARATOR, NNUNET_MODEL, NNUNET_STAGE, Grid, RunFilter, record_paths, run_name
 from repro.runner.progress import duration, grid_runs, read_json
 
 # The programs the training stages' commands in dvc.yaml call by name.
@@ -70,12 +70,12 @@ def dvc_repo(root: Path):
 
 
 def stale_train_stages(root: Path, grid: Grid, only: RunFilter | None = None) -> list:
-    """The training stages (:data:`repro.runner.grid.TRAIN_STAGES`: `train@...`, `train_extra@...` and the others)
-    `dvc repro` would run (DVC's own status), in the grid's order (:meth:`repro.runner.grid.Grid.runs`): seed by seed,
-    then block by block, each variant in the order ``study.models`` (then ``study.extra.models`` and the other
-    blocks' lists) lists it, then each dataset. The study lists its variants in the order their claims matter, so a
-    study cut short has every variant at the same number of seeds, the first ones at one more. With ``only``, the
-    stale stages it selects."""
+    """The training stages of the grid's blocks (:data:`repro.runner.grid.GRID_STAGES`: `train@...`,
+    `train_extra@...` and the others, nnU-Net's `nnunet@<seed>` too) `dvc repro` would run (DVC's own status), in the
+    grid's order (:meth:`repro.runner.grid.Grid.runs`): seed by seed, then block by block, each variant in the order
+    ``study.models`` (then ``study.extra.models`` and the other blocks' lists) lists it, then each dataset. The study
+    lists its variants in the order their claims matter, so a study cut short has every variant at the same number of
+    seeds, the first ones at one more. With ``only``, the stale stages it selects."""
     return train_stages(root, grid, only)[0]
 
 
@@ -313,6 +313,10 @@ class Estimate:
     each domain, each with the whole run's time) time it once, as a run of its cell (its domains joined), and no run
     of either domain alone.
 
+    nnU-Net's runs (model ``nnunet``) train by a schedule of their own (``nnunet.scales``), not their dataset's
+    length: such a run is timed by its own cell's committed runs only, else unknown, and its times count for no other
+    variant of its dataset (neither in the dataset's median nor in its seconds per FLOP).
+
     Notebook start-up and data loading (seconds) are left out. benchmarks/grid_cost.py's step model would time every
     variant's training steps first: minutes before a question.
     """
@@ -366,12 +370,15 @@ class Estimate:
             if seconds is None:
                 continue
             by_cell.setdefault((dataset, model), []).append(seconds)
+            if model == NNUNET_MODEL:
+                continue  # nnU-Net's schedule and FLOPs (per patch) are its own: they time no other variant
             if isinstance(metrics.get("flops"), int | float) and metrics["flops"] > 0 and "image_size" in metrics:
                 per_flop.setdefault(dataset, []).append(seconds / metrics["flops"])
                 sizes[dataset] = metrics["image_size"]
         by_dataset: dict[str, list[float]] = {}
-        for (dataset, _), times in by_cell.items():
-            by_dataset.setdefault(dataset, []).extend(times)
+        for (dataset, model), times in by_cell.items():
+            if model != NNUNET_MODEL:
+                by_dataset.setdefault(dataset, []).extend(times)
         cells = {name: cell for name, cell, _ in grid_runs(grid)}
         flops: dict[tuple[str, str], float | None] = {}
         estimate = cls(left_out=len(left_out))
@@ -379,6 +386,9 @@ class Estimate:
             dataset, model = cells[name]
             if (dataset, model) in by_cell:
                 estimate.seconds[name] = statistics.median(by_cell[dataset, model])
+                continue
+            if model == NNUNET_MODEL:
+                estimate.unknown.append(name)
                 continue
             if dataset in per_flop and (dataset, model) not in flops:
                 flops[dataset, model] = flops_of(dataset, model, sizes[dataset])
@@ -417,8 +427,13 @@ class Estimate:
             source += f", for {len(self.from_flops)} run(s) without one their dataset's seconds per FLOP x their FLOPs"
         if self.from_dataset:
             source += f", for {len(self.from_dataset)} run(s) without one the median of their dataset"
-        if self.unknown:
-            source += f"; {len(self.unknown)} run(s) of datasets without any committed run have no estimate"
+        nnunet = [name for name in self.unknown if name.startswith(f"{NNUNET_STAGE}@")]
+        if len(self.unknown) > len(nnunet):
+            source += (
+                f"; {len(self.unknown) - len(nnunet)} run(s) of datasets without any committed run have no estimate"
+            )
+        if nnunet:
+            source += f"; {len(nnunet)} nnU-Net run(s) have no estimate before a committed nnU-Net run of this scale"
         if self.left_out:
             source += f"; the times of the {self.left_out} committed run(s) they replace left out (another device)"
         return f"~{duration(self.wall(slots))} {where} ({duration(self.total)} of training), {source}"

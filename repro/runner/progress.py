@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from repro.runner.grid import Grid, notebook_path, record_paths, run_name
+from repro.runner.grid import NNUNET_MODEL, Grid, notebook_path, record_paths, run_name
 
 # --- progress ----------------------------------------------------------------------------------------------------
 
@@ -27,11 +27,18 @@ class RunTimes:
     def expected(self, cell: tuple[str, str]) -> float | None:
         """A run's expected wall time: the mean of its cell's finished runs (its other seeds, which differ little),
         else of its dataset's, else of every finished run; None before any. Seeds run one after another, so from
-        the second seed on every cell has a time of its own."""
-        dataset = cell[0]
+        the second seed on every cell has a time of its own. nnU-Net's runs (model ``nnunet``) train by a schedule
+        of their own: neither they nor their dataset's other variants count as each other's dataset."""
+        dataset, model = cell
+        same_dataset = [
+            t
+            for (other, variant), ts in self.by_cell.items()
+            if other == dataset and model != NNUNET_MODEL and variant != NNUNET_MODEL
+            for t in ts
+        ]
         for times in (
             self.by_cell.get(cell, []),
-            [t for (other, _), ts in self.by_cell.items() if other == dataset for t in ts],
+            same_dataset,
             [t for ts in self.by_cell.values() for t in ts],
         ):
             if times:

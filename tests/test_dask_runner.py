@@ -230,6 +230,22 @@ def test_the_grid_trains_nnunet_as_a_block_after_the_volumetric_rows():
     assert TRAIN_STAGES[3] == "train_volumes"
 
 
+def test_the_nnunet_stage_depends_on_the_settings_its_runs_read_not_on_its_seeds():
+    """dvc.yaml's nnunet stage lists the keys of params.yaml's nnunet section that its runs read, not the whole
+    section: adding a seed to nnunet.seeds must leave the other seeds' runs up to date. What it lists is all that
+    repro.nnunet.load_settings reads: given only those keys, it reads the same settings at every scale."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["nnunet"]
+    keys = ["nnunet.configuration", "nnunet.augmentation_workers", "nnunet.processes", "nnunet.scales.${scale}"]
+    assert stage["do"]["params"] == ["scale", *keys]
+    nnunet = pytest.importorskip("repro.nnunet")  # nnU-Net and torch: the settings as a run reads them
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    section = params["nnunet"]
+    for scale in section["scales"]:
+        listed = {key: section[key] for key in ("configuration", "augmentation_workers", "processes")}
+        listed["scales"] = {scale: section["scales"][scale]}
+        assert nnunet.load_settings(scale, {"nnunet": listed}) == nnunet.load_settings(scale, params), scale
+
+
 def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     """A dataset of prepare.custom_datasets is prepared by its own stage; listing it in prepare.datasets too is a
     problem found up front. (In a subprocess: loading the params registers the dataset for good.)"""

@@ -56,6 +56,7 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study, "universal": universal}
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
+    params["nnunet"]["seeds"] = []  # nnU-Net's runs are a block of the grid: a copy trains them only when asked
     for key, value in params_overrides.items():
         section, _, name = key.partition("__")
         if name:

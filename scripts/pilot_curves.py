@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from repro.config import load_params  # noqa: E402
 from repro.training import record, run  # noqa: E402
 from repro.training.inference import reestimate_batchnorm  # noqa: E402
 from repro.training.trainer import Trainer, epochs_for_steps  # noqa: E402
@@ -114,18 +115,34 @@ def pilot(dataset: str, model: str, seed: int, scale: str, threads: int, steps: 
     return summary
 
 
-def suggestion_text(summary: dict) -> str:
-    """The params.yaml line a pilot suggests, or what to do when its curve never settles."""
+def suggestion_text(summary: dict, entry: dict | None = None) -> str:
+    """The params.yaml line a pilot suggests, or what to do when its curve never settles. ``entry`` is the
+    dataset's ``training.<dataset>`` entry as it stands (its other scales' lengths, ``eval_every`` and
+    ``batch_size`` stay as they are); None for a dataset without one."""
     steps, dataset, scale = summary["suggested_train_steps"], summary["dataset"], summary["scale"]
     if steps is None:
         return (
             f"no length suggested: the curve has not settled (its best epoch must not be the last, and validation "
             f"must change by less than {SETTLED} over the last {TAIL_EPOCHS} epochs); pilot a longer run (--steps)"
         )
+    entry = entry or {}
+    settings = {
+        "train_steps": {**(entry.get("train_steps") or {}), scale: steps},
+        "eval_every": entry.get("eval_every", 1),
+    }
+    if entry.get("batch_size"):
+        settings["batch_size"] = entry["batch_size"]
     return (
         f"suggested length (this pilot's: its curve meets the recipe's rule); in params.yaml:\n"
-        f"  training:\n    {dataset}: {{train_steps: {{{scale}: {steps}}}, eval_every: 1}}\n"
+        f"  training:\n    {dataset}: {_flow(settings)}\n"
     )
+
+
+def _flow(value: object) -> str:
+    """``value`` as a YAML flow mapping, as params.yaml writes its training entries."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
+    return str(value)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -211,7 +228,7 @@ def main() -> None:
     if args.command == "run":
         summary = pilot(args.dataset, args.model, args.seed, args.scale, args.threads, args.steps)
         print(json.dumps(summary, indent=1))
-        print(suggestion_text(summary))
+        print(suggestion_text(summary, (load_params().get("training") or {}).get(args.dataset)))
     else:
         summarize(args.scale)
 

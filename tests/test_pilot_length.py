@@ -44,6 +44,12 @@ def test_the_suggestion_is_the_params_yaml_entry():
     assert "    my-polyps: {train_steps: {cpu: 480}, eval_every: 1}" in text.splitlines()
 
 
+def test_the_suggestion_keeps_the_datasets_other_settings():
+    entry = {"train_steps": {"paper": 9000}, "eval_every": 2, "batch_size": {"cpu": 4}}
+    text = pilot_curves.suggestion_text({"suggested_train_steps": 2025, "dataset": "my-volumes", "scale": "cpu"}, entry)
+    assert "    my-volumes: {train_steps: {paper: 9000, cpu: 2025}, eval_every: 2, batch_size: {cpu: 4}}" in text
+
+
 PILOTS = sorted((ROOT / "results" / "pilots").glob("*/*/*/seed*/pilot.json"))
 
 

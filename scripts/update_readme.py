@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from repro.analysis import verdicts  # noqa: E402 - the repository root must be importable first
 from repro.analysis.run_results import naming_the_metrics_file  # noqa: E402
 from repro.analysis.tables import claimed_text, comparison_names, effect_text, markdown_table  # noqa: E402
+from repro.runner.grid import DOMAIN_SEPARATOR, run_of_record  # noqa: E402
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
@@ -107,10 +108,9 @@ def training_time_line(runs_dir: Path) -> str:
         with naming_the_metrics_file(path):
             metrics = json.loads(path.read_text())
             hours, device, model = float(metrics["train_seconds"]) / 3600, str(metrics["device"]), metrics["model"]
-            domains = tuple(metrics.get("domains") or ())
-        key = (domains, model, path.parent.name) if domains else (path.parent,)
+        key = run_of_record(path, metrics)
         runs.setdefault(key, (hours, device, model))
-        if domains:
+        if DOMAIN_SEPARATOR in key[0]:
             universal.add(key)
     if not runs:
         return "*Training time: no runs yet.*\n"

@@ -174,6 +174,18 @@ def record_paths(results_dir: str | Path, dataset: str, model: str, seed: int) -
     return [Path(results_dir, "runs", domain, model, f"seed{seed}", "metrics.json") for domain in domains_of(dataset)]
 
 
+def run_of_record(path: Path, metrics: dict[str, Any]) -> tuple[str, str, str]:
+    """(dataset, model, ``seed<k>``) of the run that wrote the record ``path`` (``runs/<dataset>/<model>/seed<k>/
+    metrics.json``, read as ``metrics``), the inverse of :func:`record_paths`: a universal run's dataset is its
+    domains joined by :data:`DOMAIN_SEPARATOR` (each of its records names them in ``domains``), so that its records,
+    one under each domain, map to one run."""
+    dataset, model, seed = path.parent.parent.parent.name, path.parent.parent.name, path.parent.name
+    domains = metrics.get("domains")
+    if isinstance(domains, list) and len(domains) > 1:
+        dataset = DOMAIN_SEPARATOR.join(map(str, domains))
+    return dataset, model, seed
+
+
 def notebook_path(results_dir: str | Path, stage: str, dataset: str, model: str, seed: int) -> Path:
     """The executed notebook of a run below ``results_dir`` (dvc.yaml's commands):
     ``notebooks/<dataset>/<model>/seed<k>/train.ipynb``; a universal run's is ``train_universal.ipynb`` in the

@@ -19,7 +19,16 @@ import yaml
 
 from repro.data.registry import REPO_ROOT
 from repro.runner.cluster import ClusterSettings
-from repro.runner.grid import DOMAIN_SEPARATOR, NNUNET_MODEL, NNUNET_STAGE, Grid, RunFilter, record_paths, run_name
+from repro.runner.grid import (
+    DOMAIN_SEPARATOR,
+    NNUNET_MODEL,
+    NNUNET_STAGE,
+    Grid,
+    RunFilter,
+    record_paths,
+    run_name,
+    run_of_record,
+)
 from repro.runner.progress import duration, grid_runs, read_json
 
 # The programs the training stages' commands in dvc.yaml call by name.
@@ -357,15 +366,13 @@ class Estimate:
                 left_out.add(skip[path.parent])
                 continue
             metrics = read_json(path) or {}
-            dataset, model = path.parent.parent.parent.name, path.parent.parent.name
-            domains = metrics.get("domains")
-            if isinstance(domains, list) and len(domains) > 1:
+            run = dataset, model, _ = run_of_record(path, metrics)
+            if DOMAIN_SEPARATOR in dataset:
                 # A universal run's record: each of its domains' holds the whole run's time, a time of the run's
                 # cell (its domains joined), counted once, and of neither domain's runs.
-                dataset = DOMAIN_SEPARATOR.join(map(str, domains))
-                if (dataset, model, path.parent.name) in universal:
+                if run in universal:
                     continue
-                universal.add((dataset, model, path.parent.name))
+                universal.add(run)
             seconds = run_seconds(path.parent, metrics)
             if seconds is None:
                 continue

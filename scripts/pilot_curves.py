@@ -22,6 +22,7 @@ import copy
 import csv
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from repro.config import load_params  # noqa: E402
 from repro.training import record, run  # noqa: E402
@@ -138,11 +140,9 @@ def suggestion_text(summary: dict, entry: dict | None = None) -> str:
     )
 
 
-def _flow(value: object) -> str:
-    """``value`` as a YAML flow mapping, as params.yaml writes its training entries."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
-    return str(value)
+def _flow(settings: dict) -> str:
+    """``settings`` as one YAML flow mapping, as params.yaml writes its training entries."""
+    return yaml.safe_dump(settings, default_flow_style=True, sort_keys=False, width=sys.maxsize).strip()
 
 
 def _read_rows(path: Path) -> list[dict]:

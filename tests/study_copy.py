@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from repro.data.registry import resolve_data_root
+from repro.runner.grid import NNUNET_DATASET
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = {".git", ".venv", "results", "checkpoints", "data/processed", ".dvc/cache", ".dvc/tmp", "dvc.lock"}
@@ -31,7 +32,8 @@ def _env() -> dict[str, str]:
 
 def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     """The repository's tracked and unignored files (no results, no lock) in ``destination``, at the smoke scale
-    with the grid ``study`` and only its datasets prepared, as a git repository of its own."""
+    with the grid ``study`` and only its datasets prepared (with nnU-Net's where ``nnunet__seeds`` asks for its
+    runs), as a git repository of its own."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -63,6 +65,8 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
             params[section][name] = value
         else:
             params[section] = value
+    if params["nnunet"]["seeds"] and NNUNET_DATASET not in params["prepare"]["datasets"]:
+        params["prepare"]["datasets"].append(NNUNET_DATASET)  # its runs train on the split its prepare stage writes
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # A study running in the repository itself holds 8787; a copy's dashboard takes any free port.
     cluster = yaml.safe_load((destination / "cluster.yaml").read_text())

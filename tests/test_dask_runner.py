@@ -450,8 +450,9 @@ def test_nnunet_trains_its_own_seeds_seed_by_seed_after_the_volumetric_rows(tmp_
 
 
 def test_the_nnunet_block_is_checked_with_the_rest_of_the_grid(monkeypatch):
-    """nnunet.seeds are checked as study.seeds are; with seeds, nnU-Net's dataset must be registered, its stage's
-    keys and its entry for the scale be there, and no variant named nnunet may train on its dataset (its folders)."""
+    """nnunet.seeds are checked as study.seeds are; with seeds, nnU-Net's dataset must be registered and prepared by
+    a stage (its split), its stage's keys and its entry for the scale be there, and no variant named nnunet may train
+    on its dataset (its folders)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert check_grid(params).nnunet_seeds == ()
     params["nnunet"]["seeds"] = [2, 0]
@@ -473,6 +474,15 @@ def test_the_nnunet_block_is_checked_with_the_rest_of_the_grid(monkeypatch):
         "study.volumes.models: 'nnunet' on 'msd-task04-hippocampus' is a run of nnU-Net's stage (nnunet.seeds)",
     ):
         assert expected in message, (expected, message)
+    prepared = params["prepare"]["datasets"]
+    params["prepare"]["datasets"] = [name for name in prepared if name != "msd-task04-hippocampus"]
+    with pytest.raises(
+        ParamsError,
+        match=r"nnunet: its dataset 'msd-task04-hippocampus' is not in prepare.datasets, "
+        r"so no stage writes its split \(data/splits/msd-task04-hippocampus.json\)",
+    ):
+        check_grid(params)
+    params["prepare"]["datasets"] = prepared
     monkeypatch.setattr("repro.runner.grid.list_datasets", lambda: ["ph2-dermoscopy"])
     with pytest.raises(ParamsError, match="nnunet: its dataset 'msd-task04-hippocampus' is not registered"):
         check_grid(params)

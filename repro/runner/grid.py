@@ -462,9 +462,10 @@ def check_grid(params: dict[str, Any]) -> Grid:
 
 def _nnunet_block(params: dict, scale: str | None, problems: list[str]) -> list:
     """The seeds of params.yaml's ``nnunet`` section (dvc.yaml's nnunet stage: one run per seed), and with seeds the
-    problems that would otherwise stop its runs only once they start: a dataset that is not registered, a key its
-    stage reads that is missing, no entry for the scale (``scale``, None when the scale itself is unknown). Its
-    trainer is checked where nnU-Net is imported (``repro.nnunet.load_settings``), when a run starts."""
+    problems that would otherwise stop its runs only once they start: a dataset that is not registered or that no
+    stage prepares (its split), a key its stage reads that is missing, no entry for the scale (``scale``, None when
+    the scale itself is unknown). Its trainer is checked where nnU-Net is imported (``repro.nnunet.load_settings``),
+    when a run starts."""
     section = params.get("nnunet")
     if not isinstance(section, dict):
         problems.append(
@@ -479,6 +480,12 @@ def _nnunet_block(params: dict, scale: str | None, problems: list[str]) -> list:
     if NNUNET_DATASET not in registered:
         problems.append(
             f"nnunet: its dataset '{NNUNET_DATASET}' is not registered (registered: {', '.join(registered)})"
+        )
+    elif NNUNET_DATASET not in ((params.get("prepare") or {}).get("datasets") or []):
+        # Its stage reads the split that dataset's prepare stage writes (fold 0 = the study's train / val split).
+        problems.append(
+            f"nnunet: its dataset '{NNUNET_DATASET}' is not in prepare.datasets, so no stage writes its split "
+            f"(data/splits/{NNUNET_DATASET}.json), which its runs train on"
         )
     problems += [
         f"nnunet.{key} is missing; dvc.yaml's nnunet stage reads it"

@@ -26,7 +26,14 @@ sys.path.insert(0, str(ROOT))
 from repro.analysis import verdicts  # noqa: E402 - the repository root must be importable first
 from repro.analysis.run_results import naming_the_metrics_file  # noqa: E402
 from repro.analysis.tables import claimed_text, comparison_names, effect_text, markdown_table  # noqa: E402
-from repro.runner.grid import DOMAIN_SEPARATOR, run_of_record  # noqa: E402
+from repro.runner.grid import (  # noqa: E402
+    DOMAIN_SEPARATOR,
+    NNUNET_STAGE,
+    UNIVERSAL_STAGE,
+    Grid,
+    record_paths,
+    run_of_record,
+)
 
 # Marker name -> the table's file in a study's tables/ folder; the archived first version has the first two only.
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
@@ -70,28 +77,47 @@ def current_tables() -> Path:
     return ROOT / "results" / str(params()["scale"]) / "tables"
 
 
-def progress_line(tables: Path, study: dict) -> str:
-    """How much of the study's grid (``study``: params.yaml's ``study``, its datasets x models x seeds) the tables
-    in ``tables`` cover: runs committed and the cells (dataset x variant) by their number of seeds. From
-    ``results.csv`` (its ``n_seeds`` per cell), so the line always describes the tables beside it."""
-    datasets, models, seeds = study["datasets"], study["models"], study["seeds"]
-    total = len(datasets) * len(models) * len(seeds)
-    grid = f"{len(datasets)} datasets × {len(models)} variants × {len(seeds)} seeds"
-    results = tables / "results.csv"
-    table = pd.read_csv(results) if results.is_file() else pd.DataFrame(columns=["dataset", "model", "n_seeds"])
-    n_seeds = {(row.dataset, row.model): min(int(row.n_seeds), len(seeds)) for row in table.itertuples()}
-    per_cell = Counter(n_seeds.get((dataset, model), 0) for dataset in datasets for model in models)
-    runs = sum(k * count for k, count in per_cell.items())
-    if runs == total:
-        return f"*Progress: all {total} runs of the study's grid ({grid}) are in the tables below.*\n"
-    cells = ", ".join(
-        f"{count} with {k} seed{'s' if k != 1 else ''}" if k else f"{count} with none"
-        for k, count in sorted(per_cell.items(), reverse=True)
+# What the progress line calls each block of the grid (repro.runner.grid.GRID_STAGES).
+BLOCK_NAMES = {
+    "train": "the image study",
+    "train_extra": "its extra rows",
+    "train_ablations": "its ablations",
+    "train_volumes": "the volumetric rows",
+    NNUNET_STAGE: "nnU-Net",
+    "train_independent": "the independent models",
+    UNIVERSAL_STAGE: "the universal models",
+}
+
+
+def progress_line(results_dir: Path, grid: Grid) -> str:
+    """How much of the study's grid (``grid``: every block params.yaml lists, the runner's) the tables of
+    ``results_dir`` (``results/<scale>``) cover: the runs whose records (``runs/.../metrics.json``, a universal run's
+    one under each domain) are there, the tables' input, in all and per block."""
+
+    def block_text(stage: str, datasets: tuple, models: tuple) -> str:
+        n_data = f"{len(datasets)} dataset{'s' if len(datasets) != 1 else ''}"
+        if stage == UNIVERSAL_STAGE:
+            n_data = f"{len(grid.universal_domains)} domains together"
+        seeds = grid.seeds_of(stage)
+        return (
+            f"{n_data} × {len(models)} variant{'s' if len(models) != 1 else ''} × {len(seeds)} "
+            f"seed{'s' if len(seeds) != 1 else ''}"
+        )
+
+    done = Counter(
+        stage
+        for stage, dataset, model, seed in grid.runs()
+        if all(path.is_file() for path in record_paths(results_dir, dataset, model, seed))
     )
-    return (
-        f"*Progress: {runs} of the study's {total} runs ({grid}) are in the tables below; of its "
-        f"{len(datasets) * len(models)} cells (dataset × variant), {cells}.*\n"
+    planned = Counter(stage for stage, *_ in grid.runs())
+    if sum(done.values()) == grid.size:
+        blocks = "; ".join(f"{BLOCK_NAMES[stage]}: {block_text(stage, *rest)}" for stage, *rest in grid.blocks)
+        return f"*Progress: all {grid.size} runs of the study's grid are in the tables below ({blocks}).*\n"
+    blocks = ", ".join(
+        f"{BLOCK_NAMES[stage]} {done[stage]} of {planned[stage]} ({block_text(stage, *rest)})"
+        for stage, *rest in grid.blocks
     )
+    return f"*Progress: {sum(done.values())} of the study's {grid.size} runs are in the tables below: {blocks}.*\n"
 
 
 def training_time_line(runs_dir: Path) -> str:
@@ -229,7 +255,7 @@ def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()
     blocks |= optional_blocks(text, tables)
     if "progress" in names:
         blocks["progress"] = (
-            progress_line(tables, params()["study"]) + "\n" + training_time_line(tables.parent / "runs")
+            progress_line(tables.parent, Grid.from_params(params())) + "\n" + training_time_line(tables.parent / "runs")
         )
     if "effects-table" in names:
         blocks["effects-table"] = effects_table(tables)

@@ -150,22 +150,45 @@ def test_the_generated_tables_name_the_script_that_copies_them():
     assert re.search(r"\| 0\.124 \| 0\.115 \|", V1_README), "parameters in millions at 3 significant figures"
 
 
-def test_the_progress_line_counts_the_grid_s_runs_in_the_tables_by_cell(tmp_path):
-    """Runs outside the grid (another variant, a seed beyond the grid's) do not count; a cell without runs is
-    counted as such; the whole grid is said to be complete."""
+def test_the_progress_line_counts_the_runs_of_every_block_of_the_grid(tmp_path):
+    """A run counts when its records are there (a universal run's one under each domain); runs outside the grid
+    (another variant, a seed beyond the grid's) do not count; the whole grid is said to be complete."""
+    from repro.runner.grid import Grid, record_paths
+
     update_readme = _update_readme()
-    study = {"datasets": ["a", "b"], "models": ["unet", "unetpp"], "seeds": [0, 1, 2]}
-    rows = "dataset,model,n_seeds\na,unet,3\na,unetpp,1\nb,unet,4\nb,fcn,3\n"
-    (tmp_path / "results.csv").write_text(rows)
-    assert update_readme.progress_line(tmp_path, study) == (
-        "*Progress: 7 of the study's 12 runs (2 datasets × 2 variants × 3 seeds) are in the tables below; of its 4 "
-        "cells (dataset × variant), 2 with 3 seeds, 1 with 1 seed, 1 with none.*\n"
+    grid = Grid(
+        "smoke",
+        ("a", "b"),
+        ("unet", "unetpp"),
+        (0, 1),
+        extra_datasets=("a",),
+        extra_models=("unet_2018",),
+        universal_domains=("h", "l"),
+        universal_models=("u2net3d_universal",),
     )
-    (tmp_path / "results.csv").write_text("dataset,model,n_seeds\na,unet,3\na,unetpp,3\nb,unet,3\nb,unetpp,3\n")
-    assert update_readme.progress_line(tmp_path, study) == (
-        "*Progress: all 12 runs of the study's grid (2 datasets × 2 variants × 3 seeds) are in the tables below.*\n"
+
+    def record(dataset: str, model: str, seed: int) -> None:
+        for path in record_paths(tmp_path, dataset, model, seed):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+
+    for dataset, model, seed in (("a", "unet", 0), ("a", "unet", 1), ("b", "unetpp", 0), ("a", "fcn", 0)):
+        record(dataset, model, seed)
+    record("a", "unet", 5)
+    record("h", "u2net3d_universal", 0)  # one domain's record of a universal run: not the run
+    assert update_readme.progress_line(tmp_path, grid) == (
+        "*Progress: 3 of the study's 12 runs are in the tables below: the image study 3 of 8 (2 datasets × 2 "
+        "variants × 2 seeds), its extra rows 0 of 2 (1 dataset × 1 variant × 2 seeds), the universal models 0 of 2 "
+        "(2 domains together × 1 variant × 2 seeds).*\n"
     )
-    assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", study)
+    for _, dataset, model, seed in grid.runs():
+        record(dataset, model, seed)
+    assert update_readme.progress_line(tmp_path, grid) == (
+        "*Progress: all 12 runs of the study's grid are in the tables below (the image study: 2 datasets × 2 variants "
+        "× 2 seeds; its extra rows: 1 dataset × 1 variant × 2 seeds; the universal models: 2 domains together × 1 "
+        "variant × 2 seeds).*\n"
+    )
+    assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", grid)
 
 
 def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_multiresunet_s_share(tmp_path):

@@ -88,6 +88,32 @@ class Grid:
     independent_models: tuple[str, ...] = ()
     nnunet_seeds: tuple[int, ...] = ()
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Grid:
+        """The grid params.yaml describes (``scale``, ``study``, ``nnunet.seeds``), unchecked: :func:`check_grid`
+        checks it first where runs are to start."""
+        study = params["study"]
+
+        def names(block: str, key: str) -> tuple:
+            return tuple((study.get(block) or {}).get(key) or ())
+
+        return cls(
+            scale=str(params["scale"]),
+            datasets=tuple(study["datasets"]),
+            models=tuple(study["models"]),
+            seeds=tuple(study["seeds"]),
+            volume_datasets=names("volumes", "datasets"),
+            volume_models=names("volumes", "models"),
+            extra_datasets=names("extra", "datasets"),
+            extra_models=names("extra", "models"),
+            ablation_datasets=names("ablations", "datasets"),
+            ablation_models=names("ablations", "models"),
+            universal_domains=names("universal", "domains"),
+            universal_models=names("universal", "models"),
+            independent_models=names("universal", "independent"),
+            nnunet_seeds=tuple((params.get("nnunet") or {}).get("seeds") or ()),
+        )
+
     @property
     def size(self) -> int:
         return len(self.runs())
@@ -442,22 +468,7 @@ def check_grid(params: dict[str, Any]) -> Grid:
 
     if problems:
         raise ParamsError(list(dict.fromkeys(problems)), "params.yaml")
-    return Grid(
-        preset.name,
-        tuple(datasets),
-        tuple(models),
-        tuple(seeds),
-        tuple(volume_datasets),
-        tuple(volume_models),
-        tuple(extra_datasets),
-        tuple(extra_models),
-        tuple(ablation_datasets),
-        tuple(ablation_models),
-        tuple(universal_domains),
-        tuple(universal_models),
-        tuple(independent_models),
-        tuple(nnunet_seeds),
-    )
+    return Grid.from_params(params)
 
 
 def _nnunet_block(params: dict, scale: str | None, problems: list[str]) -> list:

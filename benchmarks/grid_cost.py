@@ -63,7 +63,9 @@ def step_and_forward_seconds(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--grid", default="full", help="a grid of params.yaml's `grids`, or `study` (with its extra rows)"
+        "--grid",
+        default="full",
+        help="a grid of params.yaml's `grids`, or `study` (with its extra rows, ablations and controls)",
     )
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--datasets", nargs="*", default=["dsb2018-nuclei-96", "kvasir-seg", "ph2-dermoscopy"])
@@ -76,11 +78,14 @@ def main() -> None:
     set_threads(1)
     torch.set_flush_denormal(True)  # as repro.training.trainer.Trainer trains
     grid = params["study"] if args.grid == "study" else params["grids"][args.grid]
-    # Each variant with the datasets it trains on: the grid's models on every dataset, study.extra's on its own.
+    # Each variant with the datasets it trains on: the grid's models on every dataset, those of its image sub-blocks
+    # (extra rows, ablations, controls) on the block's own datasets, where --datasets has them.
     rows = [(name, args.datasets) for name in args.variants or grid["models"]]
-    extra = grid.get("extra") or {}
-    if not args.variants and extra.get("models"):
-        rows += [(name, [d for d in args.datasets if d in extra["datasets"]]) for name in extra["models"]]
+    if not args.variants:
+        for key in ("extra", "ablations", "controls"):
+            block = grid.get(key) or {}
+            datasets = [d for d in args.datasets if d in (block.get("datasets") or [])]
+            rows += [(name, datasets) for name in block.get("models") or [] if datasets]
     sizes, inputs = {}, {}
     for dataset in args.datasets:
         meta = json.loads((PROCESSED_DIR / scale.name / dataset / "meta.json").read_text())

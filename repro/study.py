@@ -10,8 +10,8 @@
     python -m repro.study --report-only         # the aggregate and the report from the runs that exist (`make report`)
 
 `dvc repro` runs stages one at a time under one repository lock. This entry point checks the whole grid and the
-settings of cluster.yaml first (one message lists every problem), prepares the data (`dvc repro
-prepare`), asks DVC which training stages (`train@...`, then `train_extra@...`, `train_ablations@...`,
+settings of cluster.yaml first (one message lists every problem), prepares the data (`dvc repro prepare`), asks DVC
+which training stages (`train@...`, then `train_extra@...`, `train_ablations@...`, `train_controls@...`,
 `train_volumes@...`, nnU-Net's `nnunet@<seed>`, `train_independent@...`, `train_universal@...`: one per block of the
 grid) are stale, and submits each one's exact command from dvc.yaml as a Dask task keyed by the stage's name, so no
 run is ever submitted twice. Seeds go first, then variants in the order ``study.models`` lists them: an interrupted

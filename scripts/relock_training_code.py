@@ -21,7 +21,15 @@ import re
 from pathlib import Path
 
 # dvc.yaml's training stages (repro.runner.grid.TRAIN_STAGES, which tests/test_relock.py checks this against).
-TRAINING_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_independent", "train_universal")
+TRAINING_STAGES = (
+    "train",
+    "train_extra",
+    "train_ablations",
+    "train_controls",
+    "train_volumes",
+    "train_independent",
+    "train_universal",
+)
 _ENTRY = re.compile(r"^  (\S+):\n", flags=re.M)
 _DEP = "    - path: "
 

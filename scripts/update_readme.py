@@ -82,6 +82,7 @@ BLOCK_NAMES = {
     "train": "the image study",
     "train_extra": "its extra rows",
     "train_ablations": "its ablations",
+    "train_controls": "its controls",
     "train_volumes": "the volumetric rows",
     NNUNET_STAGE: "nnU-Net",
     "train_independent": "the independent models",

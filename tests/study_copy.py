@@ -55,7 +55,14 @@ def copy_repository(destination: Path, study: dict, **params_overrides) -> Path:
     # dvc.yaml reads every key of study.universal: a study that gives some of them gets the others empty.
     universal = {"domains": params["study"]["universal"]["domains"], "models": [], "independent": []}
     universal |= study.get("universal", {})
-    params["study"] = {"volumes": empty, "extra": empty, "ablations": empty, **study, "universal": universal}
+    params["study"] = {
+        "volumes": empty,
+        "extra": empty,
+        "ablations": empty,
+        "controls": empty,
+        **study,
+        "universal": universal,
+    }
     params["prepare"]["datasets"] = list(study["datasets"])
     params["complexity"] = {"image_size": 64, "latency_repeats": 1}
     params["nnunet"]["seeds"] = []  # nnU-Net's runs are a block of the grid: a copy trains them only when asked

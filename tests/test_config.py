@@ -9,6 +9,7 @@ from repro.analysis.claims import CLAIMS
 from repro.config import load_params, model_variant, scale_preset
 from repro.data.registry import list_datasets
 from repro.models import create_model, create_variant, list_models, model_options, model_spatial_dims
+from repro.runner.grid import Grid
 
 PARAMS = load_params()
 
@@ -55,10 +56,10 @@ def test_a_variant_is_built_at_the_scales_width_unless_it_fixes_its_own_with_one
 
 
 def _blocks(grid: dict) -> list[tuple[list, list]]:
-    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, volumetric rows, and the
-    universal models and their independent models (over their domains), where it has them."""
+    """A grid's (datasets, models) blocks: the image study, its extra rows, ablations, controls, volumetric rows, and
+    the universal models and their independent models (over their domains), where it has them."""
     blocks = [(grid["datasets"], grid["models"])] if "models" in grid else []
-    for rows in ("extra", "ablations", "volumes"):
+    for rows in ("extra", "ablations", "controls", "volumes"):
         if "datasets" in grid.get(rows, {}):
             blocks.append((grid[rows]["datasets"], grid[rows]["models"]))
     if "domains" in grid.get("universal", {}):
@@ -113,6 +114,23 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
     assert set(study["models"]) <= set(claims["models"]) and study["models"][:3] == ["unet", "unetpp", "wide_unet"]
     assert study["volumes"]["datasets"] == volumes["datasets"] and study["ablations"] == claims["ablations"]
     assert study["universal"]["domains"] == universal["domains"]
+
+
+def test_the_controls_block_trains_c4a_s_control_where_its_partner_trains():
+    """study.controls is C4a's block: its control network (TinyU-Net with plain blocks, empty until it is scheduled)
+    on COVID-19 CT and PH2, the two cheapest datasets, where TinyU-Net itself trains in another block
+    (study.ablations on CT, study.models on PH2), so that each control run has its partner of the same dataset and
+    seed."""
+    (c4a,) = [claim for claim in CLAIMS if claim.id == "C4a"]
+    (comparison,) = c4a.comparisons
+    study = PARAMS["study"]
+    assert study["controls"]["datasets"] == ["covid19-ct-medseg-infnet", "ph2-dermoscopy"]
+    assert set(study["controls"]["models"]) <= {comparison.baseline}
+    assert model_variant(comparison.baseline, PARAMS).options["block"] == "double_conv"
+    runs = {run[1:] for run in Grid.from_params(PARAMS).runs()}
+    assert {
+        (dataset, comparison.better, seed) for dataset in study["controls"]["datasets"] for seed in study["seeds"]
+    } <= runs
 
 
 def test_a_dataset_may_set_its_own_batch_size_per_scale():

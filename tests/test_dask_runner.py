@@ -175,6 +175,7 @@ def test_every_problem_of_the_grid_and_cluster_in_one_message(bare_copy):
         "volumes": {"datasets": ["kvasir-seg"], "models": ["unet"]},
         "extra": {"datasets": ["ph2-dermoscopi", "msd-task04-hippocampus"], "models": ["unet"]},
         "ablations": {"datasets": [], "models": []},
+        "controls": {"datasets": [], "models": []},
         "universal": {"domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"], "models": [], "independent": []},
     }
     params["models"]["typo_opt"] = {"arch": "unet", "blok": "cmrf"}
@@ -226,8 +227,8 @@ def test_the_grid_trains_nnunet_as_a_block_after_the_volumetric_rows():
     re-record rule's TRAIN_STAGES); within a seed it trains after the volumetric rows, which C14 compares it with."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert "nnunet" in stages and "nnunet" not in TRAIN_STAGES
-    assert GRID_STAGES == (*TRAIN_STAGES[:4], "nnunet", *TRAIN_STAGES[4:])
-    assert TRAIN_STAGES[3] == "train_volumes"
+    assert tuple(stage for stage in GRID_STAGES if stage != "nnunet") == TRAIN_STAGES
+    assert GRID_STAGES.index("nnunet") == GRID_STAGES.index("train_volumes") + 1
 
 
 def test_the_nnunet_stage_depends_on_the_settings_its_runs_read_not_on_its_seeds():
@@ -308,7 +309,8 @@ def test_runs_are_kept_per_scale_and_the_stale_ones_of_this_scale_are_counted(tm
 def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, monkeypatch):
     """An interrupted study has every variant at the same number of seeds, and within a seed the variants the study
     lists first (its most important claims) have run first, whatever dvc.yaml's matrix order is; the extra rows
-    (stage train_extra), then the volumetric rows (stage train_volumes) follow the images within each seed."""
+    (stage train_extra), the ablations (train_ablations), the controls (train_controls), then the volumetric rows
+    (stage train_volumes) follow the images within each seed."""
     grid = Grid(
         "smoke",
         ("ph2-dermoscopy", "kvasir-seg"),
@@ -318,10 +320,16 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
         volume_models=("unet3d",),
         extra_datasets=("ph2-dermoscopy",),
         extra_models=("light_unet",),
+        ablation_datasets=("kvasir-seg",),
+        ablation_models=("light_unet",),
+        control_datasets=("ph2-dermoscopy",),
+        control_models=("tinyunet_plain",),
     )
     study = {"datasets": list(grid.datasets), "models": list(grid.models), "seeds": [1, 0]}
     study["volumes"] = {"datasets": list(grid.volume_datasets), "models": list(grid.volume_models)}
     study["extra"] = {"datasets": list(grid.extra_datasets), "models": list(grid.extra_models)}
+    study["ablations"] = {"datasets": list(grid.ablation_datasets), "models": list(grid.ablation_models)}
+    study["controls"] = {"datasets": list(grid.control_datasets), "models": list(grid.control_models)}
     copy = copy_repository(tmp_path / "copy", study)
     monkeypatch.chdir(copy)
     stages = stale_train_stages(copy, grid)
@@ -329,18 +337,29 @@ def test_stale_runs_go_seed_by_seed_then_in_the_order_of_study_models(tmp_path, 
         name
         for seed in (0, 1)
         for name in [f"train@{dataset}-{model}-{seed}" for model in grid.models for dataset in grid.datasets]
-        + [f"train_extra@ph2-dermoscopy-light_unet-{seed}", f"train_volumes@msd-task04-hippocampus-unet3d-{seed}"]
+        + [
+            f"train_extra@ph2-dermoscopy-light_unet-{seed}",
+            f"train_ablations@kvasir-seg-light_unet-{seed}",
+            f"train_controls@ph2-dermoscopy-tinyunet_plain-{seed}",
+            f"train_volumes@msd-task04-hippocampus-unet3d-{seed}",
+        ]
     ]
-    # The extra rows' and the volumes' stages are `train` over other blocks: the same command and outputs' layout.
-    image, extra, volume = stages[0], stages[4], stages[5]
+    # The other blocks' stages are `train` over other datasets and variants: the same command and outputs' layout.
+    image, extra, ablation, control, volume = stages[0], *stages[4:8]
     assert extra.cmd == image.cmd.replace("tinyunet", "light_unet")
+    assert ablation.cmd == extra.cmd.replace("ph2-dermoscopy", "kvasir-seg")
+    assert control.cmd == image.cmd.replace("tinyunet", "tinyunet_plain")
+    assert {out.def_path for out in control.outs} == {
+        f"results/smoke/{kind}/ph2-dermoscopy/tinyunet_plain/seed0" for kind in ("runs", "notebooks")
+    }
     assert volume.cmd == image.cmd.replace("ph2-dermoscopy", "msd-task04-hippocampus").replace("tinyunet", "unet3d")
     assert {out.def_path for out in volume.outs} == {
         f"results/smoke/{kind}/msd-task04-hippocampus/unet3d/seed0" for kind in ("runs", "notebooks")
     }
-    assert grid.size == 12 and grid.describe() == (
-        "2 dataset(s) x 2 variant(s) x 2 seed(s) + extra: 1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: "
-        "1 dataset(s) x 1 variant(s) x 2 seed(s) = 12 runs at scale smoke"
+    assert grid.size == 16 and grid.describe() == (
+        "2 dataset(s) x 2 variant(s) x 2 seed(s) + extra: 1 dataset(s) x 1 variant(s) x 2 seed(s) + ablations: "
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) + controls: 1 dataset(s) x 1 variant(s) x 2 seed(s) + volumes: "
+        "1 dataset(s) x 1 variant(s) x 2 seed(s) = 16 runs at scale smoke"
     )
 
 
@@ -519,6 +538,43 @@ def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
     }
     params["study"]["volumes"]["models"] = []
     assert check_grid(params).universal_domains == ("msd-task04-hippocampus", "la2018-atrium-lgemri")
+
+
+def test_the_controls_are_checked_as_the_other_image_blocks_and_train_after_the_ablations():
+    """study.controls (stage train_controls) is read by dvc.yaml, so it must be there; its variants are checked as
+    those of the other image blocks, and a run it shares with another image block is refused (two stages, one
+    folder). Within a seed its runs train after the ablations, before the volumetric rows."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["volumes"]["models"] = ["unet3d"]
+    params["study"]["controls"] = {
+        "datasets": ["covid19-ct-medseg-infnet", "ph2-dermoscopy"],
+        "models": ["tinyunet_plain", "tinyunet", "tinyunet_plainn", "unet3d"],
+    }
+    with pytest.raises(ParamsError) as raised:
+        check_grid(params)
+    message = str(raised.value)
+    for expected in (
+        "study.controls: 'tinyunet' on 'ph2-dermoscopy' is already a run of study; list it once",
+        "study.controls: 'tinyunet' on 'covid19-ct-medseg-infnet' is already a run of study.ablations; list it once",
+        "study.controls.models: unknown model variant 'tinyunet_plainn'; did you mean 'tinyunet_plain'?",
+        "study.controls.models: 'unet3d' (unet3d) is a 3D network, not for images; list it in study.volumes.models",
+    ):
+        assert expected in message, (expected, message)
+    assert "'tinyunet_plain' on" not in message, message
+
+    params["study"]["controls"]["models"] = ["tinyunet_plain"]
+    runs = check_grid(params).runs()
+    first_seed = [run for run in runs if run[3] == params["study"]["seeds"][0]]
+    stages = list(dict.fromkeys(stage for stage, *_ in first_seed))
+    assert stages == ["train", "train_extra", "train_ablations", "train_controls", "train_volumes"]
+    assert [run[1:3] for run in first_seed if run[0] == "train_controls"] == [
+        ("covid19-ct-medseg-infnet", "tinyunet_plain"),
+        ("ph2-dermoscopy", "tinyunet_plain"),
+    ]
+
+    del params["study"]["controls"]
+    with pytest.raises(ParamsError, match=r"study.controls must be a mapping with datasets and models, which "):
+        check_grid(params)
 
 
 def test_the_independent_models_are_checked_with_the_rest_of_the_grid():

@@ -1,4 +1,5 @@
-"""The DVC pipeline end to end on a tiny grid (smoke scale, 1 dataset x 2 variants x 2 seeds), in a copy.
+"""The DVC pipeline end to end on a tiny grid (smoke scale, 1 dataset x 2 variants x 2 seeds, with an extra row
+and a control), in a copy.
 
 The grid runs through the study runner (`python -m repro.study`) on a real `dask scheduler` and two `dask worker`
 processes started here on 127.0.0.1, then `dvc repro` does the rest. Checks that every stage ran through
@@ -25,9 +26,11 @@ GRID = {
     "models": ["unet", "tinyunet"],
     "seeds": [0, 1],
     "extra": {"datasets": ["ph2-dermoscopy"], "models": ["lighter_unet_1"]},
+    "controls": {"datasets": ["ph2-dermoscopy"], "models": ["tinyunet_plain"]},
 }
 RUNS = [f"train@ph2-dermoscopy-{model}-{seed}" for model in GRID["models"] for seed in GRID["seeds"]]
 RUNS += [f"train_extra@ph2-dermoscopy-lighter_unet_1-{seed}" for seed in GRID["seeds"]]
+RUNS += [f"train_controls@ph2-dermoscopy-tinyunet_plain-{seed}" for seed in GRID["seeds"]]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,8 @@ def pipeline(tmp_path_factory):
 
 def test_runner_runs_every_stage_once(pipeline):
     copy, runner_output = pipeline
-    assert "6 of 6 training runs to run" in runner_output
-    for model in [*GRID["models"], *GRID["extra"]["models"]]:
+    assert "8 of 8 training runs to run" in runner_output
+    for model in [*GRID["models"], *GRID["extra"]["models"], *GRID["controls"]["models"]]:
         for seed in GRID["seeds"]:
             run = copy / f"results/smoke/runs/ph2-dermoscopy/{model}/seed{seed}"
             metrics = json.loads((run / "metrics.json").read_text())
@@ -55,7 +58,7 @@ def test_runner_runs_every_stage_once(pipeline):
     for run in RUNS:
         assert lock_entries(copy, run) == 1, run
         assert sum(line.startswith(f"done     {run} ") for line in runner_output.splitlines()) == 1, runner_output
-    assert "trained now 6, up to date (skipped) 0, failed 0" in runner_output
+    assert "trained now 8, up to date (skipped) 0, failed 0" in runner_output
     ran = next(line for line in runner_output.splitlines() if line.startswith("  ran "))
     assert "complexity" in ran and "aggregate" in ran and "train@" not in ran
 
@@ -78,6 +81,10 @@ def test_dependencies_are_exact(pipeline):
     params["models"]["lighter_unet_1"]["groups_c"] = 2
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     assert stale(copy) == {f"train_extra@ph2-dermoscopy-lighter_unet_1-{seed}" for seed in (0, 1)}
+    params = yaml.safe_load(original)
+    params["models"]["tinyunet_plain"]["width_mult"] = 0.5
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stale(copy) == {f"train_controls@ph2-dermoscopy-tinyunet_plain-{seed}" for seed in (0, 1)}
     params_file.write_text(original)
 
     stats = copy / "repro" / "analysis" / "stats.py"
@@ -141,7 +148,7 @@ def test_local_cluster_interrupted_then_runs_exactly_the_stale_runs(pipeline):
     result = run_python(copy, "-m", "repro.study", "--set", "gpus=1", "--set", "runs_per_gpu=2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "a local Dask cluster: 1 GPU worker(s), 2 run(s) per GPU" in result.stdout
-    assert f"{2 - len(finished)} of 6 training runs to run" in result.stdout
+    assert f"{2 - len(finished)} of 8 training runs to run" in result.stdout
     assert not {name for name in stale(copy) if name.startswith("train@")}
     for seed in (0, 1):
         metrics = json.loads((copy / f"results/smoke/runs/ph2-dermoscopy/tinyunet/seed{seed}/metrics.json").read_text())

@@ -163,6 +163,8 @@ def test_the_progress_line_counts_the_runs_of_every_block_of_the_grid(tmp_path):
         (0, 1),
         extra_datasets=("a",),
         extra_models=("unet_2018",),
+        control_datasets=("b",),
+        control_models=("tinyunet_plain",),
         universal_domains=("h", "l"),
         universal_models=("u2net3d_universal",),
     )
@@ -177,18 +179,26 @@ def test_the_progress_line_counts_the_runs_of_every_block_of_the_grid(tmp_path):
     record("a", "unet", 5)
     record("h", "u2net3d_universal", 0)  # one domain's record of a universal run: not the run
     assert update_readme.progress_line(tmp_path, grid) == (
-        "*Progress: 3 of the study's 12 runs are in the tables below: the image study 3 of 8 (2 datasets × 2 "
-        "variants × 2 seeds), its extra rows 0 of 2 (1 dataset × 1 variant × 2 seeds), the universal models 0 of 2 "
-        "(2 domains together × 1 variant × 2 seeds).*\n"
+        "*Progress: 3 of the study's 14 runs are in the tables below: the image study 3 of 8 (2 datasets × 2 "
+        "variants × 2 seeds), its extra rows 0 of 2 (1 dataset × 1 variant × 2 seeds), its controls 0 of 2 (1 dataset "
+        "× 1 variant × 2 seeds), the universal models 0 of 2 (2 domains together × 1 variant × 2 seeds).*\n"
     )
     for _, dataset, model, seed in grid.runs():
         record(dataset, model, seed)
     assert update_readme.progress_line(tmp_path, grid) == (
-        "*Progress: all 12 runs of the study's grid are in the tables below (the image study: 2 datasets × 2 variants "
-        "× 2 seeds; its extra rows: 1 dataset × 1 variant × 2 seeds; the universal models: 2 domains together × 1 "
-        "variant × 2 seeds).*\n"
+        "*Progress: all 14 runs of the study's grid are in the tables below (the image study: 2 datasets × 2 variants "
+        "× 2 seeds; its extra rows: 1 dataset × 1 variant × 2 seeds; its controls: 1 dataset × 1 variant × 2 seeds; "
+        "the universal models: 2 domains together × 1 variant × 2 seeds).*\n"
     )
-    assert "0 of the study's 12 runs" in update_readme.progress_line(tmp_path / "missing", grid)
+    assert "0 of the study's 14 runs" in update_readme.progress_line(tmp_path / "missing", grid)
+
+
+def test_the_progress_line_names_every_block_of_the_grid():
+    """A block the progress line has no name for would end scripts/update_readme.py with a KeyError once it has
+    runs."""
+    from repro.runner.grid import GRID_STAGES
+
+    assert tuple(_update_readme().BLOCK_NAMES) == GRID_STAGES
 
 
 def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_multiresunet_s_share(tmp_path):

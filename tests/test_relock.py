@@ -33,15 +33,22 @@ def test_every_training_stage_gets_the_reference_code_and_keeps_its_own_data_par
             entry("prepare@a", ["raw/a"], {"repro/data/prepare.py": "p"}),
             entry("train@a-unet-0", ["data/processed/cpu/a"], new),
             entry("train@b-unet-0", ["data/processed/cpu/b"], old),
+            entry("train_controls@b-tinyunet_plain-0", ["data/processed/cpu/b"], old),
             entry("train_independent@b-u-0", ["data/processed/cpu/b"], old),
             entry("train_universal@u-0", ["data/processed/cpu/a", "data/processed/cpu/b"], old),
             entry("aggregate", ["results/cpu/runs"], {"repro/analysis/stats.py": "s"}),
         ]
     )
     text, count = relock.relock(lock, "train@a-unet-0")
-    assert count == 4
+    assert count == 5
     stages = yaml.safe_load(text)["stages"]
-    for name in ("train@a-unet-0", "train@b-unet-0", "train_independent@b-u-0", "train_universal@u-0"):
+    for name in (
+        "train@a-unet-0",
+        "train@b-unet-0",
+        "train_controls@b-tinyunet_plain-0",
+        "train_independent@b-u-0",
+        "train_universal@u-0",
+    ):
         code = {d["path"]: d["md5"] for d in stages[name]["deps"] if not d["path"].startswith("data/")}
         assert code == new, name
         assert stages[name]["outs"] == [{"path": f"out/{name}", "md5": "o"}]

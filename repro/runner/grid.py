@@ -1,12 +1,14 @@
 """The study grid of params.yaml (datasets x model variants x seeds at a scale), checked whole before any run.
 
-Seven blocks, each a DVC stage over its own datasets x variants. Six share the study's seeds (``study.seeds``):
+Eight blocks, each a DVC stage over its own datasets x variants. Seven share the study's seeds (``study.seeds``):
 
 - the image study, ``study.datasets`` x ``study.models`` (stage ``train``);
 - its extra rows, ``study.extra.datasets`` x ``study.extra.models`` (stage ``train_extra``): variants the study
   trains on some of its datasets only, where a budget does not cover every dataset;
 - its ablations, ``study.ablations.datasets`` x ``study.ablations.models`` (stage ``train_ablations``): a paper's
   ablation run on the kind of data the paper ran it on (TinyU-Net's N on CT);
+- its controls, ``study.controls.datasets`` x ``study.controls.models`` (stage ``train_controls``): a claim's control
+  network on the datasets its budget covers (C4a's TinyU-Net with plain blocks on CT and PH2);
 - the volumetric rows, ``study.volumes.datasets`` x ``study.volumes.models`` (stage ``train_volumes``), since a 2D
   network cannot train on a volume nor a 3D one on an image;
 - the universal models' independent models, ``study.universal.domains`` x ``study.universal.independent`` (stage
@@ -51,17 +53,27 @@ from repro.config import dataset_training, model_variant, scale_preset
 from repro.data.registry import get_dataset, list_datasets
 from repro.runner.cluster import ParamsError
 
-# dvc.yaml's training stages: those that run the study's own training code (train.ipynb, train_universal.ipynb), one
-# per block of the grid, with the train stage's code deps, in the order a seed trains them.
-TRAIN_STAGES = ("train", "train_extra", "train_ablations", "train_volumes", "train_independent", "train_universal")
 UNIVERSAL_STAGE = "train_universal"
 # nnU-Net's stage (notebooks/nnunet.ipynb, code deps of its own), its dataset and the model its records name
 # (repro.nnunet.STAGE and DATASET, without torch and nnU-Net).
 NNUNET_STAGE = "nnunet"
 NNUNET_DATASET = "msd-task04-hippocampus"
 NNUNET_MODEL = "nnunet"
-# The stage of every block of the grid, in the order a seed trains them: nnU-Net's after the volumetric rows.
-GRID_STAGES = (*TRAIN_STAGES[:4], NNUNET_STAGE, *TRAIN_STAGES[4:])
+# The stage of every block of the grid, in the order a seed trains them: nnU-Net's after the volumetric rows, which
+# C14 compares it with.
+GRID_STAGES = (
+    "train",
+    "train_extra",
+    "train_ablations",
+    "train_controls",
+    "train_volumes",
+    NNUNET_STAGE,
+    "train_independent",
+    UNIVERSAL_STAGE,
+)
+# dvc.yaml's training stages: those that run the study's own training code (train.ipynb, train_universal.ipynb), one
+# per block of the grid but nnU-Net's, with the train stage's code deps, in the order a seed trains them.
+TRAIN_STAGES = tuple(stage for stage in GRID_STAGES if stage != NNUNET_STAGE)
 # dvc.yaml's train_universal stage names its two domains (study.universal.domains[0] and [1]).
 UNIVERSAL_DOMAINS = 2
 # Joins a universal run's domains into its dataset name (repro.training.run.DOMAIN_SEPARATOR, without torch).
@@ -83,6 +95,8 @@ class Grid:
     extra_models: tuple[str, ...] = ()
     ablation_datasets: tuple[str, ...] = ()
     ablation_models: tuple[str, ...] = ()
+    control_datasets: tuple[str, ...] = ()
+    control_models: tuple[str, ...] = ()
     universal_domains: tuple[str, ...] = ()
     universal_models: tuple[str, ...] = ()
     independent_models: tuple[str, ...] = ()
@@ -108,6 +122,8 @@ class Grid:
             extra_models=names("extra", "models"),
             ablation_datasets=names("ablations", "datasets"),
             ablation_models=names("ablations", "models"),
+            control_datasets=names("controls", "datasets"),
+            control_models=names("controls", "models"),
             universal_domains=names("universal", "domains"),
             universal_models=names("universal", "models"),
             independent_models=names("universal", "independent"),
@@ -129,6 +145,7 @@ class Grid:
                 self.datasets,
                 self.extra_datasets,
                 self.ablation_datasets,
+                self.control_datasets,
                 self.volume_datasets,
                 (NNUNET_DATASET,) if self.nnunet_seeds else (),
                 self.universal_domains,
@@ -138,6 +155,7 @@ class Grid:
                 self.models,
                 self.extra_models,
                 self.ablation_models,
+                self.control_models,
                 self.volume_models,
                 (NNUNET_MODEL,),
                 self.independent_models,
@@ -154,8 +172,8 @@ class Grid:
     def runs(self) -> list[tuple[str, str, str, int]]:
         """(stage, dataset, model, seed) of every run, in the order the runner trains them: seed by seed (the study's
         seeds in their order, then those only nnU-Net's list has); within a seed the image study, its extra rows, its
-        ablations, the volumes, nnU-Net, the independent models, then the universal models, each block that has the
-        seed, each variant in the order its list gives, then each dataset."""
+        ablations, its controls, the volumes, nnU-Net, the independent models, then the universal models, each block
+        that has the seed, each variant in the order its list gives, then each dataset."""
         return [
             (stage, dataset, model, seed)
             for seed in dict.fromkeys((*self.seeds, *self.nnunet_seeds))
@@ -385,6 +403,7 @@ def check_grid(params: dict[str, Any]) -> Grid:
     models = _names(study, "models", problems)
     extra_datasets, extra_models = _sub_block(study, "extra", "extra rows", problems)
     ablation_datasets, ablation_models = _sub_block(study, "ablations", "ablations", problems)
+    control_datasets, control_models = _sub_block(study, "controls", "controls", problems)
     volume_datasets, volume_models = _sub_block(study, "volumes", "volumetric rows", problems)
     prepare = params.get("prepare") or {}
     listed = prepare.get("datasets") or []
@@ -400,11 +419,14 @@ def check_grid(params: dict[str, Any]) -> Grid:
         problems += _block_problems("study.extra", extra_datasets, extra_models, 2, params, width)
     if ablation_models:
         problems += _block_problems("study.ablations", ablation_datasets, ablation_models, 2, params, width)
+    if control_models:
+        problems += _block_problems("study.controls", control_datasets, control_models, 2, params, width)
     # The same run in two blocks would be two stages writing one output folder, which DVC refuses.
     image_blocks = {
         "study": (datasets, models),
         "study.extra": (extra_datasets, extra_models),
         "study.ablations": (ablation_datasets, ablation_models),
+        "study.controls": (control_datasets, control_models),
     }
     names = list(image_blocks)
     problems += [

@@ -14,10 +14,11 @@ project's own functions, so a new image is seen exactly as the run saw its test 
    are refused: volumes are not supported yet.
 2. The weights: the run's checkpoint ``checkpoints/<dataset>/<model>/seed<k>/<scale>/last.pt`` (``--checkpoint``
    to name another file). It is git-ignored and stays on the machine that trained the run; where it is missing,
-   one line names it and the command that trains the run (``dvc repro train@<dataset>-<model>-<seed>``). The
-   checkpoint's identity must be the run's (every field but the commit and the data root, as a resume compares
-   them: dataset, model, arch, options, seed, scale and its settings, data and code hashes) and its selected
-   epoch the run's ``best_epoch``; otherwise it is refused. Its ``best_state`` (the best-validation weights,
+   one line names it and the command that trains the run (``dvc repro train@<dataset>-<model>-<seed>``, or the
+   stage of the grid's block that lists it: ``train_ablations@...`` for an ablation). The checkpoint's identity
+   must be the run's (every field but the commit and the data root, as a resume compares them: dataset, model,
+   arch, options, seed, scale and its settings, data and code hashes) and its selected epoch the run's
+   ``best_epoch``; otherwise it is refused. Its ``best_state`` (the best-validation weights,
    BatchNorm statistics re-estimated as in the run's evaluation) is loaded into the network
    ``repro.models.create_variant`` builds, as the run built it: the run's arch and options (the training-only
    options ``l2_kernels`` and ``paper_metric`` left out), with the dataset's input channels and one output channel
@@ -71,6 +72,7 @@ from repro.data.prepare import PROCESSED_DIR, _resize_image, target_size
 from repro.data.readers import DatasetError, read_image
 from repro.data.registry import get_dataset
 from repro.models import create_variant
+from repro.runner.grid import Grid, run_name
 from repro.training.device import normalise_device, resolve_device, set_threads
 from repro.training.identity import RunIdentity, data_files
 from repro.training.inference import predict_logits
@@ -197,17 +199,17 @@ def load_run(run_dir: Path | str) -> Run:
 
 
 def training_command(run: Run) -> str:
-    """The command that trains ``run``: its DVC stage (``train@``, or ``train_extra@`` for study.extra's rows)."""
+    """The command that trains ``run``: the DVC stage of the block of params.yaml's grid that lists it (``train@``
+    for the image study; ``train_extra@``, ``train_ablations@`` or ``train_controls@`` for the other image blocks),
+    or ``train@`` where the grid lists no such run."""
     try:
         params = load_params()
-    except (OSError, ValueError):
-        params = {}
-    study = params.get("study") or {}
-    extra = study.get("extra") or {}
-    in_grid = run.dataset in (study.get("datasets") or []) and run.model in (study.get("models") or [])
-    in_extra = run.dataset in (extra.get("datasets") or []) and run.model in (extra.get("models") or [])
-    stage = "train_extra" if in_extra and not in_grid else "train"
-    command = f"`dvc repro {stage}@{run.dataset}-{run.model}-{run.seed}`"
+        runs = Grid.from_params(params).runs()
+    except (OSError, ValueError, KeyError, TypeError):  # no readable params.yaml, or one without a study grid
+        params, runs = {}, []
+    key = (run.dataset, run.model, run.seed)
+    stage = next((stage for stage, *listed in runs if tuple(listed) == key), "train")
+    command = f"`dvc repro {run_name(stage, run.dataset, run.model, run.seed)}`"
     if params.get("scale") != run.scale:
         command += f" with `scale: {run.scale}` in params.yaml"
     return command

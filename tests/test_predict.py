@@ -279,6 +279,29 @@ def test_missing_checkpoint_names_the_file_and_the_training_command(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("dataset", "model", "stage"),
+    [
+        ("covid19-ct-medseg-infnet", "tinyunet_n1", "train_ablations"),
+        ("ph2-dermoscopy", "tinyunet_plain", "train_controls"),
+        ("covid19-ct-medseg-infnet", "tinyunet_plain", "train_controls"),
+        ("ph2-dermoscopy", "unet", "train"),
+        ("drive", "unet", "train"),  # a run the grid does not list
+    ],
+)
+def test_the_training_command_names_the_stage_of_the_runs_block(monkeypatch, dataset, model, stage):
+    """A run of study.ablations or study.controls is trained by its block's stage: `dvc repro train@...` names no
+    stage for it."""
+    params = predict_module.load_params()
+    params["study"]["controls"] = {
+        "datasets": ["covid19-ct-medseg-infnet", "ph2-dermoscopy"],
+        "models": ["tinyunet_plain"],
+    }
+    monkeypatch.setattr(predict_module, "load_params", lambda: params)
+    run = SimpleNamespace(dataset=dataset, model=model, seed=2, scale=params["scale"])
+    assert predict_module.training_command(run) == f"`dvc repro {stage}@{dataset}-{model}-2`"
+
+
 def test_command_line_error_is_one_line_and_non_zero(tmp_path):
     run = make_run(tmp_path)
     images = tmp_path / "images"

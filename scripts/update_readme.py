@@ -105,20 +105,21 @@ def progress_line(results_dir: Path, grid: Grid) -> str:
             f"seed{'s' if len(seeds) != 1 else ''}"
         )
 
+    runs = grid.runs()
+    planned = Counter(stage for stage, *_ in runs)
     done = Counter(
         stage
-        for stage, dataset, model, seed in grid.runs()
+        for stage, dataset, model, seed in runs
         if all(path.is_file() for path in record_paths(results_dir, dataset, model, seed))
     )
-    planned = Counter(stage for stage, *_ in grid.runs())
-    if sum(done.values()) == grid.size:
+    if done == planned:
         blocks = "; ".join(f"{BLOCK_NAMES[stage]}: {block_text(stage, *rest)}" for stage, *rest in grid.blocks)
-        return f"*Progress: all {grid.size} runs of the study's grid are in the tables below ({blocks}).*\n"
+        return f"*Progress: all {len(runs)} runs of the study's grid are in the tables below ({blocks}).*\n"
     blocks = ", ".join(
         f"{BLOCK_NAMES[stage]} {done[stage]} of {planned[stage]} ({block_text(stage, *rest)})"
         for stage, *rest in grid.blocks
     )
-    return f"*Progress: {sum(done.values())} of the study's {grid.size} runs are in the tables below: {blocks}.*\n"
+    return f"*Progress: {sum(done.values())} of the study's {len(runs)} runs are in the tables below: {blocks}.*\n"
 
 
 def training_time_line(runs_dir: Path) -> str:

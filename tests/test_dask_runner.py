@@ -481,18 +481,15 @@ def test_the_nnunet_block_is_checked_with_the_rest_of_the_grid(monkeypatch):
     del params["nnunet"]["scales"][params["scale"]]
     params["models"]["nnunet"] = {"arch": "unet3d"}
     params["study"]["volumes"]["models"] = ["nnunet"]
-    with pytest.raises(ParamsError) as raised:
-        check_grid(params)
-    message = str(raised.value)
-    for expected in (
+    _grid_refusal(
+        params,
         "nnunet.seeds lists ['0'] more than once",
         "nnunet.seeds: -1 is not a whole number from 0 to 2**32 - 1",
         "nnunet.seeds: '1' is not a whole number",
         "nnunet.processes is missing; dvc.yaml's nnunet stage reads it",
         f"nnunet.scales has no entry for scale '{params['scale']}'",
         "study.volumes.models: 'nnunet' on 'msd-task04-hippocampus' is a run of nnU-Net's stage (nnunet.seeds)",
-    ):
-        assert expected in message, (expected, message)
+    )
     prepared = params["prepare"]["datasets"]
     params["prepare"]["datasets"] = [name for name in prepared if name != "msd-task04-hippocampus"]
     with pytest.raises(
@@ -520,17 +517,14 @@ def test_the_universal_block_is_checked_with_the_rest_of_the_grid():
         "models": ["unet3d", "u2net3d"],
         "independent": [],
     }
-    with pytest.raises(ParamsError) as raised:
-        check_grid(params)
-    message = str(raised.value)
-    for expected in (
+    _grid_refusal(
+        params,
         "study.universal.domains must name 2 datasets",
         "study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes",
         "models.unet3d (unet3d {'width_mult': 0.25}): unknown option(s) ['domains']",
         "study.universal.models: 'u2net3d' is also in study.volumes.models, whose runs of msd-task04-hippocampus "
         "would share its folders",
-    ):
-        assert expected in message, (expected, message)
+    )
     params["study"]["universal"] = {
         "domains": ["msd-task04-hippocampus", "la2018-atrium-lgemri"],
         "models": [],
@@ -550,16 +544,13 @@ def test_the_controls_are_checked_as_the_other_image_blocks_and_train_after_the_
         "datasets": ["covid19-ct-medseg-infnet", "ph2-dermoscopy"],
         "models": ["tinyunet_plain", "tinyunet", "tinyunet_plainn", "unet3d"],
     }
-    with pytest.raises(ParamsError) as raised:
-        check_grid(params)
-    message = str(raised.value)
-    for expected in (
+    message = _grid_refusal(
+        params,
         "study.controls: 'tinyunet' on 'ph2-dermoscopy' is already a run of study; list it once",
         "study.controls: 'tinyunet' on 'covid19-ct-medseg-infnet' is already a run of study.ablations; list it once",
         "study.controls.models: unknown model variant 'tinyunet_plainn'; did you mean 'tinyunet_plain'?",
         "study.controls.models: 'unet3d' (unet3d) is a 3D network, not for images; list it in study.volumes.models",
-    ):
-        assert expected in message, (expected, message)
+    )
     assert "'tinyunet_plain' on" not in message, message
 
     params["study"]["controls"]["models"] = ["tinyunet_plain"]
@@ -588,18 +579,15 @@ def test_the_independent_models_are_checked_with_the_rest_of_the_grid():
         "models": ["u2net3d_universal"],
         "independent": ["unet", "u2net3dd", "unet3d", "u2net3d_universal", "u2net3d"],
     }
-    with pytest.raises(ParamsError) as raised:
-        check_grid(params)
-    message = str(raised.value)
-    for expected in (
+    message = _grid_refusal(
+        params,
         "study.universal.independent: 'unet' (unet) is a 2D network, not for volumes; list it in study.models",
         "study.universal.independent: unknown model variant 'u2net3dd'; did you mean 'u2net3d'?",
         "study.universal.independent: 'unet3d' on 'msd-task04-hippocampus' is already a run of study.volumes; "
         "list it once",
         "study.universal.independent: 'u2net3d_universal' is also in study.universal.models, whose runs of "
         "msd-task04-hippocampus, kvasir-seg would share its folders; give the universal model its own variant name",
-    ):
-        assert expected in message, (expected, message)
+    )
     assert message.count("study.universal.datasets: 'kvasir-seg' holds 2D data, not volumes") == 1, message
     assert "'unet3d' on 'kvasir-seg'" not in message and "'u2net3d' on" not in message, message
     assert "study.universal.independent: 'u2net3d'" not in message, message
@@ -737,6 +725,16 @@ def test_the_done_line_shows_each_domains_test_dice_of_a_universal_run(tmp_path)
     (tmp_path / one).mkdir(parents=True)
     (tmp_path / one / "metrics.json").write_text(json.dumps({"test": {"dice": 0.9}}))
     assert _test_dice(tmp_path, stage(one))[0] == "test Dice 0.9000"
+
+
+def _grid_refusal(params: dict, *expected: str) -> str:
+    """The message of check_grid's refusal of ``params``, which must list every problem in ``expected``."""
+    with pytest.raises(ParamsError) as raised:
+        check_grid(params)
+    message = str(raised.value)
+    for problem in expected:
+        assert problem in message, (problem, message)
+    return message
 
 
 def _started_at(seconds: float) -> float:

@@ -105,3 +105,56 @@ def test_reproduce_never_chooses_a_universal_models_record(tmp_path):
         tmp_path / "runs" / "ph2-dermoscopy" / "unet" / "seed0",
         tmp_path / "runs" / "kvasir-seg" / "unet" / "seed0",
     ]
+
+
+def _record(folder, dice, iou, device="cpu", machine=None, best_epoch=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {"test": {"dice": dice, "iou": iou}, "best_epoch": best_epoch, "device": device, "train_seconds": 5.0}
+    if machine:
+        metrics["machine"] = machine
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "per_image.csv").write_text(f"id,dice\nimg1,{dice}\n")
+    (folder / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+    return folder
+
+
+XEON = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "cpu_count": 2, "gpu": None}
+
+
+def test_retrained_drift_compares_each_archived_run_with_its_retrained_record(tmp_path, monkeypatch):
+    """The archived GPU run against the CPU run that replaced it, in units of the cell's s.d. over the study's seeds
+    now; both machines named (the GPU record, from before runs named their machine, by its device)."""
+    from repro.runner import equivalence
+
+    monkeypatch.setattr(equivalence, "REPRODUCTION_LOG", tmp_path / "reproduction.csv")
+    cell = tmp_path / "study" / "runs" / "ph2" / "unet"
+    for seed, dice in enumerate([0.80, 0.82, 0.84]):
+        _record(cell / f"seed{seed}", dice, dice - 0.1, machine=XEON)
+    _record(
+        tmp_path / "h200" / "runs" / "ph2" / "unet" / "seed2", 0.83, 0.70, device="cuda:0 (NVIDIA H200)", best_epoch=9
+    )
+    rows = equivalence.retrained_drift(tmp_path / "h200", tmp_path / "study")
+    assert [(row["metric"], row["committed"], row["reproduced"]) for row in rows] == [
+        ("test dice", 0.83, 0.84),
+        ("test iou", 0.70, 0.74),
+    ]
+    assert rows[0]["run"] == "ph2/unet/seed2" and rows[0]["cell_sd"] == 0.02
+    assert rows[0]["drift_in_sd"] == pytest.approx(0.5) and rows[1]["drift_in_sd"] == pytest.approx(2.0)
+    assert rows[0]["best_epoch"] == "9 -> 4" and rows[0]["bit_identical"] is False
+    assert rows[0]["committed_machine"] == "cuda:0 (NVIDIA H200)" and rows[0]["machine"] == "Intel Xeon (AVX512)"
+    with (tmp_path / "reproduction.csv").open(newline="") as handle:
+        assert [row["drift"] for row in csv.DictReader(handle)] == ["0.01", "0.04"]
+
+
+def test_retrained_drift_is_refused_while_an_archived_run_is_not_retrained(tmp_path, monkeypatch):
+    from repro.runner import equivalence
+
+    monkeypatch.setattr(equivalence, "REPRODUCTION_LOG", tmp_path / "reproduction.csv")
+    for seed in (0, 1):
+        _record(tmp_path / "h200" / "runs" / "kvasir" / "unet" / f"seed{seed}", 0.8, 0.7, device="cuda:0 (H200)")
+    _record(tmp_path / "study" / "runs" / "kvasir" / "unet" / "seed0", 0.8, 0.7, device="cuda:0 (H200)")
+    with pytest.raises(ValueError, match=r"seed0: still the archived one; .*seed1: no record"):
+        equivalence.retrained_drift(tmp_path / "h200", tmp_path / "study")
+    with pytest.raises(ValueError, match="no archived run"):
+        equivalence.retrained_drift(tmp_path / "study" / "runs", tmp_path / "study")
+    assert not (tmp_path / "reproduction.csv").exists()

@@ -18,7 +18,9 @@ provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero
 ``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
 quarter, cheapest first; runs of train.ipynb alone, not a universal model's) with the current code on the machine at
 hand, and reports each test number's drift from the committed run in units of its cell's seed-to-seed standard deviation
-(:func:`reproduce`). The proof of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md,
+(:func:`reproduce`). ``retrained ARCHIVE`` reports the same drift for committed runs that were archived and then
+re-trained in the study (``results/h200``: the seed-4 GPU runs, re-trained on the CPU; :func:`retrained_drift`).
+The proof of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md,
 "Recording a change that alters no number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it
 is the current code or a code state that row declares number-equivalent to it.
 """
@@ -150,35 +152,90 @@ def reproduce(n: int, out: Path, seed: int = 0, scale: str = "cpu", data_root: s
         model_dir = committed.parent
         dataset, model, run_seed = model_dir.parent.name, model_dir.name, int(committed.name.removeprefix("seed"))
         mine = run(WORKTREE, out, dataset, model, run_seed, scale, data_root or _default_data_root())
-        identical = not compare(committed, mine)
-        old, new = (json.loads((d / "metrics.json").read_text()) for d in (committed, mine))
-        cell = [json.loads(p.read_text())["test"] for p in model_dir.glob("seed*/metrics.json")]
-        for metric in REPRODUCED_METRICS:
-            sd = statistics.stdev(t[metric] for t in cell) if len(cell) > 1 else float("nan")
-            drift = new["test"][metric] - old["test"][metric]
-            rows.append(
-                {
-                    "date": date.today().isoformat(),
-                    "run": f"{dataset}/{model}/seed{run_seed}",
-                    "metric": f"test {metric}",
-                    "committed": round(old["test"][metric], 6),
-                    "reproduced": round(new["test"][metric], 6),
-                    "drift": round(drift, 6),
-                    "cell_sd": round(sd, 6),
-                    "drift_in_sd": round(drift / sd, 3) if sd > 0 else float("nan"),
-                    "best_epoch": f"{old['best_epoch']} -> {new['best_epoch']}",
-                    "bit_identical": identical,
-                    "committed_machine": (old.get("machine") or {}).get("cpu", "not recorded"),
-                    "machine": f"{here['cpu']} ({here['cpu_capability']})",
-                }
-            )
+        rows += drift_rows(committed, mine, model_dir, f"{here['cpu']} ({here['cpu_capability']})")
+    _append_to_log(rows)
+    return rows
+
+
+def retrained_drift(archive: Path | str, study: Path | str) -> list[dict]:
+    """The drift of every run archived below ``archive`` (``runs/<dataset>/<model>/seed<k>``: committed records that
+    have since been re-trained, e.g. on another device) to its re-trained record in ``study`` (``results/<scale>``), as
+    :func:`reproduce` reports it; the cell's s.d. is that of the study's seeds now. The rows are appended to
+    ``results/reproduction.csv``. Refused, naming the runs, while any of them is not re-trained yet (its record in
+    the study is still the archived one), so that the log never holds a half-done comparison."""
+    archived = sorted(path.parent for path in Path(archive).glob("runs/*/*/seed*/metrics.json"))
+    if not archived:
+        raise ValueError(f"{archive}: no archived run (runs/<dataset>/<model>/seed<k>/metrics.json) below it")
+    pairs = [(old, Path(study) / old.relative_to(Path(archive))) for old in archived]
+    problems = [
+        f"{new}: no record" if not (new / "metrics.json").exists() else f"{new}: still the archived one"
+        for old, new in pairs
+        if not (new / "metrics.json").exists() or _record(old) == _record(new)
+    ]
+    if problems:
+        raise ValueError("not every archived run has a re-trained record in the study yet: " + "; ".join(problems))
+    rows = []
+    for old, new in pairs:
+        rows += drift_rows(old, new, new.parent, _machine_label(_record(new)))
+    _append_to_log(rows)
+    return rows
+
+
+def drift_rows(committed: Path, mine: Path, cell_dir: Path, here: str) -> list[dict]:
+    """Per test metric, one row of ``results/reproduction.csv``: the committed run ``committed`` against the run
+    ``mine`` that re-trained it on the machine ``here``, in units of the seed-to-seed s.d. of the runs in
+    ``cell_dir`` (``<dataset>/<model>``)."""
+    old, new = _record(committed), _record(mine)
+    identical = not compare(committed, mine)
+    cell = [json.loads(path.read_text())["test"] for path in sorted(cell_dir.glob("seed*/metrics.json"))]
+    rows = []
+    for metric in REPRODUCED_METRICS:
+        sd = statistics.stdev(test[metric] for test in cell) if len(cell) > 1 else float("nan")
+        drift = new["test"][metric] - old["test"][metric]
+        rows.append(
+            {
+                "date": date.today().isoformat(),
+                "run": f"{cell_dir.parent.name}/{cell_dir.name}/{mine.name}",
+                "metric": f"test {metric}",
+                "committed": round(old["test"][metric], 6),
+                "reproduced": round(new["test"][metric], 6),
+                "drift": round(drift, 6),
+                "cell_sd": round(sd, 6),
+                "drift_in_sd": round(drift / sd, 3) if sd > 0 else float("nan"),
+                "best_epoch": f"{old['best_epoch']} -> {new['best_epoch']}",
+                "bit_identical": identical,
+                "committed_machine": _machine_label(old),
+                "machine": here,
+            }
+        )
+    return rows
+
+
+def _record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _machine_label(record: Mapping) -> str:
+    """The machine a record names: its GPU, else its CPU and the instruction set torch dispatched to; a record from
+    before runs named their machine gives its device where that was a GPU (``cuda:0 (NVIDIA H200)``)."""
+    recorded = record.get("machine") or {}
+    if recorded.get("gpu"):
+        return recorded["gpu"]
+    if recorded.get("cpu"):
+        return f"{recorded['cpu']} ({recorded['cpu_capability']})"
+    device = str(record.get("device", ""))
+    return device if device.startswith("cuda") else "not recorded"
+
+
+def _append_to_log(rows: list[dict]) -> None:
+    if not rows:
+        return
     new_log = not REPRODUCTION_LOG.exists()
     with REPRODUCTION_LOG.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
-        if new_log and rows:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        if new_log:
             writer.writeheader()
         writer.writerows(rows)
-    return rows
 
 
 def _default_data_root() -> str:
@@ -232,13 +289,25 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--out", required=True, type=Path, help="scratch folder for the re-trained runs")
     again.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
     again.add_argument("--scale", default="cpu")
+    retrained = commands.add_parser(
+        "retrained", help="the drift of archived runs (e.g. GPU runs) to their re-trained records in the study"
+    )
+    retrained.add_argument("archive", type=Path, help="a folder with runs/<dataset>/<model>/seed<k>, e.g. results/h200")
+    retrained.add_argument("--scale", default="cpu")
     args = parser.parse_args(argv)
-    if args.command == "reproduce":
-        rows = reproduce(args.n, args.out, args.seed, args.scale)
+    if args.command in ("reproduce", "retrained"):
+        if args.command == "reproduce":
+            rows = reproduce(args.n, args.out, args.seed, args.scale)
+        else:
+            try:
+                rows = retrained_drift(args.archive, REPO_ROOT / "results" / args.scale)
+            except ValueError as error:
+                parser.error(str(error))
         for row in rows:
             print(
-                f"{row['run']} {row['metric']}: committed {row['committed']:.4f}, here {row['reproduced']:.4f}, "
-                f"drift {row['drift']:+.4f} = {row['drift_in_sd']:+.2f} cell s.d.; best epoch {row['best_epoch']}; "
+                f"{row['run']} {row['metric']}: committed {row['committed']:.4f} ({row['committed_machine']}), "
+                f"re-trained {row['reproduced']:.4f} ({row['machine']}), drift {row['drift']:+.4f} = "
+                f"{row['drift_in_sd']:+.2f} cell s.d.; best epoch {row['best_epoch']}; "
                 f"bit-identical: {row['bit_identical']}"
             )
         print(f"appended to {REPRODUCTION_LOG}")

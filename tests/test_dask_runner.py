@@ -123,7 +123,12 @@ def test_failed_run_is_reported_with_its_cell_error_and_others_go_on(faulty_grid
     assert error and "Error" in error, error
     assert f"FAILED   {BROKEN} (after up to 2 attempt(s)): {error}" in output, output
     assert "notebook: " in output and "results/smoke/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb" in output
-    assert f"retry    {BROKEN} (attempt 2)" in output
+    # The first attempt's cause, though the retry wrote its log over that attempt's.
+    assert f"retry    {BROKEN} (attempt 2) on tcp://127.0.0.1:" in output
+    assert any(
+        line.startswith(f"retry    {BROKEN}") and line.endswith(f": attempt 1 failed: {error}")
+        for line in output.splitlines()
+    ), output
     assert "trained now 2, up to date (skipped) 0, failed 1" in output
     assert "the aggregate was not updated" in output
     assert not (copy / "results/smoke/aggregate.ipynb").exists()

@@ -101,6 +101,7 @@ class Progress:
         self.running: dict[str, float] = {}  # each running run -> when its current attempt started (time.monotonic)
         self.started: dict[str, int] = {}
         self.failed_attempts: dict[str, int] = {}
+        self.failure_causes: dict[str, str | None] = {}  # each run's last failed attempt's cause (its log's line)
         self.done = self.failed = 0
         self.slots = 1  # runs the cluster runs at once (its workers' threads), updated as workers come and go
         self.tty = stream.isatty()
@@ -118,10 +119,13 @@ class Progress:
                 if attempt > 1 and self.failed_attempts.get(stage, 0) < attempt - 1:
                     self.write(f"resumed  {stage} on {message['worker']}: its worker was lost (from its checkpoint)")
                 elif attempt > 1:
-                    self.write(f"retry    {stage} (attempt {attempt}) on {message['worker']}")
+                    cause = self.failure_causes.get(stage) or "no output"
+                    worker, before = message["worker"], attempt - 1
+                    self.write(f"retry    {stage} (attempt {attempt}) on {worker}: attempt {before} failed: {cause}")
                 self.running[stage] = time.monotonic()
             elif message["event"] == "failed":
                 self.failed_attempts[stage] = self.failed_attempts.get(stage, 0) + 1
+                self.failure_causes[stage] = message.get("cause")
                 self.running.pop(stage, None)
             self._refresh()
 

@@ -174,7 +174,9 @@ def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: 
                 raise StageFailed(stage, -1, log) from None
     seconds = time.perf_counter() - start
     if returncode != 0:
-        worker.log_event(TOPIC, {"stage": stage, "event": "failed", "returncode": returncode})
+        # The cause travels with the event: a retry writes its own output over this log.
+        cause = failure_cause(Path(log).read_text(errors="replace"))
+        worker.log_event(TOPIC, {"stage": stage, "event": "failed", "returncode": returncode, "cause": cause})
         raise StageFailed(stage, returncode, log)
     return {"stage": stage, "worker": worker.address, "seconds": seconds}
 

@@ -123,10 +123,13 @@ def test_failed_run_is_reported_with_its_cell_error_and_others_go_on(faulty_grid
     assert error and "Error" in error, error
     assert f"FAILED   {BROKEN} (after up to 2 attempt(s)): {error}" in output, output
     assert "notebook: " in output and "results/smoke/notebooks/ph2-dermoscopy/unet/seed2/train.ipynb" in output
-    # The first attempt's cause, though the retry wrote its log over that attempt's.
+    # The first attempt's cause, though the retry wrote its log over that attempt's: the error line of its log
+    # (the notebook's cell error less its "cell In [N]: ").
     assert f"retry    {BROKEN} (attempt 2) on tcp://127.0.0.1:" in output
+    logged = error.partition(": ")[2]
+    assert logged.startswith("CheckpointError: ")
     assert any(
-        line.startswith(f"retry    {BROKEN}") and line.endswith(f": attempt 1 failed: {error}")
+        line.startswith(f"retry    {BROKEN}") and line.endswith(f": attempt 1 failed: {logged}")
         for line in output.splitlines()
     ), output
     assert "trained now 2, up to date (skipped) 0, failed 1" in output

@@ -40,11 +40,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from repro.config import THREADS_ENV
 from repro.data.registry import REPO_ROOT
-from repro.training.device import DEVICE_ENV, machine
+from repro.training.device import DEVICE_ENV
 
 WORKTREE = "WORKTREE"
 
@@ -146,13 +144,12 @@ def reproduce(n: int, out: Path, seed: int = 0, scale: str = "cpu", data_root: s
     number of the run was reproduced bit for bit (:func:`compare`) and names the machine. The rows are appended to
     ``results/reproduction.csv``."""
     study = REPO_ROOT / "results" / scale
-    here = machine(torch.device("cpu"))
     rows = []
     for committed in choose_runs(study, n, seed):
         model_dir = committed.parent
         dataset, model, run_seed = model_dir.parent.name, model_dir.name, int(committed.name.removeprefix("seed"))
         mine = run(WORKTREE, out, dataset, model, run_seed, scale, data_root or _default_data_root())
-        rows += drift_rows(committed, mine, model_dir, f"{here['cpu']} ({here['cpu_capability']})")
+        rows += drift_rows(committed, mine, model_dir)
     _append_to_log(rows)
     return rows
 
@@ -167,24 +164,25 @@ def retrained_drift(archive: Path | str, study: Path | str) -> list[dict]:
     if not archived:
         raise ValueError(f"{archive}: no archived run (runs/<dataset>/<model>/seed<k>/metrics.json) below it")
     pairs = [(old, Path(study) / old.relative_to(Path(archive))) for old in archived]
-    problems = [
-        f"{new}: no record" if not (new / "metrics.json").exists() else f"{new}: still the archived one"
-        for old, new in pairs
-        if not (new / "metrics.json").exists() or _record(old) == _record(new)
-    ]
+    problems = []
+    for old, new in pairs:
+        if not (new / "metrics.json").exists():
+            problems.append(f"{new}: no record")
+        elif _record(old) == _record(new):
+            problems.append(f"{new}: still the archived one")
     if problems:
         raise ValueError("not every archived run has a re-trained record in the study yet: " + "; ".join(problems))
     rows = []
     for old, new in pairs:
-        rows += drift_rows(old, new, new.parent, _machine_label(_record(new)))
+        rows += drift_rows(old, new, new.parent)
     _append_to_log(rows)
     return rows
 
 
-def drift_rows(committed: Path, mine: Path, cell_dir: Path, here: str) -> list[dict]:
+def drift_rows(committed: Path, mine: Path, cell_dir: Path) -> list[dict]:
     """Per test metric, one row of ``results/reproduction.csv``: the committed run ``committed`` against the run
-    ``mine`` that re-trained it on the machine ``here``, in units of the seed-to-seed s.d. of the runs in
-    ``cell_dir`` (``<dataset>/<model>``)."""
+    ``mine`` that re-trained it, in units of the seed-to-seed s.d. of the runs in ``cell_dir``
+    (``<dataset>/<model>``); each run's machine as its record names it."""
     old, new = _record(committed), _record(mine)
     identical = not compare(committed, mine)
     cell = [json.loads(path.read_text())["test"] for path in sorted(cell_dir.glob("seed*/metrics.json"))]
@@ -205,7 +203,7 @@ def drift_rows(committed: Path, mine: Path, cell_dir: Path, here: str) -> list[d
                 "best_epoch": f"{old['best_epoch']} -> {new['best_epoch']}",
                 "bit_identical": identical,
                 "committed_machine": _machine_label(old),
-                "machine": here,
+                "machine": _machine_label(new),
             }
         )
     return rows

@@ -39,20 +39,31 @@ from repro.runner.grid import (  # noqa: E402
 TABLES = {"results-table": "results.md", "claims-table": "claim_verdicts.md"}
 STUDY_TABLES = TABLES | {"pruning-table": "pruning.md"}
 # Tables of the secondary analyses, copied only into a README that has their markers: each decisive verdict's
-# leave-one-seed-out stability, and C6's labels at other margins. (The claims-table block, claim_verdicts.md,
-# already marks a fragile verdict "(fragile: k/n)" and gives each comparison's own label.)
+# leave-one-seed-out stability, C6's labels at other margins, and the UNet++ paper's DSB2018 row in its own metric with
+# how far that metric reads from the study's and the answer it gives (unetpp_paper_reading.md, prose). (The
+# claims-table block, claim_verdicts.md, already marks a fragile verdict "(fragile: k/n)" and gives each comparison's
+# own label.)
 OPTIONAL_TABLES = {
     "stability-table": "claim_stability.md",
     "c6-margins-table": "c6_margins.md",
     "unetpp-paper-table": "unetpp_paper_dsb2018.md",
+    "unetpp-paper-bridge": "unetpp_paper_metric_bridge.md",
+    "unetpp-paper-reading": "unetpp_paper_reading.md",
 }
 ARCHIVE = ROOT / "results" / "v1"
 # Each page (relative to the repository root) -> the generated blocks it holds, each exactly once. A block may sit on
 # several pages (the labels are on two); results/v1/README.md is rendered by :func:`render_archive`.
 PAGES = {
-    "README.md": ("progress", "claims-table", "verdict-labels", "effects-table"),
+    "README.md": ("progress", "claims-table", "verdict-labels", "effects-table", "unetpp-paper-reading"),
     "docs/results.md": ("results-table", "pruning-table"),
-    "docs/claims-and-statistics.md": ("verdict-labels", "stability-table", "c6-margins-table", "unetpp-paper-table"),
+    "docs/claims-and-statistics.md": (
+        "verdict-labels",
+        "stability-table",
+        "c6-margins-table",
+        "unetpp-paper-table",
+        "unetpp-paper-bridge",
+        "unetpp-paper-reading",
+    ),
 }
 # Variants whose training counts to the budget of the claims added with them (C10-C14: the volumetric networks, FCN
 # and MultiResUNet), not to the 2D claims' (docs/recipe.md, "What the CPU budget covers").

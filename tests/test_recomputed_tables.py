@@ -11,7 +11,8 @@ rule" of results/<scale>/aggregate.ipynb, which docs/claims-and-statistics.md po
 Specification taken from the tables, not recomputed: which claim compares which variants (`better`, `baseline`, and
 for C9 `better_level`, `baseline_level`) on which `dataset` and `metric`, its `kind` and `claimed_difference`;
 `title`, `claimed_on`, `design`, `sensitivity_of`; C6's margins (c6_margins.csv `margin`); the UNet++ paper's row
-(unetpp_paper_dsb2018.csv `network`, `paper_iou`, `study_variant`, `configuration`, `metric`). alpha and the
+(unetpp_paper_dsb2018.csv `network`, `paper_iou`, `study_variant`, `configuration`, `metric`; the rows of
+unetpp_paper_metric_bridge.csv, `study_variant`). alpha and the
 equivalence / non-inferiority margin come from params.yaml (`aggregate`). Each claim's family (its rows with at
 least 2 matched seeds) and so `family_size` are recomputed, not read.
 
@@ -29,12 +30,14 @@ Recomputed and compared, every row (a number present on one side only is a disag
 - results.csv: its rows (every dataset/model with runs), n_seeds, <metric>_mean, <metric>_sd, params, gflops.
 - pruning.csv: its rows, n_seeds, dice_mean, dice_sd, iou_mean, iou_sd, iou_vs_full, gflops, gflops_vs_full.
 - unetpp_paper_dsb2018.csv: n_seeds, mean, ci_low, ci_high, gap_to_paper, foreground_iou and its interval.
+- unetpp_paper_metric_bridge.csv: n_runs, the mean of each run's keras_mean_iou - miou_bg and keras_mean_iou - iou
+  with their intervals, per variant and over all the paper table's variants in the paper's metric (`all`).
 - failed_runs.csv: which runs failed, with best_val_dice, others_median, threshold, dice.
 
 Not recomputed: claims.csv `boot_ci_low` / `boot_ci_high`, a seeded random resampling whose draws are the
 implementation's own (an independent bootstrap agrees only to Monte Carlo error, never to 1e-9);
 universal_parameters.csv, empty until universal runs exist, and parameter counts rather than statistics; stats.json,
-which is not a table.
+which is not a table; unetpp_paper_reading.md, prose worded from two tables recomputed here.
 
 Where the written rule leaves a detail open, this module takes the reading stated here:
 - MDD (`mdd` at alpha, `mdd_adj` at alpha/m): the smallest true mean difference the two-sided paired t-test on
@@ -650,6 +653,32 @@ def recompute_unetpp_paper_dsb2018(study: Study) -> tuple[pd.DataFrame, list[str
     return pd.DataFrame(rows, index=committed.index).reindex(columns=columns), columns
 
 
+def recompute_unetpp_paper_metric_bridge(study: Study) -> tuple[pd.DataFrame, list[str]]:
+    """unetpp_paper_metric_bridge.csv: per listed variant (`all`: every variant the paper table lists in the paper's
+    metric), over its runs that record keras_mean_iou, the mean paired difference to miou_bg and to iou, x 100."""
+    committed = study.tables["unetpp_paper_metric_bridge"]
+    paper = study.tables["unetpp_paper_dsb2018"]
+    own = list(paper.loc[paper["metric"] == "keras_mean_iou", "study_variant"])
+    on_dataset = study.records[study.records["dataset"] == PAPER_DATASET]
+    rows = []
+    for variant in committed["study_variant"]:
+        runs = on_dataset[on_dataset["model"].isin(own if variant == "all" else [variant])]
+        runs = runs[runs["keras_mean_iou"].notna()] if "keras_mean_iou" in runs else runs.iloc[:0]
+        row = {"n_runs": len(runs)}
+        for against in ("miou_bg", "iou"):
+            differences = 100 * (runs["keras_mean_iou"] - runs[against]) if len(runs) else pd.Series(dtype=float)
+            name = f"keras_minus_{against}"
+            row[name] = differences.mean() if len(differences) else np.nan
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = (
+                t_interval(differences.mean(), differences.std(ddof=1), len(differences), ALPHA)
+                if len(differences) > 1
+                else (np.nan, np.nan)
+            )
+        rows.append(row)
+    columns = [f"keras_minus_{against}{end}" for against in ("miou_bg", "iou") for end in ("", "_ci_low", "_ci_high")]
+    return pd.DataFrame(rows, index=committed.index), ["n_runs", *columns]
+
+
 def recompute_failed_runs(study: Study) -> tuple[pd.DataFrame, list[str]]:
     """failed_runs.csv: the runs that failed."""
     return study.failed, ["best_val_dice", "others_median", "threshold", "dice"]
@@ -663,6 +692,7 @@ RECOMPUTE = {
     "results": recompute_results,
     "pruning": recompute_pruning,
     "unetpp_paper_dsb2018": recompute_unetpp_paper_dsb2018,
+    "unetpp_paper_metric_bridge": recompute_unetpp_paper_metric_bridge,
     "failed_runs": recompute_failed_runs,
 }
 # Tables whose rows are recomputed from the records (the others' rows are the specification): the key columns.
@@ -693,6 +723,8 @@ def row_name(committed: pd.DataFrame, index) -> str:
         named.append(comparison_name(committed.loc[index]))
     if "metric" in committed and "network" in committed:
         named.append(f"{committed.loc[index, 'study_variant']} ({committed.loc[index, 'metric']})")
+    elif "study_variant" in committed:
+        named.append(str(committed.loc[index, "study_variant"]))
     return " ".join(named)
 
 

@@ -892,6 +892,101 @@ def test_the_paper_metric_table_puts_the_unetpp_papers_row_beside_the_studys():
     assert shown.loc["unetpp_2018", "study"] == "no runs yet" and shown.loc["unetpp", "study"].startswith("90.00 [")
 
 
+def test_the_metric_bridge_pairs_the_papers_metric_with_the_studys_on_the_same_runs():
+    """Each 2018 run's keras_mean_iou - miou_bg and - iou, in points, per variant and pooled over them; the default
+    grid's runs (no keras_mean_iou) take no part, and a variant without runs says so."""
+    rows = [
+        {"dataset": "dsb2018-nuclei-96", "model": model, "seed": k, "keras_mean_iou": keras, "miou_bg": bg, "iou": iou}
+        for model, k, keras, bg, iou in (
+            ("unet_2018", 0, 0.86, 0.88, 0.78),
+            ("unet_2018", 1, 0.84, 0.85, 0.76),
+            ("unetpp_2018", 0, 0.90, 0.89, 0.81),
+        )
+    ] + [{"dataset": "dsb2018-nuclei-96", "model": "unet", "seed": 0, "miou_bg": 0.90, "iou": 0.83}]
+    bridge = tables.paper_metric_bridge(pd.DataFrame(rows)).set_index("study_variant")
+    assert bridge.loc["unet_2018", "n_runs"] == 2
+    assert bridge.loc["unet_2018", "keras_minus_miou_bg"] == pytest.approx(-1.5)  # -2 and -1 points
+    assert bridge.loc["unet_2018", "keras_minus_iou"] == pytest.approx(8.0)
+    # Two values 1 point apart: +-12.706 * 0.7071 / sqrt(2) = +-6.353.
+    assert bridge.loc["unet_2018", "keras_minus_miou_bg_ci_high"] == pytest.approx(-1.5 + 6.353, abs=1e-3)
+    assert bridge.loc["all", "n_runs"] == 3 and bridge.loc["all", "keras_minus_miou_bg"] == pytest.approx(-2 / 3)
+    assert bridge.loc["wide_unet_2018", "n_runs"] == 0 and math.isnan(bridge.loc["wide_unet_2018", "keras_minus_iou"])
+    shown = tables.format_paper_metric_bridge(bridge.reset_index()).set_index("study variant")
+    assert shown.loc["wide_unet_2018", "paper's metric - foreground IoU"] == "no runs yet"
+    assert shown.loc["unetpp_2018", "paper's metric - two-class mIoU"] == "+1.00"  # one run: no interval
+
+
+def _paper_rows(foreground: float, nearest: float, own: float | None = None) -> pd.DataFrame:
+    """The paper table (points) with every paper network of the study's recipe at ``foreground`` IoU below the
+    paper by the same amount and ``nearest`` two-class mIoU below it, and the 2018 networks at ``own`` foreground IoU
+    below the recipe's (None: no runs)."""
+    rows = []
+    for network, paper in tables.UNETPP_PAPER_DSB2018.items():
+        rows.append(
+            {"study_variant": network, "n_seeds": 5, "mean": paper - nearest, "foreground_iou": paper - foreground}
+        )
+        rows.append(
+            {
+                "study_variant": f"{network}_2018",
+                "n_seeds": 0 if own is None else 5,
+                "mean": paper - 8.0,
+                "gap_to_paper": -8.0,
+                "foreground_iou": paper - foreground - (own or 0.0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _bridge(shift: float | None) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "study_variant": "all",
+                "n_runs": 0 if shift is None else 12,
+                "keras_minus_miou_bg": shift,
+                "keras_minus_miou_bg_ci_low": None if shift is None else shift - 1,
+                "keras_minus_miou_bg_ci_high": None if shift is None else shift + 1,
+                "keras_minus_iou": None if shift is None else 7.0,
+            }
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("nearest", "shift", "answer"),
+    [
+        (1.0, -1.0, "Mostly, yes: the metric closes 75-88% of it."),  # 7/8 and 6/8 of an 8-point gap
+        (1.0, -4.0, "In large part: the metric closes 38-88% of it."),
+        (5.0, 0.0, "Partly: the metric closes 38% of it."),
+        (7.0, -1.0, "No: the metric closes 0-12% of it."),
+        (1.0, None, "Mostly, yes: the metric closes 88% of it."),  # no run records both metrics: one estimate
+    ],
+)
+def test_the_paper_gap_reading_words_the_share_the_metric_closes_by_a_fixed_rule(nearest, shift, answer):
+    reading = tables.paper_gap_reading(_paper_rows(foreground=8.0, nearest=nearest), _bridge(shift))
+    assert reading.startswith(f"**Was the level gap the metric? {answer}**"), reading
+    assert "-8.00, -8.00, -8.00 points from the paper's 90.77, 90.92, 92.63" in reading
+    assert ("were the recipe's runs as far apart" in reading) == (shift is not None)
+    assert "UNet++'s lead over U-Net, +1.86 points in the paper, is +1.86 in the study's recipe" in reading
+    assert "2018 networks" not in reading.split("What the metric does not explain")[1]  # none trained
+
+
+def test_the_paper_gap_reading_names_the_2018_networks_shortfall_as_training_only_when_it_shows_in_foreground_iou():
+    behind = tables.paper_gap_reading(_paper_rows(8.0, 1.0, own=6.0), _bridge(-1.0))
+    assert "score 82.77, 82.92, 84.63 in the paper's metric (-8.00, -8.00, -8.00 against the paper)" in behind
+    assert behind.endswith("so that shortfall is how they train here, not the metric.")
+    level = tables.paper_gap_reading(_paper_rows(8.0, 1.0, own=-0.5), _bridge(-1.0))
+    assert level.endswith("+0.50, +0.50, +0.50 points from the study's recipe in foreground IoU.")
+
+
+def test_the_paper_gap_reading_is_empty_without_the_recipes_runs_and_says_when_there_is_no_gap():
+    missing = _paper_rows(8.0, 1.0)
+    missing.loc[missing["study_variant"] == "unetpp", "n_seeds"] = 0
+    assert tables.paper_gap_reading(missing, _bridge(-1.0)) == ""
+    above = tables.paper_gap_reading(_paper_rows(foreground=-0.5, nearest=-3.0), _bridge(-1.0))
+    assert "There is none to explain" in above
+
+
 HIPPOCAMPUS, ATRIUM = "msd-task04-hippocampus", "la2018-atrium-lgemri"
 # A universal network of both domains: shared pointwise kernels, each domain's own blocks, and the paper's
 # independent models (one standard-convolution network per domain).

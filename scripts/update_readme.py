@@ -1,5 +1,6 @@
 """Copy the generated tables, a line on how much of the grid they cover and how long its runs trained, the
-verdicts with their effects, and the meaning of each verdict label into README.md and the docs/ pages between their
+verdicts with their effects, the meaning of each verdict label and the reproduction log (results/reproduction.csv)
+into README.md and the docs/ pages between their
 markers (``<!-- name:start -->`` ... ``<!-- name:end -->``), so the pages never drift from `results/` and
 `repro/analysis/verdicts.py` (tests/test_readme.py checks that they have not). ``PAGES`` says which page holds which
 blocks. They get the tables of the current study, `results/<scale>/tables/` at params.yaml's scale, or one line saying
@@ -54,8 +55,16 @@ ARCHIVE = ROOT / "results" / "v1"
 # Each page (relative to the repository root) -> the generated blocks it holds, each exactly once. A block may sit on
 # several pages (the labels are on two); results/v1/README.md is rendered by :func:`render_archive`.
 PAGES = {
-    "README.md": ("progress", "claims-table", "verdict-labels", "effects-table", "unetpp-paper-reading"),
+    "README.md": (
+        "progress",
+        "claims-table",
+        "verdict-labels",
+        "effects-table",
+        "unetpp-paper-reading",
+        "reproduction-summary",
+    ),
     "docs/results.md": ("results-table", "pruning-table"),
+    "docs/running.md": ("reproduction-runs",),
     "docs/claims-and-statistics.md": (
         "verdict-labels",
         "stability-table",
@@ -65,6 +74,10 @@ PAGES = {
         "unetpp-paper-reading",
     ),
 }
+# The reproduction log (repro.runner.equivalence: `reproduce` and `retrained` append to it), summarised in README and
+# listed run by run in docs/running.md; both read its test Dice rows, one per re-trained run.
+REPRODUCTION_LOG = ROOT / "results" / "reproduction.csv"
+REPRODUCTION_BLOCKS = ("reproduction-summary", "reproduction-runs")
 # Variants whose training counts to the budget of the claims added with them (C10-C14: the volumetric networks, FCN
 # and MultiResUNet), not to the 2D claims' (docs/recipe.md, "What the CPU budget covers").
 OWN_BUDGET_VARIANTS = ("fcn", "multiresunet")
@@ -215,6 +228,71 @@ def effects_table(tables: Path) -> str:
     return table
 
 
+def _reproduced(log: Path) -> pd.DataFrame | None:
+    """The log's test Dice rows (one per re-trained run), or None while it has none."""
+    if not log.is_file():
+        return None
+    rows = pd.read_csv(log)
+    rows = rows[rows["metric"] == "test dice"]
+    return rows if len(rows) else None
+
+
+def _no_rows_line(log: Path) -> str:
+    where = log.relative_to(ROOT) if log.is_relative_to(ROOT) else log
+    return f"*No run re-trained yet: `{where}` has no test Dice row.*\n"
+
+
+def _bit_for_bit(value: object) -> bool:
+    return str(value) == "True"
+
+
+def reproduction_summary(log: Path = REPRODUCTION_LOG) -> str:
+    """The reproduction log in brief: per pair of machines (the one a committed run names, the one that re-trained
+    it), how many runs were re-trained, how many repeated bit for bit, and how far test Dice moved, in units of the
+    cell's seed-to-seed s.d. (median and largest absolute drift, and how many stayed within one s.d.)."""
+    rows = _reproduced(log)
+    if rows is None:
+        return _no_rows_line(log)
+    lines = []
+    for (trained, again), group in rows.groupby(["committed_machine", "machine"], sort=False):
+        drift = group["drift_in_sd"].abs()
+        lines.append(
+            {
+                "trained on": trained,
+                "re-trained on": again,
+                "runs": len(group),
+                "bit for bit": f"{sum(_bit_for_bit(v) for v in group['bit_identical'])} of {len(group)}",
+                "test Dice drift, median (cell s.d.)": f"{drift.median():.2f}",
+                "largest": f"{drift.max():.2f}",
+                "within 1 s.d.": f"{int((drift <= 1).sum())} of {len(group)}",
+            }
+        )
+    return markdown_table(pd.DataFrame(lines))
+
+
+def reproduction_runs(log: Path = REPRODUCTION_LOG) -> str:
+    """The reproduction log run by run: test Dice as committed and re-trained, the drift (also in the cell's s.d.),
+    the best epochs, whether every number repeated bit for bit, and both machines."""
+    rows = _reproduced(log)
+    if rows is None:
+        return _no_rows_line(log)
+    shown = pd.DataFrame(
+        {
+            "run": [run.replace("/", " / ").replace("seed", "seed ") for run in rows["run"]],
+            "test Dice committed": [f"{v:.4f}" for v in rows["committed"]],
+            "re-trained": [f"{v:.4f}" for v in rows["reproduced"]],
+            "drift": [f"{v:+.4f}" if v else "0" for v in rows["drift"]],
+            "in cell s.d.": [f"{v:+.2f}" if v else "0" for v in rows["drift_in_sd"]],
+            "best epoch": rows["best_epoch"],
+            "bit for bit": ["yes" if _bit_for_bit(v) else "no" for v in rows["bit_identical"]],
+            "trained on": rows["committed_machine"],
+            "re-trained on": rows["machine"],
+            "date": rows["date"],
+        }
+    )
+    return markdown_table(shown)
+
+
 def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     """Marker name -> its table (``names``: marker -> file) from the folder ``tables``; while the folder does not
     exist (the grid has not been run with this version of the training code), one line that says so, in every
@@ -274,6 +352,10 @@ def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()
         blocks["effects-table"] = effects_table(tables)
     if "verdict-labels" in names:
         blocks["verdict-labels"] = label_lines()
+    if has_block(text, "reproduction-summary") or "reproduction-summary" in required:
+        blocks["reproduction-summary"] = reproduction_summary()
+    if has_block(text, "reproduction-runs") or "reproduction-runs" in required:
+        blocks["reproduction-runs"] = reproduction_runs()
     missing = [name for name in required if name in OPTIONAL_TABLES and name not in blocks]
     if missing:
         raise SystemExit(f"needs exactly one <!-- {missing[0]}:start --> ... <!-- {missing[0]}:end --> block")

@@ -143,6 +143,7 @@ def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_lab
 def test_the_generated_tables_name_the_script_that_copies_them():
     update_readme = _update_readme()
     tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table"}
+    tables |= set(update_readme.REPRODUCTION_BLOCKS)
     for page, text in [*_pages().items(), ("results/v1/README.md", V1_README)]:
         names = tables & set(update_readme.PAGES.get(page, update_readme.TABLES))
         first = min(text.index(f"<!-- {name}:start -->") for name in names)
@@ -249,3 +250,39 @@ def test_the_training_time_line_names_a_malformed_metrics_file(tmp_path):
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"seed0/metrics\.json: not valid JSON"):
         update_readme.training_time_line(tmp_path)
+
+
+def test_the_reproduction_blocks_summarise_the_log_per_pair_of_machines_and_list_it_run_by_run(tmp_path):
+    """README's summary groups the log's test Dice rows by (committed machine, re-training machine): runs, bit for
+    bit, the median and largest absolute drift in cell s.d. and how many stayed within one; docs/running.md lists each
+    run. The IoU rows are not counted again, and an empty log is one line."""
+    update_readme = _update_readme()
+    log = tmp_path / "reproduction.csv"
+    header = "date,run,metric,committed,reproduced,drift,cell_sd,drift_in_sd,best_epoch,bit_identical,"
+    header += "committed_machine,machine\n"
+    rows = [
+        ("d/unet/seed4", "dice", 0.90, 0.91, 0.01, 0.02, 0.5, "False", "cuda:0 (NVIDIA H200)"),
+        ("d/unet/seed4", "iou", 0.80, 0.85, 0.05, 0.02, 2.5, "False", "cuda:0 (NVIDIA H200)"),
+        ("d/unetpp/seed4", "dice", 0.90, 0.86, -0.04, 0.02, -2.0, "False", "cuda:0 (NVIDIA H200)"),
+        ("d/fcn/seed4", "dice", 0.70, 0.72, 0.02, 0.01, 2.0, "False", "cuda:0 (NVIDIA H200)"),
+        ("k/unet/seed0", "dice", 0.80, 0.80, 0.0, 0.01, 0.0, "True", "not recorded"),
+    ]
+    log.write_text(
+        header
+        + "".join(
+            f"2026-12-07,{run},test {metric},{a},{b},{d},{sd},{dsd},30 -> 31,{bit},{trained},Xeon (AVX512)\n"
+            for run, metric, a, b, d, sd, dsd, bit, trained in rows
+        )
+    )
+    summary = update_readme.reproduction_summary(log).splitlines()
+    assert summary[2] == "| cuda:0 (NVIDIA H200) | Xeon (AVX512) | 3 | 0 of 3 | 2.00 | 2.00 | 1 of 3 |"
+    assert summary[3] == "| not recorded | Xeon (AVX512) | 1 | 1 of 1 | 0.00 | 0.00 | 1 of 1 |"
+    assert len(summary) == 4
+    runs = update_readme.reproduction_runs(log).splitlines()
+    assert runs[2] == (
+        "| d / unet / seed 4 | 0.9000 | 0.9100 | +0.0100 | +0.50 | 30 -> 31 | no | cuda:0 (NVIDIA H200) "
+        "| Xeon (AVX512) | 2026-12-07 |"
+    )
+    assert runs[5].startswith("| k / unet / seed 0 | 0.8000 | 0.8000 | 0 | 0 | 30 -> 31 | yes |") and len(runs) == 6
+    log.write_text(header)
+    assert update_readme.reproduction_summary(log).startswith("*No run re-trained yet:")

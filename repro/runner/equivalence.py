@@ -308,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['drift_in_sd']:+.2f} cell s.d.; best epoch {row['best_epoch']}; "
                 f"bit-identical: {row['bit_identical']}"
             )
-        print(f"appended to {REPRODUCTION_LOG}")
+        print(
+            f"appended to {REPRODUCTION_LOG}; `python scripts/update_readme.py` copies the log into README.md (per "
+            "pair of machines) and docs/running.md (run by run)"
+        )
         return 0
     if args.command == "run":
         print(run(args.code, args.out, args.dataset, args.model, args.seed, args.scale, args.data_root))

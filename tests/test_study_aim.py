@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ from repro.runner.plan import (
     trained_on_problems,
     variant_flops,
 )
-from repro.runner.stage_task import copy_output, failure_cause, is_noise
+from repro.runner.stage_task import StageFailed, copy_output, failure_cause, is_noise
 from repro.study import main, summary
 
 GRID = Grid(
@@ -454,6 +455,19 @@ def test_the_cause_is_the_last_line_that_states_an_error():
     assert failure_cause(missing) == missing.strip()
     assert failure_cause("sh: 1: papermill: not found\n\n") == "sh: 1: papermill: not found"
     assert failure_cause("\n") is None
+
+
+def test_a_failed_stage_carries_its_cause_from_the_worker_to_the_client():
+    """Dask pickles a task's exception on the worker: the cause read there (before a retry writes its own log over
+    the attempt's) survives the trip, so the client's FAILED line need not read the log again."""
+    failed = pickle.loads(pickle.dumps(StageFailed("train@x", 1, "logs/train@x.log", "ValueError: bad mask")))
+    assert (failed.stage, failed.returncode, failed.log, failed.cause) == (
+        "train@x",
+        1,
+        "logs/train@x.log",
+        "ValueError: bad mask",
+    )
+    assert pickle.loads(pickle.dumps(StageFailed("train@x", -1, "l.log"))).cause is None  # stopped on request
 
 
 def test_noise_lines_are_dropped_from_the_logs_and_the_rest_kept():

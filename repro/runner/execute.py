@@ -361,12 +361,7 @@ class Runner:
         if self.stop is not None:
             return  # stopped by the interrupt, not failed: the run stays stale and runs again next time
         notebooks = stage_files(self.root, stage, "*.ipynb")
-        logged = None
-        if isinstance(error, StageFailed):
-            try:
-                logged = failure_cause(Path(error.log).read_text(errors="replace"))
-            except OSError:
-                pass
+        logged = error.cause if isinstance(error, StageFailed) else None
         reason = (cell_error(notebooks[0]) if notebooks else None) or logged or f"{type(error).__name__}: {error}"
         attempts = self.settings.retries + 1
         lines = [f"FAILED   {name} (after up to {attempts} attempt(s)): {reason}"]

@@ -95,14 +95,15 @@ def failure_cause(text: str) -> str | None:
 
 
 class StageFailed(RuntimeError):
-    """A stage's command exited with an error; ``log`` holds its output."""
+    """A stage's command exited with an error; ``log`` holds its output and ``cause`` the line of it that says why
+    (:func:`failure_cause`, read on the worker when the command ended; None for a run stopped on request)."""
 
-    def __init__(self, stage: str, returncode: int, log: str) -> None:
-        self.stage, self.returncode, self.log = stage, returncode, log
+    def __init__(self, stage: str, returncode: int, log: str, cause: str | None = None) -> None:
+        self.stage, self.returncode, self.log, self.cause = stage, returncode, log, cause
         super().__init__(f"{stage}: command exited with status {returncode} (output in {log})")
 
     def __reduce__(self):
-        return StageFailed, (self.stage, self.returncode, self.log)
+        return StageFailed, (self.stage, self.returncode, self.log, self.cause)
 
 
 def run_environment(threads: int, gpu: str | None = None) -> dict[str, str]:
@@ -177,7 +178,7 @@ def run_stage(stage: str, cmd: str, root: str, log: str, threads: int, pin_gpu: 
         # The cause travels with the event: a retry writes its own output over this log.
         cause = failure_cause(Path(log).read_text(errors="replace"))
         worker.log_event(TOPIC, {"stage": stage, "event": "failed", "returncode": returncode, "cause": cause})
-        raise StageFailed(stage, returncode, log)
+        raise StageFailed(stage, returncode, log, cause)
     return {"stage": stage, "worker": worker.address, "seconds": seconds}
 
 

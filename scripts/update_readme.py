@@ -87,6 +87,11 @@ def block_pattern(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- {name}:start -->\n)(.*?)(<!-- {name}:end -->)", re.DOTALL)
 
 
+def shown_path(path: Path) -> Path:
+    """``path`` as a page names it: relative to the repository where it lies inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def label_lines() -> str:
     """One line per verdict label: what it means."""
     return "".join(f"- `{label}`: {meaning}.\n" for label, meaning in verdicts.MEANINGS.items())
@@ -196,7 +201,7 @@ def effects_table(tables: Path) -> str:
     equivalent" is read) and the comparison's label, beside what is claimed (the paper's difference, or "> 0" where
     it gives none; the margin for equivalence and non-inferiority); then one line naming the claims not run
     anywhere. While the folder or the file does not exist, one line saying so."""
-    where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+    where = shown_path(tables)
     if not tables.is_dir():
         return table_blocks(tables, {"effects-table": "claims.csv"})["effects-table"]
     if not (tables / "claims.csv").is_file():
@@ -238,8 +243,7 @@ def _reproduced(log: Path) -> pd.DataFrame | None:
 
 
 def _no_rows_line(log: Path) -> str:
-    where = log.relative_to(ROOT) if log.is_relative_to(ROOT) else log
-    return f"*No run re-trained yet: `{where}` has no test Dice row.*\n"
+    return f"*No run re-trained yet: `{shown_path(log)}` has no test Dice row.*\n"
 
 
 def _bit_for_bit(value: object) -> bool:
@@ -298,7 +302,7 @@ def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     exist (the grid has not been run with this version of the training code), one line that says so, in every
     table's place."""
     if not tables.is_dir():
-        where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+        where = shown_path(tables)
         line = (
             f"*Not yet run at this version of the training code: `{where}/` does not exist yet (`make study` "
             "trains the grid and writes it).*\n"
@@ -313,7 +317,7 @@ def optional_blocks(readme: str, tables: Path) -> dict[str, str]:
     names = {name: source for name, source in OPTIONAL_TABLES.items() if block_pattern(name).search(readme)}
     if not tables.is_dir():
         return table_blocks(tables, names)
-    where = tables.relative_to(ROOT) if tables.is_relative_to(ROOT) else tables
+    where = shown_path(tables)
     return {
         name: (tables / source).read_text()
         if (tables / source).is_file()
@@ -352,10 +356,9 @@ def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()
         blocks["effects-table"] = effects_table(tables)
     if "verdict-labels" in names:
         blocks["verdict-labels"] = label_lines()
-    if has_block(text, "reproduction-summary") or "reproduction-summary" in required:
-        blocks["reproduction-summary"] = reproduction_summary()
-    if has_block(text, "reproduction-runs") or "reproduction-runs" in required:
-        blocks["reproduction-runs"] = reproduction_runs()
+    for name, block in zip(REPRODUCTION_BLOCKS, (reproduction_summary, reproduction_runs), strict=True):
+        if has_block(text, name) or name in required:
+            blocks[name] = block()
     missing = [name for name in required if name in OPTIONAL_TABLES and name not in blocks]
     if missing:
         raise SystemExit(f"needs exactly one <!-- {missing[0]}:start --> ... <!-- {missing[0]}:end --> block")

@@ -239,13 +239,20 @@ def paper_metric_table(runs_df: pd.DataFrame, dataset: str = "dsb2018-nuclei-96"
     return pd.DataFrame(rows)
 
 
+def _interval_cell(mean: float, low: float, high: float, digits: int, sign: str = "") -> str:
+    """A mean with its interval for reading (``sign="+"`` writes signed values); "no runs yet" for a missing mean,
+    the mean alone without an interval."""
+    if mean != mean:
+        return "no runs yet"
+    shown = f"{mean:{sign}.{digits}f}"
+    return shown if low != low else f"{shown} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
 def format_paper_metric_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """The paper-metric table for reading: percent with intervals; variants without runs say so."""
 
     def cell(mean: float, low: float, high: float) -> str:
-        if mean != mean:
-            return "no runs yet"
-        return f"{mean:.{digits}f}" if low != low else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return _interval_cell(mean, low, high, digits)
 
     return pd.DataFrame(
         {
@@ -286,32 +293,26 @@ def paper_metric_bridge(runs_df: pd.DataFrame, dataset: str = "dsb2018-nuclei-96
     for variant in (*_PAPER_METRIC_VARIANTS, "all"):
         chosen = _PAPER_METRIC_VARIANTS if variant == "all" else (variant,)
         runs = on_dataset[on_dataset["model"].isin(chosen)]
-        if "keras_mean_iou" in runs:
-            runs = runs[runs["keras_mean_iou"].notna()]
-        else:
-            runs = runs.iloc[:0]
+        runs = runs[runs["keras_mean_iou"].notna()] if "keras_mean_iou" in runs else runs.iloc[:0]
         row = {"study_variant": variant, "n_runs": len(runs)}
         for against in ("miou_bg", "iou"):
-            differences = 100 * (runs["keras_mean_iou"] - runs[against]) if len(runs) else pd.Series(dtype=float)
-            mean, low, high = mean_interval(differences, alpha) if len(runs) else (np.nan, np.nan, np.nan)
-            row |= {f"keras_minus_{against}": mean, f"keras_minus_{against}_ci_low": low}
-            row[f"keras_minus_{against}_ci_high"] = high
+            interval = (
+                mean_interval(100 * (runs["keras_mean_iou"] - runs[against]), alpha)
+                if len(runs)
+                else (np.nan, np.nan, np.nan)
+            )
+            name = f"keras_minus_{against}"
+            row |= dict(zip((name, f"{name}_ci_low", f"{name}_ci_high"), interval, strict=True))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_paper_metric_bridge(bridge: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """The metric bridge for reading: signed points with intervals; a variant without runs says so."""
-
-    def cell(mean: float, low: float, high: float) -> str:
-        if mean != mean:
-            return "no runs yet"
-        return f"{mean:+.{digits}f}" if low != low else f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-
     shown = {"study variant": bridge["study_variant"], "runs": bridge["n_runs"]}
     for against, label in (("miou_bg", "paper's metric - two-class mIoU"), ("iou", "paper's metric - foreground IoU")):
         columns = [f"keras_minus_{against}", f"keras_minus_{against}_ci_low", f"keras_minus_{against}_ci_high"]
-        shown[label] = [cell(*r) for r in bridge[columns].itertuples(index=False)]
+        shown[label] = [_interval_cell(*r, digits, sign="+") for r in bridge[columns].itertuples(index=False)]
     return pd.DataFrame(shown)
 
 

@@ -107,6 +107,29 @@ def test_reproduce_never_chooses_a_universal_models_record(tmp_path):
     ]
 
 
+def test_reproduce_takes_named_runs_and_refuses_each_one_it_cannot_retrain_naming_it(tmp_path):
+    """``reproduce --runs``: the runs another machine reproduced can be re-trained again here; a missing run, a GPU
+    run and a universal model's record are refused together, before anything trains."""
+    from repro.runner.equivalence import named_runs
+
+    for dataset, model, extra in (
+        ("ph2", "unet", {"device": "cpu"}),
+        ("ph2", "unetpp", {"device": "cuda:0 (NVIDIA H200)"}),
+        ("hippo", "u2net3d_universal", {"device": "cpu", "domains": ["hippo", "atrium"]}),
+    ):
+        run = tmp_path / "runs" / dataset / model / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"train_seconds": 5, "code_files": {"a": "b"}, **extra}))
+    assert named_runs(tmp_path, ["ph2/unet/seed0"]) == [tmp_path / "runs" / "ph2" / "unet" / "seed0"]
+    with pytest.raises(ValueError) as refused:
+        named_runs(tmp_path, ["ph2/unet/seed0", "ph2/unet/seed7", "ph2/unetpp/seed0", "hippo/u2net3d_universal/seed0"])
+    message = str(refused.value)
+    assert "ph2/unet/seed7: no committed run" in message
+    assert "ph2/unetpp/seed0: trained on cuda:0 (NVIDIA H200)" in message
+    assert "hippo/u2net3d_universal/seed0: a universal model's record" in message
+    assert "ph2/unet/seed0:" not in message
+
+
 def _record(folder, dice, iou, device="cpu", machine=None, best_epoch=4):
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {"test": {"dice": dice, "iou": iou}, "best_epoch": best_epoch, "device": device, "train_seconds": 5.0}

@@ -18,8 +18,10 @@ provenance (:data:`TIMING_FIELDS`, :data:`PROVENANCE_FIELDS`) and exits non-zero
 ``reproduce N`` is the check across machines: it re-trains N committed CPU runs (a seeded choice among the cheapest
 quarter, cheapest first; runs of train.ipynb alone, not a universal model's) with the current code on the machine at
 hand, and reports each test number's drift from the committed run in units of its cell's seed-to-seed standard deviation
-(:func:`reproduce`). ``retrained ARCHIVE`` reports the same drift for committed runs that were archived and then
-re-trained in the study (``results/h200``: the seed-4 GPU runs, re-trained on the CPU; :func:`retrained_drift`).
+(:func:`reproduce`); ``reproduce --runs D/M/seedK ...`` re-trains the named runs instead (:func:`named_runs`), e.g.
+the runs another machine reproduced, so that three machines can be set side by side. ``retrained ARCHIVE`` reports
+the same drift for committed runs that were archived and then re-trained in the study (``results/h200``: the seed-4
+GPU runs, re-trained on the CPU; :func:`retrained_drift`).
 The proof of each recorded change is a row of ``results/provenance.csv`` (docs/versions.md,
 "Recording a change that alters no number"); ``tests/test_committed_study.py`` accepts a committed run's code only if it
 is the current code or a code state that row declares number-equivalent to it.
@@ -137,15 +139,36 @@ def choose_runs(study: Path | str, n: int, seed: int = 0) -> list[Path]:
     return [run_dir for _, run_dir in sorted(random.Random(seed).sample(pool, min(n, len(pool))))]
 
 
-def reproduce(n: int, out: Path, seed: int = 0, scale: str = "cpu", data_root: str | None = None) -> list[dict]:
-    """Re-train ``n`` committed runs (:func:`choose_runs`) with this working tree's code into ``out`` and return,
-    per run and test metric, the committed and the reproduced value, their difference, the cell's seed-to-seed
-    standard deviation (its committed seeds) and the difference in units of it; each row also says whether every
-    number of the run was reproduced bit for bit (:func:`compare`) and names the machine. The rows are appended to
-    ``results/reproduction.csv``."""
-    study = REPO_ROOT / "results" / scale
+def named_runs(study: Path | str, names: list[str]) -> list[Path]:
+    """The committed runs ``names`` (``<dataset>/<model>/seed<k>``) of ``study``, each checked as :func:`choose_runs`
+    would choose it: a CPU run of train.ipynb with its code recorded. Every name that fails is refused at once."""
+    runs, problems = [], []
+    for name in names:
+        run_dir = Path(study) / "runs" / name
+        path = run_dir / "metrics.json"
+        if not path.is_file():
+            problems.append(f"{name}: no committed run ({path} does not exist)")
+            continue
+        metrics = json.loads(path.read_text())
+        if metrics.get("domains"):
+            problems.append(f"{name}: a universal model's record, which train.ipynb cannot re-train alone")
+        elif metrics.get("device") != "cpu" or not metrics.get("code_files"):
+            problems.append(f"{name}: trained on {metrics.get('device')}, not a CPU run with its code recorded")
+        else:
+            runs.append(run_dir)
+    if problems:
+        raise ValueError("cannot reproduce these runs: " + "; ".join(problems))
+    return runs
+
+
+def reproduce(committed_runs: list[Path], out: Path, scale: str = "cpu", data_root: str | None = None) -> list[dict]:
+    """Re-train ``committed_runs`` (:func:`choose_runs` or :func:`named_runs`) with this working tree's code into
+    ``out`` and return, per run and test metric, the committed and the reproduced value, their difference, the
+    cell's seed-to-seed standard deviation (its committed seeds) and the difference in units of it; each row also says
+    whether every number of the run was reproduced bit for bit (:func:`compare`) and names the machine. The rows are
+    appended to ``results/reproduction.csv``."""
     rows = []
-    for committed in choose_runs(study, n, seed):
+    for committed in committed_runs:
         model_dir = committed.parent
         dataset, model, run_seed = model_dir.parent.name, model_dir.name, int(committed.name.removeprefix("seed"))
         mine = run(WORKTREE, out, dataset, model, run_seed, scale, data_root or _default_data_root())
@@ -283,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     comparer.add_argument("old", type=Path)
     comparer.add_argument("new", type=Path)
     again = commands.add_parser("reproduce", help="re-train N committed runs here; report the drift")
-    again.add_argument("n", type=int)
+    again.add_argument("n", type=int, nargs="?", help="how many runs to choose (or name them with --runs)")
+    again.add_argument("--runs", nargs="+", metavar="D/M/seedK", help="re-train these committed runs instead")
     again.add_argument("--out", required=True, type=Path, help="scratch folder for the re-trained runs")
     again.add_argument("--seed", type=int, default=0, help="seed of the choice of runs")
     again.add_argument("--scale", default="cpu")
@@ -295,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("reproduce", "retrained"):
         if args.command == "reproduce":
-            rows = reproduce(args.n, args.out, args.seed, args.scale)
+            if (args.n is None) == (args.runs is None):
+                parser.error("reproduce: give either N or --runs")
+            study = REPO_ROOT / "results" / args.scale
+            try:
+                chosen = named_runs(study, args.runs) if args.runs else choose_runs(study, args.n, args.seed)
+            except ValueError as error:
+                parser.error(str(error))
+            rows = reproduce(chosen, args.out, args.scale)
         else:
             try:
                 rows = retrained_drift(args.archive, REPO_ROOT / "results" / args.scale)

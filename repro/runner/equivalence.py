@@ -121,18 +121,25 @@ REPRODUCTION_LOG = REPO_ROOT / "results" / "reproduction.csv"
 REPRODUCED_METRICS = ("dice", "iou")
 
 
+def _why_not_reproducible(metrics: Mapping) -> str | None:
+    """Why :func:`run` cannot re-train the run a ``metrics.json`` records, or None when it can."""
+    # A universal model's record (it names its run's ``domains``) is one domain's share of one network trained on
+    # every domain at once by train_universal.ipynb: :func:`run` re-trains with train.ipynb on one dataset, which
+    # would train another network (an independent model's), so its numbers could not be compared with the record.
+    if metrics.get("domains"):
+        return "a universal model's record, which train.ipynb cannot re-train alone"
+    if metrics.get("device") != "cpu" or not metrics.get("code_files"):
+        return f"trained on {metrics.get('device')}, not a CPU run with its code recorded"
+    return None
+
+
 def choose_runs(study: Path | str, n: int, seed: int = 0) -> list[Path]:
     """``n`` committed CPU runs of ``study`` (``results/<scale>``): a seeded sample of the cheapest quarter by
     ``train_seconds``, cheapest first. A universal model's records are none of them (see below)."""
     runs = []
     for path in sorted(Path(study).glob("runs/*/*/seed*/metrics.json")):
         metrics = json.loads(path.read_text())
-        # A universal model's record (it names its run's ``domains``) is one domain's share of one network trained on
-        # every domain at once by train_universal.ipynb: :func:`run` re-trains with train.ipynb on one dataset, which
-        # would train another network (an independent model's), so its numbers could not be compared with the record.
-        if metrics.get("domains"):
-            continue
-        if metrics.get("device") == "cpu" and metrics.get("code_files"):
+        if _why_not_reproducible(metrics) is None:
             runs.append((metrics["train_seconds"], path.parent))
     runs.sort()
     pool = runs[: max(n, len(runs) // 4)]
@@ -140,8 +147,8 @@ def choose_runs(study: Path | str, n: int, seed: int = 0) -> list[Path]:
 
 
 def named_runs(study: Path | str, names: list[str]) -> list[Path]:
-    """The committed runs ``names`` (``<dataset>/<model>/seed<k>``) of ``study``, each checked as :func:`choose_runs`
-    would choose it: a CPU run of train.ipynb with its code recorded. Every name that fails is refused at once."""
+    """The committed runs ``names`` (``<dataset>/<model>/seed<k>``) of ``study``, each checked by the rule
+    :func:`choose_runs` chooses by (:func:`_why_not_reproducible`). Every name that fails is refused at once."""
     runs, problems = [], []
     for name in names:
         run_dir = Path(study) / "runs" / name
@@ -149,11 +156,9 @@ def named_runs(study: Path | str, names: list[str]) -> list[Path]:
         if not path.is_file():
             problems.append(f"{name}: no committed run ({path} does not exist)")
             continue
-        metrics = json.loads(path.read_text())
-        if metrics.get("domains"):
-            problems.append(f"{name}: a universal model's record, which train.ipynb cannot re-train alone")
-        elif metrics.get("device") != "cpu" or not metrics.get("code_files"):
-            problems.append(f"{name}: trained on {metrics.get('device')}, not a CPU run with its code recorded")
+        why_not = _why_not_reproducible(json.loads(path.read_text()))
+        if why_not:
+            problems.append(f"{name}: {why_not}")
         else:
             runs.append(run_dir)
     if problems:

@@ -67,6 +67,7 @@ PAGES = {
     "docs/running.md": ("reproduction-runs",),
     "docs/claims-and-statistics.md": (
         "verdict-labels",
+        "stability-summary",
         "stability-table",
         "c6-margins-table",
         "unetpp-paper-table",
@@ -297,6 +298,25 @@ def reproduction_runs(log: Path = REPRODUCTION_LOG) -> str:
     return markdown_table(shown)
 
 
+def stability_summary(tables: Path) -> str:
+    """One sentence on the leave-one-seed-out check (``tables``/claim_stability.csv): how many decisive cells there
+    are, how many are fragile, and which, per dataset, with the share of cases that keep each label."""
+    source = tables / "claim_stability.csv"
+    if not source.is_file():
+        return f"*Not yet written: `{shown_path(source)}` comes from the aggregate stage (`dvc repro aggregate`).*\n"
+    cells = pd.read_csv(source)
+    fragile = cells[cells["fragile"].astype(bool)]
+    sentence = f"{len(fragile)} of the {len(cells)} decisive cells are fragile"
+    if fragile.empty:
+        return sentence + ".\n"
+    per_dataset = [
+        f"on {dataset} "
+        + ", ".join(f'{row.claim_id} "{row.verdict}" ({row.loo_kept}/{row.loo_cases})' for row in group.itertuples())
+        for dataset, group in fragile.groupby("dataset", sort=False)
+    ]
+    return f"{sentence}: " + "; ".join(per_dataset) + ".\n"
+
+
 def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     """Marker name -> its table (``names``: marker -> file) from the folder ``tables``; while the folder does not
     exist (the grid has not been run with this version of the training code), one line that says so, in every
@@ -356,6 +376,8 @@ def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()
         blocks["effects-table"] = effects_table(tables)
     if "verdict-labels" in names:
         blocks["verdict-labels"] = label_lines()
+    if has_block(text, "stability-summary") or "stability-summary" in required:
+        blocks["stability-summary"] = stability_summary(tables)
     for name, block in zip(REPRODUCTION_BLOCKS, (reproduction_summary, reproduction_runs), strict=True):
         if has_block(text, name) or name in required:
             blocks[name] = block()

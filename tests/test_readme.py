@@ -117,6 +117,25 @@ def test_the_effects_table_gives_each_comparison_s_difference_interval_and_label
     )
 
 
+def test_the_stability_sentence_counts_the_decisive_cells_and_names_each_fragile_one_per_dataset(tmp_path):
+    update_readme = _update_readme()
+    assert update_readme.stability_summary(tmp_path).startswith("*Not yet written: ")
+    columns = ["claim_id", "dataset", "verdict", "loo_cases", "loo_kept", "fragile"]
+    pd.DataFrame(columns=columns).to_csv(tmp_path / "claim_stability.csv", index=False)
+    assert update_readme.stability_summary(tmp_path) == "0 of the 0 decisive cells are fragile.\n"
+    rows = [
+        ("C1", "kvasir-seg", "smaller than claimed", 5, 3, True),
+        ("C3", "ph2-dermoscopy", "reproduced", 5, 5, False),
+        ("C3", "kvasir-seg", "reversed", 5, 4, True),
+        ("C5a", "dsb2018-nuclei-96", "reversed", 5, 2, True),
+    ]
+    pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "claim_stability.csv", index=False)
+    assert update_readme.stability_summary(tmp_path) == (
+        '3 of the 4 decisive cells are fragile: on kvasir-seg C1 "smaller than claimed" (3/5), C3 "reversed" (4/5); '
+        'on dsb2018-nuclei-96 C5a "reversed" (2/5).\n'
+    )
+
+
 def test_readme_two_commands_are_make_targets_and_ci_runs_the_test_one():
     commands = re.findall(r"^make (\w+)", README, flags=re.MULTILINE)
     assert commands[:2] == ["study", "test"]

@@ -202,11 +202,9 @@ def effects_table(tables: Path) -> str:
     equivalent" is read) and the comparison's label, beside what is claimed (the paper's difference, or "> 0" where
     it gives none; the margin for equivalence and non-inferiority); then one line naming the claims not run
     anywhere. While the folder or the file does not exist, one line saying so."""
-    where = shown_path(tables)
-    if not tables.is_dir():
-        return table_blocks(tables, {"effects-table": "claims.csv"})["effects-table"]
-    if not (tables / "claims.csv").is_file():
-        return f"*Not yet written: `{where}/claims.csv` comes from the aggregate stage (`dvc repro aggregate`).*\n"
+    missing = missing_table_line(tables, "claims.csv")
+    if missing:
+        return missing
     claims = pd.read_csv(tables / "claims.csv")
     claims["comparison"] = comparison_names(claims)
     ran = claims[claims["verdict"] != "not run"]
@@ -301,10 +299,10 @@ def reproduction_runs(log: Path = REPRODUCTION_LOG) -> str:
 def stability_summary(tables: Path) -> str:
     """One sentence on the leave-one-seed-out check (``tables``/claim_stability.csv): how many decisive cells there
     are, how many are fragile, and which, per dataset, with the share of cases that keep each label."""
-    source = tables / "claim_stability.csv"
-    if not source.is_file():
-        return f"*Not yet written: `{shown_path(source)}` comes from the aggregate stage (`dvc repro aggregate`).*\n"
-    cells = pd.read_csv(source)
+    missing = missing_table_line(tables, "claim_stability.csv")
+    if missing:
+        return missing
+    cells = pd.read_csv(tables / "claim_stability.csv")
     fragile = cells[cells["fragile"].astype(bool)]
     sentence = f"{len(fragile)} of the {len(cells)} decisive cells are fragile"
     if fragile.empty:
@@ -322,28 +320,34 @@ def table_blocks(tables: Path, names: dict[str, str]) -> dict[str, str]:
     exist (the grid has not been run with this version of the training code), one line that says so, in every
     table's place."""
     if not tables.is_dir():
-        where = shown_path(tables)
-        line = (
-            f"*Not yet run at this version of the training code: `{where}/` does not exist yet (`make study` "
-            "trains the grid and writes it).*\n"
-        )
-        return dict.fromkeys(names, line)
+        return dict.fromkeys(names, _not_run_line(tables))
     return {name: (tables / source).read_text() for name, source in names.items()}
+
+
+def _not_run_line(tables: Path) -> str:
+    return (
+        f"*Not yet run at this version of the training code: `{shown_path(tables)}/` does not exist yet (`make study` "
+        "trains the grid and writes it).*\n"
+    )
+
+
+def missing_table_line(tables: Path, source: str) -> str | None:
+    """The line a generated block holds in place of what it would read from ``tables``/``source`` while the folder
+    (the grid not run at this version) or the file (an aggregate from before the table existed) is missing; None
+    while the file is there."""
+    if not tables.is_dir():
+        return _not_run_line(tables)
+    if not (tables / source).is_file():
+        where = f"{shown_path(tables)}/{source}"
+        return f"*Not yet written: `{where}` comes from the aggregate stage (`dvc repro aggregate`).*\n"
+    return None
 
 
 def optional_blocks(readme: str, tables: Path) -> dict[str, str]:
     """The ``OPTIONAL_TABLES`` blocks ``readme`` has markers for, as :func:`table_blocks` gives them; a table the
     folder lacks (a study aggregated before the table existed) is one line saying where it will come from."""
     names = {name: source for name, source in OPTIONAL_TABLES.items() if block_pattern(name).search(readme)}
-    if not tables.is_dir():
-        return table_blocks(tables, names)
-    where = shown_path(tables)
-    return {
-        name: (tables / source).read_text()
-        if (tables / source).is_file()
-        else f"*Not yet written: `{where}/{source}` comes from the aggregate stage (`dvc repro aggregate`).*\n"
-        for name, source in names.items()
-    }
+    return {name: missing_table_line(tables, source) or (tables / source).read_text() for name, source in names.items()}
 
 
 def substitute(text: str, blocks: dict[str, str]) -> str:

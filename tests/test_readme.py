@@ -60,7 +60,7 @@ def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_
     where it will come from."""
     update_readme = _update_readme()
     missing = tmp_path / "results" / "cpu" / "tables"
-    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table"}
+    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}
     for page, text in _pages().items():
         rendered = update_readme.render_page(page, text, tables=missing)
         for name in tables & set(update_readme.PAGES[page]):
@@ -75,7 +75,7 @@ def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_
         for name in update_readme.PAGES[page]:
             if name in update_readme.STUDY_TABLES:
                 assert _block(rendered, name) == (written / update_readme.STUDY_TABLES[name]).read_text()
-            elif name in {*update_readme.OPTIONAL_TABLES, "effects-table"}:
+            elif name in {*update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}:
                 (line,) = _block(rendered, name).splitlines()
                 assert line.startswith("*Not yet written: ") and "(`dvc repro aggregate`)" in line
 
@@ -119,6 +119,7 @@ def test_the_effects_table_gives_each_comparison_s_difference_interval_and_label
 
 def test_the_stability_sentence_counts_the_decisive_cells_and_names_each_fragile_one_per_dataset(tmp_path):
     update_readme = _update_readme()
+    assert update_readme.stability_summary(tmp_path / "absent").startswith("*Not yet run at this version ")
     assert update_readme.stability_summary(tmp_path).startswith("*Not yet written: ")
     columns = ["claim_id", "dataset", "verdict", "loo_cases", "loo_kept", "fragile"]
     pd.DataFrame(columns=columns).to_csv(tmp_path / "claim_stability.csv", index=False)
@@ -161,7 +162,7 @@ def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_lab
 
 def test_the_generated_tables_name_the_script_that_copies_them():
     update_readme = _update_readme()
-    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table"}
+    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}
     tables |= set(update_readme.REPRODUCTION_BLOCKS)
     for page, text in [*_pages().items(), ("results/v1/README.md", V1_README)]:
         names = tables & set(update_readme.PAGES.get(page, update_readme.TABLES))

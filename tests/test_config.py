@@ -117,15 +117,14 @@ def test_the_claim_grids_hold_every_variant_a_claim_needs():
 
 
 def test_the_controls_block_trains_c4a_s_control_where_its_partner_trains():
-    """study.controls is C4a's block: its control network (TinyU-Net with plain blocks, empty until it is scheduled)
-    on COVID-19 CT and PH2, the two cheapest datasets, where TinyU-Net itself trains in another block
-    (study.ablations on CT, study.models on PH2), so that each control run has its partner of the same dataset and
-    seed."""
+    """study.controls is C4a's block: its control network (TinyU-Net with plain blocks) on COVID-19 CT and PH2, the
+    two cheapest datasets, where TinyU-Net itself trains in another block (study.ablations on CT, study.models on
+    PH2), so that each control run has its partner of the same dataset and seed."""
     (c4a,) = [claim for claim in CLAIMS if claim.id == "C4a"]
     (comparison,) = c4a.comparisons
     study = PARAMS["study"]
     assert study["controls"]["datasets"] == ["covid19-ct-medseg-infnet", "ph2-dermoscopy"]
-    assert set(study["controls"]["models"]) <= {comparison.baseline}
+    assert study["controls"]["models"] == [comparison.baseline]
     assert model_variant(comparison.baseline, PARAMS).options["block"] == "double_conv"
     runs = {run[1:] for run in Grid.from_params(PARAMS).runs()}
     assert {

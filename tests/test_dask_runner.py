@@ -275,6 +275,7 @@ def test_grid_takes_custom_datasets_and_refuses_one_listed_twice(tmp_path):
     params["study"]["datasets"] = ["kvasir-seg", "my-polyps"]
     params["study"]["extra"]["models"] = []
     params["study"]["ablations"]["models"] = []
+    params["study"]["controls"]["models"] = []
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     code = (

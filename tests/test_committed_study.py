@@ -2,7 +2,8 @@
 current training code or from code that is number-equivalent to it (docs/versions.md, "Recording a change that alters no
 number"): no comparison mixes code versions that compute different numbers. A change of the training code either
 removes the runs it makes stale, in the same commit, until they are trained again, or is proven to change no number
-and logged in results/provenance.csv, which these tests read."""
+and logged in results/provenance.csv, which these tests read. Nor does a cell (one dataset and variant, all its
+seeds) mix devices or software stacks."""
 
 from __future__ import annotations
 
@@ -95,3 +96,23 @@ def test_the_committed_report_names_the_training_code_versions_the_runs_ran():
     named = dict(part.rsplit(" (", 1) for part in line.partition(": ")[2].split(", "))
     assert set(named) <= accepted, line
     assert sum(int(count.rstrip(")")) for count in named.values()) == n_runs, line
+
+
+# The software stack a run's numbers depend on. `platform` (the kernel build) and `processor` are left out: they name
+# the machine, which the reproduction check measures separately (README, "Does a run reproduce?").
+STACK = ("python", "torch", "numpy", "scipy")
+
+
+def test_no_cell_mixes_devices_or_software_stacks():
+    stacks: dict[tuple[str, str], dict[tuple, list[str]]] = {}
+    for metrics in sorted(STUDY.glob("runs/*/*/seed*/metrics.json")):
+        record = json.loads(metrics.read_text())
+        stack = (record["device"], *(record["versions"][name] for name in STACK))
+        cell = (record["dataset"], record["model"])
+        stacks.setdefault(cell, {}).setdefault(stack, []).append(metrics.parent.name)
+    assert stacks, f"no committed run under {STUDY}"
+    mixed = {cell: seen for cell, seen in stacks.items() if len(seen) > 1}
+    assert not mixed, "cells whose seeds ran on different devices or stacks: " + "; ".join(
+        f"{dataset}/{model}: " + ", ".join(f"{seeds} on {stack}" for stack, seeds in seen.items())
+        for (dataset, model), seen in mixed.items()
+    )

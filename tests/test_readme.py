@@ -21,6 +21,17 @@ def _update_readme():
     return module
 
 
+def _from_aggregate_files(update_readme) -> set[str]:
+    """The blocks built from one file of results/<scale>/tables/ that a study aggregated before the file existed may
+    lack (each is then one line saying where it will come from)."""
+    return {*update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}
+
+
+def _from_tables(update_readme) -> set[str]:
+    """Every block built from results/<scale>/tables/: the study's tables and those above."""
+    return {*update_readme.STUDY_TABLES, *_from_aggregate_files(update_readme)}
+
+
 def _pages() -> dict[str, str]:
     """Each page of update_readme's PAGES -> its text."""
     return {page: (ROOT / page).read_text() for page in _update_readme().PAGES}
@@ -60,7 +71,7 @@ def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_
     where it will come from."""
     update_readme = _update_readme()
     missing = tmp_path / "results" / "cpu" / "tables"
-    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}
+    tables = _from_tables(update_readme)
     for page, text in _pages().items():
         rendered = update_readme.render_page(page, text, tables=missing)
         for name in tables & set(update_readme.PAGES[page]):
@@ -75,7 +86,7 @@ def test_a_study_not_run_at_this_version_is_one_line_in_place_of_its_tables(tmp_
         for name in update_readme.PAGES[page]:
             if name in update_readme.STUDY_TABLES:
                 assert _block(rendered, name) == (written / update_readme.STUDY_TABLES[name]).read_text()
-            elif name in {*update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}:
+            elif name in _from_aggregate_files(update_readme):
                 (line,) = _block(rendered, name).splitlines()
                 assert line.startswith("*Not yet written: ") and "(`dvc repro aggregate`)" in line
 
@@ -162,7 +173,7 @@ def test_readme_explains_every_verdict_label_in_one_line_and_uses_only_those_lab
 
 def test_the_generated_tables_name_the_script_that_copies_them():
     update_readme = _update_readme()
-    tables = {*update_readme.STUDY_TABLES, *update_readme.OPTIONAL_TABLES, "effects-table", "stability-summary"}
+    tables = _from_tables(update_readme)
     tables |= set(update_readme.REPRODUCTION_BLOCKS)
     for page, text in [*_pages().items(), ("results/v1/README.md", V1_README)]:
         names = tables & set(update_readme.PAGES.get(page, update_readme.TABLES))

@@ -48,7 +48,8 @@ Where the written rule leaves a detail open, this module takes the reading state
   for a non-inferiority row; none for an equivalence row.
 - The per-image test: each test image's score averaged over the matched seeds per variant, paired t-test over the
   images both variants scored (the pruned depths of C9 have no per-image scores, so none there).
-- `devices`: the distinct devices of the pair's matched runs, sorted, joined by "; ".
+- `devices`: the distinct devices of the pair's matched runs, sorted, joined by "; ", on every row that ran (one
+  matched seed is enough).
 - Leave one seed out: the seeds are those of the claim's matched pairs; each is dropped from every variant and
   dataset in turn and the claim's family re-tested, labels only.
 - A failed run's "best validation Dice" is the highest `val_dice` of its history.csv.
@@ -291,19 +292,22 @@ def weakest(labels) -> str:
     return min(ran, key=LABEL_ORDER.index) if ran else NOT_RUN
 
 
-def row_extras(spec, records: pd.DataFrame, differences: pd.Series, row: dict) -> dict:
-    """The readings beside the rule that no label needs: Wilcoxon, unadjusted power figures, the pair's devices, the
-    per-image test."""
-    seeds = set(differences.index)
-    pair = records[
+def matched_runs(spec, records: pd.DataFrame, seeds) -> pd.DataFrame:
+    """The records of both variants of a row at its matched seeds."""
+    return records[
         (records["dataset"] == spec.dataset)
         & records["model"].isin({spec.better, spec.baseline})
-        & records["seed"].isin(seeds)
+        & records["seed"].isin(set(seeds))
     ]
+
+
+def row_extras(spec, records: pd.DataFrame, differences: pd.Series, row: dict) -> dict:
+    """The readings beside the rule that no label needs, for a row with two or more matched seeds: Wilcoxon,
+    unadjusted power figures, the per-image test."""
+    pair = matched_runs(spec, records, differences.index)
     extras = {
         "wilcoxon_p": st.wilcoxon(differences.to_numpy()).pvalue,
         "mdd": minimum_detectable_difference(row["sd_diff"], row["n_seeds"], ALPHA),
-        "devices": "; ".join(sorted(set(pair["device"]))),
     }
     if spec.kind == "superiority" and not pd.isna(spec.claimed_difference):
         extras["seeds_needed"] = seeds_needed(abs(spec.claimed_difference), row["sd_diff"], ALPHA)
@@ -332,6 +336,8 @@ def evaluate_claim(comparisons: pd.DataFrame, records: pd.DataFrame, margin: flo
             continue
         row |= {"n_seeds": len(seeds), "better_mean": better[seeds].mean(), "baseline_mean": baseline[seeds].mean()}
         row["target"] = power_target(spec.kind, spec.claimed_difference, margin)
+        if full:  # a row that ran names its devices, even with one matched seed
+            row["devices"] = "; ".join(sorted(set(matched_runs(spec, records, seeds)["device"])))
         if len(seeds) >= 2:
             differences = better[seeds] - baseline[seeds]
             row |= row_tests(differences, spec.kind, spec.claimed_difference, margin)

@@ -301,10 +301,9 @@ def matched_runs(spec, records: pd.DataFrame, seeds) -> pd.DataFrame:
     ]
 
 
-def row_extras(spec, records: pd.DataFrame, differences: pd.Series, row: dict) -> dict:
-    """The readings beside the rule that no label needs, for a row with two or more matched seeds: Wilcoxon,
-    unadjusted power figures, the per-image test."""
-    pair = matched_runs(spec, records, differences.index)
+def row_extras(spec, pair: pd.DataFrame, differences: pd.Series, row: dict) -> dict:
+    """The readings beside the rule that no label needs, for a row with two or more matched seeds (`pair`: their
+    `matched_runs`): Wilcoxon, unadjusted power figures, the per-image test."""
     extras = {
         "wilcoxon_p": st.wilcoxon(differences.to_numpy()).pvalue,
         "mdd": minimum_detectable_difference(row["sd_diff"], row["n_seeds"], ALPHA),
@@ -337,12 +336,13 @@ def evaluate_claim(comparisons: pd.DataFrame, records: pd.DataFrame, margin: flo
         row |= {"n_seeds": len(seeds), "better_mean": better[seeds].mean(), "baseline_mean": baseline[seeds].mean()}
         row["target"] = power_target(spec.kind, spec.claimed_difference, margin)
         if full:  # a row that ran names its devices, even with one matched seed
-            row["devices"] = "; ".join(sorted(set(matched_runs(spec, records, seeds)["device"])))
+            pair = matched_runs(spec, records, seeds)
+            row["devices"] = "; ".join(sorted(set(pair["device"])))
         if len(seeds) >= 2:
             differences = better[seeds] - baseline[seeds]
             row |= row_tests(differences, spec.kind, spec.claimed_difference, margin)
             if full:
-                row |= row_extras(spec, records, differences, row)
+                row |= row_extras(spec, pair, differences, row)
         rows.append(row)
 
     in_family = [i for i, row in enumerate(rows) if row.get("n_seeds", 0) >= 2]

@@ -152,11 +152,13 @@ def progress_line(results_dir: Path, grid: Grid) -> str:
     return f"*Progress: {sum(done.values())} of the study's {len(runs)} runs are in the tables below: {blocks}.*\n"
 
 
-def training_time_line(runs_dir: Path) -> str:
+def training_time_line(runs_dir: Path, grid: Grid | None = None) -> str:
     """The training time of the runs under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), the figure
     the study's budget counts: the sum of their ``train_seconds`` (the optimizer steps), in core-hours for the CPU
     runs (one thread per run) with the share of ``OWN_BUDGET_VARIANTS`` (FCN and MultiResUNet, which count to the
-    budget of C10-C14), and in hours for runs on a GPU. A universal model's run is one training recorded under each
+    budget of C10-C14), and in hours for runs on a GPU. Given the study's ``grid``, and where its CPU runs lie in more
+    than one of its blocks, the line splits their core-hours by block (each later block had a budget of its own), so
+    that no page has to repeat a block's figure by hand. A universal model's run is one training recorded under each
     of its domains, each record with the whole run's time: its records (the same ``domains``, model and seed) count
     once, as one run with that time, and the line says so where there is one. A ``metrics.json`` that is not JSON
     or lacks a field raises ``ValueError`` naming it."""
@@ -192,7 +194,29 @@ def training_time_line(runs_dir: Path) -> str:
     ]
     if gpu:
         parts.append(f"{total(gpu):.2f} hours for {counted(gpu, 'on a GPU')}")
+    by_block = cpu_hours_by_block(cpu, grid) if grid is not None else {}
+    if len(by_block) > 1:
+        parts.append(
+            "on the CPU by block: "
+            + ", ".join(
+                f"{name} {total(keys):.1f} ({len(keys)} run{'s' if len(keys) != 1 else ''})"
+                for name, keys in by_block.items()
+            )
+        )
     return f"*Training time (the sum of the runs' `train_seconds`, which the budget counts): {'; '.join(parts)}.*\n"
+
+
+def cpu_hours_by_block(cpu_runs: list[tuple], grid: Grid) -> dict[str, list[tuple]]:
+    """``cpu_runs`` (keys of :func:`repro.runner.grid.run_of_record`) grouped by the block of ``grid`` they belong
+    to, named as the progress line names it, in the grid's order; a run that no block lists (a variant since dropped
+    from params.yaml) under "outside the grid", last."""
+    block_of = {(dataset, model, f"seed{seed}"): stage for stage, dataset, model, seed in grid.runs()}
+    groups: dict[str, list[tuple]] = {BLOCK_NAMES[stage]: [] for stage, *_ in grid.blocks}
+    groups["outside the grid"] = []
+    for key in cpu_runs:
+        stage = block_of.get(key)
+        groups[BLOCK_NAMES[stage] if stage else "outside the grid"].append(key)
+    return {name: keys for name, keys in groups.items() if keys}
 
 
 def effects_table(tables: Path) -> str:
@@ -373,8 +397,9 @@ def render(text: str, tables: Path | None = None, required: tuple[str, ...] = ()
     blocks = table_blocks(tables, {name: STUDY_TABLES[name] for name in STUDY_TABLES if name in names})
     blocks |= optional_blocks(text, tables)
     if "progress" in names:
+        grid = Grid.from_params(params())
         blocks["progress"] = (
-            progress_line(tables.parent, Grid.from_params(params())) + "\n" + training_time_line(tables.parent / "runs")
+            progress_line(tables.parent, grid) + "\n" + training_time_line(tables.parent / "runs", grid)
         )
     if "effects-table" in names:
         blocks["effects-table"] = effects_table(tables)

@@ -8,6 +8,7 @@ seeds) mix devices or software stacks."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 
 from repro.config import load_params
 from repro.provenance import PROVENANCE_LOG, equivalent_to, read_log, training_code_version
-from repro.runner.grid import TRAIN_STAGES
+from repro.runner.grid import TRAIN_STAGES, Grid
 from repro.training.identity import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,20 @@ def test_no_cell_mixes_devices_or_software_stacks():
         f"{dataset}/{model}: " + ", ".join(f"{seeds} on {stack}" for stack, seeds in seen.items())
         for (dataset, model), seen in mixed.items()
     )
+
+
+def test_the_core_hours_docs_say_a_later_block_used_are_its_committed_runs_train_seconds():
+    """docs/recipe.md's budget table says what each later block (`study.extra`, `.ablations`, `.controls`) used;
+    a hand-kept figure there drifts unless it is checked against the runs (README's training-time line is generated)."""
+    grid = Grid.from_params(load_params())
+    block_of = {(dataset, model, seed): stage for stage, dataset, model, seed in grid.runs()}
+    hours: dict[str, float] = {}
+    for metrics in STUDY.glob("runs/*/*/seed*/metrics.json"):
+        record = json.loads(metrics.read_text())
+        stage = block_of.get((record["dataset"], record["model"], record["seed"]))
+        if stage and record["device"].startswith("cpu"):
+            hours[stage] = hours.get(stage, 0.0) + record["train_seconds"] / 3600
+    stated = re.findall(r"`study\.(\w+)`; ([\d.]+) used", (ROOT / "docs" / "recipe.md").read_text())
+    assert stated, "docs/recipe.md states no block's core-hours used"
+    pairs = {block: (used, f"{hours.get(f'train_{block}', 0.0):.1f}") for block, used in stated}
+    assert all(used == actual for used, actual in pairs.values()), f"docs/recipe.md (stated, actual): {pairs}"

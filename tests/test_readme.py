@@ -271,6 +271,43 @@ def test_a_universal_model_s_training_counts_once_across_its_domains_records(tmp
     assert update_readme.training_time_line(tmp_path).endswith("; 0.25 hours for 1 run on a GPU.*\n")
 
 
+def test_the_training_time_line_splits_the_cpu_core_hours_by_block_of_the_grid(tmp_path):
+    """Given the grid, the CPU runs' core-hours per block (GPU runs are not core-hours; a run no block lists is
+    "outside the grid"); with one block only, no split."""
+    import json
+
+    from repro.runner.grid import Grid
+
+    update_readme = _update_readme()
+    grid = Grid(
+        scale="cpu",
+        datasets=("a",),
+        models=("unet",),
+        seeds=(0, 1),
+        control_datasets=("b",),
+        control_models=("tinyunet_plain",),
+    )
+    runs = {("a", "unet", 0, "cpu", 3600), ("a", "unet", 1, "cuda:0", 900), ("b", "tinyunet_plain", 0, "cpu", 1800)}
+    for dataset, model, seed, device, seconds in runs:
+        run = tmp_path / dataset / model / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"dataset": dataset, "model": model, "seed": seed, "device": device, "train_seconds": seconds}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert update_readme.training_time_line(tmp_path, grid).endswith(
+        "; 0.25 hours for 1 run on a GPU; on the CPU by block: the image study 1.0 (1 run), its controls 0.5 "
+        "(1 run).*\n"
+    )
+    run = tmp_path / "a" / "dropped" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"model": "dropped", "device": "cpu", "train_seconds": 360}))
+    assert update_readme.training_time_line(tmp_path, grid).endswith(
+        "its controls 0.5 (1 run), outside the grid 0.1 (1 run).*\n"
+    )
+    (tmp_path / "b" / "tinyunet_plain" / "seed0" / "metrics.json").unlink()
+    (run / "metrics.json").unlink()
+    assert "by block" not in update_readme.training_time_line(tmp_path, grid)
+
+
 def test_the_training_time_line_names_a_malformed_metrics_file(tmp_path):
     update_readme = _update_readme()
     run = tmp_path / "a" / "unet" / "seed0"

@@ -158,10 +158,10 @@ def training_time_line(runs_dir: Path, grid: Grid | None = None) -> str:
     runs (one thread per run) with the share of ``OWN_BUDGET_VARIANTS`` (FCN and MultiResUNet, which count to the
     budget of C10-C14), and in hours for runs on a GPU. Given the study's ``grid``, and where its CPU runs lie in more
     than one of its blocks, the line splits their core-hours by block (the blocks added later were budgeted apart from
-    the image study), so that no page repeats a block's figure by hand. A universal model's run is one training recorded under each
-    of its domains, each record with the whole run's time: its records (the same ``domains``, model and seed) count
-    once, as one run with that time, and the line says so where there is one. A ``metrics.json`` that is not JSON
-    or lacks a field raises ``ValueError`` naming it."""
+    the image study), so that no page repeats a block's figure by hand. A universal model's run is one training
+    recorded under each of its domains, each record with the whole run's time: its records (the same ``domains``,
+    model and seed) count once, as one run with that time, and the line says so where there is one. A
+    ``metrics.json`` that is not JSON or lacks a field raises ``ValueError`` naming it."""
     runs: dict[tuple, tuple[float, str, str]] = {}  # one entry per run: its hours, device and model
     universal: set[tuple] = set()
     for path in sorted(runs_dir.glob("*/*/seed*/metrics.json")):

@@ -233,17 +233,22 @@ def test_the_progress_line_names_every_block_of_the_grid():
     assert tuple(_update_readme().BLOCK_NAMES) == GRID_STAGES
 
 
-def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_multiresunet_s_share(tmp_path):
+def _write_runs(runs_dir: Path, runs: set[tuple[str, str, int, str, float]]) -> None:
+    """A ``metrics.json`` under ``runs_dir`` for each (dataset, model, seed, device, train_seconds) in ``runs``."""
     import json
 
-    update_readme = _update_readme()
-    assert update_readme.training_time_line(tmp_path) == "*Training time: no runs yet.*\n"
-    runs = {("a", "unet", 0, "cpu", 5400), ("a", "fcn", 0, "cpu", 1800), ("b", "unet", 1, "cuda:0 (GPU)", 900)}
     for dataset, model, seed, device, seconds in runs:
-        run = tmp_path / dataset / model / f"seed{seed}"
+        run = runs_dir / dataset / model / f"seed{seed}"
         run.mkdir(parents=True)
         metrics = {"dataset": dataset, "model": model, "seed": seed, "device": device, "train_seconds": seconds}
         (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_training_time_line_sums_train_seconds_by_device_and_names_fcn_and_multiresunet_s_share(tmp_path):
+    update_readme = _update_readme()
+    assert update_readme.training_time_line(tmp_path) == "*Training time: no runs yet.*\n"
+    runs = {("a", "unet", 0, "cpu", 5400), ("a", "fcn", 0, "cpu", 1800), ("b", "unet", 1, "cuda:0 (GPU)", 900)}
+    _write_runs(tmp_path, runs)
     assert update_readme.training_time_line(tmp_path) == (
         "*Training time (the sum of the runs' `train_seconds`, which the budget counts): 2.0 core-hours for 2 runs "
         "on the CPU, one thread each (0.5 of them for `fcn` and `multiresunet`, which count to the budget of C10-C14); "
@@ -274,8 +279,6 @@ def test_a_universal_model_s_training_counts_once_across_its_domains_records(tmp
 def test_the_training_time_line_splits_the_cpu_core_hours_by_block_of_the_grid(tmp_path):
     """Given the grid, the CPU runs' core-hours per block (GPU runs are not core-hours; a run no block lists is
     "outside the grid"); with one block only, no split."""
-    import json
-
     from repro.runner.grid import Grid
 
     update_readme = _update_readme()
@@ -288,23 +291,17 @@ def test_the_training_time_line_splits_the_cpu_core_hours_by_block_of_the_grid(t
         control_models=("tinyunet_plain",),
     )
     runs = {("a", "unet", 0, "cpu", 3600), ("a", "unet", 1, "cuda:0", 900), ("b", "tinyunet_plain", 0, "cpu", 1800)}
-    for dataset, model, seed, device, seconds in runs:
-        run = tmp_path / dataset / model / f"seed{seed}"
-        run.mkdir(parents=True)
-        metrics = {"dataset": dataset, "model": model, "seed": seed, "device": device, "train_seconds": seconds}
-        (run / "metrics.json").write_text(json.dumps(metrics))
+    _write_runs(tmp_path, runs)
     assert update_readme.training_time_line(tmp_path, grid).endswith(
         "; 0.25 hours for 1 run on a GPU; on the CPU by block: the image study 1.0 (1 run), its controls 0.5 "
         "(1 run).*\n"
     )
-    run = tmp_path / "a" / "dropped" / "seed0"
-    run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"model": "dropped", "device": "cpu", "train_seconds": 360}))
+    _write_runs(tmp_path, {("a", "dropped", 0, "cpu", 360)})
     assert update_readme.training_time_line(tmp_path, grid).endswith(
         "its controls 0.5 (1 run), outside the grid 0.1 (1 run).*\n"
     )
     (tmp_path / "b" / "tinyunet_plain" / "seed0" / "metrics.json").unlink()
-    (run / "metrics.json").unlink()
+    (tmp_path / "a" / "dropped" / "seed0" / "metrics.json").unlink()
     assert "by block" not in update_readme.training_time_line(tmp_path, grid)
 
 
